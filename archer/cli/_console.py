@@ -1,0 +1,44 @@
+"""Shared Rich consoles and small output helpers for the thin CLI commands."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from typing import Any
+
+
+@lru_cache(maxsize=None)
+def out() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+@lru_cache(maxsize=None)
+def err() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def print_yaml(text: str) -> None:
+    """YAML to stdout: highlighted on a terminal, verbatim otherwise (so it pipes into files)."""
+    if sys.stdout.isatty():
+        from rich.syntax import Syntax
+
+        out().print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+
+
+def warn(message: str) -> None:
+    from rich.markup import escape
+
+    err().print(f"[yellow]Warning:[/yellow] {escape(message)}")
+
+
+def note(message: str) -> None:
+    from rich.markup import escape
+
+    err().print(f"[dim]{escape(message)}[/dim]")

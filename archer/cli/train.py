@@ -1,0 +1,76 @@
+"""`archer train`: compose a preset with overrides and run it on its engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+EPILOG = (
+    "Examples:\n\n"
+    "  archer train --preset quickstart\n\n"
+    "  archer train --preset quickstart trainer.total_steps=20 --out runs/demo\n\n"
+    "  archer train --preset quickstart ~warmup.steps --dry-run\n\n"
+    "  archer train --resume --out runs/demo trainer.total_steps=120\n\n"
+    "  archer train --preset math model.path=/models/qwen data.train_files=data/dapo/train.parquet --dry-run\n\n"
+    "Overrides are key=value (YAML values), ~key drops a preset's value. "
+    "List the keys: archer presets show quickstart --explain"
+)
+
+
+def train(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. trainer.total_steps=10 rollout.n=8."
+    ),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", "-p", help="Preset name (see 'archer presets ls') or path to a YAML file."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: <trainer.out_dir>/<name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Compose, validate and print the config and plan; do not train."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Train a policy with RL on the preset's engine (local or verl)."""
+    from archer.cli._console import note, out as console, print_yaml, warn
+    from archer.core.config import compose
+    from archer.core.run import CONFIG_FILE, check_new_run_dir, resolve_run_dir
+    from archer.errors import UsageError
+
+    overrides = list(overrides or [])
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out DIR, the run to continue", hint="archer train --resume --out runs/NAME")
+        saved = out / CONFIG_FILE
+        if not saved.exists():
+            raise UsageError(f"nothing to resume in {out} (no {CONFIG_FILE})", hint="check the path given to --out")
+        if preset is not None:
+            note(f"--resume uses the run's own config ({saved}); --preset {preset} is ignored")
+        composed = compose(str(saved), overrides)
+        import json
+
+        try:
+            composed.preset = json.loads((out / "run.json").read_text()).get("preset", composed.preset)
+        except (OSError, ValueError):
+            pass
+    else:
+        if preset is None:
+            raise UsageError("missing --preset", hint="for example: archer train --preset quickstart (see 'archer presets ls')")
+        composed = compose(preset, overrides)
+
+    run_dir = resolve_run_dir(composed.cfg, composed.preset, out)
+    if dry_run:
+        print_yaml(composed.to_yaml(resolve=True))
+        missing = composed.missing()
+        console().print(f"[bold]preset[/bold]  {composed.preset}  ({composed.preset_path})")
+        console().print(f"[bold]engine[/bold]  {composed.cfg.engine}")
+        console().print(f"[bold]output[/bold]  {run_dir}")
+        if missing:
+            warn(f"not set yet (required before training): {', '.join(missing)}")
+        console().print("[dim]dry run: nothing was trained[/dim]")
+        return
+
+    composed.require_complete()
+    check_new_run_dir(run_dir, resume)
+    from archer.core.engines import run_engine
+
+    run_engine(composed, run_dir, resume=resume)

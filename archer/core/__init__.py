@@ -1,0 +1,1 @@
+"""archer's core: config, data, rewards, algorithms, engines and traces (shared by both engines)."""

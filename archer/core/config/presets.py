@@ -1,0 +1,124 @@
+"""Where presets live and how a name becomes a YAML file.
+
+Built-in presets ship inside the wheel as `archer/presets/*.yaml` (hatch force-includes the
+repository's `presets/`); in a source checkout they are read from `<repo>/presets`. Extra
+directories can be added with ARCHER_PRESET_PATH (os.pathsep-separated). A name resolves to the
+first directory that has `<name>.yaml`; anything that looks like a path is used as a path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+from archer.errors import ConfigError, UsageError
+
+PRESET_PATH_ENV = "ARCHER_PRESET_PATH"
+EXTENDS_KEY = "extends"
+
+
+def builtin_preset_dir() -> Path:
+    """The directory of the presets that come with archer."""
+    pkg = Path(__file__).resolve().parents[2]  # .../archer
+    installed = pkg / "presets"
+    if installed.is_dir():
+        return installed
+    return pkg.parent / "presets"  # source checkout / editable install
+
+
+def preset_dirs() -> list[Path]:
+    dirs = []
+    for item in os.environ.get(PRESET_PATH_ENV, "").split(os.pathsep):
+        if item.strip():
+            dirs.append(Path(item).expanduser())
+    dirs.append(builtin_preset_dir())
+    return dirs
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset name -> file, earlier directories shadowing later ones."""
+    found: dict[str, Path] = {}
+    for d in preset_dirs():
+        if not d.is_dir():
+            continue
+        for p in sorted(d.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or os.sep in ref or ref.startswith(".")
+
+
+def resolve_preset(ref: str, relative_to: Path | None = None) -> Path:
+    """Turn a preset name or path into an existing file, or fail with a suggestion."""
+    if _looks_like_path(ref):
+        p = Path(ref).expanduser()
+        if not p.is_absolute() and relative_to is not None:
+            p = relative_to / p
+        if p.is_file():
+            return p
+        raise UsageError(f"preset file not found: {p}", hint="run 'archer presets ls' for the built-in presets")
+    presets = list_presets()
+    if ref in presets:
+        return presets[ref]
+    close = difflib.get_close_matches(ref, list(presets), n=3, cutoff=0.5)
+    if close:
+        suggestion = " or ".join(f"'{c}'" for c in close)
+        raise UsageError(f"unknown preset '{ref}'. Did you mean {suggestion}?", hint="run 'archer presets ls'")
+    raise UsageError(f"unknown preset '{ref}'", hint="run 'archer presets ls' to see the presets")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML file into a plain dict (interpolations kept as strings)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read preset {path}: {e.strerror}") from e
+    try:
+        import yaml
+
+        data = yaml.safe_load(text)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise ConfigError(f"preset {path} is not valid YAML: {e}".replace("\n", " ")) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must be a mapping of keys, got {type(data).__name__}")
+    try:  # round-trip through OmegaConf so interpolation syntax is checked early
+        OmegaConf.create(data)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"preset {path}: {e}".splitlines()[0]) from e
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_preset_chain(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+    """Load a preset and everything it `extends:`, parent first. Returns (merged dict, chain)."""
+    path = path.resolve()
+    if path in _seen:
+        cycle = " -> ".join(p.stem for p in (*_seen, path))
+        raise ConfigError(f"presets extend each other in a cycle: {cycle}")
+    data = read_yaml(path)
+    parent_ref = data.pop(EXTENDS_KEY, None)
+    if parent_ref is None:
+        return data, [path]
+    if not isinstance(parent_ref, str):
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' must be a preset name or path")
+    parent_path = resolve_preset(parent_ref, relative_to=path.parent)
+    parent, chain = load_preset_chain(parent_path, (*_seen, path))
+    return _deep_merge(parent, data), [*chain, path]

@@ -1,0 +1,235 @@
+"""archer's typed configuration: one dataclass tree, the single source of truth for every key.
+
+Presets (YAML under `presets/`) and `key=value` overrides are merged onto `ArcherConfig` by
+`archer.core.config.compose`; OmegaConf's struct mode rejects unknown keys and wrong types, and
+the metadata attached by `opt()` (doc line, choices, bounds) is checked afterwards. Sizes follow
+verl's conventions: batch sizes in prompts, micro-batches in sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from archer.core.config.fields import opt, section
+
+ENGINES = ("local", "verl")
+ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
+POLICY_LOSSES = ("vanilla", "archer", "aspo")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+KL_TYPES = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+REWARD_FUNCTIONS = ("arithmetic", "math")
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TinyModelConfig:
+    """A small Qwen2 built in code when `model.path` is null (no download)."""
+
+    hidden_size: int = opt(128, "hidden size of the tiny Qwen2", ge=8)
+    num_layers: int = opt(4, "decoder layers", ge=1)
+    num_heads: int = opt(4, "attention heads", ge=1)
+    num_kv_heads: int = opt(2, "key/value heads (grouped-query attention)", ge=1)
+    intermediate_size: int = opt(512, "MLP width", ge=8)
+    max_position_embeddings: int = opt(256, "longest prompt+response the tiny model accepts", ge=16)
+    tie_word_embeddings: bool = opt(True, "share input and output embeddings")
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = opt(
+        None, "local Hugging Face model folder; null builds the tiny model in code (never downloads)"
+    )
+    tokenizer_path: Optional[str] = opt(None, "tokenizer folder; null means model.path (or the char tokenizer)")
+    tiny: TinyModelConfig = section(TinyModelConfig, "the in-code tiny model used when path is null")
+    dtype: str = opt("fp32", "parameter dtype for training", choices=DTYPES)
+    attn_implementation: str = opt(
+        "sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2")
+    )
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass")
+    trust_remote_code: bool = opt(False, "allow model code shipped inside the model folder")
+
+
+@dataclass
+class SynthConfig:
+    """The seeded synthetic task used when `data.train_files` is empty."""
+
+    task: str = opt("arithmetic", "synthetic task", choices=("arithmetic",))
+    n: int = opt(20000, "number of training problems to generate", ge=1)
+    val_n: int = opt(256, "number of held-out validation problems", ge=0)
+    difficulty: str = opt("easy", "difficulty preset", choices=("easy", "medium", "hard"))
+    max_operand: int = opt(0, "largest operand; 0 takes the difficulty's value", ge=0)
+    ops: str = opt("", "operators to use, e.g. '+-' or '+-*'; empty takes the difficulty's value")
+
+
+@dataclass
+class DataConfig:
+    train_files: List[str] = opt([], "parquet/jsonl training files; empty uses data.synth")
+    val_files: List[str] = opt([], "parquet/jsonl validation files; empty uses the synth held-out split")
+    synth: SynthConfig = section(SynthConfig, "synthetic task settings")
+    prompt_key: str = opt("prompt", "column holding the prompt (a string or a chat message list)")
+    answer_key: str = opt(
+        "reward_model.ground_truth", "column (dotted for nested structs) holding the ground-truth answer"
+    )
+    apply_chat_template: bool = opt(True, "render chat-message prompts with the tokenizer's chat template")
+    max_prompt_length: int = opt(64, "prompts longer than this many tokens are dropped", ge=1)
+    train_batch_size: int = opt(16, "prompts per training step", ge=1)
+    shuffle: bool = opt(True, "shuffle the training prompts every epoch")
+
+
+@dataclass
+class ValRolloutConfig:
+    n: int = opt(1, "samples per validation prompt", ge=1)
+    temperature: float = opt(0.0, "validation temperature; 0 means greedy", ge=0.0)
+    top_p: float = opt(1.0, "validation nucleus sampling", gt=0.0, le=1.0)
+    max_prompts: int = opt(256, "validate on at most this many prompts (0 = all)", ge=0)
+
+
+@dataclass
+class RolloutConfig:
+    n: int = opt(4, "responses sampled per prompt (the group size)", ge=1)
+    temperature: float = opt(1.0, "sampling temperature", gt=0.0)
+    top_p: float = opt(1.0, "nucleus sampling", gt=0.0, le=1.0)
+    top_k: int = opt(0, "top-k sampling; 0 or -1 disables", ge=-1)
+    max_new_tokens: int = opt(16, "longest response in tokens", ge=1)
+    generation_batch_size: int = opt(0, "sequences per generate() call; 0 = all at once", ge=0)
+    val: ValRolloutConfig = section(ValRolloutConfig, "validation sampling")
+
+
+@dataclass
+class FilterGroupsConfig:
+    """DAPO dynamic sampling: drop groups whose rewards are all equal, sample more until full."""
+
+    enable: bool = opt(False, "drop constant-reward groups and keep sampling until the batch is full")
+    metric: str = opt("acc", "what must vary within a group", choices=("acc", "reward"))
+    max_num_gen_batches: int = opt(10, "cap on generation rounds per step (0 = no cap)", ge=0)
+
+
+@dataclass
+class OverlongBufferConfig:
+    """DAPO soft overlong punishment: a linear penalty in the last `len` tokens before the limit."""
+
+    enable: bool = opt(False, "penalise responses that enter the last `len` tokens before the limit")
+    len: int = opt(4, "buffer length in tokens", ge=1)
+    penalty_factor: float = opt(1.0, "penalty at the length limit", ge=0.0)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = opt("grpo", "advantage estimator", choices=ADV_ESTIMATORS)
+    norm_adv_by_std_in_grpo: bool = opt(True, "divide GRPO advantages by the group's std")
+    filter_groups: FilterGroupsConfig = section(FilterGroupsConfig, "DAPO dynamic sampling")
+    overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong reward shaping")
+
+
+@dataclass
+class ArcherLossConfig:
+    """Archer's dual-token constraints: tokens above the per-response entropy quantile are "forks"."""
+
+    token_entropy_quantile: float = opt(0.8, "per-response entropy quantile splitting the two token sets", gt=0.0, lt=1.0)
+    low_entropy_clip_ratio_low: float = opt(0.2, "clip below 1 for low-entropy tokens", ge=0.0)
+    low_entropy_clip_ratio_high: float = opt(0.2, "clip above 1 for low-entropy tokens", ge=0.0)
+    high_entropy_clip_ratio_low: float = opt(0.4, "clip below 1 for high-entropy tokens", ge=0.0)
+    high_entropy_clip_ratio_high: float = opt(0.4, "clip above 1 for high-entropy tokens", ge=0.0)
+    high_entropy_kl_scale: float = opt(0.0, "KL-loss scale on high-entropy tokens (low-entropy use 1)", ge=0.0)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(1e-6, "AdamW learning rate", gt=0.0)
+    warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimizer steps", ge=0)
+    schedule: str = opt("constant", "learning-rate schedule after warm-up", choices=("constant", "cosine"))
+    weight_decay: float = opt(0.01, "AdamW weight decay", ge=0.0)
+    betas: List[float] = opt([0.9, 0.999], "AdamW betas")
+    grad_clip: float = opt(1.0, "max global grad norm (0 disables clipping)", ge=0.0)
+
+
+@dataclass
+class ActorConfig:
+    policy_loss: str = opt("vanilla", "policy loss by name (see archer.core.algorithms)", choices=POLICY_LOSSES)
+    clip_ratio_low: float = opt(0.2, "PPO clip below 1 (epsilon_low)", ge=0.0)
+    clip_ratio_high: float = opt(0.2, "PPO clip above 1 (epsilon_high, DAPO clip-higher)", ge=0.0)
+    clip_ratio_c: float = opt(3.0, "dual-clip bound for negative advantages (> 1)", gt=1.0)
+    aspo_dual_clip: float = opt(3.0, "ASPO soft dual clip on the flipped ratio", gt=1.0)
+    archer: ArcherLossConfig = section(ArcherLossConfig, "Archer dual-token loss settings")
+    loss_agg_mode: str = opt("token-mean", "how token losses become one number", choices=LOSS_AGG_MODES)
+    ppo_epochs: int = opt(1, "passes over each rollout batch", ge=1)
+    ppo_mini_batch_size: int = opt(16, "prompts per optimizer step (x rollout.n sequences)", ge=1)
+    ppo_micro_batch_size: int = opt(64, "sequences per forward/backward (gradient accumulation)", ge=1)
+    use_kl_loss: bool = opt(False, "add a KL(policy || reference) term to the loss")
+    kl_loss_coef: float = opt(0.001, "KL-loss coefficient", ge=0.0)
+    kl_loss_type: str = opt("low_var_kl", "KL estimator", choices=KL_TYPES)
+    entropy_coeff: float = opt(0.0, "entropy bonus coefficient", ge=0.0)
+    optim: OptimConfig = section(OptimConfig, "optimizer")
+
+
+@dataclass
+class RewardConfig:
+    function: str = opt("arithmetic", "reward function", choices=REWARD_FUNCTIONS)
+    timeout_s: float = opt(5.0, "per-response grading timeout in seconds", gt=0.0)
+    format_reward: float = opt(0.0, "reward added for a parseable answer (0 = off)", ge=0.0)
+
+
+@dataclass
+class WarmupConfig:
+    """A short supervised warm-up so that RL starts from a model that is right sometimes."""
+
+    enable: bool = opt(False, "fine-tune on the task's answers before RL")
+    steps: int = opt(300, "supervised optimizer steps", ge=0)
+    batch_size: int = opt(64, "sequences per supervised step", ge=1)
+    lr: float = opt(3e-3, "supervised learning rate", gt=0.0)
+    target_accuracy: float = opt(
+        0.0, "stop early once greedy accuracy on a probe set reaches this (0 = run all steps)", ge=0.0, le=1.0
+    )
+    cache: bool = opt(True, "reuse a finished warm-up of the same settings from the cache directory")
+
+
+@dataclass
+class TraceConfig:
+    enable: bool = opt(True, "write the per-token trace (entropy, influence) for every rollout step")
+    dir: Optional[str] = opt(None, "trace directory; null means <run>/trace")
+    write_every: int = opt(1, "write every k-th step", ge=1)
+    fsync: bool = opt(False, "fsync each step file and the manifest (durable across power loss)")
+    row_group_size: int = opt(64, "responses per parquet row group", ge=1)
+    compression_level: int = opt(3, "zstd level", ge=1, le=22)
+    max_queue: int = opt(4, "steps the background writer may hold before training waits", ge=1)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = opt(False, "write tensorboard event files to <run>/tensorboard")
+    wandb: bool = opt(False, "log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
+    wandb_project: str = opt("archer", "W&B project name")
+    log_every: int = opt(1, "print a progress line every k steps when stdout is not a terminal", ge=1)
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = opt(100, "RL steps to run", ge=1)
+    val_every: int = opt(0, "validate every k steps (0 = only before and after training)", ge=0)
+    val_before_train: bool = opt(True, "validate before the first step")
+    save_every: int = opt(0, "checkpoint every k steps (0 = only at the end)", ge=0)
+    keep_checkpoints: int = opt(2, "keep the newest k checkpoints (0 = keep all)", ge=0)
+    out_dir: str = opt("runs", "root folder for run directories")
+    run_name: Optional[str] = opt(None, "run directory name; null means <preset>-<timestamp>")
+    device: str = opt("auto", "where the local engine runs", choices=("auto", "cpu", "cuda"))
+    num_threads: int = opt(0, "torch CPU threads (0 = all cores)", ge=0)
+    cache_dir: Optional[str] = opt(None, "cache for warm-ups and tokenizers; null means <out_dir>/.cache")
+    logging: LoggingConfig = section(LoggingConfig, "metric sinks")
+
+
+@dataclass
+class ArcherConfig:
+    description: str = opt("", "one line shown by 'archer presets ls'")
+    engine: str = opt("local", "training engine", choices=ENGINES)
+    seed: int = opt(0, "global seed (data order, sampling, init)")
+    model: ModelConfig = section(ModelConfig, "policy model and tokenizer")
+    data: DataConfig = section(DataConfig, "datasets and batch size")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling")
+    algorithm: AlgorithmConfig = section(AlgorithmConfig, "advantages, group filtering, reward shaping")
+    actor: ActorConfig = section(ActorConfig, "policy loss and optimisation")
+    reward: RewardConfig = section(RewardConfig, "how responses are scored")
+    warmup: WarmupConfig = section(WarmupConfig, "supervised warm-up before RL")
+    trace: TraceConfig = section(TraceConfig, "per-token trace output")
+    trainer: TrainerConfig = section(TrainerConfig, "loop, validation, checkpoints, output")
+    verl: Dict[str, Any] = opt({}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2")

@@ -1,0 +1,23 @@
+"""Engines run a composed config. Both share archer.core (algorithms, rewards, data, traces).
+
+- local: one process, CPU or one GPU, HF generate rollouts (archer.core.engines.local)
+- verl:  Ray + vLLM + FSDP through verl 0.9.1, entered as a plugin (archer.core.engines.verl)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def run_engine(composed: Any, run_dir: Path, resume: bool = False) -> Any:
+    engine = composed.cfg.engine
+    if engine == "local":
+        from archer.core.engines.local.trainer import train
+
+        return train(composed, run_dir, resume=resume)
+    if engine == "verl":
+        from archer.core.engines.verl.launch import train as verl_train
+
+        return verl_train(composed, run_dir, resume=resume)
+    raise ValueError(f"unknown engine {engine!r}")  # unreachable: the schema validates choices
