@@ -94,6 +94,11 @@ def _explain(c) -> None:
     from archer.core.config.compose import _get, explain_rows
 
     values = c.to_dict()
+    if not out().is_terminal:  # one greppable line per key when piped
+        for key, kind, default, doc in explain_rows():
+            v = _get(values, key)
+            typer.echo(f"{key} = {'null' if v is None else v}    # {kind}; {doc}")
+        return
     table = Table(title=f"keys of preset '{c.preset}'", title_justify="left")
     for col in ("key", "type", "value", "doc"):
         table.add_column(col, overflow="fold")

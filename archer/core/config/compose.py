@@ -147,6 +147,7 @@ def _merge(cfg: Any, raw: dict[str, Any], source: str) -> Any:
     missing = _missing_markers(raw, "")
     try:
         merged = OmegaConf.merge(cfg, raw)
+        _open_free_sections(merged)
         for key in missing:  # merge() skips '???' values; a preset's ??? must still mean "required"
             OmegaConf.update(merged, key, "???", merge=False)
         return merged
@@ -157,6 +158,17 @@ def _merge(cfg: Any, raw: dict[str, Any], source: str) -> Any:
         if key and key not in schema_keys():
             raise _unknown_key_error(key, source) from e
         raise ConfigError(f"{_first_line(e)} ({source})") from e
+
+
+def _open_free_sections(cfg: Any) -> None:
+    """Free-form sections (e.g. `verl`) accept any key; the rest of the tree stays in struct mode."""
+    from omegaconf import OmegaConf
+
+    for key, info in schema_keys().items():
+        if info.is_free_dict:
+            node = OmegaConf.select(cfg, key)
+            if node is not None:
+                OmegaConf.set_struct(node, False)
 
 
 def _missing_markers(raw: dict[str, Any], prefix: str) -> list[str]:
@@ -399,6 +411,7 @@ def _compose(raw: dict[str, Any], overrides: list[str], source: str) -> Any:
 
     cfg = OmegaConf.structured(ArcherConfig)
     OmegaConf.set_struct(cfg, True)
+    _open_free_sections(cfg)
     cfg = _merge(cfg, raw, source)
     for text, op, key, value in parsed:
         if op != "set":
