@@ -153,3 +153,12 @@ def test_interpolation_resolves():
 def test_every_leaf_key_has_a_doc_line():
     undocumented = [k for k, info in schema_keys().items() if not info.help]
     assert undocumented == []
+
+
+def test_config_reference_is_up_to_date():
+    from pathlib import Path
+
+    from archer.core.config.docs import render_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == render_markdown(), "regenerate: python -m archer.core.config.docs > docs/config.md"
