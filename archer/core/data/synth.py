@@ -1,0 +1,205 @@
+"""Seeded two-operand arithmetic problems (`23+45=` → `68`) for the tiny character-level model.
+
+Prompts and answers use only `0123456789+-*=`, which is the whole vocabulary of archer's char
+tokenizer. Difficulty presets (an explicit `max_operand`/`ops` overrides the preset's value):
+
+- easy:   operands 0..99,  `+ -`,   answers never negative (for `-` the larger operand is first)
+- medium: operands 0..999, `+ -`,   negative answers allowed
+- hard:   operands 0..999, `+ - *`, negative answers allowed
+
+Problems are sampled without replacement from the finite set the settings allow, so a split
+never repeats a problem, validation and training are disjoint, and asking for more problems than
+exist is an error rather than silent duplication.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from math import isqrt
+from typing import Any, Iterable
+
+from archer.errors import DataError, UsageError
+
+DIFFICULTIES = ("easy", "medium", "hard")
+OPS = "+-*"
+DATA_SOURCE = "arithmetic"
+_PROBLEM = re.compile(r"([0-9]+)([+\-*])([0-9]+)=")
+
+
+@dataclass(frozen=True)
+class ArithmeticSpec:
+    """The resolved settings: which problems exist."""
+
+    difficulty: str
+    max_operand: int
+    ops: str
+    non_negative: bool
+
+    def _count(self, op: str) -> int:
+        m = self.max_operand + 1
+        return m * (m + 1) // 2 if (op == "-" and self.non_negative) else m * m
+
+    @property
+    def size(self) -> int:
+        """How many distinct problems these settings allow."""
+        return sum(self._count(op) for op in self.ops)
+
+    def decode(self, idx: int) -> tuple[int, str, int]:
+        """Problem number `idx` (0 <= idx < size) as (a, op, b)."""
+        for op in self.ops:
+            count = self._count(op)
+            if idx < count:
+                if op == "-" and self.non_negative:  # pairs a >= b, enumerated row by row
+                    a = (isqrt(8 * idx + 1) - 1) // 2
+                    return a, op, idx - a * (a + 1) // 2
+                return divmod(idx, self.max_operand + 1)[0], op, idx % (self.max_operand + 1)
+            idx -= count
+        raise IndexError(idx)
+
+    def contains(self, text: str) -> bool:
+        m = _PROBLEM.fullmatch(text)
+        if m is None or m.group(2) not in self.ops:
+            return False
+        a, b = int(m.group(1)), int(m.group(3))
+        if str(a) != m.group(1) or str(b) != m.group(3):  # leading zeros: not a problem we make
+            return False
+        if a > self.max_operand or b > self.max_operand:
+            return False
+        return not (m.group(2) == "-" and self.non_negative and a < b)
+
+    def describe(self) -> str:
+        sign = ", answers >= 0" if self.non_negative and "-" in self.ops else ""
+        return f"{self.difficulty}: operands 0..{self.max_operand}, ops {self.ops}{sign}"
+
+
+_PRESETS = {
+    "easy": (99, "+-", True),
+    "medium": (999, "+-", False),
+    "hard": (999, "+-*", False),
+}
+
+
+def resolve_spec(difficulty: str = "easy", max_operand: int = 0, ops: str = "") -> ArithmeticSpec:
+    """A difficulty preset with the explicit overrides applied (0 / "" keep the preset's value)."""
+    if difficulty not in _PRESETS:
+        raise UsageError(f"unknown difficulty {difficulty!r}", hint=f"use one of: {', '.join(DIFFICULTIES)}")
+    preset_max, preset_ops, non_negative = _PRESETS[difficulty]
+    if max_operand < 0:
+        raise UsageError(
+            f"max_operand must be >= 0 (got {max_operand})", hint="0 keeps the difficulty's value"
+        )
+    bad = sorted(set(ops) - set(OPS))
+    if bad:
+        raise UsageError(
+            f"unknown operator(s) {''.join(bad)!r} in ops {ops!r}",
+            hint="ops is made of '+', '-' and '*', e.g. '+-'",
+        )
+    ops = "".join(dict.fromkeys(ops)) or preset_ops  # dedupe, keep order
+    return ArithmeticSpec(difficulty, max_operand or preset_max, ops, non_negative)
+
+
+def _answer(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _row(a: int, op: str, b: int, index: int, split: str) -> dict[str, Any]:
+    return {
+        "prompt": [{"role": "user", "content": f"{a}{op}{b}="}],
+        "data_source": DATA_SOURCE,
+        "ability": "arithmetic",
+        "reward_model": {"ground_truth": str(_answer(a, op, b)), "style": "rule"},
+        "extra_info": {"index": index, "split": split, "a": a, "b": b, "op": op},
+    }
+
+
+def _too_many(n: int, what: str, spec: ArithmeticSpec, available: int) -> DataError:
+    return DataError(
+        f"asked for {n} {what} but {spec.describe()} has only {available} distinct problems",
+        hint="lower --n/--val-n (data.synth.n/val_n), or raise --max-operand or pick a harder --difficulty",
+    )
+
+
+def make_arithmetic(
+    n: int,
+    *,
+    seed: int,
+    difficulty: str = "easy",
+    max_operand: int = 0,
+    ops: str = "",
+    split: str = "train",
+    exclude: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`n` distinct problems as verl rows, none of whose prompt text is in `exclude`.
+
+    Deterministic in (seed, split, settings): the same call gives the same rows in the same order.
+    """
+    if n < 0:
+        raise UsageError(f"n must be >= 0 (got {n})")
+    spec = resolve_spec(difficulty, max_operand, ops)
+    excluded = set(exclude or ())
+    blocked = sum(1 for text in excluded if spec.contains(text))
+    if n > spec.size - blocked:
+        raise _too_many(
+            n,
+            f"{split} problems" + (" besides the excluded ones" if blocked else ""),
+            spec,
+            spec.size - blocked,
+        )
+    rng = random.Random(f"archer-arithmetic:{seed}:{split}")
+    rows: list[dict[str, Any]] = []
+    for idx in rng.sample(range(spec.size), min(spec.size, n + blocked)):
+        if len(rows) == n:
+            break
+        a, op, b = spec.decode(idx)
+        if blocked and f"{a}{op}{b}=" in excluded:
+            continue
+        rows.append(_row(a, op, b, len(rows), split))
+    return rows
+
+
+def write_arithmetic(
+    out_dir: str | os.PathLike,
+    *,
+    n: int,
+    val_n: int,
+    seed: int,
+    difficulty: str = "easy",
+    max_operand: int = 0,
+    ops: str = "",
+) -> dict[str, Any]:
+    """Write `train.parquet` (n rows) and `val.parquet` (val_n rows, disjoint from train).
+
+    Returns {"paths": {"train", "val"}, "counts": {"train", "val"}, "spec": description}.
+    """
+    import pyarrow as pa
+
+    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, verl_schema, write_tables_atomic
+
+    spec = resolve_spec(difficulty, max_operand, ops)
+    if n + val_n > spec.size:
+        raise _too_many(n + val_n, f"problems ({n} train + {val_n} val)", spec, spec.size)
+    val = make_arithmetic(
+        val_n, seed=seed, difficulty=difficulty, max_operand=max_operand, ops=ops, split="val"
+    )
+    train = make_arithmetic(
+        n,
+        seed=seed,
+        difficulty=difficulty,
+        max_operand=max_operand,
+        ops=ops,
+        split="train",
+        exclude={r["prompt"][0]["content"] for r in val},
+    )
+    schema = verl_schema([("a", pa.int64()), ("b", pa.int64()), ("op", pa.string())])
+    out = prepare_out_dir(out_dir)
+    paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
+    write_tables_atomic(
+        {
+            paths["train"]: pa.Table.from_pylist(train, schema=schema),
+            paths["val"]: pa.Table.from_pylist(val, schema=schema),
+        }
+    )
+    return {"paths": paths, "counts": {"train": len(train), "val": len(val)}, "spec": spec.describe()}
