@@ -1,0 +1,143 @@
+"""Kill a trace-writing process with SIGKILL at random moments; the trace must stay whole.
+
+Each trial starts tests/trace_crash_worker.py on the same trace directory (resuming after the
+last step the manifest holds, or a few steps earlier so that the repair has work to do), kills
+it after a random delay, and checks what a reader sees:
+only whole steps with exactly the expected contents, no manifest entry without its file,
+latest_step.txt never ahead of the manifest. Then it resumes in-process, writes two more steps
+and checks that the trace is clean (no duplicates, no debris). The delays are seeded; where the
+kill lands still depends on the machine's speed, which is the point of doing it 24 times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from archer.core.trace import TraceReader, TraceWriter
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from trace_crash_worker import expected_table, same_table  # noqa: E402
+
+TRIALS_PER_MODE = 12  # x 2 fsync modes = 24 kills
+MAX_DELAY_S = 0.25
+
+
+def run_and_kill(trace_dir: Path, fsync: bool, resume_after: int, delay: float) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "trace_crash_worker.py"), str(trace_dir), "1" if fsync else "0",
+         str(resume_after)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"worker did not start: {err[-2000:]}")
+        time.sleep(delay)
+        if proc.poll() is not None:  # it should be writing forever; dying by itself is a bug
+            _, err = proc.communicate()
+            pytest.fail(f"worker exited with {proc.returncode} before the kill: {err[-2000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def step_files(trace_dir: Path) -> set[str]:
+    return {f"steps/{p.name}" for p in (trace_dir / "steps").iterdir() if p.name.endswith(".parquet")}
+
+
+def check_after_kill(trace_dir: Path, verified: set[int]) -> list[int]:
+    """The reader's view of a killed run; returns the manifest steps. Steps in `verified` were
+    content-checked in an earlier trial; their files are only checked to still exist."""
+    r = TraceReader(trace_dir)
+    entries = r.manifest()
+    steps = [e["step"] for e in entries]
+    raw_steps = []
+    for line in (trace_dir / "manifest.jsonl").read_text().split("\n")[:-1]:  # whole lines only
+        raw_steps.append(json.loads(line)["step"])
+    assert raw_steps == steps == sorted(set(steps)), "duplicate or unordered manifest steps"
+    assert r.steps() == steps, "the manifest names a missing file"
+    assert not r.warnings, r.warnings
+    for e in entries:
+        step = e["step"]
+        if step in verified:
+            continue
+        want = expected_table(step)
+        got = r.read_step(step)
+        assert got.num_rows == e["n_responses"] == want.num_rows == r.num_rows(step)
+        assert same_table(got, want), f"step {step} does not read back as written"
+        verified.add(step)
+    latest = r.latest_step()
+    if latest is not None:
+        assert steps and latest <= steps[-1], f"latest_step.txt {latest} is ahead of {steps[-1:]}"
+        assert latest in steps
+    # step files may exist beyond the manifest (killed between the rename and the append, or
+    # during a resume's repair before it deleted them), but never before its end, and they are
+    # complete because they appeared by rename
+    orphans = step_files(trace_dir) - {e["file"] for e in entries}
+    for rel in orphans:
+        step = int(rel.split("_")[1].split(".")[0])
+        assert step > (steps[-1] if steps else 0), f"orphan {rel} inside the manifest's range"
+        assert same_table(pq.read_table(trace_dir / rel), expected_table(step))
+    return steps
+
+
+def resume_and_check(trace_dir: Path, fsync: bool, steps: list[int]) -> list[int]:
+    k = steps[-1] if steps else 0
+    with TraceWriter(trace_dir, {"model": "crash-test"}, fsync=fsync, resume_after_step=k) as w:
+        for s in (k + 1, k + 2):
+            w.submit(s, expected_table(s))
+    r = TraceReader(trace_dir)
+    now = r.steps()
+    assert now == steps + [k + 1, k + 2]
+    assert [e["step"] for e in r.manifest()] == now
+    assert step_files(trace_dir) == {e["file"] for e in r.manifest()}, "debris left in steps/"
+    leftovers = [p.name for d in (trace_dir, trace_dir / "steps") for p in d.iterdir() if ".tmp" in p.name]
+    assert not leftovers
+    assert r.latest_step() == k + 2
+    for s in (k + 1, k + 2):
+        assert same_table(r.read_step(s), expected_table(s))
+    summary = r.summary
+    assert summary["model"] == "crash-test" and summary["schema_version"] == 1
+    return now
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsync", [False, True], ids=["no-fsync", "fsync"])
+def test_sigkill_at_random_moments_leaves_a_whole_trace(tmp_path, fsync):
+    rng = random.Random(20240611 + fsync)
+    trace_dir = tmp_path / "trace"
+    resume_after = -1  # the first worker starts a fresh trace
+    verified: set[int] = set()
+    killed_mid_run = 0
+    for _ in range(TRIALS_PER_MODE):
+        delay = rng.uniform(0.0, MAX_DELAY_S)
+        run_and_kill(trace_dir, fsync, resume_after, delay)
+        if not (trace_dir / "manifest.jsonl").exists():
+            continue  # killed before the writer created the directory: nothing to check
+        steps = check_after_kill(trace_dir, verified)
+        if steps and steps[-1] > max(resume_after, 0) + 3:
+            killed_mid_run += 1
+        steps = resume_and_check(trace_dir, fsync, steps)
+        # sometimes resume from an earlier checkpoint, so the worker's repair has work to do
+        resume_after = max(steps[-1] - rng.choice((0, 0, 3)), 0)
+        verified = {s for s in verified if s <= resume_after}  # later ones get rewritten
+    # the delays must actually let the worker write, or the test proves nothing
+    assert killed_mid_run >= TRIALS_PER_MODE // 2

@@ -1,0 +1,678 @@
+"""The trace format: schema v1 round trip, summaries, parquet layout, writer protocol, reader errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from archer.core.trace import (
+    COLUMNS,
+    LIST_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SUMMARY_COLUMNS,
+    TraceReader,
+    TraceWriter,
+    build_step_table,
+    list_entropy,
+    list_influence,
+    list_row,
+    list_values,
+    row_dict,
+)
+from archer.core.trace import writer as writer_mod
+from archer.errors import TraceError
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def make_inputs(step: int, n: int = 12, seed: int = 0, max_len: int = 40, influence: bool = True) -> dict:
+    """Random but reproducible arguments for build_step_table (groups of 4)."""
+    rng = np.random.default_rng([step, seed])
+    lengths = rng.integers(0, max_len, n)
+    lengths[0] = max_len  # at least one long one
+    infl = None
+    if influence:
+        infl = []
+        for i, L in enumerate(lengths):
+            if i % 3 == 0:
+                infl.append(None)
+            else:
+                x = rng.normal(0, 1e-3, L).astype(np.float32)
+                x[rng.random(L) < 0.25] = np.nan
+                infl.append(x)
+    return dict(
+        uid=[f"s{step}-g{i // 4}" for i in range(n)],
+        group_index=np.arange(n) // 4,
+        sample_index=np.arange(n) % 4,
+        prompt_ids=[list(range(100 + i // 4, 110 + i // 4)) for i in range(n)],
+        response_ids=[rng.integers(0, 150_000, L).astype(np.int64) for L in lengths],
+        entropy=[(rng.random(L) * 12).astype(np.float32) for L in lengths],
+        reward=rng.random(n),
+        advantage=rng.normal(size=n),
+        truncated=rng.random(n) < 0.2,
+        correct=[None if i % 5 == 0 else bool(i % 2) for i in range(n)],
+        accepted=rng.random(n) < 0.5,
+        influence=infl,
+        data_source=["gsm8k" if i % 2 else "math" for i in range(n)],
+    )
+
+
+def make_table(step: int, **kw) -> pa.Table:
+    return build_step_table(step, **make_inputs(step, **kw))
+
+
+def write_steps(trace_dir: Path, steps, **writer_kw) -> None:
+    with TraceWriter(trace_dir, {"model": "tiny"}, **writer_kw) as w:
+        for s in steps:
+            w.submit(s, make_table(s))
+
+
+def manifest_steps(trace_dir: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (trace_dir / "manifest.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# schema and round trip
+# ---------------------------------------------------------------------------------------------
+
+
+def test_round_trip_every_column_and_dtype(tmp_path):
+    inp = make_inputs(7)
+    role = pa.array([np.full(len(r), i % 3, dtype=np.int8) for i, r in enumerate(inp["response_ids"])],
+                    type=pa.list_(pa.int8()))
+    table = build_step_table(7, **inp, extra={"token_role": role})
+    write_steps_dir = tmp_path / "trace"
+    with TraceWriter(write_steps_dir, {"model": "tiny"}) as w:
+        w.submit(7, table)
+
+    back = TraceReader(write_steps_dir).read_step(7)
+    assert back.column_names == list(COLUMNS) + ["token_role"]
+    for field in SCHEMA:
+        assert back.schema.field(field.name).type == field.type, field.name
+    assert back.schema.field("token_role").type == pa.list_(pa.int8())
+    meta = back.schema.metadata
+    assert meta[b"archer.schema_version"] == str(SCHEMA_VERSION).encode()
+    assert meta[b"archer.step"] == b"7"
+
+    n = len(inp["uid"])
+    assert back.num_rows == n
+    assert back.column("step").to_pylist() == [7] * n
+    assert back.column("row").to_pylist() == list(range(n))
+    assert back.column("uid").to_pylist() == inp["uid"]
+    assert back.column("group_index").to_pylist() == list(inp["group_index"])
+    assert back.column("sample_index").to_pylist() == list(inp["sample_index"])
+    assert back.column("data_source").to_pylist() == inp["data_source"]
+    np.testing.assert_array_equal(back.column("reward").to_numpy(), inp["reward"].astype(np.float32))
+    np.testing.assert_array_equal(back.column("advantage").to_numpy(), inp["advantage"].astype(np.float32))
+    assert back.column("truncated").to_pylist() == list(inp["truncated"])
+    assert back.column("correct").to_pylist() == inp["correct"]
+    assert back.column("accepted").to_pylist() == list(inp["accepted"])
+    assert back.column("response_length").to_pylist() == [len(r) for r in inp["response_ids"]]
+    for i in range(n):
+        np.testing.assert_array_equal(list_row(back, "prompt_ids", i), inp["prompt_ids"][i])
+        np.testing.assert_array_equal(list_row(back, "response_ids", i), inp["response_ids"][i])
+        ent = list_row(back, "entropy", i)
+        assert ent.dtype == np.float16
+        np.testing.assert_array_equal(ent, inp["entropy"][i].astype(np.float16))
+        infl = list_influence(back, i)
+        if inp["influence"][i] is None:
+            assert infl is None
+        else:
+            np.testing.assert_array_equal(infl, inp["influence"][i])  # NaN == NaN here
+        role_i = np.full(len(inp["response_ids"][i]), i % 3)
+        np.testing.assert_array_equal(list_row(back, "token_role", i), role_i)
+
+
+def test_summary_columns_are_nan_aware_and_null_when_nothing_captured():
+    nan = np.nan
+    t = build_step_table(
+        1,
+        uid=["a", "a", "a", "a"],
+        group_index=[0, 0, 0, 0],
+        sample_index=[0, 1, 2, 3],
+        prompt_ids=[[1], [1], [1], [1]],
+        response_ids=[np.array([5, 6, 7]), np.array([5, 6]), np.array([], dtype=np.int32), np.array([9])],
+        entropy=[np.array([1.0, 2.0, 3.0]), np.array([0.5, nan]), np.array([]), np.array([4.0])],
+        influence=[np.array([1.0, nan, 3.0]), np.array([nan, nan]), np.array([]), None],
+        reward=[1, 0, 0, 1],
+        advantage=[0, 0, 0, 0],
+        truncated=[False] * 4,
+    )
+    assert t.column("entropy_mean").to_pylist()[:2] == [2.0, 0.5]
+    assert t.column("entropy_max").to_pylist()[:2] == [3.0, 0.5]
+    assert t.column("entropy_mean").to_pylist()[3] == 4.0
+    assert math.isnan(t.column("entropy_mean")[2].as_py())  # no tokens
+    assert math.isnan(t.column("entropy_max")[2].as_py())
+    assert t.column("influence_sum").to_pylist() == [4.0, None, None, None]
+    assert t.column("influence_mean").to_pylist() == [2.0, None, None, None]
+    # a computed-but-empty influence list is not the same as "not computed"
+    assert t.column("influence").is_null().to_pylist() == [False, False, False, True]
+    # no influence at all
+    t2 = build_step_table(
+        1, uid=["a"], group_index=[0], sample_index=[0], prompt_ids=[[1]], response_ids=[np.array([3])],
+        entropy=[np.array([0.25])], reward=[0.0], advantage=[0.0], truncated=[True],
+    )
+    assert t2.column("influence").null_count == 1
+    assert t2.column("influence_sum").to_pylist() == [None]
+    assert t2.column("correct").to_pylist() == [None]
+    assert t2.column("accepted").to_pylist() == [None]
+    assert t2.column("data_source").to_pylist() == [None]
+
+
+def test_summary_columns_match_a_per_row_numpy_computation():
+    inp = make_inputs(3, n=30, max_len=200)
+    t = build_step_table(3, **inp)
+    for i in range(30):
+        e = inp["entropy"][i].astype(np.float16).astype(np.float64)
+        if len(e):
+            assert t.column("entropy_mean")[i].as_py() == pytest.approx(e.mean(), rel=1e-6)
+            assert t.column("entropy_max")[i].as_py() == pytest.approx(e.max(), rel=1e-6)
+        x = inp["influence"][i]
+        if x is not None and np.isfinite(x).any():
+            x64 = x.astype(np.float64)
+            assert t.column("influence_sum")[i].as_py() == pytest.approx(np.nansum(x64), rel=1e-5)
+            assert t.column("influence_mean")[i].as_py() == pytest.approx(np.nanmean(x64), rel=1e-5)
+        else:
+            assert t.column("influence_sum")[i].as_py() is None
+
+
+def test_float16_entropy_precision(tmp_path):
+    rng = np.random.default_rng(1)
+    ent = [rng.random(4096).astype(np.float32) * 12 for _ in range(4)]
+    ent[0][:5] = [0.0, 1e-5, 6.1e-5, 11.999, 12.0]
+    t = build_step_table(
+        1, uid=["u"] * 4, group_index=[0] * 4, sample_index=range(4), prompt_ids=[[1]] * 4,
+        response_ids=[np.zeros(4096, np.int32)] * 4, entropy=ent, reward=np.zeros(4),
+        advantage=np.zeros(4), truncated=np.zeros(4, bool),
+    )
+    write_dir = tmp_path / "t"
+    with TraceWriter(write_dir, {}) as w:
+        w.submit(1, t)
+    back = TraceReader(write_dir).read_step(1, columns=["entropy"])
+    for i in range(4):
+        got = list_entropy(back, i)
+        assert got.dtype == np.float32
+        err = np.abs(got - ent[i])
+        assert err.max() <= 0.004  # half a float16 ulp at 8..16 nats is 2**-9 = 0.00195; bound from the docs
+        assert np.all(err <= np.maximum(np.abs(ent[i]) * 2.0**-11, 2.0**-25))
+    assert list_entropy(back, 0)[0] == 0.0
+
+
+def test_build_step_table_rejects_mismatched_lengths():
+    inp = make_inputs(1, n=5)
+    too_long = np.zeros(len(inp["response_ids"][3]) + 1)
+    bad = dict(inp, entropy=[*inp["entropy"][:3], too_long, inp["entropy"][4]])
+    with pytest.raises(ValueError, match="entropy of response 3"):
+        build_step_table(1, **bad)
+    bad = dict(inp, influence=[None, None, np.zeros(len(inp["response_ids"][2]) + 2), None, None])
+    with pytest.raises(ValueError, match="influence of response 2"):
+        build_step_table(1, **bad)
+    with pytest.raises(ValueError, match="reward has shape"):
+        build_step_table(1, **dict(inp, reward=[0.0, 1.0]))
+    with pytest.raises(ValueError, match="response_ids has 4 entries"):
+        build_step_table(1, **dict(inp, response_ids=inp["response_ids"][:4]))
+    with pytest.raises(ValueError, match="extra column 'x' has 2 entries"):
+        build_step_table(1, **inp, extra={"x": pa.array([1, 2])})
+    with pytest.raises(ValueError, match="clashes"):
+        build_step_table(1, **inp, extra={"reward": pa.array(range(5))})
+    with pytest.raises(ValueError, match="uid"):
+        build_step_table(1, **dict(inp, uid=["a", None, "b", "c", "d"]))
+
+
+def test_nullable_bool_accepts_nan_as_unknown():
+    inp = make_inputs(1, n=3)
+    t = build_step_table(1, **dict(inp, correct=np.array([1.0, np.nan, 0.0])))
+    assert t.column("correct").to_pylist() == [True, None, False]
+
+
+def test_empty_step_round_trips(tmp_path):
+    t = build_step_table(
+        1, uid=[], group_index=[], sample_index=[], prompt_ids=[], response_ids=[], entropy=[],
+        reward=[], advantage=[], truncated=[],
+    )
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(1, t)
+    r = TraceReader(tmp_path)
+    assert r.num_rows(1) == 0
+    info = r.step_info(1)
+    assert info["n_responses"] == 0 and info["reward_mean"] is None and info["entropy_mean"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# parquet layout
+# ---------------------------------------------------------------------------------------------
+
+
+def test_row_groups_have_the_configured_size(tmp_path):
+    with TraceWriter(tmp_path, {}, row_group_size=16) as w:
+        w.submit(1, make_table(1, n=40))
+    md = pq.ParquetFile(tmp_path / "steps" / "step_000001.parquet").metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [16, 16, 8]
+
+
+def test_no_dictionary_encoding_on_list_columns_and_statistics_on(tmp_path):
+    with TraceWriter(tmp_path, {}, row_group_size=8) as w:
+        w.submit(1, make_table(1, n=20))
+    md = pq.ParquetFile(tmp_path / "steps" / "step_000001.parquet").metadata
+    dict_encodings = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    seen = set()
+    for rg in range(md.num_row_groups):
+        for j in range(md.num_columns):
+            col = md.row_group(rg).column(j)
+            top = col.path_in_schema.split(".")[0]
+            seen.add(top)
+            if top in LIST_COLUMNS:
+                assert not dict_encodings & set(col.encodings), (top, col.encodings)
+            if top == "uid":
+                assert dict_encodings & set(col.encodings)
+            if top in ("step", "row", "reward"):
+                assert col.statistics is not None and col.statistics.has_min_max
+            assert col.compression == "ZSTD"
+    assert set(LIST_COLUMNS) <= seen
+
+
+def test_step_files_are_readable_by_plain_pyarrow_glob(tmp_path):
+    write_steps(tmp_path, [1, 2, 3])
+    ds = pq.read_table(tmp_path / "steps", columns=["step", "reward"])
+    assert sorted(set(ds.column("step").to_pylist())) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# writer protocol
+# ---------------------------------------------------------------------------------------------
+
+
+def test_directory_layout_and_manifest_aggregates(tmp_path):
+    inp = make_inputs(1, n=12)
+    with TraceWriter(tmp_path, {"model": "m", "tokenizer": "t", "preset": "p", "git_commit": "abc"}) as w:
+        w.submit(1, build_step_table(1, **inp))
+    assert (tmp_path / "latest_step.txt").read_text().strip() == "1"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["format"] == "archer-trace" and summary["schema_version"] == SCHEMA_VERSION
+    assert summary["model"] == "m" and summary["archer_version"] and summary["created"] and summary["updated"]
+    (line,) = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    e = json.loads(line)
+    assert e["step"] == 1 and e["file"] == "steps/step_000001.parquet"
+    assert e["bytes"] == (tmp_path / e["file"]).stat().st_size
+    assert e["n_responses"] == 12
+    assert e["n_tokens"] == sum(len(r) for r in inp["response_ids"])
+    assert e["reward_mean"] == pytest.approx(inp["reward"].astype(np.float32).mean(), abs=1e-6)
+    known = [c for c in inp["correct"] if c is not None]
+    assert e["accuracy"] == pytest.approx(sum(known) / len(known), abs=1e-6)
+    all_ent = np.concatenate(inp["entropy"]).astype(np.float16).astype(np.float64)
+    assert e["entropy_mean"] == pytest.approx(all_ent.mean(), abs=1e-5)  # token-weighted
+    assert e["influence_rows"] == sum(x is not None for x in inp["influence"])
+    assert e["write_seconds"] >= 0 and e["written_at"]
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == ["step_000001.parquet"]
+
+
+def test_manifest_accuracy_is_null_when_correct_unknown(tmp_path):
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(1, build_step_table(1, **dict(make_inputs(1), correct=None, influence=None)))
+    e = TraceReader(tmp_path).step_info(1)
+    assert e["accuracy"] is None and e["influence_rows"] == 0
+
+
+def test_write_every_skips_steps_but_always_writes_the_first(tmp_path):
+    with TraceWriter(tmp_path, {}, write_every=3) as w:
+        written = [s for s in range(1, 11) if w.submit(s, make_table(s, n=2))]
+        assert [w.should_write(s) for s in (1, 2, 3, 4)] == [True, False, True, False]
+    assert written == [1, 3, 6, 9]
+    assert manifest_steps(tmp_path) == [1, 3, 6, 9]
+    assert TraceReader(tmp_path).steps() == [1, 3, 6, 9]
+    st = w.stats()
+    assert st.steps_written == 4 and st.steps_skipped == 6 and st.last_step == 9 and st.pending == 0
+    assert st.bytes_written == sum(p.stat().st_size for p in (tmp_path / "steps").iterdir())
+
+
+def test_submit_validates_steps_and_tables(tmp_path):
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(2, make_table(2, n=2))
+        with pytest.raises(ValueError, match="steps must increase"):
+            w.submit(2, make_table(2, n=2))
+        with pytest.raises(ValueError, match="built for step 4"):
+            w.submit(5, make_table(4, n=2))
+        with pytest.raises(ValueError, match="missing columns"):
+            w.submit(6, pa.table({"step": pa.array([6], pa.int32())}))
+        with pytest.raises(ValueError, match="type"):
+            w.submit(6, make_table(6, n=2).set_column(10, "reward", pa.array([1.0, 2.0], pa.float64())))
+    assert manifest_steps(tmp_path) == [2]
+
+
+def test_background_write_failure_surfaces_as_trace_error(tmp_path, monkeypatch):
+    calls = []
+
+    def boom(*a, **kw):
+        calls.append(1)
+        raise OSError(28, "No space left on device")
+
+    w = TraceWriter(tmp_path, {}, max_queue=1)
+    w.submit(1, make_table(1, n=2))
+    w.flush()
+    monkeypatch.setattr(writer_mod.pq, "write_table", boom)
+    w.submit(2, make_table(2, n=2))  # accepted: the failure happens later, on the thread
+    with pytest.raises(TraceError, match="step 2.*No space left") as ei:
+        w.flush()
+    assert isinstance(ei.value.__cause__, OSError)
+    with pytest.raises(TraceError):
+        w.submit(3, make_table(3, n=2))  # the writer stays failed
+    w.close()  # already reported: close does not raise it a second time
+    assert manifest_steps(tmp_path) == [1]
+    assert (tmp_path / "latest_step.txt").read_text().strip() == "1"
+    assert calls == [1]
+
+
+def test_unreported_failure_is_raised_by_close(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_mod.pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("EIO")))
+    w = TraceWriter(tmp_path, {})
+    w.submit(1, make_table(1, n=2))
+    with pytest.raises(TraceError, match="EIO"):
+        w.close()
+
+
+def test_failure_does_not_deadlock_a_producer_blocked_on_a_full_queue(tmp_path, monkeypatch):
+    gate = threading.Event()
+
+    def slow_fail(*a, **kw):
+        gate.wait(5)
+        raise OSError("EIO")
+
+    monkeypatch.setattr(writer_mod.pq, "write_table", slow_fail)
+    w = TraceWriter(tmp_path, {}, max_queue=1)
+    w.submit(1, make_table(1, n=2))  # taken by the thread, which blocks in write_table
+    errors = []
+
+    def producer():
+        try:
+            for s in range(2, 6):
+                w.submit(s, make_table(s, n=2))
+        except TraceError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    gate.set()
+    t.join(10)
+    assert not t.is_alive()
+    assert errors
+    with pytest.raises(TraceError):
+        w.flush()
+    w.close()
+
+
+def test_fresh_writer_refuses_a_directory_with_steps(tmp_path):
+    write_steps(tmp_path, [1])
+    with pytest.raises(TraceError, match="already holds steps"):
+        TraceWriter(tmp_path, {})
+
+
+def test_fsync_mode_writes_the_same_trace(tmp_path):
+    write_steps(tmp_path, [1, 2], fsync=True)
+    assert TraceReader(tmp_path).steps() == [1, 2]
+
+
+def test_context_manager_does_not_mask_the_exception_in_flight(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_mod.pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(OSError("EIO")))
+    with pytest.raises(KeyError):
+        with TraceWriter(tmp_path, {}) as w:
+            w.submit(1, make_table(1, n=2))
+            raise KeyError("training failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resume_repairs_a_killed_run(tmp_path):
+    write_steps(tmp_path, [1, 2, 3, 4, 5])
+    created = json.loads((tmp_path / "summary.json").read_text())["created"]
+    # what a kill leaves behind: a partial manifest line, temp files, a step file past the manifest
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write('{"step": 6, "file": "steps/step_0')
+    (tmp_path / "steps" / ".step_000006.parquet.tmp-4242").write_bytes(b"PAR1 half")
+    (tmp_path / ".latest_step.txt.tmp.4242").write_text("6")
+    (tmp_path / "steps" / "step_000007.parquet").write_bytes(b"orphan")
+
+    r = TraceReader(tmp_path)
+    assert r.steps() == [1, 2, 3, 4, 5]  # the partial line is ignored by readers
+    assert not r.warnings
+
+    w = TraceWriter(tmp_path, {"model": "tiny", "note": "resumed"}, resume_after_step=3)
+    assert manifest_steps(tmp_path) == [1, 2, 3]
+    assert (tmp_path / "manifest.jsonl").read_text().endswith("\n")
+    assert (tmp_path / "latest_step.txt").read_text().strip() == "3"
+    assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == [
+        "step_000001.parquet", "step_000002.parquet", "step_000003.parquet"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    with pytest.raises(ValueError, match="steps must increase"):
+        w.submit(3, make_table(3))
+    for s in (4, 5, 6):
+        w.submit(s, make_table(s, seed=1))
+    w.close()
+
+    assert manifest_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    r = TraceReader(tmp_path)
+    assert r.steps() == [1, 2, 3, 4, 5, 6]
+    # the re-written step 4 is the new one (seed=1), not the old file
+    assert r.read_step(4).column("reward").to_pylist() == make_table(4, seed=1).column("reward").to_pylist()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["created"] == created and summary["note"] == "resumed" and summary["model"] == "tiny"
+    assert summary["resumes"][-1]["after_step"] == 3
+
+
+def test_resume_drops_manifest_lines_whose_file_is_gone_and_keeps_earlier_steps(tmp_path):
+    write_steps(tmp_path, [1, 2, 3])
+    (tmp_path / "steps" / "step_000002.parquet").unlink()  # e.g. lost without fsync
+    with TraceWriter(tmp_path, {}, resume_after_step=10) as w:
+        assert w.stats().last_step == 3
+        w.submit(11, make_table(11))
+    assert manifest_steps(tmp_path) == [1, 3, 11]
+
+
+def test_resume_on_an_empty_directory_starts_fresh(tmp_path):
+    with TraceWriter(tmp_path / "new", {"model": "m"}, resume_after_step=4) as w:
+        w.submit(5, make_table(5))
+    assert manifest_steps(tmp_path / "new") == [5]
+
+
+def test_resume_after_zero_clears_everything(tmp_path):
+    write_steps(tmp_path, [1, 2])
+    with TraceWriter(tmp_path, {}, resume_after_step=0):
+        assert not (tmp_path / "latest_step.txt").exists()
+        assert manifest_steps(tmp_path) == []
+        assert list((tmp_path / "steps").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# reader
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reader_accepts_run_dir_or_trace_dir_and_explains_missing_ones(tmp_path):
+    write_steps(tmp_path / "run" / "trace", [1])
+    assert TraceReader(tmp_path / "run").steps() == [1]
+    assert TraceReader(tmp_path / "run" / "trace").steps() == [1]
+    assert TraceReader(tmp_path / "run").summary["model"] == "tiny"
+    with pytest.raises(TraceError, match="does not exist") as ei:
+        TraceReader(tmp_path / "nope")
+    assert ei.value.hint
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TraceError, match="holds no trace") as ei:
+        TraceReader(tmp_path / "empty")
+    assert "trace.enable" in ei.value.hint
+    (tmp_path / "nomanifest" / "trace").mkdir(parents=True)
+    (tmp_path / "nomanifest" / "trace" / "summary.json").write_text("{}")
+    with pytest.raises(TraceError, match="no manifest.jsonl"):
+        TraceReader(tmp_path / "nomanifest")
+
+
+def test_live_trace_with_no_steps_yet_reads_as_empty(tmp_path):
+    w = TraceWriter(tmp_path, {})
+    r = TraceReader(tmp_path)
+    assert r.steps() == [] and r.manifest() == [] and r.latest_step() is None
+    w.submit(1, make_table(1))
+    w.flush()
+    assert r.steps() == [1] and r.latest_step() == 1  # the reader follows the live manifest
+    w.close()
+    with pytest.raises(TraceError, match="step 9 is not in the trace"):
+        r.step_info(9)
+
+
+def test_column_selection_and_overview(tmp_path):
+    write_steps(tmp_path, [1])
+    r = TraceReader(tmp_path)
+    t = r.read_step(1, columns=["reward", "entropy"])
+    assert t.column_names == ["reward", "entropy"]
+    ov = r.step_overview(1)
+    assert ov.column_names == list(SUMMARY_COLUMNS)
+    assert not set(LIST_COLUMNS) & set(ov.column_names)
+    assert ov.column("reward").equals(r.read_step(1).column("reward"))
+    assert r.num_rows(1) == 12
+    with pytest.raises(ValueError, match="unknown trace column"):
+        r.read_step(1, columns=["nope"])
+
+
+def test_read_response_equals_the_row_of_read_step(tmp_path):
+    with TraceWriter(tmp_path, {}, row_group_size=5) as w:
+        w.submit(1, make_table(1, n=23))
+    r = TraceReader(tmp_path)
+    full = r.read_step(1)
+    for row in range(23):
+        got = r.read_response(1, row)
+        want = row_dict(full, row)
+        assert got.keys() == want.keys() == set(COLUMNS)
+        for k, v in want.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(got[k], v)
+            elif isinstance(v, float) and math.isnan(v):
+                assert math.isnan(got[k])
+            else:
+                assert got[k] == v, k
+        # and row_dict agrees with pyarrow's own conversion
+        py = full.slice(row, 1).to_pylist()[0]
+        assert got["uid"] == py["uid"] and list(got["response_ids"]) == py["response_ids"]
+    part = r.read_response(1, 17, columns=["row", "entropy"])
+    assert set(part) == {"row", "entropy"} and part["row"] == 17
+    with pytest.raises(IndexError):
+        r.read_response(1, 23)
+
+
+def test_list_helpers_respect_slices_and_chunks():
+    t = make_table(1, n=10)
+    values, offsets = list_values(t.column("response_ids").slice(3, 4))
+    assert len(offsets) == 5
+    for k in range(4):
+        np.testing.assert_array_equal(values[offsets[k]:offsets[k + 1]], list_row(t, "response_ids", 3 + k))
+    two_chunks = pa.concat_tables([t.slice(0, 4), t.slice(4)])
+    assert two_chunks.column("entropy").num_chunks == 2
+    for row in range(10):
+        np.testing.assert_array_equal(list_entropy(two_chunks, row), list_entropy(t, row))
+        a, b = list_influence(two_chunks, row), list_influence(t, row)
+        assert (a is None) == (b is None)
+
+
+def test_truncated_manifest_line_and_missing_file_do_not_crash_the_reader(tmp_path):
+    write_steps(tmp_path, [1, 2, 3])
+    (tmp_path / "steps" / "step_000002.parquet").unlink()
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write('{"step": 4, "fi')
+    r = TraceReader(tmp_path)
+    assert r.steps() == [1, 3]
+    assert any("step 2" in w and "missing" in w for w in r.warnings)
+    assert [e["step"] for e in r.manifest()] == [1, 2, 3]
+    with pytest.raises(TraceError, match="step_000002.parquet"):
+        r.read_step(2)
+
+
+def test_unknown_schema_version_is_refused(tmp_path):
+    write_steps(tmp_path, [1])
+    s = json.loads((tmp_path / "summary.json").read_text())
+    s["schema_version"] = SCHEMA_VERSION + 98
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    with pytest.raises(TraceError, match=rf"v{SCHEMA_VERSION + 98}.*v{SCHEMA_VERSION}"):
+        TraceReader(tmp_path)
+
+    other = tmp_path / "other"
+    write_steps(other, [1])
+    path = other / "steps" / "step_000001.parquet"
+    t = pq.read_table(path)
+    meta = dict(t.schema.metadata)
+    meta[b"archer.schema_version"] = b"7"
+    pq.write_table(t.replace_schema_metadata(meta), path)
+    r = TraceReader(other)
+    with pytest.raises(TraceError, match=r"step_000001.parquet uses trace schema v7.*v1"):
+        r.read_step(1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "bitflip"])
+def test_corrupt_step_file_raises_trace_error_naming_the_file(tmp_path, damage):
+    write_steps(tmp_path, [1])
+    path = tmp_path / "steps" / "step_000001.parquet"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not parquet at all" * 10)
+    else:  # footer intact, a few bytes of every data page flipped: page checksums must catch it
+        md = pq.ParquetFile(path).metadata
+        for j in range(md.num_columns):
+            col = md.row_group(0).column(j)
+            mid = col.data_page_offset + col.total_compressed_size // 2
+            for k in range(mid, mid + 4):
+                data[k] ^= 0xFF
+        path.write_bytes(data)
+    r = TraceReader(tmp_path)
+    assert r.steps() == [1]  # the file exists; reading it is what fails
+    calls = [lambda: r.read_step(1), lambda: r.read_response(1, 0), lambda: r.step_overview(1)]
+    if damage != "bitflip":  # the footer is intact then, and num_rows reads only the footer
+        calls.append(lambda: r.num_rows(1))
+    for call in calls:
+        with pytest.raises(TraceError, match="step_000001.parquet") as ei:
+            call()
+        assert ei.value.hint
+
+
+def test_corrupt_summary_is_a_trace_error(tmp_path):
+    write_steps(tmp_path, [1])
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(TraceError, match="summary.json"):
+        TraceReader(tmp_path)
+
+
+def test_trace_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, archer.core.trace; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.stdout.strip() == "False"
+
+
+def test_writer_from_trace_config(tmp_path):
+    from archer.core.config.schema import TraceConfig
+
+    cfg = TraceConfig(write_every=2, row_group_size=4, compression_level=5, max_queue=1)
+    with TraceWriter.from_config(cfg, tmp_path / "run", {"model": "m"}) as w:
+        assert (w.dir, w.write_every, w.row_group_size, w.compression_level) == (
+            tmp_path / "run" / "trace", 2, 4, 5)
+        for s in (1, 2, 3):
+            w.submit(s, make_table(s, n=9))
+    assert TraceReader(tmp_path / "run").steps() == [1, 2]
+    md = pq.ParquetFile(tmp_path / "run" / "trace" / "steps" / "step_000002.parquet").metadata
+    assert md.num_row_groups == 3
+    other = TraceConfig(dir=str(tmp_path / "elsewhere"))
+    with TraceWriter.from_config(other, tmp_path / "run2", {}, resume_after_step=0) as w:
+        assert w.dir == tmp_path / "elsewhere"
