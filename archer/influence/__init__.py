@@ -1,0 +1,1 @@
+"""Per-token influence from the real PPO backward pass (imports torch only; see docs/influence.md)."""

@@ -1,0 +1,184 @@
+"""The step-level influence tracer that the engines drive.
+
+Per training step:
+  1. `begin_step(metas, lengths)` names the selected responses (row id, group, accepted, σ).
+  2. For each micro-batch that holds selected rows, `micro(...)` wraps its forward and backward
+     (`training_loss`: inside the real PPO backward of the first epoch), or
+     `separate_backward(...)` runs one extra forward+backward of another output function with
+     `torch.autograd.grad`, so the parameters' `.grad` stays untouched.
+  3. `finish_step()` scores the captured tokens and returns per-row arrays (NaN where a token
+     was not captured) and the metrics.
+
+Positions: token t of a response is captured at the position whose logits predict it. The helpers
+`padded_positions` and `packed_positions` compute those flat indices for the two batch layouts.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from archer.influence.capture import InfluenceRecorder
+from archer.influence.scoring import ResponseMeta, scatter_to_rows, score_tokens
+from archer.influence.settings import InfluenceSettings
+
+# σ_r, the sign each output function puts on a response (see scoring.py)
+SIGNED_BY_ADVANTAGE = ("training_loss", "log_prob_advantage")
+
+
+def response_sign(output_function: str, advantage: float, reward: float) -> float:
+    if output_function in SIGNED_BY_ADVANTAGE:
+        return float((advantage > 0) - (advantage < 0))
+    if output_function == "log_prob_reward":
+        return float((reward > 0) - (reward < 0))
+    return 1.0
+
+
+def token_subsample(length: int, cap: int) -> torch.Tensor:
+    """Indices of the tokens to capture: all, or `cap` evenly spaced ones (first and last kept)."""
+    if cap <= 0 or length <= cap:
+        return torch.arange(length)
+    return torch.linspace(0, length - 1, cap).round().long().unique()
+
+
+def padded_positions(rows: Sequence[int], row_offsets: Sequence[int], lengths: Sequence[int], *,
+                     seq_len: int, prompt_width: int, selected: dict[int, int] | None = None,
+                     max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat positions over a [b, seq_len] micro-batch whose responses start at column `prompt_width`.
+
+    rows: global row id of each micro-batch row; row_offsets: its index within the micro-batch;
+    lengths: response length of each; selected: rows to capture (None = all)."""
+    pos, rid, tok = [], [], []
+    for r, i, L in zip(rows, row_offsets, lengths):
+        if selected is not None and r not in selected:
+            continue
+        t = token_subsample(int(L), max_tokens)
+        pos.append(i * seq_len + prompt_width - 1 + t)
+        rid.append(torch.full_like(t, int(r)))
+        tok.append(t)
+    if not pos:
+        z = torch.zeros(0, dtype=torch.long)
+        return z, z, z
+    return torch.cat(pos), torch.cat(rid), torch.cat(tok)
+
+
+def packed_positions(rows: Sequence[int], cu_seqlens: Sequence[int], prompt_lengths: Sequence[int],
+                     lengths: Sequence[int], *, selected: dict[int, int] | None = None,
+                     max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat positions over a packed (remove-padding) micro-batch: sequence k occupies
+    [cu_seqlens[k], cu_seqlens[k+1]) and its response starts after prompt_lengths[k] tokens."""
+    pos, rid, tok = [], [], []
+    for k, (r, P, L) in enumerate(zip(rows, prompt_lengths, lengths)):
+        if selected is not None and r not in selected:
+            continue
+        t = token_subsample(int(L), max_tokens)
+        pos.append(int(cu_seqlens[k]) + int(P) - 1 + t)
+        rid.append(torch.full_like(t, int(r)))
+        tok.append(t)
+    if not pos:
+        z = torch.zeros(0, dtype=torch.long)
+        return z, z, z
+    return torch.cat(pos), torch.cat(rid), torch.cat(tok)
+
+
+class InfluenceTracer:
+    """Owns the recorder for one model and turns a step's captures into per-token scores."""
+
+    def __init__(self, model: nn.Module, settings: InfluenceSettings, *, identity_projection: bool = False,
+                 comm: Any = None):
+        settings.validate()
+        self.settings = settings
+        self.recorder = InfluenceRecorder(model, settings, identity_projection=identity_projection)
+        self.comm = comm
+        self.metas: list[ResponseMeta] = []
+        self.lengths: dict[int, int] = {}
+        self.timings: dict[str, float] = {}
+        self._capture_seconds = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.metas)
+
+    def selected(self) -> dict[int, int]:
+        return {m.row: self.lengths.get(m.row, 0) for m in self.metas}
+
+    def begin_step(self, metas: Sequence[ResponseMeta], lengths: dict[int, int]) -> None:
+        self.recorder.reset()
+        self.metas = list(metas)
+        self.lengths = {int(r): int(L) for r, L in lengths.items()}
+        self.timings = {}
+        self._capture_seconds = 0.0
+
+    @contextmanager
+    def micro(self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor,
+              grad_scale: float = 1.0) -> Iterator[None]:
+        """Wrap one micro-batch's forward and backward (or `autograd.grad`)."""
+        with self.recorder.micro(positions, rows, token_index, grad_scale):
+            yield
+
+    def separate_backward(self, forward: Callable[[], torch.Tensor], positions: torch.Tensor, rows: torch.Tensor,
+                          token_index: torch.Tensor) -> None:
+        """Capture the gradients of an output function O = forward() with one extra backward that
+        reaches the traced modules' outputs only (`torch.autograd.grad`), leaving `.grad` alone."""
+        if positions.numel() == 0:
+            return
+        t0, h0 = time.perf_counter(), self.recorder.hook_seconds
+        self.recorder.begin_micro(positions, rows, token_index, 1.0, keep_outputs=True)
+        try:
+            with torch.enable_grad():
+                objective = forward()
+                outputs = self.recorder.captured_outputs()
+                if outputs:
+                    torch.autograd.grad(objective, outputs, allow_unused=True)
+            self.recorder.end_micro()
+        except BaseException:
+            self.recorder._ctx = None  # noqa: SLF001 - abandon the half-open context
+            raise
+        # the extra pass is overhead as a whole; its hook time is already in recorder.hook_seconds
+        self._capture_seconds += (time.perf_counter() - t0) - (self.recorder.hook_seconds - h0)
+
+    def finish_step(self, *, compute_device: torch.device | str | None = None
+                    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+        """Scores per selected row (the compute dtype, NaN = not captured) and the step's metrics."""
+        s = self.settings
+        captured = self.recorder.captured()
+        dev = compute_device
+        if dev is None and s.grad_offload_to_cpu and not s.force_gpu_compute:
+            dev = "cpu"
+        if dev is None and s.force_gpu_compute and torch.cuda.is_available():
+            dev = "cuda"
+        factor_bytes = self.recorder.memory_bytes()
+        result = score_tokens(captured, self.metas, s, compute_device=dev, comm=self.comm, timings=self.timings)
+        per_row = scatter_to_rows(result.scores, captured, self.selected())
+        rows_emitted = sum(1 for v in per_row.values() if bool(torch.isfinite(v).any()))
+        D = max(self.recorder.module_dims) if self.recorder.module_dims else 0
+        R = max(1, len(self.metas))
+        if s.hessian_mode == "identity":
+            solve_bytes = 0
+        elif s.hessian_source == "response" and R < D:
+            solve_bytes = 8 * (R * R + R * D)
+        else:
+            solve_bytes = 8 * D * D
+        metrics = {
+            "influence/rows_emitted": float(rows_emitted),
+            "influence/groups_selected": result.metrics["groups_selected"],
+            "influence/groups_skipped_all_same": result.metrics["groups_skipped_all_same"],
+            "influence/tokens_captured": float(captured.num_tokens),
+            "influence/modules": float(len(self.recorder.names)),
+            "influence/max_module_dim": float(D),
+            "influence/peak_memory_estimate_mb": (factor_bytes + solve_bytes) / 2**20,
+        }
+        if s.profile_timing:
+            metrics["timing_s/influence_capture"] = self._capture_seconds + self.recorder.hook_seconds
+            metrics["timing_s/influence_solve"] = self.timings.get("solve", 0.0)
+            metrics["timing_s/influence_score"] = self.timings.get("score", 0.0)
+        self.recorder.reset()
+        self.metas = []
+        return per_row, metrics
+
+    def close(self) -> None:
+        self.recorder.remove()
