@@ -162,6 +162,11 @@ def _register() -> None:
     app.command("env", rich_help_panel="Inspect", epilog=env_cmd.EPILOG, context_settings=CONTEXT)(
         env_cmd.env
     )
+    from archer.cli import trace as trace_cmd
+    from archer.cli import view as view_cmd
+
+    app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(view_cmd.view)
+    app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
 
 
 _register()
@@ -169,4 +174,8 @@ _register()
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    # Hugging Face libraries draw their own progress bars for every save/load; archer has its own.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app(args=list(argv) if argv is not None else None, prog_name="archer")

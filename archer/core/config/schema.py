@@ -55,7 +55,7 @@ class SynthConfig:
     """The seeded synthetic task used when `data.train_files` is empty."""
 
     task: str = opt("arithmetic", "synthetic task", choices=("arithmetic",))
-    n: int = opt(20000, "number of training problems to generate", ge=1)
+    n: int = opt(10000, "number of training problems to generate", ge=1)
     val_n: int = opt(256, "number of held-out validation problems", ge=0)
     difficulty: str = opt("easy", "difficulty preset", choices=("easy", "medium", "hard"))
     max_operand: int = opt(0, "largest operand; 0 takes the difficulty's value", ge=0)
@@ -178,6 +178,10 @@ class WarmupConfig:
     steps: int = opt(300, "supervised optimizer steps", ge=0)
     batch_size: int = opt(64, "sequences per supervised step", ge=1)
     lr: float = opt(3e-3, "supervised learning rate", gt=0.0)
+    label_noise: float = opt(
+        0.0, "fraction of warm-up answers replaced by a near miss (integer answers ±1), like a weak teacher",
+        ge=0.0, le=1.0,
+    )
     target_accuracy: float = opt(
         0.0, "stop early once greedy accuracy on a probe set reaches this (0 = run all steps)", ge=0.0, le=1.0
     )

@@ -1,0 +1,1 @@
+"""The local engine: one process, CPU or one GPU (see trainer.py)."""

@@ -1,0 +1,123 @@
+"""The PPO update of the local engine: epochs x mini-batches x micro-batches with gradient
+accumulation, global loss normalisation and grad clipping.
+
+Loss normalisation is global per mini-batch (the token count or sequence count of the whole
+mini-batch is passed to every micro-batch's aggregation), so the sum of micro-batch losses is
+exactly the mini-batch loss whatever the micro-batch size: results, and influence scores, do
+not depend on how a batch is split.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from archer.core.algorithms import PolicyLossConfig, agg_loss, get_policy_loss, kl_penalty
+from archer.core.engines.local.forward import make_micro_batch, response_logprobs
+
+
+@dataclass
+class UpdateBatch:
+    """What the update needs besides the rollout itself, all [B, R] on CPU."""
+
+    rollout: Any
+    old_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    ref_log_prob: torch.Tensor | None = None
+
+
+# A hook the influence recorder uses: called with (epoch, mini_index, micro_batch, loss_scale_info)
+# right before each micro-batch forward, and with None after the backward.
+MicroHook = Callable[..., None]
+
+
+def ppo_update(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batch: UpdateBatch,
+    actor_cfg: Any,
+    *,
+    group_size: int,
+    temperature: float,
+    device: torch.device | str,
+    micro_hook: MicroHook | None = None,
+) -> dict[str, float]:
+    """Run the configured PPO epochs over the batch; returns averaged actor metrics."""
+    loss_fn = get_policy_loss(actor_cfg.policy_loss)
+    loss_cfg = PolicyLossConfig.from_actor(actor_cfg)
+    mode = actor_cfg.loss_agg_mode
+    needs_entropy = actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
+    use_kl = bool(actor_cfg.use_kl_loss) and batch.ref_log_prob is not None
+    B = batch.rollout.size
+    mini = actor_cfg.ppo_mini_batch_size * group_size
+    micro = actor_cfg.ppo_micro_batch_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Per mini-batch values: losses are already normalised by mini-batch totals, so summing the
+    # micro-batch values gives the mini-batch value; token metrics are weighted by token share.
+    totals: dict[str, float] = defaultdict(float)
+    n_mini = 0
+    skipped = 0
+
+    model.train()
+    for epoch in range(actor_cfg.ppo_epochs):
+        for mini_index, start in enumerate(range(0, B, mini)):
+            mini_rows = torch.arange(start, min(B, start + mini))
+            n_tokens = int(batch.rollout.response_mask[mini_rows].sum())
+            n_seqs = int(mini_rows.numel())
+            optimizer.zero_grad(set_to_none=True)
+            for mstart in range(0, n_seqs, micro):
+                rows = mini_rows[mstart:mstart + micro]
+                mb = make_micro_batch(batch.rollout, rows, device)
+                w = mb.response_width
+                if micro_hook is not None:
+                    micro_hook(epoch, mini_index, mb, n_tokens)
+                logp, ent = response_logprobs(model, mb, temperature=temperature, with_entropy=needs_entropy)
+                mask = batch.rollout.response_mask[rows, :w].to(device).float()
+                old = batch.old_log_prob[rows, :w].to(device)
+                adv = batch.advantages[rows, :w].to(device)
+                out = loss_fn(
+                    old, logp, adv, mask,
+                    loss_agg_mode=mode, config=loss_cfg,
+                    entropy=ent.detach() if ent is not None else None,
+                    batch_num_tokens=n_tokens, global_batch_size=n_seqs,
+                )
+                loss = out.loss
+                totals["actor/pg_loss"] += float(out.loss.detach())
+                if use_kl:
+                    ref = batch.ref_log_prob[rows, :w].to(device)
+                    kl = kl_penalty(logp, ref, actor_cfg.kl_loss_type)
+                    if out.kl_token_scale is not None:
+                        kl = kl * out.kl_token_scale
+                    kl_loss = agg_loss(kl, mask, mode, batch_num_tokens=n_tokens, global_batch_size=n_seqs)
+                    loss = loss + actor_cfg.kl_loss_coef * kl_loss
+                    totals["actor/kl_loss"] += float(kl_loss.detach())
+                if actor_cfg.entropy_coeff > 0 and ent is not None:
+                    ent_loss = agg_loss(ent, mask, mode, batch_num_tokens=n_tokens, global_batch_size=n_seqs)
+                    loss = loss - actor_cfg.entropy_coeff * ent_loss
+                loss.backward()
+                if micro_hook is not None:
+                    micro_hook(epoch, mini_index, None, n_tokens)
+                share = float(mask.sum()) / max(1, n_tokens)
+                for k, v in out.metrics.items():
+                    totals[f"actor/{k}"] += float(v) * share
+                if ent is not None:
+                    totals["actor/entropy"] += float((ent.detach() * mask).sum()) / max(1, n_tokens)
+            max_norm = actor_cfg.optim.grad_clip if actor_cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped += 1
+            if scheduler is not None:
+                scheduler.step()
+            totals["actor/grad_norm"] += float(grad_norm) if torch.isfinite(grad_norm) else 0.0
+            n_mini += 1
+    metrics = {k: v / max(1, n_mini) for k, v in totals.items()}
+    metrics["actor/skipped_steps"] = float(skipped)
+    metrics["actor/optimizer_steps"] = float(n_mini)
+    metrics["actor/lr"] = float(optimizer.param_groups[0]["lr"])
+    return metrics

@@ -1,0 +1,112 @@
+"""The supervised warm-up: a few hundred steps of teacher forcing on (prompt, answer) pairs, so
+RL starts from a model that is right some of the time (tiny models learn nothing from a reward
+they never receive). The result is cached by a hash of everything that determines it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from archer.core.engines.local.rollout import left_pad
+
+
+def warmup_key(cfg: Any, n_train: int) -> str:
+    """Hash of the settings a warm-up depends on (model, tokenizer source, data, warm-up knobs, seed)."""
+    parts = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in ("train_files", "synth", "prompt_key", "answer_key", "max_prompt_length")},
+        "warmup": OmegaConf.to_container(cfg.warmup, resolve=True),
+        "seed": int(cfg.seed),
+        "n_train": n_train,
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def near_miss(answer: str) -> str:
+    """The integer answer plus one: a weak teacher's systematic slip (other answers unchanged)."""
+    try:
+        return str(int(answer) + 1)
+    except ValueError:
+        return answer
+
+
+def supervised_batch(tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, labels (-100 on prompt and padding) for prompt+answer+EOS."""
+    eos = int(tokenizer.eos_token_id)
+    seqs, label_from = [], []
+    for i, p in enumerate(prompts):
+        text = answers[i] if answers is not None else p.answer
+        answer = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+        seqs.append(list(p.ids) + answer)
+        label_from.append(len(p.ids))
+    ids, mask = left_pad(seqs, int(tokenizer.pad_token_id))
+    labels = torch.full_like(ids, -100)
+    width = ids.shape[1]
+    for i, s in enumerate(seqs):
+        start = width - len(s) + label_from[i]
+        labels[i, start:] = ids[i, start:]
+    return ids, mask, labels
+
+
+def run_warmup(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    wcfg: Any,
+    *,
+    seed: int,
+    device: torch.device | str,
+    on_step: Callable[[int, float], None] | None = None,
+    probe: Callable[[], float] | None = None,
+) -> dict[str, float]:
+    """Train in place for `wcfg.steps` steps (or until `probe()` reaches the target accuracy)."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    opt = torch.optim.AdamW(model.parameters(), lr=wcfg.lr, weight_decay=0.0)
+    total = int(wcfg.steps)
+    warm = max(1, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    loss_value = float("nan")
+    steps_done = 0
+    for step in range(total):
+        idx = torch.randint(len(prompts), (wcfg.batch_size,), generator=gen).tolist()
+        batch = [prompts[i] for i in idx]
+        answers = None
+        if wcfg.label_noise > 0:
+            noisy = torch.rand(len(batch), generator=gen) < wcfg.label_noise
+            answers = [near_miss(p.answer) if bool(noisy[i]) else p.answer for i, p in enumerate(batch)]
+        ids, mask, labels = supervised_batch(tokenizer, batch, answers)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), labels=labels.to(device))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_value = float(out.loss.detach())
+        steps_done = step + 1
+        if on_step is not None:
+            on_step(steps_done, loss_value)
+        if probe is not None and wcfg.target_accuracy > 0 and steps_done % 25 == 0:
+            if probe() >= wcfg.target_accuracy:
+                break
+    model.zero_grad(set_to_none=True)
+    return {"warmup/steps": float(steps_done), "warmup/final_loss": loss_value}
+
+
+def cached_warmup_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / f"warmup-{key}"

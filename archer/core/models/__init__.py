@@ -1,0 +1,1 @@
+"""Policy models and tokenizers: the offline tiny kit and local Hugging Face folders."""
