@@ -162,11 +162,7 @@ def _register() -> None:
     app.command("env", rich_help_panel="Inspect", epilog=env_cmd.EPILOG, context_settings=CONTEXT)(
         env_cmd.env
     )
-    from archer.cli import trace as trace_cmd
-    from archer.cli import view as view_cmd
 
-    app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(view_cmd.view)
-    app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
 
 
 _register()
