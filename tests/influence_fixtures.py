@@ -138,6 +138,7 @@ def packed_inputs(batch: Batch, rows: list[int]):
 
 def settings(**kw) -> InfluenceSettings:
     base = dict(enable=True, module_name_filter=r"(mlp\.down_proj|self_attn\.o_proj)$", max_modules=0,
-                max_hessian_dim=0, max_proj_vector_sum=0, projection_dim_factor=1, output_function="log_prob")
+                max_hessian_dim=0, max_proj_vector_sum=0, projection_dim_factor=1, output_function="log_prob",
+                storage_dtype="fp32")
     base.update(kw)
     return InfluenceSettings(**base)

@@ -552,3 +552,17 @@ def test_max_tokens_per_response_leaves_nan_for_uncaptured_tokens():
         if batch.groups[r] < 3:
             assert int(torch.isfinite(v).sum()) == min(2, len(batch.responses[r]))
     assert metrics["influence/tokens_captured"] == pos.numel()
+
+
+def test_config_section_and_settings_agree():
+    """The `influence.*` config keys are exactly the tracer's settings, with the same defaults."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from archer.core.config.schema import InfluenceConfig
+    from archer.influence.settings import InfluenceSettings
+
+    cfg = OmegaConf.to_container(OmegaConf.structured(InfluenceConfig))
+    assert cfg == dataclasses.asdict(InfluenceSettings())
+    assert InfluenceSettings.from_mapping(OmegaConf.structured(InfluenceConfig)) == InfluenceSettings()

@@ -34,3 +34,22 @@ def select_groups(groups: Sequence[Hashable], accepted: Sequence[bool], *, max_p
     if max_prompts > 0:
         mixed = mixed[:max_prompts]
     return mixed, constant
+
+
+def plan_step(rewards: Sequence[float], advantages: Sequence[float], groups: Sequence[Hashable], settings) -> tuple:
+    """Everything an engine decides before capture: (ResponseMeta of every response in the traced
+    groups, accepted flag of every response, number of constant groups left out).
+
+    `advantages` are per-response (sequence-level) values; `settings` is an InfluenceSettings."""
+    from archer.influence.scoring import ResponseMeta
+    from archer.influence.tracer import response_sign
+
+    accepted = accepted_mask(rewards, groups, rule=settings.accept_rule, threshold=settings.accept_threshold)
+    chosen, constant = select_groups(groups, accepted, max_prompts=settings.max_prompts_per_step)
+    keep = set(chosen)
+    metas = [
+        ResponseMeta(row=i, group=g, accepted=accepted[i],
+                     sign=response_sign(settings.output_function, float(advantages[i]), float(rewards[i])))
+        for i, g in enumerate(groups) if g in keep
+    ]
+    return metas, accepted, constant

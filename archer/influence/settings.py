@@ -39,7 +39,7 @@ class InfluenceSettings:
     reg_lambda: float = 0.0
     max_tokens_per_response: int = 0
     max_prompts_per_step: int = 0
-    storage_dtype: str = "fp32"
+    storage_dtype: str = "bf16"
     grad_offload_to_cpu: bool = False
     force_gpu_compute: bool = False
     profile_timing: bool = False

@@ -200,6 +200,44 @@ class TraceConfig:
 
 
 @dataclass
+class InfluenceConfig:
+    """Per-token influence from the real PPO backward (archer/influence; docs/influence.md)."""
+
+    enable: bool = opt(False, "compute per-token influence for the selected prompt groups of every step")
+    hessian_mode: str = opt("inverse", "precondition with the inverse projected Hessian, or not (identity)",
+                            choices=("inverse", "identity"))
+    hessian_source: str = opt("response", "Hessian from response gradients (G_rᵀG_r) or token gradients",
+                              choices=("response", "token"))
+    output_function: str = opt(
+        "training_loss",
+        "whose gradient is traced: training_loss (the real PPO loss, first epoch), log_prob_advantage (Σ A·log p), "
+        "log_prob (Σ log p) or log_prob_reward (Σ r·log p); the last three use one extra forward+backward",
+        choices=("training_loss", "log_prob_advantage", "log_prob", "log_prob_reward"),
+    )
+    accepted_rejected_scope: str = opt("per_prompt", "contrast within each prompt group, or across all selected groups",
+                                       choices=("per_prompt", "all_selected"))
+    contrastive_agg: str = opt("sum", "accepted minus rejected: sums (sum) or difference of means (mean)",
+                               choices=("sum", "mean"))
+    response_grad: str = opt("sum", "response gradient = sum or mean of its token gradients", choices=("sum", "mean"))
+    module_name_filter: str = opt(r"mlp\.down_proj$", "regex over nn.Linear names (FSDP wrapper prefixes stripped)")
+    max_modules: int = opt(4, "keep the last N matching modules (0 = all)", ge=0)
+    projection_dim_factor: int = opt(32, "projected side k = dim // factor (1 = no projection)", ge=1)
+    max_proj_vector_sum: int = opt(128, "cap on k_in + k_out per module (0 = none)", ge=0)
+    max_hessian_dim: int = opt(4096, "refuse D = k_in·k_out above this (the Hessian takes 8·D² bytes; 0 = none)", ge=0)
+    projection: str = opt("rademacher", "random projection entries", choices=("rademacher", "gaussian"))
+    reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means 0.1·trace(H)/D")
+    max_tokens_per_response: int = opt(0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0)
+    max_prompts_per_step: int = opt(0, "trace at most this many prompt groups per step (0 = no cap)", ge=0)
+    storage_dtype: str = opt("bf16", "dtype of the stored factors until scoring", choices=("bf16", "fp32"))
+    grad_offload_to_cpu: bool = opt(False, "move captured factors to CPU memory as they are captured (and score there)")
+    force_gpu_compute: bool = opt(False, "score on the GPU even when factors were offloaded")
+    profile_timing: bool = opt(False, "report timing_s/influence_{capture,solve,score} (synchronises the GPU)")
+    accept_rule: str = opt("group_max", "accepted = reward equals the group maximum, or reward > accept_threshold",
+                           choices=("group_max", "threshold"))
+    accept_threshold: float = opt(0.5, "reward threshold for accept_rule=threshold")
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = opt(False, "write tensorboard event files to <run>/tensorboard")
     wandb: bool = opt(False, "log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
@@ -235,5 +273,6 @@ class ArcherConfig:
     reward: RewardConfig = section(RewardConfig, "how responses are scored")
     warmup: WarmupConfig = section(WarmupConfig, "supervised warm-up before RL")
     trace: TraceConfig = section(TraceConfig, "per-token trace output")
+    influence: InfluenceConfig = section(InfluenceConfig, "per-token influence tracing")
     trainer: TrainerConfig = section(TrainerConfig, "loop, validation, checkpoints, output")
     verl: Dict[str, Any] = opt({}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2")

@@ -165,6 +165,16 @@ class LocalTrainer:
         elif self.resume:
             MetricsLog.truncate(self.run_dir, 0)
 
+        self.influence = None
+        if cfg.influence.enable:
+            from archer.core.engines.local.influence_step import LocalInfluence
+
+            self.influence = LocalInfluence(self.model, cfg.influence)
+            mini_batches = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
+            if cfg.influence.output_function == "training_loss" and (cfg.actor.ppo_epochs > 1 or mini_batches > 1):
+                self._note("influence: captured in the first PPO epoch across "
+                           f"{mini_batches} mini-batch(es); scores assume one set of weights, so "
+                           "actor.ppo_epochs=1 and one mini-batch per step are recommended")
         self.metrics_log = MetricsLog(self.run_dir, logging_cfg=cfg.trainer.logging, run_name=self.run_dir.name,
                                       config=self.composed.to_dict())
         if cfg.trace.enable:
@@ -279,7 +289,7 @@ class LocalTrainer:
             "git_commit": git_commit(),
             "archer_version": __version__,
             "rollout_n": int(self.cfg.rollout.n),
-            "influence": False,
+            "influence": bool(self.cfg.influence.enable),
         }
         self.trace = TraceWriter(
             trace_dir, summary, write_every=tcfg.write_every, fsync=tcfg.fsync, row_group_size=tcfg.row_group_size,
@@ -390,16 +400,33 @@ class LocalTrainer:
         advantages = self._advantages(sb)
         t_logprob = time.perf_counter()
 
-        if self.trace is not None:
-            self._submit_trace(step, sb, entropy, advantages)
-        t_trace = time.perf_counter()
+        influence_rows, accepted, infl_metrics = None, None, {}
+        hook = None
+        if self.influence is not None:
+            seq_adv = advantages.sum(-1) / ro.response_lengths.clamp(min=1)
+            self.influence.begin(ro, sb.rewards, seq_adv, [self._uid(sb, g) for g in ro.group])
+            if cfg.influence.output_function == "training_loss":
+                hook = self.influence.micro_hook
+            else:
+                self.influence.separate_backward(advantages, sb.rewards, micro_batch_size=micro,
+                                                 temperature=temperature, device=self.device)
+        t_capture = time.perf_counter()
 
         actor_metrics = ppo_update(
             self.model, self.optimizer, self.scheduler,
             UpdateBatch(rollout=ro, old_log_prob=old_logp, advantages=advantages, ref_log_prob=ref_logp),
             cfg.actor, group_size=int(cfg.rollout.n), temperature=temperature, device=self.device,
+            micro_hook=hook,
         )
         t_update = time.perf_counter()
+        if self.influence is not None:
+            accepted = self.influence.accepted
+            influence_rows, infl_metrics = self.influence.finish()
+        t_influence = time.perf_counter()
+
+        if self.trace is not None:
+            self._submit_trace(step, sb, entropy, advantages, influence_rows, accepted)
+        t_trace = time.perf_counter()
 
         mask = ro.response_mask.float()
         n_tok = float(mask.sum())
@@ -417,25 +444,28 @@ class LocalTrainer:
             "rollout/groups_dropped": float(sb.groups_dropped),
             "advantage/abs_mean": float((advantages.abs() * mask).sum() / max(1.0, n_tok)),
             **actor_metrics,
+            **infl_metrics,
         }
         metrics["actor/kl"] = metrics.get("actor/ppo_kl", float("nan"))
         metrics["time/rollout"] = t_rollout - t_start
         metrics["time/logprob"] = t_logprob - t_rollout
-        metrics["time/trace"] = t_trace - t_logprob
-        metrics["time/update"] = t_update - t_trace
-        metrics["time/step"] = t_update - t_start
+        metrics["time/update"] = t_update - t_capture
+        metrics["time/trace"] = t_trace - t_influence
+        if self.influence is not None:
+            metrics["time/influence"] = (t_capture - t_logprob) + (t_influence - t_update)
+        metrics["time/step"] = t_trace - t_start
         metrics["perf/peak_cpu_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         if self.device.type == "cuda":
             metrics["perf/peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         self.global_step = step
         return metrics
 
-    def _submit_trace(self, step: int, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor) -> None:
+    def _submit_trace(self, step: int, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor,
+                      influence: list | None = None, accepted: list[bool] | None = None) -> None:
         from archer.core.trace import build_step_table
 
         ro = sb.rollout
         lengths = ro.response_lengths.tolist()
-        pad_id = int(self.tokenizer.pad_token_id)
         prompt_ids = []
         for i in range(ro.size):
             row = ro.prompt_ids[i][ro.prompt_mask[i].bool()]
@@ -455,9 +485,10 @@ class LocalTrainer:
             advantage=adv_seq,
             truncated=ro.truncated.numpy(),
             correct=sb.correct,
+            accepted=accepted,
+            influence=influence,
             data_source=[sb.prompts[g].data_source for g in ro.group],
         )
-        del pad_id
         self.trace.submit(step, table)
 
     # ------------------------------------------------------------------ loop
@@ -520,6 +551,9 @@ class LocalTrainer:
         return {"seconds": time.time() - t0, "first_val": self.first_val, "last_val": self.last_val}
 
     def close(self) -> None:
+        if getattr(self, "influence", None) is not None:
+            self.influence.tracer.close()
+            self.influence = None
         if self.trace is not None:
             self.trace.close()
             self.trace = None

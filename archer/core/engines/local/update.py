@@ -29,9 +29,10 @@ class UpdateBatch:
     ref_log_prob: torch.Tensor | None = None
 
 
-# A hook the influence recorder uses: called with (epoch, mini_index, micro_batch, loss_scale_info)
-# right before each micro-batch forward, and with None after the backward.
-MicroHook = Callable[..., None]
+# A hook the influence tracer uses: micro_hook("begin", epoch, micro_batch, loss_normaliser) right
+# before each micro-batch forward and micro_hook("end", ...) after its backward. The normaliser is
+# what the aggregation divided by (mini-batch tokens for token-mean, sequences for seq-mean-*).
+MicroHook = Callable[[str, int, Any, float], None]
 
 
 def ppo_update(
@@ -73,8 +74,9 @@ def ppo_update(
                 rows = mini_rows[mstart:mstart + micro]
                 mb = make_micro_batch(batch.rollout, rows, device)
                 w = mb.response_width
+                normaliser = float(n_tokens if mode == "token-mean" else n_seqs)
                 if micro_hook is not None:
-                    micro_hook(epoch, mini_index, mb, n_tokens)
+                    micro_hook("begin", epoch, mb, normaliser)
                 logp, ent = response_logprobs(model, mb, temperature=temperature, with_entropy=needs_entropy)
                 mask = batch.rollout.response_mask[rows, :w].to(device).float()
                 old = batch.old_log_prob[rows, :w].to(device)
@@ -100,7 +102,7 @@ def ppo_update(
                     loss = loss - actor_cfg.entropy_coeff * ent_loss
                 loss.backward()
                 if micro_hook is not None:
-                    micro_hook(epoch, mini_index, None, n_tokens)
+                    micro_hook("end", epoch, mb, normaliser)
                 share = float(mask.sum()) / max(1, n_tokens)
                 for k, v in out.metrics.items():
                     totals[f"actor/{k}"] += float(v) * share
