@@ -152,7 +152,9 @@ def _register() -> None:
     from archer.cli import data as data_cmd
     from archer.cli import env as env_cmd
     from archer.cli import presets as presets_cmd
+    from archer.cli import trace as trace_cmd
     from archer.cli import train as train_cmd
+    from archer.cli import view as view_cmd
 
     app.command("train", rich_help_panel="Run", epilog=train_cmd.EPILOG, context_settings=CONTEXT)(
         train_cmd.train
@@ -162,7 +164,8 @@ def _register() -> None:
     app.command("env", rich_help_panel="Inspect", epilog=env_cmd.EPILOG, context_settings=CONTEXT)(
         env_cmd.env
     )
-
+    app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(view_cmd.view)
+    app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
 
 
 _register()

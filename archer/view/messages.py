@@ -1,0 +1,129 @@
+"""Messages the viewer's workers and widgets post (dataclasses, as harlequin does).
+
+Workers never touch widgets: they read, compute and post one of these; the app's handlers
+update the screen. Every result carries the step/row it is for, so a late answer for a step the
+user has already left is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+
+@dataclass
+class TraceOpened(Message):
+    data: Any  # TraceData
+    steps: list  # list[StepRow]
+
+
+@dataclass
+class StepsRefreshed(Message):
+    steps: list  # list[StepRow]
+
+
+@dataclass
+class TraceFailed(Message):
+    message: str
+    hint: str | None = None
+
+
+@dataclass
+class DecoderReady(Message):
+    decoder: Any  # Decoder
+
+
+@dataclass
+class StepLoaded(Message):
+    step: int
+    table: Any  # ResponseTable
+
+
+@dataclass
+class StepFailed(Message):
+    step: int
+    message: str
+
+
+@dataclass
+class ResponseLoaded(Message):
+    step: int
+    row: int
+    tokens: Any  # ResponseTokens
+    texts: list  # raw decoded text per token (ids as text in ids mode)
+    prompt: str
+    decoder: Any
+
+
+@dataclass
+class ResponseFailed(Message):
+    step: int
+    row: int
+    message: str
+
+
+@dataclass
+class StatsLoaded(Message):
+    step: int
+    stats: Any  # StepStats
+    texts: dict  # (row, pos) -> token text, for the top-K table
+
+
+@dataclass
+class StatsFailed(Message):
+    step: int
+    message: str
+
+
+@dataclass
+class GroupLoaded(Message):
+    step: int
+    uid: str
+    rows: list  # response rows of the group
+    prompt: str
+    previews: dict  # row -> decoded response preview
+
+
+@dataclass
+class AcrossProgress(Message):
+    done: int
+    total: int
+
+
+@dataclass
+class AcrossLoaded(Message):
+    emap: Any  # EntropyMap
+
+
+@dataclass
+class ExportDone(Message):
+    path: Any  # Path
+    count: int
+    what: str
+
+
+@dataclass
+class WorkFailed(Message):
+    what: str
+    message: str
+
+
+@dataclass
+class JumpTo(Message):
+    """Show `row` of `step` in the tokens tab, cursor on `pos` (from top-K, group, palette)."""
+
+    step: int
+    row: int | None = None
+    pos: int | None = None
+
+
+@dataclass
+class JumpToUid(Message):
+    uid: str
+
+
+@dataclass
+class CursorMoved(Message):
+    pos: int

@@ -1,0 +1,1 @@
+"""Widgets of the viewer: heatmaps, tables, filter bars, the prompt panel, plots, help."""
