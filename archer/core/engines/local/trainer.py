@@ -391,8 +391,13 @@ class LocalTrainer:
 
         temperature = float(cfg.rollout.temperature)
         micro = int(cfg.actor.ppo_micro_batch_size)
-        old_logp, entropy = batch_logprobs(self.model, ro, micro_batch_size=micro, temperature=temperature,
-                                           with_entropy=True, device=self.device)
+        # One optimizer step per rollout: the update's own forward gives the old log-probs and the
+        # entropy (on-policy), so no separate log-prob pass is needed.
+        on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size * cfg.rollout.n >= ro.size
+        old_logp = entropy = None
+        if not on_policy:
+            old_logp, entropy = batch_logprobs(self.model, ro, micro_batch_size=micro, temperature=temperature,
+                                               with_entropy=True, device=self.device)
         ref_logp = None
         if self.ref_model is not None:
             ref_logp, _ = batch_logprobs(self.ref_model, ro, micro_batch_size=micro, temperature=temperature,
@@ -412,12 +417,14 @@ class LocalTrainer:
                                                  temperature=temperature, device=self.device)
         t_capture = time.perf_counter()
 
-        actor_metrics = ppo_update(
+        actor_metrics, fused_entropy = ppo_update(
             self.model, self.optimizer, self.scheduler,
             UpdateBatch(rollout=ro, old_log_prob=old_logp, advantages=advantages, ref_log_prob=ref_logp),
             cfg.actor, group_size=int(cfg.rollout.n), temperature=temperature, device=self.device,
             micro_hook=hook,
         )
+        if fused_entropy is not None:
+            entropy = fused_entropy
         t_update = time.perf_counter()
         if self.influence is not None:
             accepted = self.influence.accepted

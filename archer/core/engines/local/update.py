@@ -24,7 +24,7 @@ class UpdateBatch:
     """What the update needs besides the rollout itself, all [B, R] on CPU."""
 
     rollout: Any
-    old_log_prob: torch.Tensor
+    old_log_prob: torch.Tensor | None  # None: on-policy, one optimizer step (see ppo_update)
     advantages: torch.Tensor
     ref_log_prob: torch.Tensor | None = None
 
@@ -46,15 +46,27 @@ def ppo_update(
     temperature: float,
     device: torch.device | str,
     micro_hook: MicroHook | None = None,
-) -> dict[str, float]:
-    """Run the configured PPO epochs over the batch; returns averaged actor metrics."""
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Run the configured PPO epochs over the batch; returns (averaged actor metrics, entropy).
+
+    With `batch.old_log_prob=None` the update is on-policy: exactly one optimizer step over the
+    whole batch (one epoch, one mini-batch), so the old log-probs are the current ones, detached,
+    and the per-token entropy of the rollout policy comes out of the same forward — no separate
+    log-prob pass (TRL does the same with num_iterations=1). The returned entropy [B, R] is then
+    that entropy; otherwise it is None."""
     loss_fn = get_policy_loss(actor_cfg.policy_loss)
     loss_cfg = PolicyLossConfig.from_actor(actor_cfg)
     mode = actor_cfg.loss_agg_mode
-    needs_entropy = actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
+    on_policy = batch.old_log_prob is None
+    needs_entropy = on_policy or actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
     use_kl = bool(actor_cfg.use_kl_loss) and batch.ref_log_prob is not None
     B = batch.rollout.size
     mini = actor_cfg.ppo_mini_batch_size * group_size
+    entropy_out = None
+    if on_policy:
+        if actor_cfg.ppo_epochs != 1 or mini < B:
+            raise ValueError("an on-policy update (no old log-probs) must be one epoch of one mini-batch")
+        entropy_out = torch.zeros(batch.rollout.response_ids.shape, dtype=torch.float32)
     micro = actor_cfg.ppo_micro_batch_size
     params = [p for p in model.parameters() if p.requires_grad]
     # Per mini-batch values: losses are already normalised by mini-batch totals, so summing the
@@ -79,7 +91,11 @@ def ppo_update(
                     micro_hook("begin", epoch, mb, normaliser)
                 logp, ent = response_logprobs(model, mb, temperature=temperature, with_entropy=needs_entropy)
                 mask = batch.rollout.response_mask[rows, :w].to(device).float()
-                old = batch.old_log_prob[rows, :w].to(device)
+                if on_policy:
+                    old = logp.detach()
+                    entropy_out[rows, :w] = (ent.detach().float() * mask).cpu()
+                else:
+                    old = batch.old_log_prob[rows, :w].to(device)
                 adv = batch.advantages[rows, :w].to(device)
                 out = loss_fn(
                     old, logp, adv, mask,
@@ -121,5 +137,6 @@ def ppo_update(
     metrics = {k: v / max(1, n_mini) for k, v in totals.items()}
     metrics["actor/skipped_steps"] = float(skipped)
     metrics["actor/optimizer_steps"] = float(n_mini)
+    metrics["actor/on_policy"] = float(on_policy)
     metrics["actor/lr"] = float(optimizer.param_groups[0]["lr"])
-    return metrics
+    return metrics, entropy_out
