@@ -108,11 +108,13 @@ class LocalTrainer:
         self.trace = None
         self.metrics_log: MetricsLog | None = None
         self.first_val: dict[str, float] = {}
+        self.setup_seconds = 0.0
         self.last_val: dict[str, float] = {}
         self._progress: TrainingProgress | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "LocalTrainer":
+        t0 = time.time()
         cfg = self.cfg
         if cfg.trainer.num_threads > 0:
             torch.set_num_threads(int(cfg.trainer.num_threads))
@@ -179,6 +181,7 @@ class LocalTrainer:
                                       config=self.composed.to_dict())
         if cfg.trace.enable:
             self._open_trace(resume_after_step=self.global_step if self.resume else None)
+        self.setup_seconds = time.time() - t0
         return self
 
     def _note(self, text: str) -> None:
@@ -593,7 +596,8 @@ def _print_summary(console: Any, trainer: LocalTrainer, result: dict[str, Any]) 
     from archer.core.metrics import read_metrics
 
     rows = [r for r in read_metrics(trainer.run_dir) if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
-    console.print(f"[bold green]done[/bold green] in {result['seconds']:.0f}s · run {trainer.run_dir}")
+    console.print(f"[bold green]done[/bold green] in {trainer.setup_seconds + result['seconds']:.0f}s "
+                  f"(set-up and warm-up {trainer.setup_seconds:.0f}s, training {result['seconds']:.0f}s) · run {trainer.run_dir}")
     if rows:
         k = min(5, len(rows))
         first = sum(r["reward/mean"] for r in rows[:k]) / k
