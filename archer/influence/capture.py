@@ -39,9 +39,12 @@ def clean_module_name(name: str) -> str:
 
 def select_modules(model: nn.Module, pattern: str, max_modules: int) -> list[tuple[str, nn.Linear]]:
     """The `nn.Linear` modules whose cleaned name matches `pattern` (regex search); with
-    `max_modules > 0` only the last N matches in module order are kept."""
+    `max_modules > 0` only the last N matches in module order are kept. The LM head is never
+    traced: engines compute its logits for the response positions only, so its input does not
+    cover the sequence the capture positions index."""
     rx = re.compile(pattern)
-    found = [(clean_module_name(n), m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    found = [(clean_module_name(n), m) for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and not clean_module_name(n).endswith("lm_head")]
     found = [(n, m) for n, m in found if rx.search(n)]
     if max_modules > 0:
         found = found[-max_modules:]
@@ -170,7 +173,8 @@ class InfluenceRecorder:
         if self._ctx is not None:
             raise RuntimeError("begin_micro called twice without end_micro")
         positions = positions.long()
-        self._ctx = {"positions": positions, "scale": float(grad_scale), "device_positions": {}}
+        self._ctx = {"positions": positions, "scale": float(grad_scale), "device_positions": {},
+                     "max_position": int(positions.max()) if positions.numel() else -1}
         self._slots = [_Slot() for _ in self.names]
         self._keep_outputs = keep_outputs
         self._pending_rows = rows.long().cpu()
@@ -249,6 +253,12 @@ class InfluenceRecorder:
                                    f"supports each traced module once per forward")
             x = inputs[0]
             pos = self._positions_on(x.device)
+            rows_available = x.numel() // x.shape[-1]
+            if int(ctx["max_position"]) >= rows_available:
+                raise RuntimeError(
+                    f"influence capture position {int(ctx['max_position'])} is outside the input of "
+                    f"{self.names[idx]} ({rows_available} positions): the batch layout and the positions disagree"
+                )
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
             p_in, p_out = self._projections(idx, x.device, dtype)
             with torch.no_grad():  # nothing here may join the graph (checkpointing counts saved tensors)

@@ -23,9 +23,12 @@ from archer.influence.tracer import InfluenceTracer, padded_positions
 
 class LocalInfluence:
     def __init__(self, model: Any, influence_cfg: Any):
-        from omegaconf import OmegaConf
+        if isinstance(influence_cfg, InfluenceSettings):
+            self.settings = influence_cfg
+        else:
+            from omegaconf import OmegaConf
 
-        self.settings = InfluenceSettings.from_mapping(OmegaConf.to_container(influence_cfg, resolve=True))
+            self.settings = InfluenceSettings.from_mapping(OmegaConf.to_container(influence_cfg, resolve=True))
         try:
             self.tracer = InfluenceTracer(model, self.settings)
         except ValueError as e:
