@@ -55,7 +55,8 @@ def archer_trainer(model_dir: Path, data_file: Path, out: Path, args) -> object:
         "data.train_batch_size=16", "rollout.n=4", f"rollout.max_new_tokens={args.max_new_tokens}",
         "actor.ppo_mini_batch_size=16", "actor.ppo_micro_batch_size=64", "actor.ppo_epochs=1",
         "actor.use_kl_loss=false", "actor.optim.lr=1e-5", f"trainer.total_steps={10 ** 6}",
-        "trace.enable=true", f"model.dtype={args.dtype}", "data.max_prompt_length=64", f"seed={args.seed}",
+        "trace.enable=true", f"model.dtype={args.dtype}", "data.max_prompt_length=16", f"seed={args.seed}",
+        f"rollout.compile_decode={str(args.compile_decode).lower()}",
     ]
     c = compose("quickstart", overrides)
     t = LocalTrainer(c, out, live=False)
@@ -133,6 +134,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=12, help="timed steps per side per block")
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile-decode", action="store_true",
+                   help="archer decodes with a static cache + compiled forward (CUDA graphs); TRL's generate "
+                        "always runs with disable_compile=True")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -146,7 +150,7 @@ def main() -> int:
         a = archer_trainer(model_dir, data, root / "archer", args)
         params = sum(p.numel() for p in a.model.parameters())
         t = trl_trainer(model_dir, data, root / "trl", args)
-        time_archer(a, 3)  # warm-up
+        time_archer(a, 5 if args.compile_decode else 3)  # warm-up (and compilation)
         time_trl(t, 2)
         archer_times, trl_times = [], []
         for _ in range(args.blocks):
@@ -161,6 +165,7 @@ def main() -> int:
         "trl_s_per_step": round(med_t, 4), "speedup": round(med_t / med_a, 2),
         "archer_steps": len(archer_times), "trl_steps": len(trl_times),
         "archer_trace_steps_written": trace_stats.get("steps_written"),
+        "archer_compile_decode": args.compile_decode,
     }
     if args.json:
         print(json.dumps(result))

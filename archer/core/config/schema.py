@@ -93,6 +93,10 @@ class RolloutConfig:
     top_k: int = opt(0, "top-k sampling; 0 or -1 disables", ge=-1)
     max_new_tokens: int = opt(16, "longest response in tokens", ge=1)
     generation_batch_size: int = opt(0, "sequences per generate() call; 0 = all at once", ge=0)
+    compile_decode: bool = opt(
+        False, "decode with a static KV cache and a compiled forward (CUDA graphs on a GPU; the first "
+        "steps pay the compilation; prompts are padded to data.max_prompt_length)"
+    )
     val: ValRolloutConfig = section(ValRolloutConfig, "validation sampling")
 
 

@@ -96,14 +96,24 @@ def generate(
     top_k: int = 0,
     batch_size: int = 0,
     device: torch.device | str = "cpu",
+    compile_decode: bool = False,
+    pad_prompts_to: int = 0,
 ) -> Rollout:
-    """Sample `n` responses for every prompt (temperature 0 means greedy)."""
+    """Sample `n` responses for every prompt (temperature 0 means greedy).
+
+    `compile_decode` decodes with a static KV cache and a compiled forward (on a GPU, CUDA graphs:
+    the per-token kernel launches of a small model collapse into one replay). Prompts are then
+    left-padded to `pad_prompts_to` so every call has the same shapes and compiles once."""
     pad_id = int(tokenizer.pad_token_id)
     eos_ids = eos_token_ids(model, tokenizer)
     rows = [p for p in prompts for _ in range(n)]
     group = [g for g in range(len(prompts)) for _ in range(n)]
     sample = [s for _ in range(len(prompts)) for s in range(n)]
     prompt_ids, prompt_mask = left_pad(rows, pad_id)
+    if compile_decode and pad_prompts_to > prompt_ids.shape[1]:
+        extra = pad_prompts_to - prompt_ids.shape[1]
+        prompt_ids = torch.nn.functional.pad(prompt_ids, (extra, 0), value=pad_id)
+        prompt_mask = torch.nn.functional.pad(prompt_mask, (extra, 0), value=0)
     step = batch_size if batch_size > 0 else len(rows)
     do_sample = temperature > 0
     kwargs: dict[str, Any] = dict(
@@ -117,6 +127,12 @@ def generate(
         kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k) if top_k > 0 else 0)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if compile_decode:
+        from transformers.generation import CompileConfig
+
+        compile_cfg = CompileConfig(fullgraph=True, dynamic=False)
+        compile_cfg._compile_all_devices = True  # also on CPU when asked for explicitly
+        kwargs.update(cache_implementation="static", compile_config=compile_cfg)
     was_training = model.training
     model.eval()
     responses: list[torch.Tensor] = []
@@ -124,9 +140,9 @@ def generate(
         for start in range(0, len(rows), step):
             ids = prompt_ids[start:start + step].to(device)
             mask = prompt_mask[start:start + step].to(device)
-            # drop columns that are padding in every row of this chunk
-            keep = int(mask.sum(0).nonzero().min()) if mask.any() else 0
-            ids, mask = ids[:, keep:], mask[:, keep:]
+            if not compile_decode:  # drop columns that are padding in every row of this chunk
+                keep = int(mask.sum(0).nonzero().min()) if mask.any() else 0
+                ids, mask = ids[:, keep:], mask[:, keep:]
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             gen = out[:, ids.shape[1]:].cpu()
             responses.extend(gen[i] for i in range(gen.shape[0]))

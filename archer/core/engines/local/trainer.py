@@ -324,6 +324,7 @@ class LocalTrainer:
                 max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
                 top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k),
                 batch_size=int(cfg.rollout.generation_batch_size), device=self.device,
+                compile_decode=bool(cfg.rollout.compile_decode), pad_prompts_to=int(cfg.data.max_prompt_length),
             )
             texts, scores = self._score(ro, prompts)
             seen += len(prompts)
