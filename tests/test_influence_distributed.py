@@ -77,3 +77,36 @@ def test_two_ranks_equal_one_rank():
         lonely, _ = _scores(batch, s, [r for r in batch.rows if r % 2 == 0])
         assert any(not torch.allclose(torch.tensor(lonely[r]), torch.tensor(single[r]), equal_nan=True)
                    for r in lonely)
+
+
+def test_fsdp2_wrapped_model_captures_the_same_factors():
+    """fully_shard keeps module names and leaf Linears: capture is identical to the plain model."""
+    from torch.distributed.fsdp import fully_shard
+
+    from archer.influence.capture import InfluenceRecorder
+    from influence_fixtures import capture_positions, pad_rows, padded_logprob_terms
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        batch = make_batch()
+        captured = []
+        for wrap in (False, True):
+            model = tiny_model()
+            if wrap:
+                for layer in model.model.layers:
+                    fully_shard(layer)
+                fully_shard(model)
+            rec = InfluenceRecorder(model, settings(), identity_projection=True)
+            pb = pad_rows(batch, batch.rows)
+            pos, rid, tok = capture_positions(batch, batch.rows, pb)
+            rec.begin_micro(pos, rid, tok)
+            logp, mask, _ = padded_logprob_terms(model, batch, batch.rows)
+            (logp * mask).sum().backward()
+            rec.end_micro()
+            captured.append((rec.names, rec.captured()))
+        assert captured[0][0] == captured[1][0]
+        for a, b in zip(captured[0][1].modules, captured[1][1].modules):
+            assert torch.allclose(a.u, b.u, atol=1e-12) and torch.allclose(a.v, b.v, atol=1e-12)
+    finally:
+        dist.destroy_process_group()
