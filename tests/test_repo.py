@@ -22,6 +22,7 @@ def test_readme_opens_with_setup_and_test_commands():
     setup, tests = blocks[0].strip(), blocks[1].strip()
     assert "pip install torch==2.13.0" in setup and "archer train --preset quickstart" in setup
     assert setup.index("torch==2.13.0") < setup.index("pip install -e .")
+    assert "-c constraints.txt" in setup and "-c constraints.txt" in tests
     assert "pytest" in tests
 
 
