@@ -45,6 +45,23 @@ def token_subsample(length: int, cap: int) -> torch.Tensor:
     return torch.linspace(0, length - 1, cap).round().long().unique()
 
 
+def _positions(rows: Sequence[int], starts: Sequence[int], lengths: Sequence[int],
+               selected: dict[int, int] | None, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(flat positions, row ids, token indices): token t of row r sits at starts[k] + t."""
+    pos, rid, tok = [], [], []
+    for r, start, L in zip(rows, starts, lengths):
+        if selected is not None and r not in selected:
+            continue
+        t = token_subsample(int(L), max_tokens)
+        pos.append(int(start) + t)
+        rid.append(torch.full_like(t, int(r)))
+        tok.append(t)
+    if not pos:
+        z = torch.zeros(0, dtype=torch.long)
+        return z, z, z
+    return torch.cat(pos), torch.cat(rid), torch.cat(tok)
+
+
 def padded_positions(rows: Sequence[int], row_offsets: Sequence[int], lengths: Sequence[int], *,
                      seq_len: int, prompt_width: int, selected: dict[int, int] | None = None,
                      max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,18 +69,8 @@ def padded_positions(rows: Sequence[int], row_offsets: Sequence[int], lengths: S
 
     rows: global row id of each micro-batch row; row_offsets: its index within the micro-batch;
     lengths: response length of each; selected: rows to capture (None = all)."""
-    pos, rid, tok = [], [], []
-    for r, i, L in zip(rows, row_offsets, lengths):
-        if selected is not None and r not in selected:
-            continue
-        t = token_subsample(int(L), max_tokens)
-        pos.append(i * seq_len + prompt_width - 1 + t)
-        rid.append(torch.full_like(t, int(r)))
-        tok.append(t)
-    if not pos:
-        z = torch.zeros(0, dtype=torch.long)
-        return z, z, z
-    return torch.cat(pos), torch.cat(rid), torch.cat(tok)
+    starts = [i * seq_len + prompt_width - 1 for i in row_offsets]
+    return _positions(rows, starts, lengths, selected, max_tokens)
 
 
 def packed_positions(rows: Sequence[int], cu_seqlens: Sequence[int], prompt_lengths: Sequence[int],
@@ -71,18 +78,8 @@ def packed_positions(rows: Sequence[int], cu_seqlens: Sequence[int], prompt_leng
                      max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat positions over a packed (remove-padding) micro-batch: sequence k occupies
     [cu_seqlens[k], cu_seqlens[k+1]) and its response starts after prompt_lengths[k] tokens."""
-    pos, rid, tok = [], [], []
-    for k, (r, P, L) in enumerate(zip(rows, prompt_lengths, lengths)):
-        if selected is not None and r not in selected:
-            continue
-        t = token_subsample(int(L), max_tokens)
-        pos.append(int(cu_seqlens[k]) + int(P) - 1 + t)
-        rid.append(torch.full_like(t, int(r)))
-        tok.append(t)
-    if not pos:
-        z = torch.zeros(0, dtype=torch.long)
-        return z, z, z
-    return torch.cat(pos), torch.cat(rid), torch.cat(tok)
+    starts = [int(cu_seqlens[k]) + int(P) - 1 for k, P in enumerate(prompt_lengths)]
+    return _positions(rows, starts, lengths, selected, max_tokens)
 
 
 class InfluenceTracer:
