@@ -171,3 +171,20 @@ def test_kill_at_random_moments_then_resume(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert TraceReader(out).steps() == list(range(1, total + 1))
     assert [m["step"] for m in read_metrics(out)] == list(range(1, total + 1))
+
+
+def test_tensorboard_sink_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    out = tmp_path / "run"
+    run_local(tmp_path, out, "trainer.total_steps=1", "trainer.val_before_train=false",
+              "trainer.logging.tensorboard=true")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_cli_refuses_to_start_over_an_existing_run(tmp_path):
+    out = tmp_path / "run"
+    run_local(tmp_path, out, "trainer.total_steps=1", "trainer.val_before_train=false")
+    r = subprocess.run([sys.executable, "-m", "archer", "train", "--preset", "quickstart", "--out", str(out),
+                        *small(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "already holds a run" in r.stderr and "--resume" in r.stderr
