@@ -151,6 +151,8 @@ def _register() -> None:
     # every module below imports nothing heavy at module level.
     from archer.cli import data as data_cmd
     from archer.cli import env as env_cmd
+    from archer.cli import eval as eval_cmd
+    from archer.cli import export as export_cmd
     from archer.cli import presets as presets_cmd
     from archer.cli import trace as trace_cmd
     from archer.cli import train as train_cmd
@@ -159,6 +161,7 @@ def _register() -> None:
     app.command("train", rich_help_panel="Run", epilog=train_cmd.EPILOG, context_settings=CONTEXT)(
         train_cmd.train
     )
+    app.command("eval", rich_help_panel="Run", epilog=eval_cmd.EPILOG, context_settings=CONTEXT)(eval_cmd.eval_cmd)
     app.add_typer(data_cmd.app, name="data", rich_help_panel="Data")
     app.add_typer(presets_cmd.app, name="presets", rich_help_panel="Inspect")
     app.command("env", rich_help_panel="Inspect", epilog=env_cmd.EPILOG, context_settings=CONTEXT)(
@@ -166,6 +169,9 @@ def _register() -> None:
     )
     app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(view_cmd.view)
     app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
+    app.command("export", rich_help_panel="Inspect", epilog=export_cmd.EPILOG, context_settings=CONTEXT)(
+        export_cmd.export
+    )
 
 
 _register()

@@ -1,12 +1,20 @@
-"""Validation of the local engine: sample the validation prompts, grade, report accuracy."""
+"""Validation of the local engine: sample the validation prompts, grade, report accuracy.
+
+It runs on the same sampling, grading and metrics code as `archer eval`
+(`archer.core.evaluation`), so in-training numbers and offline ones are computed alike; unlike
+`archer eval` it keeps nothing on disk and leaves the global RNG to the training run.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from archer.core.engines.local.rollout import decode_responses, generate
+from archer.core.evaluation.results import summarize
+from archer.core.evaluation.runner import sample_and_grade
+from archer.core.evaluation.samplers import LocalSampler
 
 
 def evaluate(
@@ -24,32 +32,29 @@ def evaluate(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """val/accuracy (mean over all samples, i.e. avg@n), val/pass@n, val/reward_mean, val/response_length."""
-    from archer.core.rewards import score_batch
-
     if not prompts:
         return {}
-    correct_all, rewards, lengths, any_correct = [], [], [], []
+    sampler = LocalSampler(model, tokenizer, device=device)
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        ro = generate(
-            model, tokenizer, [p.ids for p in chunk], n=n, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, device=device,
+        graded = sample_and_grade(
+            sampler, [p.ids for p in chunk], [p.answer for p in chunk], n=n, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, reward_fn=reward_fn, timeout_s=timeout_s,
         )
-        texts = decode_responses(tokenizer, ro)
-        answers = [chunk[g].answer for g in ro.group]
-        scores = score_batch(reward_fn, texts, answers, timeout_s=timeout_s)
-        correct = [bool(s.correct) for s in scores]
-        correct_all += correct
-        rewards += [float(s.reward) for s in scores]
-        lengths += ro.response_lengths.tolist()
-        for g in range(len(chunk)):
-            any_correct.append(any(correct[g * n:(g + 1) * n]))
+        for g, samples in enumerate(graded):
+            rows += [
+                {"problem": start + g, "data_source": chunk[g].data_source, "correct": bool(s.correct),
+                 "reward": float(s.reward), "response_length": len(c.token_ids), "truncated": c.truncated}
+                for c, s in samples
+            ]
+    stats = summarize(rows, n=n, ks=[n] if n > 1 else [])["all"]
     out = {
-        "val/accuracy": sum(correct_all) / len(correct_all),
-        "val/reward_mean": sum(rewards) / len(rewards),
-        "val/response_length": sum(lengths) / len(lengths),
+        "val/accuracy": stats[f"avg@{n}"],
+        "val/reward_mean": stats["reward_mean"],
+        "val/response_length": stats["response_length_mean"],
         "val/prompts": float(len(prompts)),
     }
     if n > 1:
-        out[f"val/pass@{n}"] = sum(any_correct) / len(any_correct)
+        out[f"val/pass@{n}"] = stats[f"pass@{n}"]
     return out
