@@ -149,6 +149,8 @@ def _root(
 def _register() -> None:
     # Imported here (not at the top) only to keep the registration list in one place;
     # every module below imports nothing heavy at module level.
+    from archer.cli import ablate as ablate_cmd
+    from archer.cli import collect as collect_cmd
     from archer.cli import data as data_cmd
     from archer.cli import env as env_cmd
     from archer.cli import eval as eval_cmd
@@ -161,6 +163,7 @@ def _register() -> None:
     app.command("train", rich_help_panel="Run", epilog=train_cmd.EPILOG, context_settings=CONTEXT)(
         train_cmd.train
     )
+    app.command("ablate", rich_help_panel="Run", epilog=ablate_cmd.EPILOG, context_settings=CONTEXT)(ablate_cmd.ablate)
     app.command("eval", rich_help_panel="Run", epilog=eval_cmd.EPILOG, context_settings=CONTEXT)(eval_cmd.eval_cmd)
     app.add_typer(data_cmd.app, name="data", rich_help_panel="Data")
     app.add_typer(presets_cmd.app, name="presets", rich_help_panel="Inspect")
@@ -171,6 +174,9 @@ def _register() -> None:
     app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
     app.command("export", rich_help_panel="Inspect", epilog=export_cmd.EPILOG, context_settings=CONTEXT)(
         export_cmd.export
+    )
+    app.command("collect", rich_help_panel="Inspect", epilog=collect_cmd.EPILOG, context_settings=CONTEXT)(
+        collect_cmd.collect
     )
 
 
