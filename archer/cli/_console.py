@@ -18,7 +18,7 @@ def out() -> Any:
 def err() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_yaml(text: str) -> None:
