@@ -21,6 +21,11 @@ STEP_FIELDS = [
     ("actor/pg_clipfrac", "clip", "{:.3f}"),
     ("time/step", "s/step", "{:.2f}"),
 ]
+# shown only when the step reports them (agent mode: ARPO/AEPO branches taken, tool calls made)
+OPTIONAL_FIELDS = [
+    ("agent/branches", "branches", "{:.0f}"),
+    ("agent/tool_calls", "tools", "{:.0f}"),
+]
 TIME_FIELDS = [("time/rollout", "rollout"), ("time/logprob", "logp"), ("time/update", "update"), ("time/trace", "trace")]
 
 
@@ -31,9 +36,13 @@ def _fmt(metrics: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(v)
 
 
+def _fields(metrics: dict[str, Any]) -> list[str]:
+    fields = STEP_FIELDS + [f for f in OPTIONAL_FIELDS if f[0] in metrics]
+    return [f"{label} {_fmt(metrics, key, fmt)}" for key, label, fmt in fields]
+
+
 def format_step(step: int, total: int, metrics: dict[str, Any]) -> str:
-    parts = [f"step {step}/{total}"]
-    parts += [f"{label} {_fmt(metrics, key, fmt)}" for key, label, fmt in STEP_FIELDS]
+    parts = [f"step {step}/{total}", *_fields(metrics)]
     split = " ".join(f"{label} {_fmt(metrics, key, '{:.2f}')}" for key, label in TIME_FIELDS)
     return "  ".join(parts) + f"  ({split})"
 
@@ -84,7 +93,7 @@ class TrainingProgress:
     def step_done(self, step: int, metrics: dict[str, Any]) -> None:
         line = format_step(step, self.total, metrics)
         if self._progress is not None:
-            short = "  ".join(f"{label} {_fmt(metrics, key, fmt)}" for key, label, fmt in STEP_FIELDS)
+            short = "  ".join(_fields(metrics))
             self._progress.update(self._task, completed=step, stats=short)
             if step % self.log_every == 0:
                 self._progress.console.print(line, markup=False, highlight=False, style="dim")

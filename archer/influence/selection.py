@@ -36,6 +36,15 @@ def select_groups(groups: Sequence[Hashable], accepted: Sequence[bool], *, max_p
     return mixed, constant
 
 
+def trace_accepted(groups: Sequence[Hashable], accepted: Sequence[bool]) -> list[bool | None]:
+    """The trace's `accepted` column: the flag within groups that have both kinds, None in groups
+    whose responses are all accepted or all rejected (they have no contrast)."""
+    kinds: dict[Hashable, set] = {}
+    for g, a in zip(groups, accepted):
+        kinds.setdefault(g, set()).add(bool(a))
+    return [bool(a) if len(kinds[g]) == 2 else None for g, a in zip(groups, accepted)]
+
+
 def plan_step(rewards: Sequence[float], advantages: Sequence[float], groups: Sequence[Hashable], settings) -> tuple:
     """Everything an engine decides before capture: (ResponseMeta of every response in the traced
     groups, accepted flag of every response, number of constant groups left out).

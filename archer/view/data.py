@@ -259,6 +259,7 @@ class ResponseTokens:
     influence: np.ndarray | None  # float32, NaN = not captured
     prompt_ids: np.ndarray  # int32
     meta: dict[str, Any]
+    roles: np.ndarray | None = None  # agent traces: token_role (0 model, 1 tool result, 2 tool call)
 
     @property
     def n(self) -> int:
@@ -560,9 +561,10 @@ class TraceData:
         r = self._responses.get(key)
         if r is not None:
             return r
-        d = self.reader.read_response(
-            step, row, columns=["prompt_ids", "response_ids", "entropy", "influence"]
-        )
+        columns = ["prompt_ids", "response_ids", "entropy", "influence"]
+        if "token_role" in self.reader.schema(step).names:  # agent traces mark tool tokens
+            columns.append("token_role")
+        d = self.reader.read_response(step, row, columns=columns)
         infl = d["influence"]
         meta = self.step_table(step).record(row)
         r = ResponseTokens(
@@ -573,6 +575,7 @@ class TraceData:
             influence=None if infl is None else np.asarray(infl, dtype=np.float32),
             prompt_ids=np.asarray(d["prompt_ids"], dtype=np.int32),
             meta=meta,
+            roles=None if d.get("token_role") is None else np.asarray(d["token_role"], dtype=np.int8),
         )
         self._responses.put(key, r)
         return r

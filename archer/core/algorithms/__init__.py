@@ -32,6 +32,7 @@ from archer.core.algorithms.policy_losses import (
     register_policy_loss,
 )
 from archer.core.algorithms.sampling_filters import GroupAccumulator, informative_groups, overlong_penalty
+from archer.core.algorithms.aepo import entropy_aware_advantages  # also registers the "aepo" loss
 
 __all__ = [
     "ADV_ESTIMATOR_REGISTRY",
@@ -44,6 +45,7 @@ __all__ = [
     "agg_loss",
     "available_adv_estimators",
     "available_policy_losses",
+    "entropy_aware_advantages",
     "entropy_from_logits",
     "get_adv_estimator",
     "get_policy_loss",

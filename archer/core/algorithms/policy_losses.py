@@ -48,6 +48,7 @@ class PolicyLossConfig:
     high_entropy_clip_ratio_low: float = 0.4
     high_entropy_clip_ratio_high: float = 0.4
     high_entropy_kl_scale: float = 0.0
+    aepo_entropy_advantage: float = 0.0  # AEPO's alpha in A·(1 + alpha·z(H)); read by the `aepo` loss
 
     def __post_init__(self) -> None:
         # The same bounds as the schema, so a hand-built config fails as clearly as a bad preset.
@@ -86,6 +87,7 @@ class PolicyLossConfig:
             high_entropy_clip_ratio_low=float(archer.high_entropy_clip_ratio_low),
             high_entropy_clip_ratio_high=float(archer.high_entropy_clip_ratio_high),
             high_entropy_kl_scale=float(archer.high_entropy_kl_scale),
+            aepo_entropy_advantage=float(getattr(actor_cfg, "aepo_entropy_advantage", 0.0)),
         )
 
 

@@ -15,10 +15,10 @@ from archer.core.config.fields import opt, section
 
 ENGINES = ("local", "verl")
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
-POLICY_LOSSES = ("vanilla", "archer", "aspo")
+POLICY_LOSSES = ("vanilla", "archer", "aspo", "aepo")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_TYPES = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
-REWARD_FUNCTIONS = ("arithmetic", "math")
+REWARD_FUNCTIONS = ("arithmetic", "math", "code")
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -54,7 +54,11 @@ class ModelConfig:
 class SynthConfig:
     """The seeded synthetic task used when `data.train_files` is empty."""
 
-    task: str = opt("arithmetic", "synthetic task", choices=("arithmetic",))
+    task: str = opt(
+        "arithmetic", "synthetic task; the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
+        "products too large to do in the head), the search tool (corpus_qa: facts in a generated corpus) or both",
+        choices=("arithmetic", "tool_arithmetic", "corpus_qa", "tool_mix"),
+    )
     n: int = opt(10000, "number of training problems to generate", ge=1)
     val_n: int = opt(256, "number of held-out validation problems", ge=0)
     difficulty: str = opt("easy", "difficulty preset", choices=("easy", "medium", "hard"))
@@ -164,13 +168,16 @@ class ActorConfig:
     kl_loss_coef: float = opt(0.001, "KL-loss coefficient", ge=0.0)
     kl_loss_type: str = opt("low_var_kl", "KL estimator", choices=KL_TYPES)
     entropy_coeff: float = opt(0.0, "entropy bonus coefficient", ge=0.0)
+    aepo_entropy_advantage: float = opt(
+        0.0, "AEPO entropy-aware advantage A·(1 + α·z(H)) inside policy_loss=aepo (α; 0 = off, AEPO uses 0.2)", ge=0.0
+    )
     optim: OptimConfig = section(OptimConfig, "optimizer")
 
 
 @dataclass
 class RewardConfig:
     function: str = opt("arithmetic", "reward function", choices=REWARD_FUNCTIONS)
-    timeout_s: float = opt(5.0, "per-response grading timeout in seconds", gt=0.0)
+    timeout_s: float = opt(5.0, "grading timeout in seconds: per response (math), per unit test (code)", gt=0.0)
     format_reward: float = opt(0.0, "reward added for a parseable answer (0 = off)", ge=0.0)
 
 
@@ -265,6 +272,74 @@ class TrainerConfig:
 
 
 @dataclass
+class PythonToolConfig:
+    """The sandboxed Python tool (archer/core/tools/python_sandbox.py)."""
+
+    enable: bool = opt(True, "offer <python>code</python> to the model")
+    timeout_s: float = opt(5.0, "wall-clock limit per call; the whole process group is killed", gt=0.0)
+    cpu_s: int = opt(2, "CPU-time limit per call (RLIMIT_CPU)", ge=1)
+    memory_mb: int = opt(512, "address-space limit per call (RLIMIT_AS)", ge=64)
+    max_processes: int = opt(16, "process limit (RLIMIT_NPROC, counted inside the sandbox)", ge=1)
+    max_file_mb: int = opt(16, "largest file the code may write (RLIMIT_FSIZE); the work dir holds 4x that", ge=1)
+    max_output_chars: int = opt(200, "output kept per call (the rest is cut, with a note)", ge=1)
+    namespaces: bool = opt(True, "isolate with Linux namespaces where available (else an audit hook refuses "
+                                 "sockets, outside writes and process creation)")
+    cache_size: int = opt(1024, "results of identical code kept per run (the tool is stateless; 0 = off)", ge=0)
+
+
+@dataclass
+class SearchToolConfig:
+    """BM25 search over a local corpus (archer/core/tools/search.py); never the network."""
+
+    enable: bool = opt(True, "offer <search>query</search> to the model")
+    corpus: Optional[str] = opt(None, "folder of .txt/.md files or a parquet/jsonl with a text column; null = the "
+                                      "synthetic task's corpus (data.synth.task corpus_qa/tool_mix)")
+    top_k: int = opt(1, "documents returned per query", ge=1)
+    max_chars: int = opt(120, "characters of result text per query", ge=1)
+    cache_path: Optional[str] = opt(None, "shared JSON query cache (safe across processes); null = "
+                                          "<trainer.cache_dir>/search/cache-<corpus fingerprint>.json")
+
+
+@dataclass
+class ToolsConfig:
+    python: PythonToolConfig = section(PythonToolConfig, "the Python tool")
+    search: SearchToolConfig = section(SearchToolConfig, "the search tool")
+    workers: int = opt(2, "tool calls run at once (a thread pool; the decode loop keeps going meanwhile)", ge=1)
+
+
+@dataclass
+class AepoRolloutConfig:
+    """AEPO's rollout-side changes (policy side: actor.policy_loss=aepo, actor.aepo_entropy_advantage)."""
+
+    dynamic_rollouts: bool = opt(False, "entropy-balanced global rollouts: one monitoring trajectory per prompt, "
+                                        "then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) initial ones")
+    consecutive_penalty: float = opt(0.05, "branch score × max(0, 1 − penalty·c), c = consecutive branchings "
+                                           "of the prompt", ge=0.0)
+
+
+@dataclass
+class AgentConfig:
+    """Multi-turn tool rollouts with ARPO/AEPO entropy-based branching (docs/agentic.md). Local engine."""
+
+    enable: bool = opt(False, "roll out with tools: the model writes <python>/<search> calls and gets "
+                              "<result>…</result> back (no loss on result tokens); rollout.n is the per-prompt budget")
+    algorithm: str = opt("arpo", "branching rule: arpo (P = clip(α + β·ΔH)), aepo (with the consecutive-branch "
+                                 "penalty), none (initial rollouts only, refilled to n)", choices=("arpo", "aepo", "none"))
+    initial_rollouts: int = opt(4, "trajectories started per prompt; branches and fresh rollouts fill up to rollout.n",
+                                ge=1)
+    beam_size: int = opt(2, "a branching trajectory makes up to beam_size − 1 copies", ge=1)
+    branch_probability: float = opt(0.5, "α: the branch probability when the entropy did not change", ge=0.0, le=1.0)
+    entropy_weight: float = opt(0.2, "β: how much the entropy change ΔH moves the branch probability", ge=0.0)
+    entropy_tokens: int = opt(20, "generated tokens per segment whose entropy is measured", ge=1)
+    entropy_topk: int = opt(10, "top-k truncation of each token's entropy, as ARPO's vLLM logprobs (0 = full)", ge=0)
+    refill: str = opt("one", "fresh rollouts for a prompt whose trajectories all ended short of the budget: one at a "
+                             "time (ARPO; each may branch) or all at once", choices=("one", "all"))
+    max_turns: int = opt(3, "tool calls per trajectory; a call over the limit ends it", ge=0)
+    aepo: AepoRolloutConfig = section(AepoRolloutConfig, "AEPO rollout settings (agent.algorithm=aepo)")
+    tools: ToolsConfig = section(ToolsConfig, "the tools")
+
+
+@dataclass
 class ArcherConfig:
     description: str = opt("", "one line shown by 'archer presets ls'")
     engine: str = opt("local", "training engine", choices=ENGINES)
@@ -278,5 +353,6 @@ class ArcherConfig:
     warmup: WarmupConfig = section(WarmupConfig, "supervised warm-up before RL")
     trace: TraceConfig = section(TraceConfig, "per-token trace output")
     influence: InfluenceConfig = section(InfluenceConfig, "per-token influence tracing")
+    agent: AgentConfig = section(AgentConfig, "multi-turn tool rollouts, ARPO/AEPO branching (local engine)")
     trainer: TrainerConfig = section(TrainerConfig, "loop, validation, checkpoints, output")
     verl: Dict[str, Any] = opt({}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2")

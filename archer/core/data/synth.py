@@ -203,3 +203,115 @@ def write_arithmetic(
         }
     )
     return {"paths": paths, "counts": {"train": len(train), "val": len(val)}, "spec": spec.describe()}
+
+
+# --------------------------------------------------------------------------------------------
+# Tool tasks (agent.enable): problems a tiny model can only solve by calling a tool
+# --------------------------------------------------------------------------------------------
+
+TOOL_TASKS = ("tool_arithmetic", "corpus_qa", "tool_mix")
+CORPUS_FILE = "corpus.parquet"
+_THINGS = ("ships", "coins", "towers", "lamps", "books", "horses", "keys", "drums", "bells", "boats")
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+
+
+def _entity(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(3))
+
+
+def make_corpus(size: int, *, seed: int) -> list[dict[str, Any]]:
+    """`size` one-line documents "<name> has <count> <things>." with distinct names (seeded)."""
+    rng = random.Random(f"archer-corpus:{seed}")
+    names: dict[str, None] = {}
+    while len(names) < size:
+        names.setdefault(_entity(rng))
+    return [{"id": i, "title": name, "text": f"{name} has {rng.randint(10, 9999)} {rng.choice(_THINGS)}."}
+            for i, name in enumerate(names)]
+
+
+def _tool_row(prompt: str, answer: str, source: str, tool: str, call: str, index: int, split: str) -> dict[str, Any]:
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "data_source": source,
+        "ability": "tool_use",
+        "reward_model": {"ground_truth": answer, "style": "rule"},
+        "extra_info": {"index": index, "split": split, "tool": tool, "call": call},
+    }
+
+
+def make_tool_arithmetic(n: int, *, seed: int, split: str, max_operand: int = 999,
+                         exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """`a*b=` with 100 <= a, b <= max_operand: far beyond what a tiny model multiplies in its head.
+    The tool call a demonstration would make is `<python>a*b</python>`."""
+    lo = 100
+    if max_operand < lo:
+        raise UsageError(f"tool_arithmetic needs max_operand >= {lo} (got {max_operand})")
+    size = (max_operand - lo + 1) ** 2
+    excluded = set(exclude)
+    if n + len(excluded) > size:
+        raise DataError(f"asked for {n} tool_arithmetic problems but operands {lo}..{max_operand} give only {size}")
+    rng = random.Random(f"archer-tool-arithmetic:{seed}:{split}")
+    rows: list[dict[str, Any]] = []
+    for idx in rng.sample(range(size), min(size, n + len(excluded))):
+        if len(rows) == n:
+            break
+        a, b = lo + idx // (max_operand - lo + 1), lo + idx % (max_operand - lo + 1)
+        prompt = f"{a}*{b}="
+        if prompt in excluded:
+            continue
+        rows.append(_tool_row(prompt, str(a * b), "tool_arithmetic", "python", f"{a}*{b}", len(rows), split))
+    return rows
+
+
+def make_corpus_qa(docs: list[dict[str, Any]], *, split: str) -> list[dict[str, Any]]:
+    """One question per document, "<things> of <name>?", answered by the count the document gives.
+    The search a demonstration would make is `<search><name> <things></search>`."""
+    rows = []
+    for d in docs:
+        name, _, rest = d["text"].partition(" has ")
+        count, thing = rest.rstrip(".").split(" ", 1)
+        rows.append(_tool_row(f"{thing} of {name}?", count, "corpus_qa", "search", f"{name} {thing}", len(rows), split))
+    return rows
+
+
+def write_tool_task(out_dir: str | os.PathLike, *, task: str, n: int, val_n: int, seed: int,
+                    max_operand: int = 0) -> dict[str, Any]:
+    """Write train/val parquet files of a tool task, plus `corpus.parquet` for the search tasks.
+
+    tool_mix alternates the two kinds (half each). Returns {"paths", "counts", "corpus"}."""
+    import pyarrow as pa
+
+    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, write_tables_atomic, verl_schema
+
+    if task not in TOOL_TASKS:
+        raise UsageError(f"unknown tool task {task!r}", hint=f"use one of: {', '.join(TOOL_TASKS)}")
+    max_operand = max_operand or 999
+    n_qa = {"tool_arithmetic": 0, "corpus_qa": n, "tool_mix": n // 2}[task]
+    v_qa = {"tool_arithmetic": 0, "corpus_qa": val_n, "tool_mix": val_n // 2}[task]
+    docs = make_corpus(n_qa + v_qa, seed=seed) if n_qa + v_qa else []
+    val = make_tool_arithmetic(val_n - v_qa, seed=seed, split="val", max_operand=max_operand)
+    train = make_tool_arithmetic(n - n_qa, seed=seed, split="train", max_operand=max_operand,
+                                 exclude={r["prompt"][0]["content"] for r in val})
+    train = _interleave(train, make_corpus_qa(docs[:n_qa], split="train"))
+    val = _interleave(val, make_corpus_qa(docs[n_qa:], split="val"))
+    for split_rows in (train, val):
+        for i, r in enumerate(split_rows):
+            r["extra_info"]["index"] = i
+    schema = verl_schema([("tool", pa.string()), ("call", pa.string())])
+    out = prepare_out_dir(out_dir)
+    paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
+    tables = {paths["train"]: pa.Table.from_pylist(train, schema=schema),
+              paths["val"]: pa.Table.from_pylist(val, schema=schema)}
+    corpus = None
+    if docs:
+        corpus = out / CORPUS_FILE
+        tables[corpus] = pa.Table.from_pylist(docs)
+    write_tables_atomic(tables)
+    return {"paths": paths, "counts": {"train": len(train), "val": len(val)}, "corpus": corpus}
+
+
+def _interleave(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(max(len(a), len(b))):
+        out += ([a[i]] if i < len(a) else []) + ([b[i]] if i < len(b) else [])
+    return out

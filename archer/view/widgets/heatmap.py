@@ -67,6 +67,7 @@ class HeatmapModel:
         }
         self.keep: list[bool] | None = None
         self.match: list[bool] | None = None
+        self.tool: list[bool] | None = None  # tool-result tokens (agent traces): drawn dimmed
         self.cursor = 0
         self.version = 0
         self.message = "no response selected"
@@ -91,7 +92,7 @@ class HeatmapModel:
         self.breaks = [ends_line(t) for t in self.raw] if not ids_mode else [False] * len(self.raw)
         self.gap = 1 if ids_mode else 0
         self.values = {"entropy": entropy, "influence": influence}
-        self.keep = self.match = None
+        self.keep = self.match = self.tool = None
         self.cursor = 0
         self.message = "(empty response: 0 tokens)" if not self.cells else ""
         self._layouts.clear()
@@ -137,11 +138,11 @@ class HeatmapModel:
     def line_strip(self, layout: TokenLayout, metric: str, line: int) -> Strip:
         """One line of one pane as a Strip (segments only: token text is never markup)."""
         styles = self.styles[metric]
-        keep, match, cursor, cells = self.keep, self.match, self.cursor, self.cells
+        keep, match, cursor, cells, tool = self.keep, self.match, self.cursor, self.cells, self.tool
         gap = Segment(" " * self.gap) if self.gap else None
         segs: list[Segment] = []
         for i in layout.tokens_on(line):
-            style = styles[i] if keep is None or keep[i] else DIM_STYLE
+            style = styles[i] if (keep is None or keep[i]) and (tool is None or not tool[i]) else DIM_STYLE
             if match is not None and match[i]:
                 style = style + MATCH_STYLE
             if i == cursor:
@@ -279,6 +280,8 @@ class TokenView(Widget, can_focus=True):
         self.tokens = tokens
         key = (tokens.step, tokens.row, ids_mode)
         self.model.set_tokens(key, texts, tokens.entropy, tokens.influence, ids_mode)
+        roles = getattr(tokens, "roles", None)
+        self.model.tool = None if roles is None or len(roles) != self.model.n else (roles == 1).tolist()
         self.match_ranges = []
         self._width = 0
         self.relayout()
@@ -416,6 +419,9 @@ class TokenView(Widget, can_focus=True):
         else:
             t.append("text ")
             t.append(quote(raw), style="bold")
+        roles = getattr(tok, "roles", None)
+        if roles is not None and i < len(roles) and int(roles[i]) in (1, 2):
+            t.append(" [tool result: no loss]" if int(roles[i]) == 1 else " [tool call]", style="dim")
         t.append(f"  entropy {fmt(float(tok.entropy[i]))}")
         if tok.influence is None:
             t.append("  influence not computed", style="dim")

@@ -16,7 +16,7 @@ import torch
 
 from archer.core.engines.local.forward import make_micro_batch, response_logprobs
 from archer.errors import ConfigError
-from archer.influence.selection import plan_step
+from archer.influence.selection import plan_step, trace_accepted
 from archer.influence.settings import InfluenceSettings
 from archer.influence.tracer import InfluenceTracer, padded_positions
 
@@ -43,11 +43,7 @@ class LocalInfluence:
         metas, accepted, constant = plan_step(rewards.tolist(), seq_advantages.tolist(), groups, self.settings)
         lengths = rollout.response_lengths.tolist()
         self.rollout = rollout
-        # a group whose rewards are all equal has no contrast: its rows are neither accepted nor rejected
-        mixed: dict[Any, set] = {}
-        for g, a in zip(groups, accepted):
-            mixed.setdefault(g, set()).add(bool(a))
-        self.accepted = [a if len(mixed[g]) == 2 else None for g, a in zip(groups, accepted)]
+        self.accepted = trace_accepted(groups, accepted)
         self.constant_groups = constant
         self.selected = {m.row: int(lengths[m.row]) for m in metas}
         self.tracer.begin_step(metas, self.selected)

@@ -5,7 +5,7 @@ carries loss, as in verl)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -22,6 +22,9 @@ class Rollout:
     truncated: torch.Tensor  # [B] bool: hit max_new_tokens without an EOS
     group: list[int]  # [B] index of the prompt within the batch
     sample: list[int]  # [B] index of the sample within its group
+    # [B, R] tokens that carry loss; None means response_mask. Agent rollouts set it to 0 on
+    # tool-result tokens, which the model must attend to (response_mask) but not be trained on.
+    loss_mask: Optional[torch.Tensor] = None
 
     @property
     def size(self) -> int:
@@ -30,6 +33,11 @@ class Rollout:
     @property
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
+
+    @property
+    def train_mask(self) -> torch.Tensor:
+        """The loss mask: `loss_mask` when set, else `response_mask`."""
+        return self.response_mask if self.loss_mask is None else self.loss_mask
 
     def select(self, rows: Sequence[int]) -> "Rollout":
         idx = torch.as_tensor(list(rows), dtype=torch.long)
@@ -41,6 +49,7 @@ class Rollout:
             truncated=self.truncated[idx],
             group=[self.group[i] for i in rows],
             sample=[self.sample[i] for i in rows],
+            loss_mask=None if self.loss_mask is None else self.loss_mask[idx],
         )
 
 

@@ -63,6 +63,8 @@ class StepBatch:
     rounds: int
     groups_seen: int
     groups_dropped: int
+    token_role: list[np.ndarray] | None = None  # agent mode: 0 model, 1 tool result, 2 tool call
+    extra_metrics: dict[str, float] | None = None
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -90,6 +92,8 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         truncated=torch.cat([p.truncated for p in parts]),
         group=group,
         sample=[s for p in parts for s in p.sample],
+        loss_mask=(torch.cat([rpad(p.train_mask, R, 0) for p in parts])
+                   if any(p.loss_mask is not None for p in parts) else None),
     )
 
 
@@ -127,7 +131,17 @@ class LocalTrainer:
 
         tokenizer = load_tokenizer(cfg.model)
         self.tokenizer = tokenizer
+        self.agent = None
+        if cfg.agent.enable:  # agent mode: tool task data first (load_datasets then finds it), tools next
+            from archer.core.agent.engine import check_config, prepare_task_data
+
+            check_config(cfg)
+            prepare_task_data(cfg, self.run_dir / "data")
         self.train_prompts, self.val_prompts, self.data_counts = load_datasets(cfg, tokenizer, self.run_dir)
+        if cfg.agent.enable:
+            from archer.core.agent.engine import AgentRunner
+
+            self.agent = AgentRunner(cfg, tokenizer, self.run_dir, self.cache_dir, self.device)
         self.val_prompts = self.val_prompts[: cfg.rollout.val.max_prompts or None]
         self.sampler = PromptSampler(len(self.train_prompts), seed=int(cfg.seed), shuffle=bool(cfg.data.shuffle))
 
@@ -243,9 +257,10 @@ class LocalTrainer:
             elif i % 50 == 0 or i == cfg.warmup.steps:
                 print(f"warm-up {i}/{cfg.warmup.steps}  loss {loss:.3f}", flush=True)
 
+        demos = self.agent.demonstrations(self.train_prompts) if self.agent is not None else None
         try:
             stats = run_warmup(model, tok, self.train_prompts, cfg.warmup, seed=int(cfg.seed), device=self.device,
-                               on_step=on_step)
+                               on_step=on_step, demos=demos)
         finally:
             if progress is not None:
                 progress.stop()
@@ -294,6 +309,9 @@ class LocalTrainer:
             "rollout_n": int(self.cfg.rollout.n),
             "influence": bool(self.cfg.influence.enable),
         }
+        if self.agent is not None:
+            summary["agent"] = {"algorithm": str(self.cfg.agent.algorithm), "tools": list(self.agent.toolbox.available),
+                                "python_sandbox": self.agent.isolation}
         self.trace = TraceWriter(
             trace_dir, summary, write_every=tcfg.write_every, fsync=tcfg.fsync, row_group_size=tcfg.row_group_size,
             compression_level=tcfg.compression_level, max_queue=tcfg.max_queue, resume_after_step=resume_after_step,
@@ -307,8 +325,24 @@ class LocalTrainer:
         answers = [prompts[g].answer for g in ro.group]
         return texts, score_batch(self.cfg.reward.function, texts, answers, timeout_s=self.cfg.reward.timeout_s)
 
+    def _agent_rollout(self) -> StepBatch:
+        """Agent mode: multi-turn tool rollouts with ARPO/AEPO branching, n trajectories per prompt."""
+        from archer.core.rewards import score_batch
+
+        cfg = self.cfg
+        prompts = [self.train_prompts[i] for i in self.sampler.take(int(cfg.data.train_batch_size))]
+        seed = int(cfg.seed) * 1_000_003 + self.global_step + 1
+        ro, roles, texts, answers, batch = self.agent.rollout(self.model, prompts, seed=seed)
+        scores = score_batch(cfg.reward.function, answers, [prompts[g].answer for g in ro.group],
+                             timeout_s=cfg.reward.timeout_s)
+        rewards = torch.tensor([float(s.reward) for s in scores], dtype=torch.float32)
+        return StepBatch(ro, prompts, rewards, [bool(s.correct) for s in scores], texts, 1, len(prompts), 0,
+                         token_role=roles, extra_metrics=self.agent.step_metrics(batch))
+
     def _rollout(self) -> StepBatch:
         """Sample and score; with DAPO filtering, keep sampling until enough informative groups."""
+        if self.agent is not None:
+            return self._agent_rollout()
         cfg = self.cfg
         n = int(cfg.rollout.n)
         target = int(cfg.data.train_batch_size)
@@ -370,7 +404,7 @@ class LocalTrainer:
         from archer.core.algorithms import get_adv_estimator
 
         ro = sb.rollout
-        mask = ro.response_mask.float()
+        mask = ro.train_mask.float()  # agent mode: tool-result tokens get no advantage
         last = (ro.response_lengths - 1).clamp(min=0)
         token_rewards = torch.zeros_like(mask)
         token_rewards[torch.arange(ro.size), last] = sb.rewards
@@ -456,6 +490,7 @@ class LocalTrainer:
             "advantage/abs_mean": float((advantages.abs() * mask).sum() / max(1.0, n_tok)),
             **actor_metrics,
             **infl_metrics,
+            **(sb.extra_metrics or {}),
         }
         metrics["actor/kl"] = metrics.get("actor/ppo_kl", float("nan"))
         metrics["time/rollout"] = t_rollout - t_start
@@ -499,12 +534,15 @@ class LocalTrainer:
             accepted=accepted,
             influence=influence,
             data_source=[sb.prompts[g].data_source for g in ro.group],
+            extra=None if sb.token_role is None else {"token_role": _role_column(sb.token_role)},
         )
         self.trace.submit(step, table)
 
     # ------------------------------------------------------------------ loop
     def validate(self) -> dict[str, float]:
         v = self.cfg.rollout.val
+        if self.agent is not None:
+            return self.agent.validate(self.model, self.val_prompts, seed=int(self.cfg.seed) + 7)
         return evaluate(
             self.model, self.tokenizer, self.val_prompts, reward_fn=self.cfg.reward.function, n=int(v.n),
             temperature=float(v.temperature), top_p=float(v.top_p), max_new_tokens=int(self.cfg.rollout.max_new_tokens),
@@ -562,6 +600,9 @@ class LocalTrainer:
         return {"seconds": time.time() - t0, "first_val": self.first_val, "last_val": self.last_val}
 
     def close(self) -> None:
+        if getattr(self, "agent", None) is not None:
+            self.agent.close()
+            self.agent = None
         if getattr(self, "influence", None) is not None:
             self.influence.tracer.close()
             self.influence = None
@@ -571,6 +612,16 @@ class LocalTrainer:
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None
+
+
+def _role_column(roles: list[np.ndarray]) -> Any:
+    """The trace's per-token `token_role` column (list<int8>) from one role array per response."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(roles) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in roles], out=offsets[1:])
+    values = np.concatenate(roles).astype(np.int8) if roles else np.zeros(0, np.int8)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int8()))
 
 
 def train(composed: Any, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
@@ -586,6 +637,8 @@ def train(composed: Any, run_dir: Path, *, resume: bool = False) -> dict[str, An
             f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters · "
             f"{trainer.data_counts['train']} train / {len(trainer.val_prompts)} val prompts · run {run_dir}"
         )
+        if trainer.agent is not None:
+            console.print(trainer.agent.describe())
         result = trainer.fit()
     finally:
         trainer.close()

@@ -58,7 +58,8 @@ def ppo_update(
     loss_cfg = PolicyLossConfig.from_actor(actor_cfg)
     mode = actor_cfg.loss_agg_mode
     on_policy = batch.old_log_prob is None
-    needs_entropy = on_policy or actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
+    needs_entropy = (on_policy or actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
+                     or bool(getattr(loss_fn, "needs_entropy", False)))
     use_kl = bool(actor_cfg.use_kl_loss) and batch.ref_log_prob is not None
     B = batch.rollout.size
     mini = actor_cfg.ppo_mini_batch_size * group_size
@@ -79,7 +80,7 @@ def ppo_update(
     for epoch in range(actor_cfg.ppo_epochs):
         for mini_index, start in enumerate(range(0, B, mini)):
             mini_rows = torch.arange(start, min(B, start + mini))
-            n_tokens = int(batch.rollout.response_mask[mini_rows].sum())
+            n_tokens = int(batch.rollout.train_mask[mini_rows].sum())
             n_seqs = int(mini_rows.numel())
             optimizer.zero_grad(set_to_none=True)
             for mstart in range(0, n_seqs, micro):
@@ -90,10 +91,11 @@ def ppo_update(
                 if micro_hook is not None:
                     micro_hook("begin", epoch, mb, normaliser)
                 logp, ent = response_logprobs(model, mb, temperature=temperature, with_entropy=needs_entropy)
-                mask = batch.rollout.response_mask[rows, :w].to(device).float()
-                if on_policy:
+                mask = batch.rollout.train_mask[rows, :w].to(device).float()
+                if on_policy:  # traced entropy covers every real token, tool results included
                     old = logp.detach()
-                    entropy_out[rows, :w] = (ent.detach().float() * mask).cpu()
+                    real = batch.rollout.response_mask[rows, :w].to(device).float()
+                    entropy_out[rows, :w] = (ent.detach().float() * real).cpu()
                 else:
                     old = batch.old_log_prob[rows, :w].to(device)
                 adv = batch.advantages[rows, :w].to(device)

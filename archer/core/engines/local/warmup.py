@@ -23,6 +23,8 @@ def warmup_key(cfg: Any, n_train: int) -> str:
         "data": {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in ("train_files", "synth", "prompt_key", "answer_key", "max_prompt_length")},
         "warmup": OmegaConf.to_container(cfg.warmup, resolve=True),
         "seed": int(cfg.seed),
+        # tool-use demonstrations depend on the tools' settings (result format, output caps)
+        **({"agent": OmegaConf.to_container(cfg.agent, resolve=True)} if cfg.agent.enable else {}),
         "n_train": n_train,
         "version": 1,
     }
@@ -37,22 +39,34 @@ def near_miss(answer: str) -> str:
         return answer
 
 
-def supervised_batch(tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str] | None = None
+def supervised_batch(tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str] | None = None,
+                     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask, labels (-100 on prompt and padding) for prompt+answer+EOS."""
+    """input_ids, attention_mask, labels (-100 on prompt and padding) for prompt+answer+EOS.
+
+    With `demos`, row i's response is the concatenation of its (text, role) spans, and spans of
+    role 1 (tool results, which the engine appends at rollout time) get label -100 too."""
     eos = int(tokenizer.eos_token_id)
-    seqs, label_from = [], []
+    seqs, label_from, ignore = [], [], []
     for i, p in enumerate(prompts):
-        text = answers[i] if answers is not None else p.answer
-        answer = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
-        seqs.append(list(p.ids) + answer)
+        spans = demos[i] if demos is not None else [(answers[i] if answers is not None else p.answer, 0)]
+        response, skip = [], []
+        for text, role in spans:
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if role == 1:
+                skip.extend(range(len(response), len(response) + len(ids)))
+            response += ids
+        seqs.append(list(p.ids) + response + [eos])
         label_from.append(len(p.ids))
+        ignore.append(skip)
     ids, mask = left_pad(seqs, int(tokenizer.pad_token_id))
     labels = torch.full_like(ids, -100)
     width = ids.shape[1]
     for i, s in enumerate(seqs):
         start = width - len(s) + label_from[i]
         labels[i, start:] = ids[i, start:]
+        for j in ignore[i]:
+            labels[i, start + j] = -100
     return ids, mask, labels
 
 
@@ -66,8 +80,12 @@ def run_warmup(
     device: torch.device | str,
     on_step: Callable[[int, float], None] | None = None,
     probe: Callable[[], float] | None = None,
+    demos: Sequence[Sequence[tuple[str, int]]] | None = None,
 ) -> dict[str, float]:
-    """Train in place for `wcfg.steps` steps (or until `probe()` reaches the target accuracy)."""
+    """Train in place for `wcfg.steps` steps (or until `probe()` reaches the target accuracy).
+
+    `demos[i]` replaces prompt i's answer by a tool-use demonstration (see `supervised_batch`);
+    label noise then applies to its last span, the final answer."""
     gen = torch.Generator().manual_seed(seed + 7919)
     opt = torch.optim.AdamW(model.parameters(), lr=wcfg.lr, weight_decay=0.0)
     total = int(wcfg.steps)
@@ -89,7 +107,13 @@ def run_warmup(
         if wcfg.label_noise > 0:
             noisy = torch.rand(len(batch), generator=gen) < wcfg.label_noise
             answers = [near_miss(p.answer) if bool(noisy[i]) else p.answer for i, p in enumerate(batch)]
-        ids, mask, labels = supervised_batch(tokenizer, batch, answers)
+        batch_demos = None
+        if demos is not None:
+            batch_demos = [list(demos[i]) for i in idx]
+            if answers is not None:
+                for d, a in zip(batch_demos, answers):
+                    d[-1] = (a, d[-1][1])
+        ids, mask, labels = supervised_batch(tokenizer, batch, answers, batch_demos)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), labels=labels.to(device))
         opt.zero_grad(set_to_none=True)

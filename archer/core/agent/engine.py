@@ -1,0 +1,218 @@
+"""The local engine's agent mode: tools, rollouts, validation and warm-up demonstrations.
+
+`LocalTrainer` owns one `AgentRunner` when `agent.enable`; it asks it for the step's rollout (an
+engine `Rollout` whose `loss_mask` is 0 on tool-result tokens, plus the per-token roles the trace
+stores as `token_role`), for validation, and for the tool-use demonstrations of the warm-up.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from archer.core.agent.branching import BranchSettings
+from archer.core.agent.protocol import ROLE_MODEL, ROLE_TOOL_CALL, ROLE_TOOL_RESULT, TOOL_TAGS, final_answer
+from archer.errors import ConfigError
+
+TOOL_TASKS = ("tool_arithmetic", "corpus_qa", "tool_mix")
+
+
+def check_config(cfg: Any) -> None:
+    """Agent-mode rules the schema cannot express; ConfigError with a hint."""
+    a = cfg.agent
+    n = int(cfg.rollout.n)
+    if cfg.engine != "local":
+        raise ConfigError("agent.enable runs on the local engine only (verl's agent loop is not wired yet)",
+                          hint="use engine=local, or see docs/agentic.md for what waits for verl")
+    if a.initial_rollouts > n:
+        raise ConfigError(f"agent.initial_rollouts ({a.initial_rollouts}) must be <= rollout.n ({n}), the "
+                          "per-prompt budget", hint=f"set agent.initial_rollouts={max(1, n // 2)}")
+    if cfg.algorithm.filter_groups.enable:
+        raise ConfigError("algorithm.filter_groups is not supported with agent.enable",
+                          hint="drop it: ~algorithm.filter_groups.enable")
+    if not (a.tools.python.enable or a.tools.search.enable):
+        raise ConfigError("agent.enable with no tool enabled", hint="set agent.tools.python.enable=true")
+    if cfg.model.path is None:
+        need = int(cfg.data.max_prompt_length) + int(cfg.rollout.max_new_tokens)
+        if need > int(cfg.model.tiny.max_position_embeddings):
+            raise ConfigError(
+                f"data.max_prompt_length + rollout.max_new_tokens = {need} exceeds model.tiny.max_position_embeddings "
+                f"({cfg.model.tiny.max_position_embeddings})", hint=f"set model.tiny.max_position_embeddings={need}")
+
+
+def prepare_task_data(cfg: Any, data_dir: Path) -> None:
+    """Write the synthetic tool task (and its corpus) when data.synth.task is one and no files are given."""
+    if cfg.data.train_files or cfg.data.synth.task not in TOOL_TASKS:
+        return
+    from archer.core.data import TRAIN_FILE, VAL_FILE
+    from archer.core.data.synth import write_tool_task
+
+    if (data_dir / TRAIN_FILE).exists() and (data_dir / VAL_FILE).exists():
+        return
+    s = cfg.data.synth
+    write_tool_task(data_dir, task=s.task, n=int(s.n), val_n=int(s.val_n), seed=int(cfg.seed),
+                    max_operand=int(s.max_operand))
+
+
+def tool_call_for(prompt_text: str, data_source: str) -> tuple[str, str] | None:
+    """The call a demonstration makes for a synthetic tool prompt (None: answer directly)."""
+    if data_source == "tool_arithmetic" and prompt_text.endswith("="):
+        return "python", prompt_text[:-1]
+    if data_source == "corpus_qa" and " of " in prompt_text:
+        thing, _, name = prompt_text.rstrip("?").partition(" of ")
+        return "search", f"{name} {thing}"
+    return None
+
+
+class AgentRunner:
+    """Tools and rollout settings of one run."""
+
+    def __init__(self, cfg: Any, tokenizer: Any, run_dir: Path, cache_dir: Path, device: Any):
+        from archer.core.tools import PythonSandbox, SandboxLimits, ToolBox
+
+        check_config(cfg)
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.device = device
+        a = cfg.agent
+        python = None
+        if a.tools.python.enable:
+            p = a.tools.python
+            python = PythonSandbox(
+                SandboxLimits(timeout_s=float(p.timeout_s), cpu_s=int(p.cpu_s), memory_mb=int(p.memory_mb),
+                              max_processes=int(p.max_processes), max_file_mb=int(p.max_file_mb),
+                              max_output_chars=int(p.max_output_chars)),
+                namespaces=bool(p.namespaces), cache_size=int(p.cache_size))
+        search = None
+        self.corpus: Path | None = None
+        if a.tools.search.enable:
+            corpus = a.tools.search.corpus
+            if corpus is None and (run_dir / "data" / "corpus.parquet").exists():
+                corpus = str(run_dir / "data" / "corpus.parquet")
+            if corpus is None and cfg.data.synth.task in ("corpus_qa", "tool_mix") and not cfg.data.train_files:
+                raise ConfigError("the search tool has no corpus", hint="set agent.tools.search.corpus")
+            if corpus is not None:
+                from archer.core.tools.search import SearchTool, default_cache_path
+
+                self.corpus = Path(corpus)
+                cache = a.tools.search.cache_path or default_cache_path(cache_dir, corpus)
+                search = SearchTool(corpus, top_k=int(a.tools.search.top_k), max_chars=int(a.tools.search.max_chars),
+                                    cache_path=cache)
+        self.toolbox = ToolBox(python, search, workers=int(a.tools.workers))
+        self.isolation = python.probe() if python is not None else {}
+
+    def describe(self) -> str:
+        tools = ", ".join(self.toolbox.available)
+        iso = self.isolation.get("isolation", "n/a")
+        mech = "+".join(self.isolation.get("mechanisms", []))
+        return f"agent: {self.cfg.agent.algorithm} · tools {tools} · python sandbox {iso} ({mech})"
+
+    def branch_settings(self, *, n: int | None = None, validation: bool = False) -> BranchSettings:
+        a = self.cfg.agent
+        n = int(n or self.cfg.rollout.n)
+        if validation:
+            return BranchSettings(n=n, initial_rollouts=n, mode="none")
+        return BranchSettings(
+            n=n, initial_rollouts=int(a.initial_rollouts), beam_size=int(a.beam_size),
+            branch_probability=float(a.branch_probability), entropy_weight=float(a.entropy_weight),
+            entropy_tokens=int(a.entropy_tokens), entropy_topk=int(a.entropy_topk), mode=str(a.algorithm),
+            refill=str(a.refill), consecutive_penalty=float(a.aepo.consecutive_penalty),
+            dynamic_rollouts=bool(a.aepo.dynamic_rollouts),
+        )
+
+    def rollout(self, model: Any, prompts: Sequence[Any], *, seed: int, validation: bool = False,
+                n: int | None = None, temperature: float | None = None, top_p: float | None = None) -> Any:
+        """Run the agent on `prompts`; returns (Rollout, roles, texts, answers, AgentBatch)."""
+        from archer.core.agent.decoder import HFDecoder
+        from archer.core.agent.rollout import AgentRollout, SamplingSettings, response_texts, to_rollout
+        from archer.core.engines.local.rollout import eos_token_ids
+
+        r = self.cfg.rollout
+        sampling = SamplingSettings(
+            temperature=float(r.temperature if temperature is None else temperature),
+            top_p=float(r.top_p if top_p is None else top_p), top_k=int(r.top_k),
+            max_response_tokens=int(r.max_new_tokens), max_turns=int(self.cfg.agent.max_turns))
+        pad = int(self.tokenizer.pad_token_id)
+        was_training = model.training
+        model.eval()
+        try:
+            runner = AgentRollout(HFDecoder(model, pad, self.device), self.tokenizer, self.toolbox,
+                                  self.branch_settings(n=n, validation=validation), sampling,
+                                  eos_ids=eos_token_ids(model, self.tokenizer), seed=seed,
+                                  vocab_size=int(model.config.vocab_size))
+            batch = runner.run([p.ids for p in prompts])
+        finally:
+            model.train(was_training)
+        ro, roles = to_rollout(batch, [p.ids for p in prompts], pad)
+        texts = response_texts(self.tokenizer, batch)
+        return ro, roles, texts, [final_answer(t) for t in texts], batch
+
+    def step_metrics(self, batch: Any) -> dict[str, float]:
+        out = dict(batch.stats)
+        for k, v in self.toolbox.take_counts().items():
+            out[f"agent/tool/{k}"] = v
+        return out
+
+    def validate(self, model: Any, prompts: Sequence[Any], *, seed: int) -> dict[str, float]:
+        from archer.core.rewards import score_batch
+
+        if not prompts:
+            return {}
+        v = self.cfg.rollout.val
+        n = int(v.n)
+        ro, _, _, answers, batch = self.rollout(model, prompts, seed=seed, validation=True, n=n,
+                                                temperature=float(v.temperature), top_p=float(v.top_p))
+        gold = [prompts[t.group].answer for t in batch.trajectories]
+        scores = score_batch(self.cfg.reward.function, answers, gold, timeout_s=float(self.cfg.reward.timeout_s))
+        self.toolbox.take_counts()
+        correct = np.array([s.correct for s in scores], dtype=float)
+        out = {
+            "val/accuracy": float(correct.mean()),
+            "val/reward_mean": float(np.mean([s.reward for s in scores])),
+            "val/response_length": float(ro.response_lengths.float().mean()),
+            "val/prompts": float(len(prompts)),
+            "val/tool_calls_mean": float(np.mean([t.turns for t in batch.trajectories])),
+        }
+        if n > 1:
+            out[f"val/pass@{n}"] = float(correct.reshape(-1, n).max(1).mean())
+        return out
+
+    def demonstrations(self, prompts: Sequence[Any]) -> list[list[tuple[str, int]]]:
+        """Tool-use demonstrations (spans of text and role) built by calling the real tools, so the
+        warm-up shows exactly the results the model will see during RL."""
+        from archer.core.agent.protocol import demonstration
+
+        texts = [self.tokenizer.decode(p.ids, skip_special_tokens=True) for p in prompts]
+        calls = [tool_call_for(t, p.data_source) for t, p in zip(texts, prompts)]
+        calls = [c if c is not None and c[0] in self.toolbox.available else None for c in calls]
+        futures = {i: self.toolbox.submit(*c) for i, c in enumerate(calls) if c is not None}
+        out: list[list[tuple[str, int]]] = []
+        failed = 0
+        for i, p in enumerate(prompts):
+            if i not in futures:
+                out.append([(p.answer, ROLE_MODEL)])
+                continue
+            result = futures[i].result()
+            failed += not result.ok
+            out.append(demonstration(calls[i][0], calls[i][1], result.text, p.answer)[1])
+        self.toolbox.take_counts()
+        if failed:
+            print(f"warm-up: {failed} demonstration tool call(s) failed; their results are shown as they came",
+                  file=sys.stderr)
+        return out
+
+    def close(self) -> None:
+        self.toolbox.close()
+
+
+def roles_summary(roles: Sequence[np.ndarray]) -> dict[str, float]:
+    n = sum(len(r) for r in roles)
+    tool = sum(int((r == ROLE_TOOL_RESULT).sum()) for r in roles)
+    call = sum(int((r == ROLE_TOOL_CALL).sum()) for r in roles)
+    return {"agent/tool_result_token_frac": tool / max(1, n), "agent/tool_call_token_frac": call / max(1, n)}
+
+
+__all__ = ["AgentRunner", "TOOL_TAGS", "check_config", "prepare_task_data", "roles_summary", "tool_call_for"]

@@ -1,0 +1,453 @@
+"""Multi-turn tool rollouts with ARPO/AEPO branching over one batched KV cache (`HFDecoder`).
+
+Every trajectory of the step is a row of the decoder. Per decode step: finished tool calls hand
+their result tokens to their rows; rows whose result has been fed take their branching decision
+(forks are cache-row copies, appended as new rows); rows with fresh logits sample; the sampled
+token is checked for EOS, the length limit and a closing tool tag (which sends the call to the
+`ToolBox` thread pool); prompts with no live trajectory but budget left get fresh rows (their
+prompt is fed token by token); then one forward feeds each row its next token or a masked pad.
+When every live row waits for a tool, the loop waits for the first tool to finish instead.
+
+The result is exactly `n` trajectories per prompt: initial + branches + fresh, never more, and
+never fewer, since a prompt with budget left always gets a fresh row once its rows are done.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from archer.core.agent.branching import (
+    BranchSettings,
+    aepo_branches,
+    arpo_branches,
+    dynamic_global_rollouts,
+    token_entropies,
+)
+from archer.core.agent.protocol import (
+    ROLE_MODEL,
+    ROLE_TOOL_CALL,
+    ROLE_TOOL_RESULT,
+    detect_call,
+    format_result,
+)
+
+
+@dataclass
+class Trajectory:
+    """One trajectory: its response tokens (model and tool), their roles, and what happened."""
+
+    id: int
+    group: int
+    origin: str  # initial | branch | fresh | monitor
+    parent: int | None = None
+    forked_at: int = 0  # a branch: response tokens shared with its parent
+    tokens: list[int] = field(default_factory=list)
+    roles: list[int] = field(default_factory=list)
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (tool, status)
+    finish: str = ""  # eos | length | turns
+    # decode state
+    status: str = "gen"  # gen | feed | tool | done
+    feed: deque = field(default_factory=deque)
+    feeding_prompt: bool = False
+    pending: int | None = None
+    ready: bool = False  # has logits for its next token
+    need_decision: bool = False
+    future: Future | None = None
+    # the current segment (text since the prompt or the last tool result)
+    seg_text: str = ""
+    seg_chars: list[int] = field(default_factory=list)  # cumulative chars per segment token
+    seg_start: int = 0  # index in tokens where the segment starts
+    seg_n: int = 0
+    seg_h: float = 0.0
+    # entropies (normalised segment entropies, see branching)
+    base_h: float | None = None
+    last_h: float | None = None
+    post_tool_h: list[float] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish != "eos"
+
+    @property
+    def turns(self) -> int:
+        return len(self.calls)
+
+
+@dataclass
+class AgentBatch:
+    """A step's trajectories, prompt-major (n per prompt), and its rollout statistics."""
+
+    trajectories: list[Trajectory]
+    n: int
+    stats: dict[str, float]
+    decisions: list[tuple[int, float, bool, int, int]]  # (group, ΔH, branched, trajectory id, tool call number)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_response_tokens: int = 128
+    max_turns: int = 3
+
+
+def sample_tokens(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
+    """One token per row (temperature 0 is greedy)."""
+    if s.temperature <= 0:
+        return logits.argmax(-1)
+    scaled = logits / s.temperature
+    if s.top_k and s.top_k > 0:
+        kth = scaled.topk(min(s.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > s.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.full_like(scaled, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = scaled.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+class AgentRollout:
+    """Runs one step's multi-turn rollouts. `decoder` is an `HFDecoder` (or a test double with
+    the same prefill/step/select/add_empty methods); `toolbox` a `ToolBox`."""
+
+    def __init__(self, decoder: Any, tokenizer: Any, toolbox: Any, branch: BranchSettings,
+                 sampling: SamplingSettings, *, eos_ids: Sequence[int], seed: int = 0,
+                 vocab_size: int | None = None, max_steps: int = 100_000):
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.toolbox = toolbox
+        self.branch = branch
+        self.s = sampling
+        self.eos = set(int(e) for e in eos_ids)
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.vocab = int(vocab_size or len(tokenizer))
+        self.max_steps = max_steps
+        self._pieces: dict[int, str] = {}
+        self.tools = tuple(getattr(toolbox, "available", ()) or ())
+
+    def _piece(self, tok: int) -> str:
+        p = self._pieces.get(tok)
+        if p is None:
+            p = self.tokenizer.decode([tok], skip_special_tokens=True)
+            self._pieces[tok] = p
+        return p
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, prompts: Sequence[Sequence[int]]) -> AgentBatch:
+        b, s = self.branch, self.s
+        G = len(prompts)
+        self.prompts = [list(p) for p in prompts]
+        self.all: list[Trajectory] = []
+        self.alloc = [0] * G
+        self.live = [0] * G
+        self.consecutive = [0] * G
+        self.decisions: list[tuple[int, float, bool, int, int]] = []
+        self.fresh_added = 0
+        self.monitoring = [False] * G
+        rows: list[Trajectory] = []
+        first = 1 if (b.mode == "aepo" and b.dynamic_rollouts) else b.initial_rollouts
+        for g in range(G):
+            for _ in range(first):
+                t = self._new(g, "monitor" if first == 1 and b.dynamic_rollouts and b.mode == "aepo" else "initial")
+                rows.append(t)
+            self.monitoring[g] = b.mode == "aepo" and b.dynamic_rollouts
+        logits = self.decoder.prefill([self.prompts[t.group] for t in rows])
+        for t in rows:
+            t.ready = True
+        steps = 0
+        while True:
+            steps += 1
+            if steps > self.max_steps:
+                raise RuntimeError(f"agent rollout did not finish within {self.max_steps} decode steps")
+            self._harvest(rows)
+            rows, logits = self._decide(rows, logits)
+            self._sample(rows, logits)
+            rows, logits = self._refill(rows, logits)
+            rows, logits = self._compact(rows, logits)
+            if not rows:
+                break
+            feeds = [self._next_input(t) for t in rows]
+            if all(f is None for f in feeds):
+                waiting = [t.future for t in rows if t.status == "tool" and t.future is not None]
+                if not waiting:
+                    raise RuntimeError("agent rollout stalled: no row can advance")  # a bug, not a user error
+                wait(waiting, return_when=FIRST_COMPLETED)
+                continue
+            real = torch.tensor([f is not None for f in feeds])
+            toks = torch.tensor([f if f is not None else 0 for f in feeds], dtype=torch.long)
+            new_logits = self.decoder.step(toks, real)
+            logits = torch.where(real[:, None].to(new_logits.device), new_logits, logits)
+            for t, f in zip(rows, feeds):
+                if f is None:
+                    continue
+                if t.status == "gen":
+                    t.ready = True
+                elif t.status == "feed" and not t.feed:
+                    t.status, t.ready, t.feeding_prompt = "gen", True, False
+        return self._finish()
+
+    def _new(self, group: int, origin: str, parent: Trajectory | None = None) -> Trajectory:
+        t = Trajectory(id=len(self.all), group=group, origin=origin)
+        if parent is not None:
+            t.parent, t.forked_at = parent.id, len(parent.tokens)
+            t.tokens, t.roles, t.calls = list(parent.tokens), list(parent.roles), list(parent.calls)
+            t.status, t.ready, t.seg_start = parent.status, parent.ready, len(parent.tokens)
+            t.post_tool_h = []
+        self.all.append(t)
+        self.alloc[group] += 1
+        self.live[group] += 1
+        return t
+
+    def _next_input(self, t: Trajectory) -> int | None:
+        if t.pending is not None:
+            tok, t.pending = t.pending, None
+            return tok
+        if t.status == "feed" and t.feed:
+            return t.feed.popleft()
+        return None
+
+    def _harvest(self, rows: list[Trajectory]) -> None:
+        """Turn finished tool calls into result tokens to feed."""
+        for t in rows:
+            if t.status != "tool" or t.future is None or t.pending is not None or not t.future.done():
+                continue
+            result = t.future.result()
+            t.future = None
+            tool = t.calls[-1][0]
+            t.calls[-1] = (tool, result.status)
+            ids = self._encode(format_result(result.text))
+            room = self.s.max_response_tokens - len(t.tokens)
+            t.tokens += ids[:room]
+            t.roles += [ROLE_TOOL_RESULT] * len(ids[:room])
+            if len(ids) >= room:  # no room left to answer: the trajectory ends on the result
+                self._done(t, "length")
+                continue
+            t.feed = deque(ids)
+            t.status, t.ready = "feed", False
+            t.need_decision = not self.monitoring[t.group]
+            self._new_segment(t)
+
+    def _new_segment(self, t: Trajectory) -> None:
+        t.seg_text, t.seg_chars, t.seg_start, t.seg_n, t.seg_h = "", [], len(t.tokens), 0, 0.0
+
+    def _decide(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
+        """Branching decisions of rows whose tool result has been fed (they have fresh logits)."""
+        b = self.branch
+        forks: list[int] = []
+        planned = [0] * len(self.prompts)  # forks decided this round, not yet allocated
+        for i, t in enumerate(rows):
+            if not (t.need_decision and t.ready and t.status == "gen"):
+                continue
+            t.need_decision = False
+            g = t.group
+            room = b.n - self.alloc[g] - planned[g]
+            if b.mode == "none" or room <= 0 or b.beam_size < 2:
+                continue
+            delta = (t.last_h or 0.0) - (t.base_h if t.base_h is not None else (t.last_h or 0.0))
+            u = self.rng.random()
+            if b.mode == "aepo":
+                go = aepo_branches(u, delta, b.branch_probability, b.entropy_weight, self.consecutive[g],
+                                   b.consecutive_penalty)
+            else:
+                go = arpo_branches(u, delta, b.branch_probability, b.entropy_weight)
+            self.decisions.append((g, float(delta), bool(go), t.id, len(t.calls)))
+            self.consecutive[g] = self.consecutive[g] + 1 if go else 0
+            if not go:
+                continue
+            k = min(b.beam_size - 1, room)
+            planned[g] += k
+            forks += [i] * k
+        if not forks:
+            return rows, logits
+        new_rows = list(rows)
+        for i in forks:
+            src = rows[i]
+            c = self._new(src.group, "branch", parent=src)
+            new_rows.append(c)
+        idx = torch.cat([torch.arange(len(rows)), torch.tensor(forks, dtype=torch.long)])
+        self.decoder.select(idx)
+        return new_rows, logits[idx.to(logits.device)]
+
+    def _sample(self, rows: list[Trajectory], logits: torch.Tensor) -> None:
+        which = [i for i, t in enumerate(rows) if t.status == "gen" and t.ready and t.pending is None]
+        if not which:
+            return
+        idx = torch.tensor(which, dtype=torch.long, device=logits.device)
+        sub = logits[idx]
+        toks = sample_tokens(sub, self.s, self.gen).tolist()
+        k = self.branch.entropy_tokens
+        need_h = [i for i, r in enumerate(which) if rows[r].seg_n < k]
+        trunc = None
+        if need_h:
+            _, trunc_t = token_entropies(sub[need_h], max(self.s.temperature, 1e-6), self.branch.entropy_topk)
+            trunc = dict(zip(need_h, trunc_t.tolist()))
+        for j, (r, tok) in enumerate(zip(which, toks)):
+            t = rows[r]
+            t.ready = False
+            if trunc is not None and j in trunc:
+                t.seg_h += trunc[j]
+                t.seg_n += 1
+            t.tokens.append(int(tok))
+            t.roles.append(ROLE_MODEL)
+            if int(tok) in self.eos:
+                self._done(t, "eos")
+                continue
+            piece = self._piece(int(tok))
+            t.seg_text += piece
+            t.seg_chars.append(len(t.seg_text))
+            call = detect_call(t.seg_text, self.tools) if piece and ">" in piece else None
+            if call is not None:
+                self._on_call(t, *call)
+            elif len(t.tokens) >= self.s.max_response_tokens:
+                self._done(t, "length")
+            else:
+                t.pending = int(tok)
+
+    def _on_call(self, t: Trajectory, tool: str, content: str, start_char: int) -> None:
+        h = t.seg_h / math.log(self.vocab)
+        t.last_h = h
+        if t.base_h is None:
+            t.base_h = h
+        if t.calls:  # a segment that followed a tool result: AEPO's tool-call entropy
+            t.post_tool_h.append(h)
+        first = next(i for i, c in enumerate(t.seg_chars) if c > start_char)
+        for i in range(t.seg_start + first, len(t.tokens)):
+            t.roles[i] = ROLE_TOOL_CALL
+        if len(t.calls) >= self.s.max_turns or len(t.tokens) >= self.s.max_response_tokens:
+            self._done(t, "turns" if len(t.calls) >= self.s.max_turns else "length")
+            return
+        t.calls.append((tool, "pending"))
+        t.pending = t.tokens[-1]  # the closing tag is fed, then the row waits for its result
+        t.status = "tool"
+        t.future = self.toolbox.submit(tool, content)
+
+    def _done(self, t: Trajectory, finish: str) -> None:
+        t.status, t.finish, t.pending, t.ready, t.need_decision = "done", finish, None, False, False
+        self.live[t.group] -= 1
+        g = t.group
+        if t.origin == "monitor" and self.monitoring[g]:
+            self.monitoring[g] = False
+            h_root = t.base_h if t.base_h is not None else 0.0
+            h_tool = float(np.mean(t.post_tool_h)) if t.post_tool_h else h_root
+            m = dynamic_global_rollouts(self.branch.n, h_root, h_tool)
+            self._pending_fresh = getattr(self, "_pending_fresh", {})
+            self._pending_fresh[g] = max(0, min(m - 1, self.branch.n - self.alloc[g]))
+
+    def _refill(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
+        """Fresh rollouts for prompts with budget left and nothing live (and AEPO's global ones)."""
+        b = self.branch
+        add: list[tuple[int, str]] = []
+        pending = getattr(self, "_pending_fresh", {})
+        for g in range(len(self.prompts)):
+            k = pending.pop(g, 0)
+            if k:
+                add += [(g, "initial")] * k
+            elif self.live[g] == 0 and self.alloc[g] < b.n and not self.monitoring[g]:
+                short = b.n - self.alloc[g]
+                add += [(g, "fresh")] * (short if b.refill == "all" else 1)
+                self.fresh_added += short if b.refill == "all" else 1
+        if not add:
+            return rows, logits
+        self.decoder.add_empty(len(add))
+        rows = list(rows)
+        for g, origin in add:
+            t = self._new(g, origin)
+            t.status, t.feeding_prompt, t.ready = "feed", True, False
+            t.feed = deque(self.prompts[g])
+            rows.append(t)
+        pad = torch.zeros((len(add), logits.shape[-1]), dtype=logits.dtype, device=logits.device)
+        return rows, torch.cat([logits, pad])
+
+    def _compact(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
+        done = [i for i, t in enumerate(rows) if t.status == "done"]
+        if not done or (len(done) < 8 and len(done) * 4 < len(rows) and len(done) < len(rows)):
+            return rows, logits
+        keep = [i for i, t in enumerate(rows) if t.status != "done"]
+        if keep:
+            idx = torch.tensor(keep, dtype=torch.long)
+            self.decoder.select(idx)
+            logits = logits[idx.to(logits.device)]
+        return [rows[i] for i in keep], logits
+
+    def _finish(self) -> AgentBatch:
+        b = self.branch
+        by_group: list[list[Trajectory]] = [[] for _ in self.prompts]
+        for t in self.all:
+            by_group[t.group].append(t)
+        for g, ts in enumerate(by_group):
+            if len(ts) != b.n:  # the invariant the whole design rests on
+                raise RuntimeError(f"prompt {g} ended with {len(ts)} trajectories, budget {b.n}")
+        trajs = [t for ts in by_group for t in ts]
+        turns = [t.turns for t in trajs]
+        stats: dict[str, float] = {
+            "agent/branches": float(sum(t.origin == "branch" for t in trajs)),
+            "agent/fresh_rollouts": float(sum(t.origin == "fresh" for t in trajs)),
+            "agent/initial_rollouts": float(sum(t.origin in ("initial", "monitor") for t in trajs)) / max(1, len(by_group)),
+            "agent/trajectories_per_prompt": float(len(trajs)) / max(1, len(by_group)),
+            "agent/turns_mean": float(np.mean(turns)) if turns else 0.0,
+            "agent/tool_calls": float(sum(turns)),
+            "agent/branch_decisions": float(len(self.decisions)),
+        }
+        for tool in ("python", "search"):
+            stats[f"agent/calls_{tool}"] = float(sum(c[0] == tool for t in trajs for c in t.calls))
+        stats["agent/tool_errors"] = float(sum(c[1] not in ("ok", "pending") and c[1] not in ("timeout", "cpu_limit")
+                                               for t in trajs for c in t.calls))
+        stats["agent/tool_timeouts"] = float(sum(c[1] in ("timeout", "cpu_limit") for t in trajs for c in t.calls))
+        if self.decisions:
+            deltas = [d[1] for d in self.decisions]
+            stats["agent/entropy_delta_mean"] = float(np.mean(deltas))
+            stats["agent/entropy_delta_max"] = float(np.max(deltas))
+            stats["agent/entropy_delta_min"] = float(np.min(deltas))
+            stats["agent/branch_rate"] = float(np.mean([d[2] for d in self.decisions]))
+        return AgentBatch(trajs, b.n, stats, list(self.decisions))
+
+
+def to_rollout(batch: AgentBatch, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, list[np.ndarray]]:
+    """The engine's `Rollout` (response_mask: real tokens; loss_mask: 0 on tool results) and roles."""
+    from archer.core.engines.local.rollout import Rollout, left_pad, right_pad
+
+    trajs = batch.trajectories
+    prompt_ids, prompt_mask = left_pad([list(prompts[t.group]) for t in trajs], pad_id)
+    resp = [torch.tensor(t.tokens if t.tokens else [pad_id], dtype=torch.long) for t in trajs]
+    response_ids = right_pad(resp, pad_id)
+    R = response_ids.shape[1]
+    response_mask = torch.zeros((len(trajs), R), dtype=torch.long)
+    loss_mask = torch.zeros((len(trajs), R), dtype=torch.long)
+    roles = []
+    for i, t in enumerate(trajs):
+        L = len(t.tokens)
+        response_mask[i, :L] = 1
+        r = np.asarray(t.roles, dtype=np.int8)
+        loss_mask[i, :L] = torch.from_numpy((r != ROLE_TOOL_RESULT).astype(np.int64))
+        roles.append(r)
+    sample_of: dict[int, int] = {}
+    sample = []
+    for t in trajs:
+        sample.append(sample_of.get(t.group, 0))
+        sample_of[t.group] = sample[-1] + 1
+    ro = Rollout(prompt_ids, prompt_mask, response_ids, response_mask,
+                 torch.tensor([t.truncated for t in trajs]), [t.group for t in trajs], sample, loss_mask=loss_mask)
+    return ro, roles
+
+
+def response_texts(tokenizer: Any, batch: AgentBatch) -> list[str]:
+    return [tokenizer.decode(t.tokens, skip_special_tokens=True) for t in batch.trajectories]
+
+
+DecoderFactory = Callable[[], Any]
