@@ -133,11 +133,11 @@ def test_score_batch_handles_repeats_and_empty_batches():
 
 def test_unknown_reward_function_is_a_usage_error():
     with pytest.raises(UsageError) as e:
-        get_reward_fn("code")
-    assert "arithmetic" in e.value.message and "math" in e.value.message
+        get_reward_fn("chess")
+    assert "arithmetic" in e.value.message and "math" in e.value.message and "code" in e.value.message
     assert e.value.exit_code == 2 and e.value.hint
     with pytest.raises(UsageError):
-        score_batch("code", ["x"], ["y"])
+        score_batch("chess", ["x"], ["y"])
 
 
 def test_score_batch_rejects_mismatched_lengths():

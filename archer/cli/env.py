@@ -77,6 +77,10 @@ def collect() -> dict:
             gaps.append("a CUDA GPU")
         missing[engine] = gaps
     info["missing"] = missing
+    if versions.get("verl"):  # imports verl (seconds): the plugin is only known to load once it did
+        from archer.core.engines.verl.plugin import status
+
+        info["verl_plugin"] = status()
     return info
 
 
@@ -111,6 +115,17 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
         "verl": "pip install -e '.[verl,vllm]' on a GPU node",
         "view": "pip install -e .",
     }
+    plugin = info.get("verl_plugin")
+    if plugin is not None:
+        routes = [r for r, ok in (("entry point", plugin["entry_point"]), ("VERL_USE_EXTERNAL_MODULES", plugin["env_var"]))
+                  if ok]
+        if plugin["registered"]:
+            out().print(f"verl plugin: [green]registered[/green] ({', '.join(routes) or 'imported by archer'}): "
+                        f"losses {', '.join(plugin['policy_losses'])}, trainer archer_sync")
+        else:
+            from rich.markup import escape
+
+            out().print(f"verl plugin: [red]not registered[/red]: {escape(str(plugin['error']))}")
     for engine, gaps in info["missing"].items():
         if gaps:
             out().print(f"[yellow]{engine}[/yellow]: missing {', '.join(gaps)}  [dim]({hints[engine]})[/dim]")

@@ -58,6 +58,12 @@ def train(
         composed = compose(preset, overrides)
 
     run_dir = resolve_run_dir(composed.cfg, composed.preset, out)
+    if dry_run and composed.cfg.engine == "verl":  # verl's composed config and the plan; no Ray
+        from archer.core.engines.verl.launch import dry_run as verl_dry_run
+
+        verl_dry_run(composed, run_dir)
+        console().print("[dim]dry run: nothing was trained[/dim]")
+        return
     if dry_run:
         print_yaml(composed.to_yaml(resolve=True))
         missing = composed.missing()

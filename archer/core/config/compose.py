@@ -86,10 +86,12 @@ def type_name(tp: Any) -> str:
     return f"{name} or null" if optional else name
 
 
-def suggest_keys(key: str, n: int = 3) -> list[str]:
+def suggest_keys(key: str, n: int = 3, keys: list[str] | None = None) -> list[str]:
     """The nearest valid keys: the same name in another section, close names in the same
-    section, close full keys anywhere; failing all, the nearest names in the same section."""
-    keys = [k for k, info in schema_keys().items() if not info.is_section]
+    section, close full keys anywhere; failing all, the nearest names in the same section.
+    `keys` defaults to archer's leaf keys (the verl engine passes verl's)."""
+    if keys is None:
+        keys = [k for k, info in schema_keys().items() if not info.is_section]
     parent, _, leaf = key.rpartition(".")
     siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
     picks: list[str] = [k for k in keys if k.rpartition(".")[2] == leaf and k != key]

@@ -2,7 +2,8 @@
 
 The engines call `score_batch` once per step with every response of the step, so the registry
 also owns the batch path: cheap string checks in the caller, expensive grading (math-verify) in
-worker processes with a timeout that works from any thread (see `_pool`).
+worker processes with a timeout that works from any thread (see `_pool`), programs (`code`) in
+archer's sandbox, one process per unit test.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 
 from archer.errors import UsageError
 
-REWARD_FUNCTIONS = ("arithmetic", "math")
+REWARD_FUNCTIONS = ("arithmetic", "math", "code")
 
 
 @dataclass
@@ -40,6 +41,10 @@ def get_reward_fn(name: str) -> Callable[[str, str], Score]:
         from archer.core.rewards.arithmetic import score_arithmetic
 
         return score_arithmetic
+    if name == "code":
+        from archer.core.rewards.code import score_code
+
+        return score_code
     from archer.core.rewards.math import score_math
 
     return score_math
@@ -55,8 +60,8 @@ def score_batch(
 ) -> list[Score]:
     """Grade `responses[i]` against `ground_truths[i]`; safe to call from any thread.
 
-    `timeout_s` bounds each expensive grade (math only); `max_workers` caps the grading
-    processes this call uses (default: the CPU count, at most 8).
+    `timeout_s` bounds each expensive grade (math) or each unit-test run (code); `max_workers`
+    caps the grading processes this call uses (default: the CPU count, at most 8).
     """
     _check_name(name)
     if len(responses) != len(ground_truths):
@@ -65,6 +70,10 @@ def score_batch(
         from archer.core.rewards.arithmetic import score_arithmetic
 
         return [score_arithmetic(r, g) for r, g in zip(responses, ground_truths)]
+    if name == "code":
+        from archer.core.rewards.code import score_code_batch
+
+        return score_code_batch(responses, ground_truths, timeout_s=timeout_s, max_workers=max_workers)
     from archer.core.rewards.math import score_math_batch
 
     return score_math_batch(responses, ground_truths, timeout_s=timeout_s, max_workers=max_workers)

@@ -1,0 +1,425 @@
+"""archer's config -> verl's, composed with the Hydra compose API from verl's own
+`trainer/config/ppo_trainer.yaml`, and checked before Ray starts.
+
+Order: verl's defaults -> archer's engine defaults (ENGINE_DEFAULTS) -> archer's keys mapped onto
+verl's (`mapped_values`, the table in docs/verl.md) -> the preset's and command line's `verl.*`
+pass-through keys (last, so they win). Every pass-through key must exist in verl's config; a new
+key is accepted only under a mapping verl leaves empty or passes on as keyword arguments
+(FREE_FORM: Ray's `ray_init`, vLLM's `engine_kwargs`, `override_config`, ...) or when written
+`+verl.KEY=VALUE` on the command line. Anything else is a `ConfigError` (exit 2) that suggests
+the nearest verl keys. `check_with_verl` then runs verl's own `validate_config` and builds the
+config dataclasses verl's workers will build, so type and range errors show up here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archer.errors import ConfigError
+
+# archer's policy losses registered in verl; every one reads the training forward's entropy
+ENTROPY_LOSSES = ("archer", "aspo", "aepo")
+REWARD_MODULE = "pkg://archer.core.rewards.verl_reward"
+REWARD_FUNCTION = "compute_score"
+ARCHER_TRAINER = "archer_sync"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+MIXED_PRECISION = {
+    "fp32": {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+    "fp16": {"param_dtype": "fp16", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+}
+
+# What archer sets in verl whatever the preset says (a preset's or the command line's verl.* wins).
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "trainer.use_v1": True,
+    "trainer.v1.trainer_mode": ARCHER_TRAINER,
+    "trainer.nnodes": 1,
+    "trainer.n_gpus_per_node": 8,
+    "trainer.total_epochs": 1_000_000,  # trainer.total_training_steps decides when to stop
+    "actor_rollout_ref.rollout.name": "vllm",
+    "actor_rollout_ref.model.use_remove_padding": True,
+    "data.filter_overlong_prompts": True,
+}
+
+# Keys archer's mapping adds although verl's yaml does not declare them.
+ADDED_KEYS = (
+    "actor_rollout_ref.actor.fsdp_config.mixed_precision",
+    "reward.custom_reward_function.reward_kwargs",
+    "reward.reward_kwargs",
+    "archer",
+)
+
+
+# verl mappings passed on as keyword arguments (Ray's, vLLM's, ...): any key below them is accepted.
+FREE_FORM = (
+    "ray_kwargs.ray_init",
+    "ray_kwargs.ray_init.runtime_env",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm",
+    "actor_rollout_ref.rollout.engine_kwargs.sglang",
+    "actor_rollout_ref.rollout.engine_kwargs.trtllm",
+    "actor_rollout_ref.model.override_config",
+    "data.apply_chat_template_kwargs",
+    "data.mm_processor_kwargs",
+)
+
+
+def verl_config_dir() -> Path:
+    """verl's `trainer/config` folder, found without importing verl (which takes seconds)."""
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("engine: verl needs the verl package", hint="pip install -e '.[verl]' (verl==0.9.1)")
+    return Path(list(spec.submodule_search_locations)[0]) / "trainer" / "config"
+
+
+def base_config() -> Any:
+    """verl's `ppo_trainer` config, composed by Hydra exactly as `python -m verl.trainer.main_ppo`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
+            return compose("ppo_trainer")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _no_verl_for(cfg: Any) -> None:
+    """archer settings the verl engine cannot honour: refuse them instead of ignoring them.
+    (A required value still `???` is left to `Composed.require_complete`.)"""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.is_missing(cfg.data, "train_files") and not cfg.data.train_files:
+        raise ConfigError("engine: verl reads its prompts from data.train_files (the synthetic task is local only)",
+                          hint="archer data prepare dapo-math --input FILE --out DIR, then data.train_files=DIR/train.parquet")
+    if cfg.data.answer_key != "reward_model.ground_truth":
+        raise ConfigError(f"engine: verl reads the answer from reward_model.ground_truth, not {cfg.data.answer_key!r}",
+                          hint="write the data in verl's layout with 'archer data prepare'")
+    if not cfg.data.apply_chat_template:
+        raise ConfigError("engine: verl always renders prompts with the chat template (data.apply_chat_template=false)")
+    if cfg.warmup.enable:
+        raise ConfigError("warmup.enable is a local-engine feature", hint="set warmup.enable=false for engine: verl")
+    if cfg.trainer.device == "cpu":
+        raise ConfigError("engine: verl runs on GPUs (trainer.device=cpu)", hint="use engine: local on a CPU")
+    if cfg.influence.enable and cfg.influence.output_function != "training_loss":
+        raise ConfigError(
+            f"influence.output_function={cfg.influence.output_function} needs an extra backward that verl's engine "
+            "does not expose", hint="use influence.output_function=training_loss, or engine: local")
+
+
+def _steps_or_end(every: int, total: int) -> int:
+    return every if every > 0 else total
+
+
+def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") -> dict[str, Any]:
+    """archer's keys as verl keys (the mapping table of docs/verl.md, in code)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    m, d, r, a, t, alg = c["model"], c["data"], c["rollout"], c["actor"], c["trainer"], c["algorithm"]
+    arr, act = "actor_rollout_ref", "actor_rollout_ref.actor"
+    total = int(t["total_steps"])
+    has_val = bool(d["val_files"])
+    entropy_loss = a["policy_loss"] in ENTROPY_LOSSES
+    logger = ["console"] + (["tensorboard"] if t["logging"]["tensorboard"] else []) + \
+        (["wandb"] if t["logging"]["wandb"] else [])
+    out: dict[str, Any] = {
+        # model
+        f"{arr}.model.path": m["path"],
+        f"{arr}.model.override_config.attn_implementation": m["attn_implementation"],
+        f"{arr}.model.enable_gradient_checkpointing": m["gradient_checkpointing"],
+        f"{arr}.model.trust_remote_code": m["trust_remote_code"],
+        "data.trust_remote_code": m["trust_remote_code"],
+        f"{arr}.rollout.dtype": DTYPES[m["dtype"]],
+        # data
+        "data.train_files": d["train_files"],
+        "data.val_files": d["val_files"] if has_val else d["train_files"],
+        "data.prompt_key": d["prompt_key"],
+        "data.max_prompt_length": d["max_prompt_length"],
+        "data.max_response_length": r["max_new_tokens"],
+        "data.train_batch_size": d["train_batch_size"],
+        "data.shuffle": d["shuffle"],
+        "data.seed": c["seed"],
+        # without val_files verl still builds a validation set; from 1 train prompt, never used
+        "data.val_max_samples": (r["val"]["max_prompts"] if r["val"]["max_prompts"] > 0 else -1) if has_val else 1,
+        # rollout
+        f"{arr}.rollout.n": r["n"],
+        f"{arr}.rollout.temperature": r["temperature"],
+        f"{arr}.rollout.top_p": r["top_p"],
+        f"{arr}.rollout.top_k": r["top_k"] if r["top_k"] > 0 else -1,
+        f"{arr}.rollout.seed": c["seed"],
+        f"{arr}.rollout.val_kwargs.n": r["val"]["n"],
+        f"{arr}.rollout.val_kwargs.temperature": r["val"]["temperature"],
+        f"{arr}.rollout.val_kwargs.top_p": r["val"]["top_p"],
+        f"{arr}.rollout.val_kwargs.do_sample": r["val"]["temperature"] > 0,
+        f"{arr}.rollout.log_prob_micro_batch_size_per_gpu": a["ppo_micro_batch_size"],
+        f"{arr}.ref.log_prob_micro_batch_size_per_gpu": a["ppo_micro_batch_size"],
+        # algorithm
+        "algorithm.adv_estimator": "archer_" + alg["adv_estimator"],
+        "algorithm.norm_adv_by_std_in_grpo": alg["norm_adv_by_std_in_grpo"],
+        "algorithm.filter_groups.enable": alg["filter_groups"]["enable"],
+        "algorithm.filter_groups.metric": alg["filter_groups"]["metric"],
+        "algorithm.filter_groups.max_num_gen_batches": alg["filter_groups"]["max_num_gen_batches"],
+        # actor
+        f"{act}.policy_loss.loss_mode": a["policy_loss"],
+        f"{act}.clip_ratio_low": a["clip_ratio_low"],
+        f"{act}.clip_ratio_high": a["clip_ratio_high"],
+        f"{act}.clip_ratio_c": a["clip_ratio_c"],
+        f"{act}.loss_agg_mode": a["loss_agg_mode"],
+        f"{act}.ppo_epochs": a["ppo_epochs"],
+        f"{act}.ppo_mini_batch_size": a["ppo_mini_batch_size"],
+        f"{act}.ppo_micro_batch_size_per_gpu": a["ppo_micro_batch_size"],
+        f"{act}.use_kl_loss": a["use_kl_loss"],
+        f"{act}.kl_loss_coef": a["kl_loss_coef"],
+        f"{act}.kl_loss_type": a["kl_loss_type"],
+        f"{act}.entropy_coeff": a["entropy_coeff"],
+        f"{act}.calculate_entropy": entropy_loss,
+        f"{act}.data_loader_seed": c["seed"],
+        f"{act}.optim.lr": a["optim"]["lr"],
+        f"{act}.optim.lr_warmup_steps": a["optim"]["warmup_steps"],
+        f"{act}.optim.lr_scheduler_type": a["optim"]["schedule"],
+        f"{act}.optim.weight_decay": a["optim"]["weight_decay"],
+        f"{act}.optim.betas": a["optim"]["betas"],
+        f"{act}.optim.clip_grad": a["optim"]["grad_clip"] if a["optim"]["grad_clip"] > 0 else 1e9,
+        f"{act}.grad_clip": a["optim"]["grad_clip"] if a["optim"]["grad_clip"] > 0 else 1e9,
+        # reward
+        "reward.custom_reward_function.path": REWARD_MODULE,
+        "reward.custom_reward_function.name": REWARD_FUNCTION,
+        "reward.custom_reward_function.reward_kwargs": {
+            "function": c["reward"]["function"], "timeout_s": c["reward"]["timeout_s"],
+            "format_reward": c["reward"]["format_reward"]},
+        # trainer
+        "trainer.total_training_steps": total,
+        "trainer.test_freq": _steps_or_end(int(t["val_every"]), total) if has_val else -1,
+        "trainer.val_before_train": bool(t["val_before_train"]) and has_val,
+        "trainer.save_freq": _steps_or_end(int(t["save_every"]), total),
+        "trainer.max_actor_ckpt_to_keep": t["keep_checkpoints"] if t["keep_checkpoints"] > 0 else None,
+        "trainer.default_local_dir": str(Path(run_dir).resolve() / "checkpoints"),
+        "trainer.resume_mode": "auto" if resume else "disable",
+        "trainer.project_name": t["logging"]["wandb_project"],
+        "trainer.experiment_name": Path(run_dir).name,
+        "trainer.logger": logger,
+        # what archer's trainer and workers read (see trainer.archer_section)
+        "archer": {
+            "run_dir": str(Path(run_dir).resolve()),
+            "preset": preset,
+            "trace": c["trace"],
+            "influence": c["influence"],
+            "loss_knobs": {"aspo_dual_clip": a["aspo_dual_clip"],
+                           "aepo_entropy_advantage": a["aepo_entropy_advantage"], **a["archer"]},
+        },
+    }
+    if m["dtype"] in MIXED_PRECISION:
+        out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
+    if m["tokenizer_path"]:
+        out[f"{arr}.model.tokenizer_path"] = m["tokenizer_path"]
+    ob = alg["overlong_buffer"]
+    if ob["enable"]:
+        out["reward.reward_manager.name"] = "dapo"
+        out["reward.reward_kwargs"] = {
+            "overlong_buffer_cfg": {"enable": True, "len": ob["len"], "penalty_factor": ob["penalty_factor"],
+                                    "log": True},
+            "max_resp_len": r["max_new_tokens"],
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- applying keys
+def _node_path(cfg: Any, key: str) -> tuple[Any, str] | None:
+    """(parent node, leaf name) when every parent of `key` exists, else None."""
+    from omegaconf import DictConfig
+
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node, DictConfig) or p not in list(node.keys()):
+            return None
+        node = node._get_node(p)
+    return (node, parts[-1]) if isinstance(node, DictConfig) else None
+
+
+def _exists(cfg: Any, key: str) -> bool:
+    found = _node_path(cfg, key)
+    return found is not None and found[1] in list(found[0].keys())  # `in` is False for ??? values
+
+
+def _open_parent(defaults: Any, key: str) -> bool:
+    """The deepest existing parent of `key` in verl's defaults is a mapping whose keys are the
+    user's to choose: one verl leaves empty, or one that is passed on as keyword arguments."""
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:depth])
+        found = _node_path(defaults, parent)
+        if found is None or found[1] not in list(found[0].keys()):
+            continue
+        node = found[0]._get_node(found[1])
+        return parent in FREE_FORM or (hasattr(node, "keys") and len(node) == 0 and "_target_" not in node)
+    return False
+
+
+def _set(cfg: Any, key: str, value: Any) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig
+
+    keys = []
+    for k in cfg.keys():
+        node = cfg._get_node(k)
+        key = f"{prefix}{k}"
+        keys.append(key)
+        if isinstance(node, DictConfig):
+            keys.extend(all_keys(node, key + "."))
+    return keys
+
+
+def _unknown_verl_key(key: str, source: str, cfg: Any) -> ConfigError:
+    from archer.core.config.compose import suggest_keys
+
+    picks = suggest_keys(key, keys=all_keys(cfg))
+    msg = f"unknown verl key 'verl.{key}' ({source})"
+    if picks:
+        msg += ". Did you mean " + ", ".join(f"'verl.{p}'" for p in picks) + "?"
+    return ConfigError(msg, hint="verl.* keys must exist in verl's trainer config; add a new one with "
+                                 "+verl.KEY=VALUE on the command line")
+
+
+def pass_through(composed: Any) -> list[tuple[str, Any, str, bool]]:
+    """(verl key, value, source, may add) for every verl.* setting: the preset's `verl:` mapping
+    and the command line, where `+verl.KEY=VALUE` may add a key verl does not declare."""
+    from omegaconf import OmegaConf
+
+    from archer.core.collect.runs import flatten  # dotted leaves; an empty mapping stays a leaf
+    from archer.core.config.compose import parse_override
+
+    section = OmegaConf.to_container(composed.cfg.verl, resolve=True) if "verl" in composed.cfg else {}
+    added = {parse_override(o)[1][len("verl."):] for o in composed.overrides
+             if o.strip().startswith("+verl.") and "=" in o}
+    cli = {parse_override(o)[1][len("verl."):] for o in composed.overrides
+           if o.strip().lstrip("+").startswith("verl.") and "=" in o}
+    source = f"preset {composed.preset_path}" if composed.preset_path else "config"
+    out = []
+    for key, value in flatten(section or {}).items():
+        where = f"override 'verl.{key}'" if key in cli else source
+        out.append((key, value, where, key in added))
+    return out
+
+
+# ----------------------------------------------------------------------------- public
+@dataclass
+class VerlConfig:
+    """The composed verl config and what it was made of."""
+
+    cfg: Any  # omegaconf.DictConfig, interpolations unresolved (as verl's main does)
+    mapped: dict[str, Any]
+    overrides: list[tuple[str, Any, str, bool]]
+
+    def to_yaml(self) -> str:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(self.cfg, resolve=True)
+
+    def select(self, key: str, default: Any = None) -> Any:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.select(self.cfg, key, default=default)
+
+
+def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlConfig:
+    """archer's composed config -> verl's (defaults, archer's mapping, verl.* pass-through)."""
+    cfg = composed.cfg
+    _no_verl_for(cfg)
+    mapped = mapped_values(cfg, run_dir, resume=resume, preset=composed.preset)
+    verl_cfg = base_config()
+    defaults = copy.deepcopy(verl_cfg)  # which mappings verl leaves open is decided on its own defaults
+    for key, value in {**ENGINE_DEFAULTS, **mapped}.items():
+        if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or key in ADDED_KEYS):
+            raise RuntimeError(f"archer's verl mapping names {key!r}, which verl's config does not have")
+        _set(verl_cfg, key, value)
+    overrides = pass_through(composed)
+    for key, value, source, may_add in overrides:
+        if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or may_add):
+            raise _unknown_verl_key(key, source, verl_cfg)
+        _set(verl_cfg, key, value)
+    _cross_checks(verl_cfg)
+    return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides)
+
+
+def _cross_checks(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    sel = lambda k: OmegaConf.select(cfg, k)  # noqa: E731
+    influence = bool(sel("archer.influence.enable"))
+    if influence and int(sel("actor_rollout_ref.actor.ulysses_sequence_parallel_size") or 1) > 1:
+        raise ConfigError("influence capture needs actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
+                          hint="sequence parallelism slices each packed sequence across ranks")
+    if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
+        raise ConfigError("the trace needs the entropy of the old-log-prob pass, which "
+                          "algorithm.rollout_correction.bypass_mode=true skips", hint="set trace.enable=false")
+    if sel("actor_rollout_ref.actor.policy_loss.loss_mode") in ENTROPY_LOSSES and \
+            sel("actor_rollout_ref.actor.loss_agg_mode") not in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
+        raise ConfigError("archer's policy losses support loss_agg_mode token-mean, seq-mean-token-sum, "
+                          "seq-mean-token-mean")
+    if sel("trainer.v1.trainer_mode") != ARCHER_TRAINER:
+        raise ConfigError(f"trainer.v1.trainer_mode must stay {ARCHER_TRAINER!r} under archer "
+                          "(traces, influence and archer's losses live there)")
+
+
+def check_with_verl(vc: VerlConfig) -> None:
+    """verl's own checks (`validate_config`) and the dataclasses its workers will build, now.
+    Imports verl (several seconds) but starts nothing."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    cfg = vc.cfg
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # verl prints its verdict; stdout carries the config
+            validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+        for key in ("actor_rollout_ref.rollout", "algorithm"):
+            node = vc.select(key)
+            if node is not None and "_target_" in node:
+                omega_conf_to_dataclass(node)
+    except (AssertionError, ValueError, TypeError) as e:
+        raise ConfigError(f"verl rejects the config: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+                          hint="archer train ... --dry-run prints the composed verl config") from e
+    except Exception as e:  # omegaconf / hydra validation errors
+        if type(e).__module__.split(".")[0] in ("omegaconf", "hydra"):
+            raise ConfigError(f"verl rejects the config: {str(e).strip().splitlines()[0]}") from e
+        raise
+
+
+def runtime_env(run_dir: Path) -> dict[str, str]:
+    """Environment every Ray process of the run gets (through ray_kwargs.ray_init.runtime_env)."""
+    from archer.core.engines.verl.capture import DEFAULT_PG_TIMEOUT_S, PG_TIMEOUT_ENV
+
+    root = str(Path(__file__).resolve().parents[4])
+    env = {
+        "VERL_USE_EXTERNAL_MODULES": "archer.core.engines.verl.plugin",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+        "TENSORBOARD_DIR": str(Path(run_dir).resolve() / "tensorboard"),
+        PG_TIMEOUT_ENV: os.environ.get(PG_TIMEOUT_ENV, str(DEFAULT_PG_TIMEOUT_S)),
+    }
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "HF_HOME", "HF_HUB_OFFLINE", "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def apply_runtime_env(vc: VerlConfig, run_dir: Path) -> None:
+    """Merge archer's environment into ray_kwargs.ray_init.runtime_env.env_vars (user values win)."""
+    existing = vc.select("ray_kwargs.ray_init.runtime_env.env_vars") or {}
+    merged = {**runtime_env(run_dir), **dict(existing)}
+    existing_modules = dict(existing).get("VERL_USE_EXTERNAL_MODULES")
+    if existing_modules and "archer.core.engines.verl.plugin" not in existing_modules.split(","):
+        merged["VERL_USE_EXTERNAL_MODULES"] = existing_modules + ",archer.core.engines.verl.plugin"
+    _set(vc.cfg, "ray_kwargs.ray_init.runtime_env.env_vars", merged)

@@ -1,0 +1,175 @@
+"""`archer train` for `engine: verl`: compose and check verl's config, then run it on Ray with
+archer's task runner; `--dry-run` prints the composed verl config and the plan without Ray.
+
+Everything that can be wrong with the config fails here, before Ray starts: archer's schema
+(compose), the mapping and every `verl.*` key (config.compose_verl), verl's own checks
+(config.check_with_verl), the plugin's registration and the rollout engine's presence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from archer.errors import ArcherError
+
+VERL_CONFIG_FILE = "verl_config.yaml"
+ROLLOUT_MODULES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm"}
+
+
+def rollout_installed(engine: Any) -> bool:
+    """Whether the Python package of verl's rollout engine `engine` is importable here."""
+    module = ROLLOUT_MODULES.get(str(engine), str(engine))
+    return importlib.util.find_spec(module) is not None
+
+
+def prepare(composed: Any, run_dir: Path, *, resume: bool = False) -> Any:
+    """The verl config this run would use, checked by archer and by verl (imports verl)."""
+    from archer.core.engines.verl.config import apply_runtime_env, check_with_verl, compose_verl
+
+    vc = compose_verl(composed, run_dir, resume=resume)
+    apply_runtime_env(vc, run_dir)
+    check_with_verl(vc)
+    return vc
+
+
+def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list[tuple[str, str]]:
+    """(label, value) lines describing where and how the run would go."""
+    s = vc.select
+    nnodes, per_node = int(s("trainer.nnodes")), int(s("trainer.n_gpus_per_node"))
+    engine = s("actor_rollout_ref.rollout.name")
+    installed = rollout_installed(engine)
+    n = int(s("actor_rollout_ref.rollout.n"))
+    prompts = int(s("data.train_batch_size"))
+    mini = int(s("actor_rollout_ref.actor.ppo_mini_batch_size"))
+    infl = s("archer.influence")
+    trace = s("archer.trace")
+    rows = [
+        ("nodes", f"{nnodes} (trainer.nnodes; a multi-node run needs a Ray cluster: docs/verl.md)"),
+        ("GPUs per node", f"{per_node} ({nnodes * per_node} in total; trainer.n_gpus_per_node)"),
+        ("rollout engine", f"{engine}, tensor parallel {s('actor_rollout_ref.rollout.tensor_model_parallel_size')}, "
+                           f"gpu_memory_utilization {s('actor_rollout_ref.rollout.gpu_memory_utilization')} "
+                           f"({'installed' if installed else 'NOT installed here'})"),
+        ("trainer", f"{s('trainer.v1.trainer_mode')} (verl V1, TransferQueue), FSDP strategy "
+                    f"{s('actor_rollout_ref.actor.strategy')}"),
+        ("algorithm", f"{s('algorithm.adv_estimator')}, policy loss {s('actor_rollout_ref.actor.policy_loss.loss_mode')}, "
+                      f"{s('actor_rollout_ref.actor.loss_agg_mode')}"),
+        ("batch", f"{prompts} prompts x {n} = {prompts * n} responses per step; mini-batch {mini} prompts, "
+                  f"{s('actor_rollout_ref.actor.ppo_epochs')} epoch(s) -> "
+                  f"{(prompts // max(1, mini)) * int(s('actor_rollout_ref.actor.ppo_epochs'))} optimizer step(s) per step"),
+        ("steps", f"{s('trainer.total_training_steps')} ("
+                  + (f"validate every {s('trainer.test_freq')}" if int(s("trainer.test_freq")) > 0
+                     else "no validation: data.val_files is empty")
+                  + f", checkpoint every {s('trainer.save_freq')})"),
+        ("influence", "off" if not infl["enable"] else
+         f"on: {infl['output_function']}, {infl['hessian_mode']} ({infl['hessian_source']} Hessian), modules "
+         f"/{infl['module_name_filter']}/ (last {infl['max_modules'] or 'all'})"),
+        ("output", str(run_dir)),
+        ("  checkpoints", str(s("trainer.default_local_dir"))),
+        ("  trace", (trace.get("dir") or str(Path(run_dir) / "trace")) if trace["enable"] else "off"),
+        ("  metrics", f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"),
+    ]
+    if plugin_status is not None:
+        routes = [r for r, ok in (("entry point", plugin_status["entry_point"]),
+                                  ("VERL_USE_EXTERNAL_MODULES", plugin_status["env_var"])) if ok]
+        state = "registered" if plugin_status["registered"] else f"FAILED: {plugin_status['error']}"
+        rows.append(("verl plugin", f"{state} ({', '.join(routes) or 'imported by archer only'}; workers get "
+                                    "VERL_USE_EXTERNAL_MODULES through ray_init.runtime_env)"))
+    return rows
+
+
+AGENT_WAITS = ("agent.enable=true: the verl engine does not run multi-turn tool rollouts yet (they need a verl "
+               "AgentLoopWorker; docs/agentic.md, 'What waits for verl')")
+
+
+def refuse_agent(composed: Any) -> None:
+    """Agent rollouts run on the local engine only: refuse instead of silently training without tools."""
+    if composed.cfg.agent.enable:
+        from archer.errors import ConfigError
+
+        raise ConfigError(AGENT_WAITS, hint="run the same settings on the local engine: add engine=local "
+                                            "(small models), or agent.enable=false for plain GRPO on verl")
+
+
+def influence_warnings(vc: Any) -> list[str]:
+    """Influence assumes one set of weights per step (docs/influence.md)."""
+    s = vc.select
+    if not s("archer.influence.enable"):
+        return []
+    out = []
+    if int(s("actor_rollout_ref.actor.ppo_epochs")) != 1 or \
+            int(s("actor_rollout_ref.actor.ppo_mini_batch_size")) < int(s("data.train_batch_size")):
+        out.append("influence traces the first epoch's mini-batches, each at its own weights; "
+                   "actor.ppo_epochs=1 and actor.ppo_mini_batch_size=data.train_batch_size keep one set "
+                   "(the math-influence preset does)")
+    return out
+
+
+def dry_run(composed: Any, run_dir: Path) -> None:
+    """Print the composed verl config and the plan; start nothing (no Ray)."""
+    from rich.markup import escape
+
+    from archer.cli._console import out, print_yaml, warn
+
+    if importlib.util.find_spec("verl") is None:  # still useful: archer's side of the config
+        print_yaml(composed.to_yaml(resolve=True))
+        warn("verl is not installed, so its config cannot be composed: pip install -e '.[verl]'")
+        if composed.missing():
+            warn(f"not set yet (required before training): {', '.join(composed.missing())}")
+        return
+    from archer.core.engines.verl import plugin
+
+    vc = prepare(composed, run_dir)
+    print_yaml(vc.to_yaml())
+    out().print("[bold]verl engine plan[/bold] (dry run: nothing was started)")
+    for label, value in plan_rows(vc, run_dir, plugin.status()):
+        out().print(f"  [bold]{label:<15}[/bold] {escape(value)}", soft_wrap=True)
+    for w in influence_warnings(vc):
+        warn(w)
+    if composed.cfg.agent.enable:
+        warn(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
+    missing = composed.missing()
+    if missing:
+        warn(f"not set yet (required before training): {', '.join(missing)}")
+
+
+def _preflight(vc: Any) -> None:
+    from archer.core.engines.verl import plugin
+
+    try:
+        plugin.register()
+    except Exception as e:
+        raise ArcherError(f"archer's verl plugin did not register: {type(e).__name__}: {e}",
+                          hint="archer env shows what is installed") from e
+    engine = vc.select("actor_rollout_ref.rollout.name")
+    if not rollout_installed(engine):
+        raise ArcherError(
+            f"the verl engine rolls out with {engine}, which is not installed here",
+            hint="run on a GPU node with pip install -e '.[verl,vllm]'; "
+                 "'archer train ... --dry-run' checks the config on any machine",
+        )
+
+
+def train(composed: Any, run_dir: Path, resume: bool = False) -> None:
+    """Run the composed config on verl: Ray (local, or the cluster `ray start` made), archer's
+    task runner pinned to this node, `archer_sync` inside."""
+    from archer.cli._console import note, warn
+    from archer.core.run import atomic_write_text, write_run_files
+
+    refuse_agent(composed)
+    vc = prepare(composed, run_dir, resume=resume)
+    _preflight(vc)
+    for w in influence_warnings(vc):
+        warn(w)
+    write_run_files(run_dir, composed, resumed=resume)
+    atomic_write_text(Path(run_dir) / VERL_CONFIG_FILE, vc.to_yaml())
+    note(f"verl config: {Path(run_dir) / VERL_CONFIG_FILE}")
+
+    from verl.trainer.main_ppo import run_ppo
+    from verl.utils.device import auto_set_device
+
+    from archer.core.engines.verl.runner import pinned_runner
+
+    auto_set_device(vc.cfg)
+    run_ppo(vc.cfg, task_runner_class=pinned_runner)

@@ -1,0 +1,116 @@
+"""archer's verl plugin: registers archer's policy losses (`archer`, `aspo`), its advantage
+estimators (`archer_grpo`, `archer_rloo`, `archer_reinforce_plus_plus_baseline`) and the
+`archer_sync` trainer in verl's registries.
+
+verl imports this module in every process that imports verl — Ray workers included — through the
+entry point `archer` of the `verl.plugins` group (pyproject.toml) or, as a fallback,
+`VERL_USE_EXTERNAL_MODULES=archer.core.engines.verl.plugin`. Registries are per process, so the
+registration happens at import. verl logs a failing plugin at debug level only, so this module
+prints the failure at ERROR level with its traceback itself, `status()` reports it (`archer env`,
+`archer train --dry-run`), and `register()` raises it again (`archer train` calls it before Ray
+starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from archer.core.engines.verl.config import ENTROPY_LOSSES
+
+ENTRY_POINT_GROUP = "verl.plugins"
+ENTRY_POINT_NAME = "archer"
+MODULE = "archer.core.engines.verl.plugin"
+POLICY_LOSSES = ENTROPY_LOSSES  # archer, aspo, aepo
+TRAINER = "archer_sync"
+
+log = logging.getLogger("archer.verl")
+
+
+class PluginError(RuntimeError):
+    """archer could not register itself in verl."""
+
+
+def _install(registry: dict, name: str, fn: Any, kind: str) -> None:
+    existing = registry.get(name)
+    if existing is not None and getattr(existing, "_archer_name", None) != getattr(fn, "_archer_name", name):
+        where = f"{getattr(existing, '__module__', '?')}.{getattr(existing, '__qualname__', existing)}"
+        raise PluginError(f"verl already has a {kind} named {name!r} ({where}); archer does not replace it")
+    registry[name] = fn
+
+
+def _register() -> None:
+    from verl.trainer.ppo import core_algos
+
+    from archer.core.engines.verl.estimators import all_estimators
+    from archer.core.engines.verl.losses import verl_policy_loss
+
+    for name in POLICY_LOSSES:
+        _install(core_algos.POLICY_LOSS_REGISTRY, name, verl_policy_loss(name), "policy loss")
+    for name, fn in all_estimators().items():
+        _install(core_algos.ADV_ESTIMATOR_REGISTRY, name, fn, "advantage estimator")
+    import archer.core.engines.verl.trainer  # noqa: F401  (@register_trainer("archer_sync"))
+
+
+_done = False
+
+
+def register() -> None:
+    """Register everything (idempotent). Failures are logged at ERROR level, then raised."""
+    global _done
+    if _done:
+        return
+    try:
+        _register()
+    except Exception as e:
+        log.error("archer's verl plugin failed to register (%s: %s); verl would only log this at debug level",
+                  type(e).__name__, e, exc_info=True)
+        if not logging.getLogger().handlers and not log.handlers:
+            import sys
+            import traceback
+
+            sys.stderr.write(f"ERROR: archer's verl plugin failed to register: {type(e).__name__}: {e}\n")
+            traceback.print_exc()
+        raise
+    _done = True
+
+
+def entry_point_installed() -> bool:
+    """Whether the installed archer distribution declares the `verl.plugins` entry point."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == ENTRY_POINT_NAME and ep.value.startswith(MODULE)
+               for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def status() -> dict[str, Any]:
+    """How the plugin reaches verl in this process and whether it registered (imports verl).
+    The registries are read back rather than trusted, so a later overwrite shows up too."""
+    info: dict[str, Any] = {
+        "entry_point": entry_point_installed(),
+        "env_var": MODULE in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(","),
+        "registered": False,
+        "error": None,
+        "policy_losses": [],
+        "estimators": [],
+        "trainer": False,
+    }
+    try:
+        register()
+        from verl.trainer.ppo import core_algos
+        from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+        info["policy_losses"] = [n for n in POLICY_LOSSES if n in core_algos.POLICY_LOSS_REGISTRY]
+        info["estimators"] = sorted(n for n in core_algos.ADV_ESTIMATOR_REGISTRY if n.startswith("archer_"))
+        info["trainer"] = TRAINER in TRAINER_REGISTRY
+        info["registered"] = bool(info["trainer"] and len(info["policy_losses"]) == len(POLICY_LOSSES))
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        info["error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+try:
+    register()
+except Exception:  # noqa: BLE001 - already printed at ERROR level; status() and register() report it
+    pass

@@ -1,0 +1,174 @@
+"""The driver's view of one verl step: which rows to trace influence on, and the trace table.
+
+Pure functions over what the trainer reads from TransferQueue (a TensorDict whose rows follow the
+step's keys `"{uid}_{session}_{index}"`), so they are tested without Ray or TransferQueue.
+Identity is the key, never an order: `archer_row` is a row's position in the step's key list,
+padding rows (`is_padding`, uid `pad…`) get -1 and never reach the plan or the trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from archer.influence.selection import plan_step, trace_accepted
+from archer.influence.settings import InfluenceSettings
+
+
+def parse_key(key: str) -> tuple[str, int, int]:
+    """(uid, session id, output index) of a V1 TransferQueue key."""
+    parts = key.rsplit("_", 2)
+    if len(parts) != 3:
+        return key, 0, 0
+    return parts[0], int(parts[1]), int(parts[2])
+
+
+def padding_mask(keys: Sequence[str], tags: Sequence[dict] | None) -> np.ndarray:
+    """True for the rows verl added to make the batch divisible (never traced)."""
+    tags = tags or [{}] * len(keys)
+    return np.array([bool(t.get("is_padding", False)) or parse_key(k)[0].startswith("pad")
+                     for k, t in zip(keys, tags)], dtype=bool)
+
+
+def as_list(x: Any) -> list:
+    """A TensorDict non-tensor field (NonTensorStack, numpy object array, list) as a plain list."""
+    if x is None:
+        return []
+    if hasattr(x, "tolist"):
+        return list(x.tolist())
+    return list(x)
+
+
+def nested_rows(t: Any) -> list[np.ndarray]:
+    """Per-row numpy arrays of a nested (jagged) tensor or a list of tensors."""
+    if hasattr(t, "is_nested") and t.is_nested:
+        return [r.detach().cpu().numpy() for r in t.unbind()]
+    return [np.asarray(r.detach().cpu().numpy() if hasattr(r, "detach") else r) for r in t]
+
+
+@dataclass
+class InfluencePlan:
+    """What the driver decides before the update: per-key tensor fields for the workers, the
+    selected responses, and the trace's `accepted` column."""
+
+    fields: dict[str, np.ndarray]
+    n_selected: int
+    accepted: list[bool | None]
+    constant_groups: int
+    groups: list[Hashable] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.n_selected > 0
+
+
+def plan_influence(keys: Sequence[str], padding: np.ndarray, rewards: np.ndarray, seq_advantages: np.ndarray,
+                   settings: InfluenceSettings) -> InfluencePlan:
+    """Select the prompt groups to trace (archer.influence.selection) over the real rows and
+    spell the result as tensor fields: archer_row (global row id, -1 for padding), archer_group
+    (group index, -1 = not traced), archer_accepted and archer_sign."""
+    n = len(keys)
+    real = np.flatnonzero(~padding)
+    uids = [parse_key(keys[i])[0] for i in real]
+    metas, accepted, constant = plan_step([float(rewards[i]) for i in real],
+                                          [float(seq_advantages[i]) for i in real], uids, settings)
+    group_ids = {u: k for k, u in enumerate(dict.fromkeys(uids))}
+    fields = {
+        "archer_row": np.where(padding, -1, np.arange(n)).astype(np.int64),
+        "archer_group": np.full(n, -1, dtype=np.int64),
+        "archer_accepted": np.zeros(n, dtype=np.int64),
+        "archer_sign": np.zeros(n, dtype=np.float32),
+    }
+    for m in metas:
+        i = int(real[m.row])
+        fields["archer_group"][i] = group_ids[m.group]
+        fields["archer_accepted"][i] = int(bool(m.accepted))
+        fields["archer_sign"][i] = float(m.sign)
+    acc_real = trace_accepted(uids, accepted)
+    acc: list[bool | None] = [None] * n
+    for j, i in enumerate(real):
+        acc[int(i)] = acc_real[j]
+    return InfluencePlan(fields=fields, n_selected=len(metas), accepted=acc, constant_groups=constant,
+                         groups=list(group_ids))
+
+
+def merge_influence(results: Sequence[Any]) -> tuple[dict[int, np.ndarray], dict[str, float]]:
+    """Combine the workers' (per-row scores, metrics): every row comes from exactly one rank;
+    counts add up, per-step facts (groups, modules, sizes) are the same on every rank."""
+    rows: dict[int, np.ndarray] = {}
+    metrics: dict[str, float] = {}
+    summed = ("influence/rows_emitted", "influence/tokens_captured")
+    for item in results:
+        if not item:
+            continue
+        per_row, m = item
+        for r, v in per_row.items():
+            if r in rows:
+                raise RuntimeError(f"influence row {r} came back from two data-parallel ranks")
+            rows[int(r)] = np.asarray(v, dtype=np.float32)
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + float(v) if k in summed else max(metrics.get(k, float("-inf")), float(v))
+    return rows, metrics
+
+
+def sequence_advantages(advantages: list[np.ndarray], response_mask: list[np.ndarray]) -> np.ndarray:
+    """One advantage per response: the mean over its masked tokens (GRPO broadcasts one value)."""
+    out = np.zeros(len(advantages), dtype=np.float64)
+    for i, (a, m) in enumerate(zip(advantages, response_mask)):
+        m = np.asarray(m, dtype=np.float64)
+        out[i] = float((np.asarray(a, dtype=np.float64) * m).sum() / max(1.0, m.sum()))
+    return out
+
+
+def correct_flags(extra_fields: Sequence[Any] | None, n: int) -> list[bool | None] | None:
+    """The reward function's `acc` per row (from reward_extra_info), None where it is absent."""
+    if not extra_fields:
+        return None
+    out: list[bool | None] = []
+    for ef in extra_fields:
+        info = ef.get("reward_extra_info", {}) if isinstance(ef, dict) else {}
+        acc = info.get("acc") if isinstance(info, dict) else None
+        out.append(None if acc is None else bool(float(acc) > 0))
+    return out if len(out) == n and any(a is not None for a in out) else None
+
+
+def step_table(step: int, keys: Sequence[str], padding: np.ndarray, data: Any, *, max_response_length: int,
+               influence: dict[int, np.ndarray] | None = None, accepted: Sequence[bool | None] | None = None):
+    """The schema-v1 trace table of a step (same columns as the local engine's), one row per real
+    response, grouped by prompt uid and ordered by session. `data` holds the step's rows in key
+    order: prompts, responses, response_mask, entropy (response-aligned), advantages, rm_scores,
+    and optionally data_source and extra_fields."""
+    from archer.core.trace import build_step_table
+
+    prompts = nested_rows(data["prompts"])
+    responses = nested_rows(data["responses"])
+    mask = nested_rows(data["response_mask"])
+    entropy = nested_rows(data["entropy"])
+    rewards = np.array([float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])])
+    seq_adv = sequence_advantages(nested_rows(data["advantages"]), mask)
+    keys_in = data.keys() if hasattr(data, "keys") else []
+    sources = as_list(data["data_source"]) if "data_source" in keys_in else None
+    correct = correct_flags(as_list(data["extra_fields"]) if "extra_fields" in keys_in else None, len(keys))
+
+    parsed = [parse_key(k) for k in keys]
+    order = sorted((i for i in range(len(keys)) if not padding[i]), key=lambda i: parsed[i])
+    group_of = {u: g for g, u in enumerate(dict.fromkeys(parsed[i][0] for i in order))}
+    pick = lambda seq: [seq[i] for i in order]  # noqa: E731
+    return build_step_table(
+        step,
+        uid=[parsed[i][0] for i in order],
+        group_index=[group_of[parsed[i][0]] for i in order],
+        sample_index=[parsed[i][1] for i in order],
+        prompt_ids=[prompts[i].astype(np.int32) for i in order],
+        response_ids=[responses[i].astype(np.int32) for i in order],
+        entropy=[entropy[i].astype(np.float16) for i in order],
+        reward=rewards[order] if order else np.zeros(0),
+        advantage=seq_adv[order] if order else np.zeros(0),
+        truncated=np.array([len(responses[i]) >= max_response_length for i in order], dtype=bool),
+        correct=pick(correct) if correct is not None else None,
+        accepted=pick(accepted) if accepted is not None else None,
+        influence=[influence.get(i) for i in order] if influence is not None else None,
+        data_source=[None if s is None else str(s) for s in pick(sources)] if sources is not None else None,
+    )

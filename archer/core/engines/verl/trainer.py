@@ -1,0 +1,203 @@
+"""`archer_sync`: verl's synchronous V1 trainer with archer's workers, influence plan and trace.
+
+Per step, on top of `PPOTrainerSync`:
+  - before the actor update, the driver reads rewards and advantages from TransferQueue, selects
+    the prompt groups to trace (archer.influence.selection) and writes the per-row fields
+    `archer_row/_group/_accepted/_sign` next to the rows, so they travel with every row through
+    verl's balancing, shuffling, dynamic batching and the DP split;
+  - the workers capture influence inside the real update (archer/core/engines/verl/capture.py);
+  - after it, the driver collects each rank's scores by row id and writes the step's trace
+    (entropy from the old-log-prob pass, which verl keeps in TransferQueue for the whole step)
+    with archer's background `TraceWriter` — the same parquet columns as the local engine.
+
+The `archer` section of the config (added by `archer train`) carries the run directory, trace and
+influence settings and the loss knobs; without it the trainer traces entropy only, next to the
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+from archer.core.engines.verl.steps import (
+    merge_influence,
+    nested_rows,
+    padding_mask,
+    plan_influence,
+    sequence_advantages,
+    step_table,
+)
+
+log = logging.getLogger("archer.verl")
+
+TRACE_FIELDS = ["prompts", "responses", "response_mask", "entropy", "advantages", "rm_scores"]
+OPTIONAL_TRACE_FIELDS = ["data_source", "extra_fields"]
+ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
+
+
+def archer_section(config: Any) -> dict:
+    """The `archer` section as a plain dict (defaults when verl was started without archer)."""
+    section = OmegaConf.to_container(config.archer, resolve=True) if "archer" in config else {}
+    section.setdefault("run_dir", os.path.dirname(os.path.abspath(str(config.trainer.default_local_dir))))
+    section.setdefault("trace", {"enable": True})
+    section.setdefault("influence", {"enable": False})
+    section.setdefault("loss_knobs", {})
+    return section
+
+
+@register_trainer("archer_sync")
+class ArcherTrainer(PPOTrainerSync):
+    """PPOTrainerSync + archer's worker, influence plan, capture results and trace."""
+
+    def _init_resource_pool_mgr(self):
+        super()._init_resource_pool_mgr()
+        from archer.core.engines.verl.worker import ArcherActorRolloutRefWorker
+
+        for role in ACTOR_ROLES:
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(ArcherActorRolloutRefWorker)
+
+    def _setup(self):
+        super()._setup()
+        from archer.influence.settings import InfluenceSettings
+
+        self.archer = archer_section(self.config)
+        infl = self.archer["influence"]
+        self.archer_influence = InfluenceSettings.from_mapping(infl) if infl.get("enable") else None
+        payload = {"loss_knobs": self.archer["loss_knobs"],
+                   "influence": infl if self.archer_influence is not None else None}
+        replies = self.actor_rollout_wg.archer_setup(payload)
+        modules = next((r["influence_modules"] for r in replies if r), [])
+        if self.archer_influence is not None:
+            log.warning("archer: influence traced on %d modules: %s", len(modules), ", ".join(modules))
+        self.archer_trace = self._open_trace()
+        self.archer_metrics = self._open_metrics()
+
+    def _open_metrics(self):
+        """archer's metrics.jsonl (the format `archer collect` reads); verl's trackers log the same
+        numbers to the console, tensorboard or W&B."""
+        from pathlib import Path
+
+        from archer.core.metrics import MetricsLog
+
+        run_dir = Path(self.archer["run_dir"])
+        if self.config.trainer.resume_mode != "disable":
+            MetricsLog.truncate(run_dir, int(self.global_steps))
+        return MetricsLog(run_dir)
+
+    def _open_trace(self):
+        from archer.core.run import git_commit
+        from archer.core.trace import TraceWriter
+
+        tcfg = self.archer["trace"]
+        if not tcfg.get("enable", True):
+            return None
+        run_dir = self.archer["run_dir"]
+        trace_dir = tcfg.get("dir") or os.path.join(run_dir, "trace")
+        resumed = self.config.trainer.resume_mode != "disable"
+        summary = {
+            "engine": "verl",
+            "preset": self.archer.get("preset"),
+            "run_dir": os.path.abspath(run_dir),
+            "model_path": self.config.actor_rollout_ref.model.path,
+            "tokenizer_path": self.config.actor_rollout_ref.model.get("tokenizer_path")
+            or self.config.actor_rollout_ref.model.path,
+            "git_commit": git_commit(),
+            "rollout_n": int(self.config.actor_rollout_ref.rollout.n),
+            "influence": self.archer_influence is not None,
+        }
+        log.warning("archer: writing the per-token trace to %s", trace_dir)
+        return TraceWriter(
+            trace_dir, summary, write_every=int(tcfg.get("write_every", 1)), fsync=bool(tcfg.get("fsync", False)),
+            row_group_size=int(tcfg.get("row_group_size", 64)), compression_level=int(tcfg.get("compression_level", 3)),
+            max_queue=int(tcfg.get("max_queue", 4)), resume_after_step=self.global_steps if resumed else None,
+        )
+
+    def fit(self, agent_loop_manager):
+        try:
+            return super().fit(agent_loop_manager)
+        finally:
+            if getattr(self, "archer_trace", None) is not None:
+                self.archer_trace.close()
+            if getattr(self, "archer_metrics", None) is not None:
+                self.archer_metrics.close()
+
+    def _validate(self, *args, **kwargs):
+        val_metrics = super()._validate(*args, **kwargs)
+        if int(self.global_steps) == 0 and val_metrics:  # before training; later ones join the step's line
+            self.archer_metrics.log(0, val_metrics)
+        return val_metrics
+
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
+        self.archer_metrics.log(int(global_steps), metrics)
+
+    # ------------------------------------------------------------------ one step
+    def _update_actor(self, batch, metrics):
+        t0 = time.perf_counter()
+        plan = self._archer_plan(batch, metrics) if self.archer_influence is not None else None
+        t1 = time.perf_counter()
+        batch = super()._update_actor(batch, metrics)
+        t2 = time.perf_counter()
+        influence = None
+        if plan is not None and plan.active:
+            influence, infl_metrics = merge_influence(self.actor_rollout_wg.archer_take_influence())
+            metrics.update(infl_metrics)
+        if plan is not None:
+            metrics["influence/groups_constant"] = float(plan.constant_groups)
+        self._archer_write_trace(batch, plan, influence)
+        t3 = time.perf_counter()
+        if plan is not None:
+            metrics["time/influence"] = (t1 - t0) + (t3 - t2)
+        return batch
+
+    def _archer_plan(self, batch, metrics):
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["rm_scores", "advantages", "response_mask"])
+        rewards = np.array([float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])])
+        seq_adv = sequence_advantages(nested_rows(data["advantages"]), nested_rows(data["response_mask"]))
+        padding = padding_mask(batch.keys, batch.tags)
+        plan = plan_influence(batch.keys, padding, rewards, seq_adv, self.archer_influence)
+        fields = TensorDict({k: torch.from_numpy(v) for k, v in plan.fields.items()}, batch_size=len(batch.keys))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+        if batch.fields is not None:  # a meta that names its fields limits what the workers fetch
+            batch.fields = list(dict.fromkeys([*batch.fields, *plan.fields]))
+        batch.extra_info["archer_influence"] = plan.active
+        return plan
+
+    def _archer_write_trace(self, batch, plan, influence) -> None:
+        writer = self.archer_trace
+        step = int(self.global_steps)
+        if writer is None or not writer.should_write(step):
+            return
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=TRACE_FIELDS)
+        missing = self.__dict__.setdefault("_archer_missing_fields", set())
+        for name in OPTIONAL_TRACE_FIELDS:
+            if name in missing:
+                continue
+            try:
+                extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
+                data[name] = extra[name]
+            except Exception as e:  # noqa: BLE001 - the column is optional; say once why it stays empty
+                missing.add(name)
+                log.warning("archer: the rows carry no %r (%s); the trace leaves that column empty", name, e)
+        table = step_table(
+            step, batch.keys, padding_mask(batch.keys, batch.tags), data,
+            max_response_length=int(self.config.data.max_response_length),
+            influence=influence if plan is not None else None,
+            accepted=plan.accepted if plan is not None else None,
+        )
+        writer.submit(step, table)

@@ -1,0 +1,203 @@
+"""Composing verl's config from archer's: the key mapping, `verl.*` pass-through and its
+validation (unknown key -> exit 2 with the nearest verl keys), verl's own checks, `--dry-run` for
+every verl preset (no Ray), and `archer train` refusing to start Ray where it cannot run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("verl", reason="the verl extra is not installed: pip install -e '.[verl]'")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from archer.cli.main import app  # noqa: E402
+from archer.core.config import compose  # noqa: E402
+from archer.errors import ConfigError  # noqa: E402
+
+pytestmark = pytest.mark.verl
+runner = CliRunner()
+REQUIRED = ["model.path=/models/qwen", "data.train_files=[/data/train.parquet]"]
+VERL_PRESETS = ["math", "math-entropy", "math-influence", "code", "arpo", "aepo"]
+
+
+def verl_config(preset: str, *overrides: str, run_dir: str = "/runs/r1", resume: bool = False):
+    from archer.core.engines.verl.config import compose_verl
+
+    return compose_verl(compose(preset, [*REQUIRED, *overrides]), Path(run_dir), resume=resume)
+
+
+def test_archer_keys_map_onto_verl_keys():
+    vc = verl_config("math-influence", "rollout.top_k=0", "trainer.val_every=0", "data.val_files=[/data/val.parquet]",
+                     "trainer.keep_checkpoints=3", "model.dtype=fp32")
+    s = vc.select
+    assert s("trainer.v1.trainer_mode") == "archer_sync" and s("trainer.use_v1") is True
+    assert s("actor_rollout_ref.model.path") == "/models/qwen" and s("data.train_files") == ["/data/train.parquet"]
+    assert s("data.val_files") == ["/data/val.parquet"] and s("data.max_response_length") == 32768
+    assert s("data.train_batch_size") == 64 and s("actor_rollout_ref.rollout.n") == 16
+    assert s("actor_rollout_ref.actor.ppo_epochs") == 1 and s("actor_rollout_ref.actor.ppo_mini_batch_size") == 64
+    assert s("actor_rollout_ref.actor.use_kl_loss") is True and s("actor_rollout_ref.actor.kl_loss_coef") == 0.001
+    assert s("actor_rollout_ref.actor.optim.lr") == 1e-6 and s("actor_rollout_ref.actor.optim.lr_warmup_steps") == 10
+    assert s("actor_rollout_ref.rollout.top_k") == -1  # archer's 0 = off is verl's -1
+    assert s("actor_rollout_ref.rollout.val_kwargs.temperature") == 0.6
+    assert s("actor_rollout_ref.rollout.val_kwargs.do_sample") is True
+    assert s("algorithm.adv_estimator") == "archer_grpo"
+    assert s("reward.custom_reward_function.path") == "pkg://archer.core.rewards.verl_reward"
+    assert s("reward.custom_reward_function.reward_kwargs.function") == "math"
+    assert s("reward.reward_manager.name") == "dapo"  # overlong buffer on in the recipe
+    assert s("reward.reward_kwargs.overlong_buffer_cfg.len") == 16384 and s("reward.reward_kwargs.max_resp_len") == 32768
+    assert s("trainer.test_freq") == 500 and s("trainer.max_actor_ckpt_to_keep") == 3  # 0 = only at the end
+    assert s("trainer.default_local_dir") == str(Path("/runs/r1").resolve() / "checkpoints")
+    assert s("trainer.resume_mode") == "disable" and s("trainer.experiment_name") == "r1"
+    assert s("actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype") == "fp32"
+    assert s("actor_rollout_ref.rollout.dtype") == "float32"
+    # the preset's verl section (infrastructure) passes through
+    assert s("actor_rollout_ref.rollout.tensor_model_parallel_size") == 1
+    assert s("actor_rollout_ref.actor.use_dynamic_bsz") is True
+    # what archer's trainer and workers read
+    assert s("archer.influence.enable") is True and s("archer.influence.max_prompts_per_step") == 16
+    assert s("archer.trace.enable") is True and s("archer.run_dir") == str(Path("/runs/r1").resolve())
+    assert verl_config("math", resume=True).select("trainer.resume_mode") == "auto"
+
+
+def test_entropy_and_code_presets_select_archers_losses_and_rewards():
+    e = verl_config("math-entropy")
+    assert e.select("actor_rollout_ref.actor.policy_loss.loss_mode") == "aspo"
+    assert e.select("actor_rollout_ref.actor.calculate_entropy") is True  # archer's losses need it
+    assert e.select("archer.loss_knobs.high_entropy_clip_ratio_high") == 0.4
+    assert e.select("archer.loss_knobs.aspo_dual_clip") == 3.0
+    c = verl_config("code")
+    assert c.select("reward.custom_reward_function.reward_kwargs.function") == "code"
+    assert c.select("actor_rollout_ref.actor.clip_ratio_c") == 10.0
+    assert c.select("reward.reward_manager.name") == "naive"  # no overlong buffer in the code recipe
+
+
+def test_verl_pass_through_existing_open_and_added_keys():
+    vc = verl_config("math", "verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.55",
+                     "verl.actor_rollout_ref.model.override_config.rope_theta=500000",
+                     "+verl.actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob=7",
+                     "verl.data.train_batch_size=32")
+    assert vc.select("actor_rollout_ref.rollout.gpu_memory_utilization") == 0.55
+    assert vc.select("actor_rollout_ref.model.override_config.rope_theta") == 500000  # verl leaves it open
+    assert vc.select("actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob") == 7
+    assert vc.select("data.train_batch_size") == 32  # verl.* is applied last and wins
+
+
+@pytest.mark.parametrize("override,suggestion", [
+    ("verl.actor_rollout_ref.actor.ppo_mini_batchsize=8", "verl.actor_rollout_ref.actor.ppo_mini_batch_size"),
+    ("verl.trainer.n_gpu_per_node=4", "verl.trainer.n_gpus_per_node"),
+    ("verl.actor_rollout_ref.rollout.engine_kwargs.vllm2.x=1", "verl.actor_rollout_ref.rollout.engine_kwargs.vllm"),
+])
+def test_unknown_verl_key_is_a_config_error_with_suggestions(override, suggestion):
+    with pytest.raises(ConfigError) as e:
+        verl_config("math", override)
+    assert e.value.exit_code == 2 and f"'{suggestion}'" in e.value.message
+    assert "unknown verl key" in e.value.message and "+verl." in e.value.hint
+
+
+def test_unknown_verl_key_exits_2_before_anything_starts(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "math-influence", *REQUIRED, "verl.trainer.nnode=2",
+                            "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "unknown verl key 'verl.trainer.nnode'" in r.stderr and "'verl.trainer.nnodes'" in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["warmup.enable=true"], "local-engine feature"),
+    (["influence.enable=true", "influence.output_function=log_prob"], "extra backward"),
+    (["influence.enable=true", "verl.actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
+     "ulysses_sequence_parallel_size=1"),
+    (["verl.trainer.v1.trainer_mode=sync"], "archer_sync"),
+    (["data.train_files=[]"], "data.train_files"),
+])
+def test_settings_verl_cannot_honour_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        verl_config("math", *overrides)
+
+
+def test_verls_own_checks_run_before_ray(tmp_path):
+    r = runner.invoke(app, ["train", "--preset", "math", *REQUIRED, "verl.trainer.n_gpus_per_node=7",
+                            "verl.actor_rollout_ref.actor.use_dynamic_bsz=false", "--out", str(tmp_path / "run"),
+                            "--dry-run"])
+    assert r.exit_code == 2, r.output
+    assert "verl rejects the config" in r.stderr and "divisible" in r.stderr
+    r = runner.invoke(app, ["train", "--preset", "math", *REQUIRED, "verl.actor_rollout_ref.rollout.temperature=hot",
+                            "--dry-run"])
+    assert r.exit_code == 2 and "verl rejects the config" in r.stderr, r.output
+
+
+def test_runtime_env_reaches_every_ray_process():
+    from archer.core.engines.verl.config import apply_runtime_env
+
+    vc = verl_config("math", "verl.ray_kwargs.ray_init.runtime_env.env_vars={VERL_USE_EXTERNAL_MODULES: mine,FOO: x}")
+    apply_runtime_env(vc, Path("/runs/r1"))
+    env = vc.select("ray_kwargs.ray_init.runtime_env.env_vars")
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "mine,archer.core.engines.verl.plugin" and env["FOO"] == "x"
+    repo = str(Path(__file__).resolve().parents[2])
+    assert repo in env["PYTHONPATH"].split(os.pathsep)
+    assert env["TENSORBOARD_DIR"] == str(Path("/runs/r1").resolve() / "tensorboard")
+    assert int(env["ARCHER_PG_TIMEOUT_SECONDS"]) > 0
+
+
+@pytest.mark.parametrize("preset", VERL_PRESETS)
+def test_dry_run_prints_the_composed_verl_config_and_plan(preset, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    config_text, plan = r.stdout.split("verl engine plan")
+    cfg = yaml.safe_load(config_text)
+    assert cfg["trainer"]["v1"]["trainer_mode"] == "archer_sync"
+    assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
+    assert cfg["archer"]["run_dir"] == str(out.resolve())
+    assert {"algorithm", "reward", "data", "critic", "ray_kwargs", "transfer_queue"} <= set(cfg)  # complete
+    for label in ("nodes", "GPUs per node", "rollout engine", "vllm", "output", str(out), "verl plugin",
+                  "registered"):
+        assert label in plan, label
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_dry_run_lists_what_is_still_required():
+    r = runner.invoke(app, ["train", "--preset", "math-influence", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "model.path" in r.stderr and "data.train_files" in r.stderr
+    assert "path: ???" in r.stdout.split("verl engine plan")[0]
+
+
+def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path):
+    import importlib.util
+
+    import ray
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: this checks the refusal on machines without it")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "math-influence", *REQUIRED, "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "rolls out with vllm, which is not installed here" in r.stderr
+    assert not ray.is_initialized() and not out.exists()
+
+
+@pytest.mark.parametrize("preset", ["arpo", "aepo"])
+def test_agent_presets_dry_run_but_training_them_on_verl_is_refused(preset, tmp_path):
+    import ray
+
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "does not run multi-turn tool rollouts yet" in r.stderr
+    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "does not run multi-turn tool rollouts yet" in r.stderr and "engine=local" in r.stderr
+    assert not ray.is_initialized() and not out.exists()
+
+
+def test_aepo_preset_selects_archers_aepo_loss_with_its_knob():
+    vc = verl_config("aepo")
+    assert vc.select("actor_rollout_ref.actor.policy_loss.loss_mode") == "aepo"
+    assert vc.select("actor_rollout_ref.actor.calculate_entropy") is True
+    assert vc.select("archer.loss_knobs.aepo_entropy_advantage") == compose("aepo", REQUIRED).cfg.actor.aepo_entropy_advantage
