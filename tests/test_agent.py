@@ -399,3 +399,38 @@ def test_progress_line_reports_branches_and_tool_calls_only_in_agent_mode():
     line = format_step(3, 40, {**base, "agent/branches": 15.0, "agent/tool_calls": 62.0})
     assert "branches 15" in line and "tools 62" in line
     assert "branches" not in format_step(3, 40, base) and "tools" not in format_step(3, 40, base)
+
+
+def test_influence_in_agent_mode_covers_every_token_of_the_traced_groups(tmp_path, monkeypatch):
+    """influence.enable with tools: the selected groups get one finite score per response token,
+    tool results included (they steer later tokens as context), and the accepted side is recorded."""
+    import archer.core.rewards as rewards
+    from archer.core.config import compose
+    from archer.core.engines.local.trainer import LocalTrainer
+    from archer.core.trace import TraceReader
+
+    def alternating(name, responses, truths, **kw):  # a contrast in every group, whatever the tiny model writes
+        return [rewards.Score(reward=float(i % 2), correct=bool(i % 2), extracted=None) for i in range(len(responses))]
+
+    monkeypatch.setattr(rewards, "score_batch", alternating)
+    out = tmp_path / "run"
+    c = compose("arpo-quickstart", [*TINY_AGENT, "trainer.total_steps=1", f"trainer.cache_dir={tmp_path / 'cache'}",
+                                    "influence.enable=true"])
+    t = LocalTrainer(c, out, live=False)
+    try:
+        t.setup()
+        t.fit()
+    finally:
+        t.close()
+    table = TraceReader(out).read_step(1).to_pylist()
+    traced = [r for r in table if r["influence"] is not None]
+    assert traced and {r["group_index"] for r in traced} == {r["group_index"] for r in table}
+    saw_tool = False
+    for r in traced:
+        infl = np.array(r["influence"], dtype=np.float64)
+        roles = np.array(r["token_role"])
+        assert len(infl) == len(r["response_ids"]) == len(roles) and np.isfinite(infl).all()
+        assert r["accepted"] == bool(r["correct"])
+        assert math.isclose(r["influence_sum"], infl.sum(), rel_tol=1e-4, abs_tol=1e-6)
+        saw_tool |= bool((roles == ROLE_TOOL_RESULT).any())
+    assert saw_tool
