@@ -182,3 +182,20 @@ def test_unexpected_errors_are_short_unless_debug(monkeypatch):
 def test_group_help(args):
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and "Usage" in r.stdout
+
+
+def test_env_hints_keep_their_brackets(monkeypatch):
+    """Install hints such as pip install -e '.[verl,vllm]' must not be eaten as Rich markup."""
+    import archer.cli.env as env_cmd
+
+    real = env_cmd.collect
+
+    def gaps():
+        info = real()
+        info["missing"]["verl"] = ["vllm"]
+        return info
+
+    monkeypatch.setattr(env_cmd, "collect", gaps)
+    r = runner.invoke(app, ["env"])
+    assert r.exit_code == 0, r.output
+    assert "pip install -e '.[verl,vllm]'" in r.stdout.replace("\n", "")

@@ -115,6 +115,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
         "verl": "pip install -e '.[verl,vllm]' on a GPU node",
         "view": "pip install -e .",
     }
+    from rich.markup import escape
+
     plugin = info.get("verl_plugin")
     if plugin is not None:
         routes = [r for r, ok in (("entry point", plugin["entry_point"]), ("VERL_USE_EXTERNAL_MODULES", plugin["env_var"]))
@@ -123,11 +125,9 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
             out().print(f"verl plugin: [green]registered[/green] ({', '.join(routes) or 'imported by archer'}): "
                         f"losses {', '.join(plugin['policy_losses'])}, trainer archer_sync")
         else:
-            from rich.markup import escape
-
             out().print(f"verl plugin: [red]not registered[/red]: {escape(str(plugin['error']))}")
     for engine, gaps in info["missing"].items():
         if gaps:
-            out().print(f"[yellow]{engine}[/yellow]: missing {', '.join(gaps)}  [dim]({hints[engine]})[/dim]")
+            out().print(f"[yellow]{engine}[/yellow]: missing {', '.join(gaps)}  [dim]({escape(hints[engine])})[/dim]")
         else:
             out().print(f"[green]{engine}[/green]: ready")
