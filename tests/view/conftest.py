@@ -79,6 +79,18 @@ def _busy(app) -> bool:
     return any(w.state in (WorkerState.PENDING, WorkerState.RUNNING) for w in app.workers)
 
 
+async def _wait_for_workers(app) -> None:
+    """Wait for every worker; one cancelled on purpose (an exclusive worker replaced by a newer one,
+    e.g. a response load superseded by the next) is not a failure. A worker that raised still is."""
+    from textual.worker import WorkerCancelled
+
+    for worker in list(app.workers):
+        try:
+            await worker.wait()
+        except WorkerCancelled:
+            pass
+
+
 async def settle(pilot, max_rounds: int = 12) -> None:
     """Wait until no worker runs and every message they posted has been handled."""
     app = pilot.app
@@ -88,7 +100,7 @@ async def settle(pilot, max_rounds: int = 12) -> None:
             await pilot.pause()  # handle what the last worker posted (may start another)
             if not _busy(app):
                 break
-        await app.workers.wait_for_complete()
+        await _wait_for_workers(app)
     # tables size their columns on Idle: give them their turn before anyone looks at the screen
     await pilot.pause()
     await pilot.pause()
