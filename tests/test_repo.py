@@ -32,6 +32,10 @@ def test_ci_runs_the_readme_test_command():
     text = (ROOT / "README.md").read_text()
     marked = re.search(r"<!-- test-command -->\n```bash\n(.*?)```\n<!-- /test-command -->", text, flags=re.S)
     assert marked and marked.group(1).strip() == readme_blocks()[1].strip()
+    command = marked.group(1).strip()
+    assert f'TEST_CMD="{command}"' in script  # the script checks README against this line at run time
+    # and runs those very steps (the -q on pip only quietens it)
+    assert "pip install -q -e '.[test,verl]' -c constraints.txt\npython -m pytest -q\n" in script
 
 
 @pytest.mark.slow
