@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from archer.errors import TraceError
 
-from .schema import build_step_table
+from .schema import build_step_table, parse_manifest
 from .writer import TraceWriter
 
 ENTROPY_DIR = "entropy_trace"
@@ -182,22 +182,13 @@ def _open_old(d: Path, kind: str, warnings: list[str]) -> OldTrace:
     files: dict[int, Path] = {}
     mp = d / "manifest.jsonl"
     if mp.exists():
-        lines = mp.read_text(errors="replace").split("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                e = json.loads(line)
-                step = int(e["step"])
-                rel = str(e.get("file") or f"steps/step_{step:06d}.npz")
-            except (ValueError, KeyError, TypeError):
-                if i != len(lines) - 1:
-                    warnings.append(f"{mp}: skipped unreadable line {i + 1}")
-                continue
-            if (d / rel).is_file():
-                files[step] = d / rel
+        entries = parse_manifest(mp.read_text(errors="replace"), lambda step: f"steps/step_{step:06d}.npz",
+                                 warnings.append, source=str(mp))
+        for step, e in entries.items():
+            if (d / e["file"]).is_file():
+                files[step] = d / e["file"]
             else:
-                warnings.append(f"{kind} step {step}: {d / rel} is missing (skipped)")
+                warnings.append(f"{kind} step {step}: {d / e['file']} is missing (skipped)")
     else:
         warnings.append(f"{mp} is missing; taking the step files from {d / 'steps'}")
         for p in sorted((d / "steps").glob("step_*.npz")):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from archer.errors import TraceError
 
-from .schema import FORMAT, META_SCHEMA_VERSION, SCHEMA_VERSION, SUMMARY_COLUMNS, step_file_name
+from .schema import FORMAT, META_SCHEMA_VERSION, SCHEMA_VERSION, SUMMARY_COLUMNS, parse_manifest, step_file_name
 from .writer import LATEST_FILE, MANIFEST_FILE, STEPS_DIR, SUMMARY_FILE
 
 # --------------------------------------------------------------------------------------------
@@ -169,23 +169,9 @@ class TraceReader:
             raise TraceError(f"{self._manifest_path} disappeared") from e
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if key != self._cache_key:
-            raw = self._manifest_path.read_bytes()
-            lines = raw.split(b"\n")
-            by_step: dict[int, dict[str, Any]] = {}
-            for i, line in enumerate(lines):
-                if not line.strip():
-                    continue
-                try:
-                    e = json.loads(line)
-                    step = int(e["step"])
-                    e["file"] = str(e.get("file") or f"{STEPS_DIR}/{step_file_name(step)}")
-                except (ValueError, KeyError, TypeError):
-                    if i != len(lines) - 1:  # the unterminated last line is expected after a kill
-                        self._warn(f"{self._manifest_path}: skipped unreadable line {i + 1}")
-                    continue
-                if step in by_step:
-                    self._warn(f"{self._manifest_path}: step {step} listed twice; kept the last")
-                by_step[step] = e
+            text = self._manifest_path.read_bytes().decode("utf-8", errors="replace")
+            by_step = parse_manifest(text, lambda step: f"{STEPS_DIR}/{step_file_name(step)}", self._warn,
+                                     source=str(self._manifest_path))
             self._by_step = by_step
             self._entries = [by_step[s] for s in sorted(by_step)]
             self._cache_key = key

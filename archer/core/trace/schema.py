@@ -8,7 +8,8 @@ handful of vectorised copies however many tokens a step holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -297,3 +298,29 @@ def build_step_table(
         columns.append(arr)
         fields.append(pa.field(name, arr.type))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema_metadata(step)))
+
+
+def parse_manifest(text: str, default_file: Callable[[int], str], warn: Callable[[str], None],
+                   source: str = "manifest.jsonl") -> dict[int, dict[str, Any]]:
+    """Manifest entries by step, each with a `file` (its own or `default_file(step)`).
+
+    One JSON object per line; an unreadable line is skipped with a warning, except an unterminated
+    last line, which a kill mid-append leaves behind and is expected. A step listed twice keeps its
+    last entry. Shared by the trace reader and the importer of the original .npz traces."""
+    lines = text.split("\n")
+    by_step: dict[int, dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            e = json.loads(line)
+            step = int(e["step"])
+            e["file"] = str(e.get("file") or default_file(step))
+        except (ValueError, KeyError, TypeError):
+            if i != len(lines) - 1:
+                warn(f"{source}: skipped unreadable line {i + 1}")
+            continue
+        if step in by_step:
+            warn(f"{source}: step {step} listed twice; kept the last")
+        by_step[step] = e
+    return by_step
