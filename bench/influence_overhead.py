@@ -38,9 +38,17 @@ def build_model(name: str, dtype, device, seed: int, checkpointing: bool):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     h, inter, layers, heads, kv, vocab = MODELS[name]
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=32768,
-                      tie_word_embeddings=True, use_cache=False)
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     with torch.device(device):
@@ -63,9 +71,13 @@ def build_batch(B: int, P: int, R: int, vocab: int, group_size: int, seed: int):
     mask = (torch.arange(R)[None, :] < lengths[:, None]).long()
     resp = resp * mask
     rollout = Rollout(
-        prompt_ids=torch.randint(3, vocab, (B, P), generator=g), prompt_mask=torch.ones(B, P, dtype=torch.long),
-        response_ids=resp, response_mask=mask, truncated=torch.zeros(B, dtype=torch.bool),
-        group=[i // group_size for i in range(B)], sample=[i % group_size for i in range(B)],
+        prompt_ids=torch.randint(3, vocab, (B, P), generator=g),
+        prompt_mask=torch.ones(B, P, dtype=torch.long),
+        response_ids=resp,
+        response_mask=mask,
+        truncated=torch.zeros(B, dtype=torch.bool),
+        group=[i // group_size for i in range(B)],
+        sample=[i % group_size for i in range(B)],
     )
     rewards = torch.tensor([1.0 if (i % group_size) < group_size // 2 else 0.0 for i in range(B)])
     adv_seq = (rewards - 0.5) * 2
@@ -75,12 +87,27 @@ def build_batch(B: int, P: int, R: int, vocab: int, group_size: int, seed: int):
 
 def actor_config(B: int, micro: int, group_size: int) -> SimpleNamespace:
     return SimpleNamespace(
-        policy_loss="vanilla", clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, aspo_dual_clip=3.0,
-        archer=SimpleNamespace(token_entropy_quantile=0.8, low_entropy_clip_ratio_low=0.2,
-                               low_entropy_clip_ratio_high=0.2, high_entropy_clip_ratio_low=0.4,
-                               high_entropy_clip_ratio_high=0.4, high_entropy_kl_scale=0.0),
-        loss_agg_mode="token-mean", ppo_epochs=1, ppo_mini_batch_size=B // group_size, ppo_micro_batch_size=micro,
-        use_kl_loss=False, kl_loss_coef=0.0, kl_loss_type="low_var_kl", entropy_coeff=0.0,
+        policy_loss="vanilla",
+        clip_ratio_low=0.2,
+        clip_ratio_high=0.2,
+        clip_ratio_c=3.0,
+        aspo_dual_clip=3.0,
+        archer=SimpleNamespace(
+            token_entropy_quantile=0.8,
+            low_entropy_clip_ratio_low=0.2,
+            low_entropy_clip_ratio_high=0.2,
+            high_entropy_clip_ratio_low=0.4,
+            high_entropy_clip_ratio_high=0.4,
+            high_entropy_kl_scale=0.0,
+        ),
+        loss_agg_mode="token-mean",
+        ppo_epochs=1,
+        ppo_mini_batch_size=B // group_size,
+        ppo_micro_batch_size=micro,
+        use_kl_loss=False,
+        kl_loss_coef=0.0,
+        kl_loss_type="low_var_kl",
+        entropy_coeff=0.0,
         optim=SimpleNamespace(grad_clip=1.0),
     )
 
@@ -97,7 +124,9 @@ def main() -> int:
     p.add_argument("--micro", type=int, default=16)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--checkpointing", action="store_true")
-    p.add_argument("--filter", default=None, help="influence.module_name_filter (default: the config default)")
+    p.add_argument(
+        "--filter", default=None, help="influence.module_name_filter (default: the config default)"
+    )
     p.add_argument("--max-modules", type=int, default=None)
     p.add_argument("--factor", type=int, default=None)
     p.add_argument("--hessian-source", default="response", choices=["response", "token"])
@@ -115,8 +144,9 @@ def main() -> int:
     model = build_model(args.model, dtype, device, 0, args.checkpointing)
     vocab = MODELS[args.model][5]
     B = args.responses
-    rollout, rewards, adv_seq, advantages = build_batch(B, args.prompt_len, args.response_len, vocab,
-                                                        args.group_size, 0)
+    rollout, rewards, adv_seq, advantages = build_batch(
+        B, args.prompt_len, args.response_len, vocab, args.group_size, 0
+    )
     actor = actor_config(B, args.micro, args.group_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, foreach=True)
     knobs = {"enable": True, "profile_timing": True, "hessian_source": args.hessian_source}
@@ -134,8 +164,17 @@ def main() -> int:
 
     def update(hook=None):
         batch = UpdateBatch(rollout=rollout, old_log_prob=None, advantages=advantages)
-        return ppo_update(model, opt, None, batch, actor, group_size=args.group_size, temperature=1.0,
-                          device=device, micro_hook=hook)
+        return ppo_update(
+            model,
+            opt,
+            None,
+            batch,
+            actor,
+            group_size=args.group_size,
+            temperature=1.0,
+            device=device,
+            micro_hook=hook,
+        )
 
     base_times, traced_times, splits = [], [], []
     infl = LocalInfluence(model, settings)
@@ -158,33 +197,47 @@ def main() -> int:
         if rep:
             base_times.append(t_base)
             traced_times.append(t_total)
-            splits.append({
-                "capture": metrics["timing_s/influence_capture"],
-                "solve": metrics["timing_s/influence_solve"],
-                "score": metrics["timing_s/influence_score"],
-                "traced_update_only": t_upd,
-                "tokens": metrics["influence/tokens_captured"],
-            })
+            splits.append(
+                {
+                    "capture": metrics["timing_s/influence_capture"],
+                    "solve": metrics["timing_s/influence_solve"],
+                    "score": metrics["timing_s/influence_score"],
+                    "traced_update_only": t_upd,
+                    "tokens": metrics["influence/tokens_captured"],
+                }
+            )
             last = metrics
     base = statistics.median(base_times)
     traced = statistics.median(traced_times)
     med = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
     out = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": args.model, "dtype": args.dtype,
+        "model": args.model,
+        "dtype": args.dtype,
         "params": sum(p.numel() for p in model.parameters()),
-        "responses": B, "prompt_len": args.prompt_len, "response_len": args.response_len,
-        "tokens_captured": int(med["tokens"]), "micro_batch": args.micro,
-        "modules": int(last["influence/modules"]), "max_module_D": int(last["influence/max_module_dim"]),
-        "update_s": round(base, 4), "traced_update_and_scoring_s": round(traced, 4),
+        "responses": B,
+        "prompt_len": args.prompt_len,
+        "response_len": args.response_len,
+        "tokens_captured": int(med["tokens"]),
+        "micro_batch": args.micro,
+        "modules": int(last["influence/modules"]),
+        "max_module_D": int(last["influence/max_module_dim"]),
+        "update_s": round(base, 4),
+        "traced_update_and_scoring_s": round(traced, 4),
         "overhead_pct": round(100 * (traced - base) / base, 2),
-        "capture_s": round(med["capture"], 4), "solve_s": round(med["solve"], 4), "score_s": round(med["score"], 4),
-        "capture_plus_scoring_pct_of_update": round(100 * (med["capture"] + med["solve"] + med["score"]) / base, 2),
+        "capture_s": round(med["capture"], 4),
+        "solve_s": round(med["solve"], 4),
+        "score_s": round(med["score"], 4),
+        "capture_plus_scoring_pct_of_update": round(
+            100 * (med["capture"] + med["solve"] + med["score"]) / base, 2
+        ),
         "scoring_pct_of_update": round(100 * (med["solve"] + med["score"]) / base, 2),
         "peak_memory_estimate_mb": round(last["influence/peak_memory_estimate_mb"], 1),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
-        "hessian_source": args.hessian_source, "filter": settings.module_name_filter,
-        "max_modules": settings.max_modules, "factor": settings.projection_dim_factor,
+        "hessian_source": args.hessian_source,
+        "filter": settings.module_name_filter,
+        "max_modules": settings.max_modules,
+        "factor": settings.projection_dim_factor,
     }
     if args.json:
         print(json.dumps(out))

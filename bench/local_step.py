@@ -29,9 +29,20 @@ def build_model_folder(root: Path, hidden: int, layers: int, seed: int) -> Path:
     from archer.core.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
     tok = build_char_tokenizer()
-    tiny = OmegaConf.create(dict(hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2,
-                                 intermediate_size=4 * hidden, max_position_embeddings=128, tie_word_embeddings=True))
-    model = build_tiny_qwen2(tiny, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=seed)
+    tiny = OmegaConf.create(
+        dict(
+            hidden_size=hidden,
+            num_layers=layers,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+        )
+    )
+    model = build_tiny_qwen2(
+        tiny, len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=seed
+    )
     folder = root / "model"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -50,12 +61,25 @@ def archer_trainer(model_dir: Path, data_file: Path, out: Path, args) -> object:
     from archer.core.engines.local.trainer import LocalTrainer
 
     overrides = [
-        f"model.path={model_dir}", f"data.train_files=[{data_file}]", "data.val_files=[]",
-        f"trainer.device={args.device}", "warmup.enable=false", "trainer.val_before_train=false",
-        "data.train_batch_size=16", "rollout.n=4", f"rollout.max_new_tokens={args.max_new_tokens}",
-        "actor.ppo_mini_batch_size=16", "actor.ppo_micro_batch_size=64", "actor.ppo_epochs=1",
-        "actor.use_kl_loss=false", "actor.optim.lr=1e-5", f"trainer.total_steps={10 ** 6}",
-        "trace.enable=true", f"model.dtype={args.dtype}", "data.max_prompt_length=16", f"seed={args.seed}",
+        f"model.path={model_dir}",
+        f"data.train_files=[{data_file}]",
+        "data.val_files=[]",
+        f"trainer.device={args.device}",
+        "warmup.enable=false",
+        "trainer.val_before_train=false",
+        "data.train_batch_size=16",
+        "rollout.n=4",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        "actor.ppo_mini_batch_size=16",
+        "actor.ppo_micro_batch_size=64",
+        "actor.ppo_epochs=1",
+        "actor.use_kl_loss=false",
+        "actor.optim.lr=1e-5",
+        f"trainer.total_steps={10**6}",
+        "trace.enable=true",
+        f"model.dtype={args.dtype}",
+        "data.max_prompt_length=16",
+        f"seed={args.seed}",
         f"rollout.compile_decode={str(args.compile_decode).lower()}",
     ]
     c = compose("quickstart", overrides)
@@ -85,10 +109,22 @@ def trl_trainer(model_dir: Path, data_file: Path, out: Path, args) -> tuple[obje
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
     tok = AutoTokenizer.from_pretrained(model_dir)
     cfg = GRPOConfig(
-        output_dir=str(out), use_cpu=args.device == "cpu", bf16=args.dtype == "bf16",
-        per_device_train_batch_size=64, num_generations=4, max_completion_length=args.max_new_tokens,
-        beta=0.0, learning_rate=1e-5, report_to="none", save_strategy="no", logging_steps=1,
-        max_steps=10 ** 6, temperature=1.0, top_p=1.0, gradient_accumulation_steps=1, seed=args.seed,
+        output_dir=str(out),
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bf16",
+        per_device_train_batch_size=64,
+        num_generations=4,
+        max_completion_length=args.max_new_tokens,
+        beta=0.0,
+        learning_rate=1e-5,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=10**6,
+        temperature=1.0,
+        top_p=1.0,
+        gradient_accumulation_steps=1,
+        seed=args.seed,
         disable_tqdm=True,
     )
     stamps: list[float] = []
@@ -100,8 +136,14 @@ def trl_trainer(model_dir: Path, data_file: Path, out: Path, args) -> tuple[obje
                 control.should_training_stop = True
 
     stop_at = [0]
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
-                          callbacks=[Stamp()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[Stamp()],
+    )
     return (trainer, stamps, stop_at)
 
 
@@ -134,9 +176,12 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=12, help="timed steps per side per block")
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile-decode", action="store_true",
-                   help="archer decodes with a static cache + compiled forward (CUDA graphs); TRL's generate "
-                        "always runs with disable_compile=True")
+    p.add_argument(
+        "--compile-decode",
+        action="store_true",
+        help="archer decodes with a static cache + compiled forward (CUDA graphs); TRL's generate "
+        "always runs with disable_compile=True",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
@@ -160,17 +205,26 @@ def main() -> int:
         a.close()
     med_a, med_t = statistics.median(archer_times), statistics.median(trl_times)
     result = {
-        "device": args.device, "dtype": args.dtype, "params": params, "prompts": 16, "samples": 4,
-        "max_new_tokens": args.max_new_tokens, "archer_s_per_step": round(med_a, 4),
-        "trl_s_per_step": round(med_t, 4), "speedup": round(med_t / med_a, 2),
-        "archer_steps": len(archer_times), "trl_steps": len(trl_times),
+        "device": args.device,
+        "dtype": args.dtype,
+        "params": params,
+        "prompts": 16,
+        "samples": 4,
+        "max_new_tokens": args.max_new_tokens,
+        "archer_s_per_step": round(med_a, 4),
+        "trl_s_per_step": round(med_t, 4),
+        "speedup": round(med_t / med_a, 2),
+        "archer_steps": len(archer_times),
+        "trl_steps": len(trl_times),
         "archer_trace_steps_written": trace_stats.get("steps_written"),
         "archer_compile_decode": args.compile_decode,
     }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"model: Qwen2 h{args.hidden}/L{args.layers} ({params:,} parameters), {args.device} {args.dtype}")
+        print(
+            f"model: Qwen2 h{args.hidden}/L{args.layers} ({params:,} parameters), {args.device} {args.dtype}"
+        )
         print(f"archer local engine (trace on): {med_a:.3f} s/step (median of {len(archer_times)})")
         print(f"TRL GRPOTrainer:                {med_t:.3f} s/step (median of {len(trl_times)})")
         print(f"archer is {med_t / med_a:.2f}x faster per step")

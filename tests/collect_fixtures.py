@@ -36,13 +36,22 @@ from archer.core.trace import TraceWriter, build_step_table
 NAN = float("nan")
 
 INVERSE = {
-    1: [[0.5, 0.25], [0.125, 0.0625], [0.375, 0.0], [-0.0625, -0.125],
-        [1.0, 0.75], [0.03125, -0.03125], [0.015625, -0.046875], [0.0078125, 0.0234375]],
-    2: [None, None, None, None,
-        [0.25, 0.125], [0.1875, NAN], [0.0625, -0.0625], [-0.125, -0.09375]],
+    1: [
+        [0.5, 0.25],
+        [0.125, 0.0625],
+        [0.375, 0.0],
+        [-0.0625, -0.125],
+        [1.0, 0.75],
+        [0.03125, -0.03125],
+        [0.015625, -0.046875],
+        [0.0078125, 0.0234375],
+    ],
+    2: [None, None, None, None, [0.25, 0.125], [0.1875, NAN], [0.0625, -0.0625], [-0.125, -0.09375]],
 }
-ACCEPTED = {1: [True, True, False, False, True, False, False, False],
-            2: [None, None, None, None, True, False, True, False]}
+ACCEPTED = {
+    1: [True, True, False, False, True, False, False, False],
+    2: [None, None, None, None, True, False, True, False],
+}
 ENTROPY = {
     1: [[2.5, 0.5], [2.0, 0.5], [0.5, 0.5], [0.5, 1.5], [3.0, 0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],
     2: [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0], [5.0, 5.0], [2.0, 0.5], [1.5, 4.0], [0.5, 0.5], [0.5, 0.5]],
@@ -101,20 +110,41 @@ def metrics_rows(scale: float, steps: int = 3, influence: bool = True) -> list[d
     step_times = [1.0, 3.0, 2.0]
     rewards = [0.5, 0.75, 0.625]
     for s in range(1, steps + 1):
-        r = {"step": s, "reward/mean": rewards[s - 1], "reward/accuracy": rewards[s - 1] / 2,
-             "time/step": step_times[s - 1] * scale, "time/rollout": 0.5 * scale, "time/update": 0.25 * scale,
-             "perf/peak_cpu_mem_gb": 1.0 + s, "actor/grad_norm": 0.1 * s, "actor/pg_loss": -0.5 * s}
+        r = {
+            "step": s,
+            "reward/mean": rewards[s - 1],
+            "reward/accuracy": rewards[s - 1] / 2,
+            "time/step": step_times[s - 1] * scale,
+            "time/rollout": 0.5 * scale,
+            "time/update": 0.25 * scale,
+            "perf/peak_cpu_mem_gb": 1.0 + s,
+            "actor/grad_norm": 0.1 * s,
+            "actor/pg_loss": -0.5 * s,
+        }
         if influence:
-            r.update({"time/influence": 0.125 * scale, "influence/groups_selected": float(s),
-                      "influence/rows_emitted": float(4 * s), "timing_s/influence_solve": 0.01 * s})
+            r.update(
+                {
+                    "time/influence": 0.125 * scale,
+                    "influence/groups_selected": float(s),
+                    "influence/rows_emitted": float(4 * s),
+                    "timing_s/influence_solve": 0.01 * s,
+                }
+            )
         if s == steps:
             r["val/accuracy"] = 0.5
         rows.append(r)
     return rows
 
 
-def write_run(run: Path, overrides: list[str], metrics: list[dict], influence: dict[int, list] | None, *,
-              shift: int = 0, log: str | None = None) -> Path:
+def write_run(
+    run: Path,
+    overrides: list[str],
+    metrics: list[dict],
+    influence: dict[int, list] | None,
+    *,
+    shift: int = 0,
+    log: str | None = None,
+) -> Path:
     c = compose("quickstart-influence", [*SMALL, *overrides])
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", c.to_yaml(resolve=True))
@@ -131,13 +161,19 @@ def write_runs(root: Path) -> Path:
     write_run(root / "baseline", ["influence.enable=false"], metrics_rows(1.0, influence=False), None)
     write_run(root / "inverse", [], metrics_rows(2.0), INVERSE)
     write_run(root / "identity", ["influence.hessian_mode=identity"], metrics_rows(1.5), identity_influence())
-    write_run(root / "diverged", ["influence.hessian_mode=identity", "seed=1"], metrics_rows(1.5, steps=2),
-              identity_influence(), shift=100)
+    write_run(
+        root / "diverged",
+        ["influence.hessian_mode=identity", "seed=1"],
+        metrics_rows(1.5, steps=2),
+        identity_influence(),
+        shift=100,
+    )
     crashed = root / "crashed"
     c = compose("quickstart-influence", [*SMALL, "seed=2"])
     crashed.mkdir(parents=True)
     atomic_write_text(crashed / "config.yaml", c.to_yaml(resolve=True))
     (crashed / "train.log").write_text(
         "warm-up 5/5  loss 4.0\nError: unexpected error: RuntimeError: CUDA error: device-side assert\n"
-        "Hint: set ARCHER_DEBUG=1 to see the full traceback, and please report it\n")
+        "Hint: set ARCHER_DEBUG=1 to see the full traceback, and please report it\n"
+    )
     return root

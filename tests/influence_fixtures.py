@@ -16,9 +16,17 @@ VOCAB = 24
 
 
 def tiny_model(seed: int = 0, layers: int = 2, hidden: int = 16, inter: int = 32) -> Qwen2ForCausalLM:
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      attention_dropout=0.0, tie_word_embeddings=False)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg).double().train()
@@ -44,15 +52,23 @@ class Batch:
     def rows(self) -> list[int]:
         return list(range(len(self.responses)))
 
-    def metas(self, output_function: str = "log_prob", advantages: list[float] | None = None) -> list[ResponseMeta]:
+    def metas(
+        self, output_function: str = "log_prob", advantages: list[float] | None = None
+    ) -> list[ResponseMeta]:
         from archer.influence.selection import accepted_mask
         from archer.influence.tracer import response_sign
 
         acc = accepted_mask(self.rewards, self.groups)
         adv = advantages or [r - 0.5 for r in self.rewards]
-        return [ResponseMeta(row=i, group=self.groups[i], accepted=acc[i],
-                             sign=response_sign(output_function, adv[i], self.rewards[i]))
-                for i in self.rows]
+        return [
+            ResponseMeta(
+                row=i,
+                group=self.groups[i],
+                accepted=acc[i],
+                sign=response_sign(output_function, adv[i], self.rewards[i]),
+            )
+            for i in self.rows
+        ]
 
     def lengths(self) -> dict[int, int]:
         return {i: len(r) for i, r in enumerate(self.responses)}
@@ -95,9 +111,9 @@ def pad_rows(batch: Batch, rows: list[int]) -> Padded:
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         p, resp = batch.prompts[r], batch.responses[r]
-        ids[i, P - len(p):P] = torch.tensor(p)
-        ids[i, P:P + len(resp)] = torch.tensor(resp)
-        mask[i, P - len(p):P + len(resp)] = 1
+        ids[i, P - len(p) : P] = torch.tensor(p)
+        ids[i, P : P + len(resp)] = torch.tensor(resp)
+        mask[i, P - len(p) : P + len(resp)] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return Padded(ids, mask, pos, P, R)
 
@@ -106,18 +122,24 @@ def padded_logprob_terms(model, batch: Batch, rows: list[int]) -> tuple[torch.Te
     """(log-prob of every response token [b, R], its mask [b, R], the padded inputs)."""
     pb = pad_rows(batch, rows)
     out = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, position_ids=pb.position_ids)
-    logits = out.logits[:, pb.prompt_width - 1:pb.prompt_width - 1 + pb.response_width]
-    labels = pb.input_ids[:, pb.prompt_width:pb.prompt_width + pb.response_width]
+    logits = out.logits[:, pb.prompt_width - 1 : pb.prompt_width - 1 + pb.response_width]
+    labels = pb.input_ids[:, pb.prompt_width : pb.prompt_width + pb.response_width]
     logp = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
     mask = torch.zeros_like(logp)
     for i, r in enumerate(rows):
-        mask[i, :len(batch.responses[r])] = 1
+        mask[i, : len(batch.responses[r])] = 1
     return logp, mask, pb
 
 
 def capture_positions(batch: Batch, rows: list[int], pb: Padded, max_tokens: int = 0):
-    return padded_positions(rows, list(range(len(rows))), [len(batch.responses[r]) for r in rows],
-                            seq_len=pb.input_ids.shape[1], prompt_width=pb.prompt_width, max_tokens=max_tokens)
+    return padded_positions(
+        rows,
+        list(range(len(rows))),
+        [len(batch.responses[r]) for r in rows],
+        seq_len=pb.input_ids.shape[1],
+        prompt_width=pb.prompt_width,
+        max_tokens=max_tokens,
+    )
 
 
 def packed_inputs(batch: Batch, rows: list[int]):
@@ -131,14 +153,22 @@ def packed_inputs(batch: Batch, rows: list[int]):
     seg = torch.cat([torch.full((len(s),), k) for k, s in enumerate(seqs)])
     N = ids.shape[1]
     allowed = (seg[:, None] == seg[None, :]) & (torch.arange(N)[:, None] >= torch.arange(N)[None, :])
-    positions = packed_positions(rows, cu, [len(batch.prompts[r]) for r in rows],
-                                 [len(batch.responses[r]) for r in rows])
+    positions = packed_positions(
+        rows, cu, [len(batch.prompts[r]) for r in rows], [len(batch.responses[r]) for r in rows]
+    )
     return ids, pos, allowed[None, None], cu, positions
 
 
 def settings(**kw) -> InfluenceSettings:
-    base = dict(enable=True, module_name_filter=r"(mlp\.down_proj|self_attn\.o_proj)$", max_modules=0,
-                max_hessian_dim=0, max_proj_vector_sum=0, projection_dim_factor=1, output_function="log_prob",
-                storage_dtype="fp32")
+    base = dict(
+        enable=True,
+        module_name_filter=r"(mlp\.down_proj|self_attn\.o_proj)$",
+        max_modules=0,
+        max_hessian_dim=0,
+        max_proj_vector_sum=0,
+        projection_dim_factor=1,
+        output_function="log_prob",
+        storage_dtype="fp32",
+    )
     base.update(kw)
     return InfluenceSettings(**base)

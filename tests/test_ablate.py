@@ -38,12 +38,24 @@ from archer.errors import ArcherError, ConfigError
 runner = CliRunner()
 
 SMALL = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9", "data.synth.n=100", "data.synth.val_n=16",
-    "data.train_batch_size=4", "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=8",
-    "rollout.n=4", "rollout.max_new_tokens=4", "warmup.steps=5", "warmup.batch_size=16",
-    "rollout.val.max_prompts=16", "trainer.num_threads=1", "trainer.total_steps=2",
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.max_operand=9",
+    "data.synth.n=100",
+    "data.synth.val_n=16",
+    "data.train_batch_size=4",
+    "actor.ppo_mini_batch_size=4",
+    "actor.ppo_micro_batch_size=8",
+    "rollout.n=4",
+    "rollout.max_new_tokens=4",
+    "warmup.steps=5",
+    "warmup.batch_size=16",
+    "rollout.val.max_prompts=16",
+    "trainer.num_threads=1",
+    "trainer.total_steps=2",
 ]
 
 
@@ -61,22 +73,38 @@ def test_product_times_paired_values_with_baseline_first():
         ],
     }
     cases = expand_grid(grid)
-    assert cases[0].baseline and cases[0].id == "baseline" and cases[0].settings == {"influence.enable": False}
+    assert (
+        cases[0].baseline and cases[0].id == "baseline" and cases[0].settings == {"influence.enable": False}
+    )
     assert settings(cases[1:]) == [
         {"influence.hessian_mode": "inverse", "influence.output_function": "training_loss"},
-        {"influence.hessian_mode": "inverse", "influence.output_function": "log_prob", "influence.contrastive_agg": "mean"},
+        {
+            "influence.hessian_mode": "inverse",
+            "influence.output_function": "log_prob",
+            "influence.contrastive_agg": "mean",
+        },
         {"influence.hessian_mode": "identity", "influence.output_function": "training_loss"},
-        {"influence.hessian_mode": "identity", "influence.output_function": "log_prob", "influence.contrastive_agg": "mean"},
+        {
+            "influence.hessian_mode": "identity",
+            "influence.output_function": "log_prob",
+            "influence.contrastive_agg": "mean",
+        },
     ]
     assert len({c.id for c in cases}) == 5
 
 
 def test_two_axes_form_a_product_and_scalars_are_shared():
-    cases = expand_grid({"influence.hessian_mode": ["inverse", "identity"], "influence.max_modules": [2, 4],
-                         "influence.storage_dtype": "fp32"})
+    cases = expand_grid(
+        {
+            "influence.hessian_mode": ["inverse", "identity"],
+            "influence.max_modules": [2, 4],
+            "influence.storage_dtype": "fp32",
+        }
+    )
     assert len(cases) == 1 + 4
-    assert {(c.settings["influence.hessian_mode"], c.settings["influence.max_modules"]) for c in cases[1:]} == {
-        ("inverse", 2), ("inverse", 4), ("identity", 2), ("identity", 4)}
+    assert {
+        (c.settings["influence.hessian_mode"], c.settings["influence.max_modules"]) for c in cases[1:]
+    } == {("inverse", 2), ("inverse", 4), ("identity", 2), ("identity", 4)}
     assert all(c.settings["influence.storage_dtype"] == "fp32" for c in cases[1:])
 
 
@@ -113,8 +141,14 @@ def test_a_grid_case_equal_to_the_baseline_runs_once():
 @pytest.mark.parametrize(
     "grid, words",
     [
-        ({"_": [{"influence.max_modules": 2}, {"influence.max_modules": 2}]}, ["cases 1 and 2", "same settings"]),
-        ({"influence.max_modules": [2, 4], "_": [{"influence.max_modules": 8}]}, ["both an axis", "'_' entry 1"]),
+        (
+            {"_": [{"influence.max_modules": 2}, {"influence.max_modules": 2}]},
+            ["cases 1 and 2", "same settings"],
+        ),
+        (
+            {"influence.max_modules": [2, 4], "_": [{"influence.max_modules": 8}]},
+            ["both an axis", "'_' entry 1"],
+        ),
         ({"influence.hessian_mode": ["inverse", "inverse"]}, ["lists inverse twice"]),
         ({"influence.hessian_mode": []}, ["empty list"]),
         ({"_": {"influence.max_modules": 2}}, ["non-empty list of mappings"]),
@@ -130,8 +164,25 @@ def test_bad_grids_are_config_errors_that_say_what_is_wrong(grid, words):
         assert w in e.value.message
 
 
-@pytest.mark.parametrize("value", ["inverse", "(mlp\\.down_proj|o_proj)$", "null", "1e-4", "a: b", "true", 0.1, -1,
-                                   True, None, [1, 2], ["a.parquet", "b c.parquet"], "x=y", "${seed}x"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "inverse",
+        "(mlp\\.down_proj|o_proj)$",
+        "null",
+        "1e-4",
+        "a: b",
+        "true",
+        0.1,
+        -1,
+        True,
+        None,
+        [1, 2],
+        ["a.parquet", "b c.parquet"],
+        "x=y",
+        "${seed}x",
+    ],
+)
 def test_setting_values_survive_the_override_grammar(value):
     assert parse_override(f"k.v={format_value(value)}")[2] == value
 
@@ -158,9 +209,26 @@ def write_grid(path: Path, grid: dict) -> Path:
 
 
 def test_bad_key_in_grid_exits_2_before_anything_runs(tmp_path):
-    grid = write_grid(tmp_path / "g.yaml", {"influence.hessian_mode": ["identity"], "_": [{"influence.max_modulez": 2}]})
-    r = subprocess.run([sys.executable, "-m", "archer", "ablate", "--preset", "quickstart-influence", "--grid", str(grid),
-                        "--out", str(tmp_path / "sw")], capture_output=True, text=True, timeout=120)
+    grid = write_grid(
+        tmp_path / "g.yaml", {"influence.hessian_mode": ["identity"], "_": [{"influence.max_modulez": 2}]}
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archer",
+            "ablate",
+            "--preset",
+            "quickstart-influence",
+            "--grid",
+            str(grid),
+            "--out",
+            str(tmp_path / "sw"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "influence.max_modulez" in r.stderr and "grid case" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "sw").exists()
@@ -169,8 +237,22 @@ def test_bad_key_in_grid_exits_2_before_anything_runs(tmp_path):
 def test_dry_run_lists_cases_with_ids_and_run_dirs(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", {"influence.hessian_mode": ["inverse", "identity"]})
     out = tmp_path / "sw"
-    r = runner.invoke(app, ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(out),
-                            "--dry-run", "trainer.total_steps=3"], catch_exceptions=False, env={"COLUMNS": "200"})
+    r = runner.invoke(
+        app,
+        [
+            "ablate",
+            "--preset",
+            "quickstart-influence",
+            "--grid",
+            str(grid),
+            "--out",
+            str(out),
+            "--dry-run",
+            "trainer.total_steps=3",
+        ],
+        catch_exceptions=False,
+        env={"COLUMNS": "200"},
+    )
     assert r.exit_code == 0, r.output
     ids = [c.id for c in expand_grid({"influence.hessian_mode": ["inverse", "identity"]})]
     for cid in ids:
@@ -184,13 +266,18 @@ def test_new_sweep_refuses_a_directory_that_holds_one_and_resume_needs_out(tmp_p
     out = tmp_path / "sw"
     out.mkdir()
     (out / SWEEP_FILE).write_text("{}")
-    r = runner.invoke(app, ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(out)])
+    r = runner.invoke(
+        app, ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(out)]
+    )
     assert r.exit_code == 2 and "already holds a sweep" in r.output
     r = runner.invoke(app, ["ablate", "--resume"])
     assert r.exit_code == 2 and "--resume needs --out" in r.output
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
-    r = runner.invoke(app, ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(tmp_path / "full")])
+    r = runner.invoke(
+        app,
+        ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(tmp_path / "full")],
+    )
     assert r.exit_code == 2 and "not empty" in r.output
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
 
@@ -199,8 +286,10 @@ def test_help_of_ablate_and_collect_imports_nothing_heavy():
     code = (
         "import sys\nfrom archer.cli.main import app\n"
         "for cmd in ('ablate', 'collect'):\n"
-        "    try:\n        app([cmd, '--help'], prog_name='archer')\n    except SystemExit as e:\n        assert e.code == 0\n"
-        "print('HEAVY=' + ','.join(m for m in ('torch', 'pyarrow', 'omegaconf', 'matplotlib', 'plotext') if m in sys.modules))\n"
+        "    try:\n        app([cmd, '--help'], prog_name='archer')\n    except SystemExit as e:\n        "
+        "assert e.code == 0\n"
+        "print('HEAVY=' + ','.join(m for m in ('torch', 'pyarrow', 'omegaconf', 'matplotlib', 'plotext') if "
+        "m in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -215,14 +304,16 @@ os.makedirs(out, exist_ok=True)
 open(os.path.join(out, "config.yaml"), "w").write("trainer: {total_steps: 2}\n")
 if mode == "oom" and not offload:
     print("step 1/2 ...")
-    print("Error: unexpected error: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB", file=sys.stderr)
+    print("Error: unexpected error: OutOfMemoryError: CUDA out of memory. "
+          "Tried to allocate 20.00 GiB", file=sys.stderr)
     sys.exit(1)
 if mode == "oom-always":
     print("RuntimeError: CUDA out of memory", file=sys.stderr); sys.exit(1)
 if mode == "killed":
     os.kill(os.getpid(), signal.SIGKILL)
 if mode == "crash":
-    print("Traceback (most recent call last):\nValueError: influence.module_name_filter matches nothing", file=sys.stderr)
+    print("Traceback (most recent call last):\n"
+          "ValueError: influence.module_name_filter matches nothing", file=sys.stderr)
     sys.exit(1)
 if mode == "slow":
     def on_int(*a):
@@ -239,13 +330,29 @@ print("done")
 
 def fake_sweep(tmp_path: Path, modes: dict[str, str], influence: dict[str, bool] | None = None) -> Sweep:
     cases = [Case(settings={"fake.mode": m, "fake.name": name}) for name, m in modes.items()]
-    sweep = Sweep(dir=tmp_path / "sw", preset="fake", preset_path="fake", grid={}, grid_file=None, overrides=[],
-                  engine="local", cases=[])
+    sweep = Sweep(
+        dir=tmp_path / "sw",
+        preset="fake",
+        preset_path="fake",
+        grid={},
+        grid_file=None,
+        overrides=[],
+        engine="local",
+        cases=[],
+    )
     from archer.core.sweep.state import CaseRecord
 
     for name, c in zip(modes, cases):
-        sweep.cases.append(CaseRecord(id=name, settings=c.settings, overrides=c.overrides, run_dir=name,
-                                      influence=(influence or {}).get(name, True), total_steps=2))
+        sweep.cases.append(
+            CaseRecord(
+                id=name,
+                settings=c.settings,
+                overrides=c.overrides,
+                run_dir=name,
+                influence=(influence or {}).get(name, True),
+                total_steps=2,
+            )
+        )
     (tmp_path / "fake.py").write_text(FAKE)
     return sweep
 
@@ -256,7 +363,15 @@ def fake_command(tmp_path: Path):
         mode = rec.settings["fake.mode"]
         if resume:
             mode = "ok"  # the continued run finishes
-        return [sys.executable, str(tmp_path / "fake.py"), mode, str(sweep.case_dir(rec)), offload, *overrides]
+        return [
+            sys.executable,
+            str(tmp_path / "fake.py"),
+            mode,
+            str(sweep.case_dir(rec)),
+            offload,
+            *overrides,
+        ]
+
     return command
 
 
@@ -294,17 +409,25 @@ def test_failures_are_recorded_with_their_reason_and_do_not_stop_the_sweep(tmp_p
 
 
 def test_out_of_memory_is_retried_once_with_grad_offload(tmp_path):
-    sweep = fake_sweep(tmp_path, {"oom": "oom", "always": "oom-always", "base": "oom-always"}, influence={"base": False})
+    sweep = fake_sweep(
+        tmp_path, {"oom": "oom", "always": "oom-always", "base": "oom-always"}, influence={"base": False}
+    )
     SweepRunner(sweep, command=fake_command(tmp_path), poll_seconds=0.05).run(["oom", "always", "base"])
     saved = Sweep.load(sweep.dir)
     oom = saved.case("oom")
     assert oom.status == "done" and oom.oom and len(oom.attempts) == 2
-    assert oom.attempts[0].oom and not oom.attempts[0].offload and "CUDA out of memory" in oom.attempts[0].reason
+    assert (
+        oom.attempts[0].oom and not oom.attempts[0].offload and "CUDA out of memory" in oom.attempts[0].reason
+    )
     assert oom.attempts[1].offload and OFFLOAD_OVERRIDE in oom.attempts[1].command
     assert "CUDA out of memory" in (sweep.dir / "oom" / "train.attempt1.log").read_text()
     assert "done" in (sweep.dir / "oom" / "train.log").read_text()
     always = saved.case("always")  # retried once, then given up
-    assert always.status == "failed" and len(always.attempts) == 2 and always.reason == "RuntimeError: CUDA out of memory"
+    assert (
+        always.status == "failed"
+        and len(always.attempts) == 2
+        and always.reason == "RuntimeError: CUDA out of memory"
+    )
     base = saved.case("base")  # influence off: offloading cannot help, so no retry
     assert base.status == "failed" and len(base.attempts) == 1 and base.oom
 
@@ -324,7 +447,11 @@ def test_the_real_command_is_archer_train_with_the_case_overrides(tmp_path):
     assert cmd[cmd.index("--out") + 1] == str((sweep.dir / "a").resolve())
     assert cmd[-4:] == ["trainer.total_steps=2", "fake.mode=ok", "fake.name=a", OFFLOAD_OVERRIDE]
     resumed = train_command(sweep, rec, rec.overrides, True)
-    assert resumed[4:] == ["--resume", "--out", str((sweep.dir / "a").resolve())]  # the run's config.yaml has the rest
+    assert resumed[4:] == [
+        "--resume",
+        "--out",
+        str((sweep.dir / "a").resolve()),
+    ]  # the run's config.yaml has the rest
 
 
 def test_oom_classification():
@@ -342,14 +469,18 @@ def test_sigkilled_case_is_treated_as_out_of_memory_and_retried(tmp_path):
     SweepRunner(sweep, command=fake_command(tmp_path), poll_seconds=0.05).run(["k"])
     k = sweep.cases[0]
     assert k.attempts[0].returncode == -9 and k.attempts[0].oom and "SIGKILL" in k.attempts[0].reason
-    assert len(k.attempts) == 2 and k.attempts[1].offload  # the retry hits SIGKILL again (the fake ignores offload)
+    assert (
+        len(k.attempts) == 2 and k.attempts[1].offload
+    )  # the retry hits SIGKILL again (the fake ignores offload)
     assert k.status == "failed"
 
 
 def test_max_failures_stops_the_sweep_and_leaves_the_rest_pending(tmp_path):
     sweep = fake_sweep(tmp_path, {"a": "crash", "b": "ok", "c": "ok"})
     with pytest.raises(ArcherError, match="stopped after 1 failed case"):
-        SweepRunner(sweep, command=fake_command(tmp_path), poll_seconds=0.05, max_failures=1).run(["a", "b", "c"])
+        SweepRunner(sweep, command=fake_command(tmp_path), poll_seconds=0.05, max_failures=1).run(
+            ["a", "b", "c"]
+        )
     saved = Sweep.load(sweep.dir)
     assert [c.status for c in saved.cases] == ["failed", "pending", "pending"] and saved.status == "stopped"
     assert cases_to_run(saved) == (["a", "b", "c"], [])
@@ -358,11 +489,16 @@ def test_max_failures_stops_the_sweep_and_leaves_the_rest_pending(tmp_path):
 def test_ctrl_c_stops_the_running_case_and_resume_continues_it(tmp_path):
     sweep = fake_sweep(tmp_path, {"a": "ok", "b": "slow", "c": "ok"})
     with pytest.raises(SweepInterrupted) as e:
-        SweepRunner(sweep, command=fake_command(tmp_path), display=Recorder(interrupt_on="b"),
-                    poll_seconds=0.05).run(["a", "b", "c"])
+        SweepRunner(
+            sweep, command=fake_command(tmp_path), display=Recorder(interrupt_on="b"), poll_seconds=0.05
+        ).run(["a", "b", "c"])
     assert e.value.exit_code == 130 and "--resume" in e.value.hint
     saved = Sweep.load(sweep.dir)
-    assert [c.status for c in saved.cases] == ["done", "interrupted", "pending"] and saved.status == "interrupted"
+    assert [c.status for c in saved.cases] == [
+        "done",
+        "interrupted",
+        "pending",
+    ] and saved.status == "interrupted"
     assert "interrupted: saving a checkpoint" in (sweep.dir / "b" / "train.log").read_text()  # it got SIGINT
     b = saved.case("b")
     assert b.attempts[0].interrupted and b.attempts[0].pid is not None
@@ -386,7 +522,9 @@ def test_ctrl_c_between_cases_leaves_a_consistent_sweep(tmp_path):
 
     sweep = fake_sweep(tmp_path, {"a": "ok", "b": "ok"})
     with pytest.raises(SweepInterrupted):
-        SweepRunner(sweep, command=fake_command(tmp_path), display=StopAfterFirst(), poll_seconds=0.05).run(["a", "b"])
+        SweepRunner(sweep, command=fake_command(tmp_path), display=StopAfterFirst(), poll_seconds=0.05).run(
+            ["a", "b"]
+        )
     saved = Sweep.load(sweep.dir)
     assert [c.status for c in saved.cases] == ["done", "pending"] and saved.status == "interrupted"
 
@@ -418,7 +556,9 @@ def test_resume_refuses_while_a_case_of_a_killed_sweep_still_runs(tmp_path):
 def test_sweep_file_round_trips(tmp_path):
     cases = expand_grid({"influence.hessian_mode": ["identity"]})
     planned = plan_cases("quickstart-influence", ["trainer.total_steps=3"], cases)
-    sweep = new_sweep(tmp_path / "sw", "quickstart-influence", ["trainer.total_steps=3"], {"x": [1]}, "g.yaml", planned)
+    sweep = new_sweep(
+        tmp_path / "sw", "quickstart-influence", ["trainer.total_steps=3"], {"x": [1]}, "g.yaml", planned
+    )
     sweep.save()
     back = Sweep.load(tmp_path / "sw")
     assert back.to_dict()["cases"] == sweep.to_dict()["cases"]
@@ -429,13 +569,32 @@ def test_sweep_file_round_trips(tmp_path):
 # --------------------------------------------------------------------------- a real sweep
 @pytest.mark.slow
 def test_real_sweep_on_the_local_engine_records_a_failure_and_resume_reruns_only_it(tmp_path):
-    grid = write_grid(tmp_path / "grid.yaml", {"_": [
-        {"influence.hessian_mode": "identity"},
-        {"influence.module_name_filter": "no_such_module$"},  # valid config; fails when the tracer starts
-    ]})
+    grid = write_grid(
+        tmp_path / "grid.yaml",
+        {
+            "_": [
+                {"influence.hessian_mode": "identity"},
+                {
+                    "influence.module_name_filter": "no_such_module$"
+                },  # valid config; fails when the tracer starts
+            ]
+        },
+    )
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "archer", "ablate", "--preset", "quickstart-influence", "--grid", str(grid),
-           "--out", str(out), *SMALL, f"trainer.cache_dir={tmp_path / 'cache'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "archer",
+        "ablate",
+        "--preset",
+        "quickstart-influence",
+        "--grid",
+        str(grid),
+        "--out",
+        str(out),
+        *SMALL,
+        f"trainer.cache_dir={tmp_path / 'cache'}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 of 3 case(s) failed" in r.stderr
@@ -449,11 +608,18 @@ def test_real_sweep_on_the_local_engine_records_a_failure_and_resume_reruns_only
     for c, key, value in ((base, "enable", False), (ident, "hessian_mode", "identity")):
         cfg = yaml.safe_load((out / c.run_dir / "config.yaml").read_text())
         assert cfg["influence"][key] == value
-        assert (out / c.run_dir / "train.log").exists() and (out / c.run_dir / "trace" / "manifest.jsonl").exists()
+        assert (out / c.run_dir / "train.log").exists() and (
+            out / c.run_dir / "trace" / "manifest.jsonl"
+        ).exists()
     log_mtimes = {c.id: (out / c.run_dir / "train.log").stat().st_mtime_ns for c in (base, ident)}
 
-    r2 = subprocess.run([sys.executable, "-m", "archer", "ablate", "--resume", "--out", str(out)],
-                        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    r2 = subprocess.run(
+        [sys.executable, "-m", "archer", "ablate", "--resume", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r2.returncode == 1, r2.stdout + r2.stderr
     assert "2 finished case(s) skipped, 1 to run" in r2.stderr
     again = Sweep.load(out)
@@ -467,6 +633,10 @@ def test_real_sweep_on_the_local_engine_records_a_failure_and_resume_reruns_only
     from archer.core.collect import build_table
 
     t = build_table([out])
-    assert [(r["run"], r["status"]) for r in t.rows] == [(base.id, "finished"), (ident.id, "finished"), (bad.id, "failed")]
+    assert [(r["run"], r["status"]) for r in t.rows] == [
+        (base.id, "finished"),
+        (ident.id, "finished"),
+        (bad.id, "failed"),
+    ]
     assert t.rows[1]["influence.hessian_mode"] == "identity" and t.rows[0]["influence.hessian_mode"] is None
     assert t.rows[2]["reason"] == bad2.reason and t.rows[2]["attempts"] == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from archer.core.agent.branching import (
     arpo_branches,
     dynamic_global_rollouts,
 )
-from archer.core.agent.protocol import ROLE_MODEL, ROLE_TOOL_CALL, ROLE_TOOL_RESULT, final_answer
+from archer.core.agent.protocol import ROLE_TOOL_CALL, ROLE_TOOL_RESULT, final_answer
 from archer.core.agent.rollout import AgentRollout, SamplingSettings, to_rollout
 from archer.core.models.tiny import build_char_tokenizer
 from archer.core.tools import ToolResult
@@ -32,6 +31,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
 EOS = int(TOK.eos_token_id)
 CALL = "<python>1+1</python>"
 
@@ -99,9 +100,16 @@ def ids(text: str) -> list[int]:
 
 def scripted_run(prompts, p_call, settings, seed=0, runner=None, max_turns=3):
     dec = ScriptedDecoder(p_call)
-    runner = runner or AgentRollout(dec, TOK, InstantTools(), settings,
-                                    SamplingSettings(max_response_tokens=120, max_turns=max_turns), eos_ids=[EOS],
-                                    seed=seed, vocab_size=len(TOK))
+    runner = runner or AgentRollout(
+        dec,
+        TOK,
+        InstantTools(),
+        settings,
+        SamplingSettings(max_response_tokens=120, max_turns=max_turns),
+        eos_ids=[EOS],
+        seed=seed,
+        vocab_size=len(TOK),
+    )
     runner.decoder = dec
     runner.branch = settings
     return runner, runner.run([ids(p) for p in prompts])
@@ -110,7 +118,13 @@ def scripted_run(prompts, p_call, settings, seed=0, runner=None, max_turns=3):
 # ---------------------------------------------------------------------------------------- rules
 def test_arpo_rule_is_a_probability_clip_alpha_plus_beta_delta():
     rng = np.random.default_rng(0)
-    for alpha, beta, dh in [(0.5, 0.2, 0.0), (0.3, 0.5, 0.6), (0.5, 0.2, -1.0), (0.0, 0.0, 0.0), (0.9, 0.2, -9)]:
+    for alpha, beta, dh in [
+        (0.5, 0.2, 0.0),
+        (0.3, 0.5, 0.6),
+        (0.5, 0.2, -1.0),
+        (0.0, 0.0, 0.0),
+        (0.9, 0.2, -9),
+    ]:
         us = rng.random(20000)
         rate = np.mean([arpo_branches(u, dh, alpha, beta) for u in us])
         assert rate == pytest.approx(min(1, max(0, alpha + beta * dh)), abs=0.02)
@@ -132,10 +146,16 @@ def test_budget_is_never_exceeded_and_always_filled_over_many_seeds():
     for seed in range(30):
         rng = np.random.default_rng(seed)
         n = int(rng.integers(1, 9))
-        s = BranchSettings(n=n, initial_rollouts=int(rng.integers(1, n + 1)), beam_size=int(rng.integers(1, 5)),
-                           branch_probability=float(rng.random()), entropy_weight=float(rng.random() * 2),
-                           mode=str(rng.choice(["arpo", "aepo", "none"])), refill=str(rng.choice(["one", "all"])),
-                           dynamic_rollouts=bool(rng.integers(0, 2)))
+        s = BranchSettings(
+            n=n,
+            initial_rollouts=int(rng.integers(1, n + 1)),
+            beam_size=int(rng.integers(1, 5)),
+            branch_probability=float(rng.random()),
+            entropy_weight=float(rng.random() * 2),
+            mode=str(rng.choice(["arpo", "aepo", "none"])),
+            refill=str(rng.choice(["one", "all"])),
+            dynamic_rollouts=bool(rng.integers(0, 2)),
+        )
         _, batch = scripted_run(prompts, p_call, s, seed=seed)
         for g in range(len(prompts)):
             group = [t for t in batch.trajectories if t.group == g]
@@ -169,6 +189,7 @@ def test_base_entropy_is_per_trajectory_and_reset_for_every_prompt():
     s = BranchSettings(n=8, initial_rollouts=4, beam_size=2, branch_probability=0.5, entropy_weight=1.0)
     runner, step1 = scripted_run(["1+1="], {"1+1=": 0.5, "2+2=": 0.97}, s, seed=1, max_turns=3)
     _, step2 = scripted_run(["2+2="], {"1+1=": 0.5, "2+2=": 0.97}, s, seed=2, runner=runner, max_turns=3)
+
     def own_first_segment(p):  # the decision token's entropy (the rest of the segment is certain), / ln V
         return -(p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(len(TOK))
 
@@ -182,7 +203,7 @@ def test_base_entropy_is_per_trajectory_and_reset_for_every_prompt():
     # later calls compare with their own trajectory's base, never with the other step's prompt
     later = [d for d in step2.decisions if d[4] > 1]
     traj = {t.id: t for t in step2.trajectories}
-    for g, delta, _, tid, _ in later:
+    for _g, delta, _, tid, _ in later:
         t = traj[tid]
         if t.base_h is not None:
             assert abs(delta) < 0.05
@@ -194,8 +215,17 @@ def tiny_model(seed=0):
 
     from archer.core.models.tiny import build_tiny_qwen2
 
-    cfg = OmegaConf.create({"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
-                            "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True})
+    cfg = OmegaConf.create(
+        {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "intermediate_size": 64,
+            "max_position_embeddings": 128,
+            "tie_word_embeddings": True,
+        }
+    )
     return build_tiny_qwen2(cfg, len(TOK), pad_token_id=0, eos_token_id=EOS, seed=seed).eval()
 
 
@@ -250,14 +280,21 @@ def test_tool_result_tokens_are_masked_from_the_loss_and_marked():
     assert any((r == ROLE_TOOL_RESULT).any() for r in roles)
     for i, (t, r) in enumerate(zip(batch.trajectories, roles)):
         L = len(t.tokens)
-        assert ro.response_mask[i, :L].all() and not ro.response_mask[i, L:].any()  # attention sees tool results
+        assert (
+            ro.response_mask[i, :L].all() and not ro.response_mask[i, L:].any()
+        )  # attention sees tool results
         expect = torch.from_numpy((r != ROLE_TOOL_RESULT).astype(np.int64))
         assert torch.equal(ro.loss_mask[i, :L], expect)
-        text_of = lambda role: "".join(TOK.decode([tok]) for tok, rr in zip(t.tokens, r) if rr == role)  # noqa: E731
+
+        def text_of(role, t=t, r=r):
+            return "".join(TOK.decode([tok]) for tok, rr in zip(t.tokens, r) if rr == role)
+
         assert text_of(ROLE_TOOL_RESULT) == "<result>2</result>" * t.turns
         assert text_of(ROLE_TOOL_CALL) == CALL * t.turns
     finished = [t for t in batch.trajectories if t.finish == "eos"]
-    assert finished and all(final_answer(TOK.decode(t.tokens, skip_special_tokens=True)) == "7" for t in finished)
+    assert finished and all(
+        final_answer(TOK.decode(t.tokens, skip_special_tokens=True)) == "7" for t in finished
+    )
 
 
 def test_tool_result_tokens_contribute_no_gradient_in_the_ppo_update():
@@ -269,15 +306,25 @@ def test_tool_result_tokens_contribute_no_gradient_in_the_ppo_update():
     _, ro, roles = agent_rollout_batch()
     adv = torch.zeros(ro.response_ids.shape)
     for i, r in enumerate(roles):  # advantage only on tool-result tokens
-        adv[i, : len(r)] = torch.from_numpy((r == ROLE_TOOL_RESULT).astype(np.float32)) * (1.0 if i % 2 else -1.0)
+        adv[i, : len(r)] = torch.from_numpy((r == ROLE_TOOL_RESULT).astype(np.float32)) * (
+            1.0 if i % 2 else -1.0
+        )
     actor = OmegaConf.structured(ActorConfig)
     actor.ppo_mini_batch_size, actor.ppo_micro_batch_size = 2, 3
 
     def grad_norm(rollout):
         model = tiny_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        metrics, _ = ppo_update(model, opt, None, UpdateBatch(rollout, None, adv), actor, group_size=4,
-                                temperature=1.0, device="cpu")
+        metrics, _ = ppo_update(
+            model,
+            opt,
+            None,
+            UpdateBatch(rollout, None, adv),
+            actor,
+            group_size=4,
+            temperature=1.0,
+            device="cpu",
+        )
         return metrics["actor/grad_norm"]
 
     assert grad_norm(ro) == 0.0
@@ -339,12 +386,27 @@ def test_warmup_demonstrations_carry_no_loss_on_tool_results():
 
 # ---------------------------------------------------------------------------------------- end to end
 TINY_AGENT = [
-    "model.tiny.hidden_size=48", "model.tiny.num_layers=2", "model.tiny.intermediate_size=96",
-    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1", "data.synth.task=tool_arithmetic",
-    "data.synth.n=24", "data.synth.val_n=4", "data.train_batch_size=2", "actor.ppo_mini_batch_size=2",
-    "rollout.n=4", "agent.initial_rollouts=2", "agent.branch_probability=1.0", "rollout.max_new_tokens=64",
-    "warmup.steps=150", "warmup.batch_size=16", "warmup.lr=0.01", "warmup.label_noise=0.0", "trainer.num_threads=1",
-    "rollout.val.max_prompts=4", "trainer.val_every=0",
+    "model.tiny.hidden_size=48",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=96",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.task=tool_arithmetic",
+    "data.synth.n=24",
+    "data.synth.val_n=4",
+    "data.train_batch_size=2",
+    "actor.ppo_mini_batch_size=2",
+    "rollout.n=4",
+    "agent.initial_rollouts=2",
+    "agent.branch_probability=1.0",
+    "rollout.max_new_tokens=64",
+    "warmup.steps=150",
+    "warmup.batch_size=16",
+    "warmup.lr=0.01",
+    "warmup.label_noise=0.0",
+    "trainer.num_threads=1",
+    "rollout.val.max_prompts=4",
+    "trainer.val_every=0",
 ]
 
 
@@ -355,8 +417,16 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
     from archer.core.trace import TraceReader
 
     out = tmp_path / "run"
-    c = compose("arpo-quickstart", [*TINY_AGENT, "trainer.total_steps=2", f"trainer.cache_dir={tmp_path / 'cache'}",
-                                    "actor.policy_loss=aepo", "actor.aepo_entropy_advantage=0.2"])
+    c = compose(
+        "arpo-quickstart",
+        [
+            *TINY_AGENT,
+            "trainer.total_steps=2",
+            f"trainer.cache_dir={tmp_path / 'cache'}",
+            "actor.policy_loss=aepo",
+            "actor.aepo_entropy_advantage=0.2",
+        ],
+    )
     t = LocalTrainer(c, out, live=False)
     try:
         t.setup()
@@ -368,7 +438,13 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
     for r in rows:
         assert r["agent/trajectories_per_prompt"] == 4
         assert r["agent/branches"] + r["agent/fresh_rollouts"] + 2 * 2 == 8
-        for k in ("agent/branches", "agent/calls_python", "agent/turns_mean", "agent/tool_errors", "agent/tool_timeouts"):
+        for k in (
+            "agent/branches",
+            "agent/calls_python",
+            "agent/turns_mean",
+            "agent/tool_errors",
+            "agent/tool_timeouts",
+        ):
             assert k in r
     assert sum(r["agent/tool_calls"] for r in rows) > 0
     reader = TraceReader(out)
@@ -380,7 +456,10 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
         roles += table.column("token_role").to_pylist()
         resp += table.column("response_ids").to_pylist()
     assert [len(x) for x in roles] == [len(x) for x in resp]
-    tool_texts = ["".join(TOK.decode([t]) for t, r in zip(ids_, rr) if r == ROLE_TOOL_RESULT) for ids_, rr in zip(resp, roles)]
+    tool_texts = [
+        "".join(TOK.decode([t]) for t, r in zip(ids_, rr) if r == ROLE_TOOL_RESULT)
+        for ids_, rr in zip(resp, roles)
+    ]
     assert any(x.startswith("<result>") and x.endswith("</result>") for x in tool_texts)
     from archer.view.data import TraceData
     from archer.view.widgets.heatmap import TokenView
@@ -409,13 +488,25 @@ def test_influence_in_agent_mode_covers_every_token_of_the_traced_groups(tmp_pat
     from archer.core.engines.local.trainer import LocalTrainer
     from archer.core.trace import TraceReader
 
-    def alternating(name, responses, truths, **kw):  # a contrast in every group, whatever the tiny model writes
-        return [rewards.Score(reward=float(i % 2), correct=bool(i % 2), extracted=None) for i in range(len(responses))]
+    def alternating(
+        name, responses, truths, **kw
+    ):  # a contrast in every group, whatever the tiny model writes
+        return [
+            rewards.Score(reward=float(i % 2), correct=bool(i % 2), extracted=None)
+            for i in range(len(responses))
+        ]
 
     monkeypatch.setattr(rewards, "score_batch", alternating)
     out = tmp_path / "run"
-    c = compose("arpo-quickstart", [*TINY_AGENT, "trainer.total_steps=1", f"trainer.cache_dir={tmp_path / 'cache'}",
-                                    "influence.enable=true"])
+    c = compose(
+        "arpo-quickstart",
+        [
+            *TINY_AGENT,
+            "trainer.total_steps=1",
+            f"trainer.cache_dir={tmp_path / 'cache'}",
+            "influence.enable=true",
+        ],
+    )
     t = LocalTrainer(c, out, live=False)
     try:
         t.setup()

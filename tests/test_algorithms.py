@@ -192,9 +192,7 @@ def test_vectorised_estimators_match_a_per_group_loop_on_ragged_shuffled_groups(
     if mode == "rloo":
         adv, _ = get_adv_estimator("rloo")(rewards, mask, groups)
     else:
-        adv, _ = get_adv_estimator("grpo")(
-            rewards, mask, groups, norm_adv_by_std_in_grpo=(mode == "grpo")
-        )
+        adv, _ = get_adv_estimator("grpo")(rewards, mask, groups, norm_adv_by_std_in_grpo=(mode == "grpo"))
     expected = _reference_group_advantages(rewards.sum(-1).tolist(), groups.tolist(), mode)
     np.testing.assert_allclose(adv[:, 0].numpy(), expected, atol=1e-9)
     assert torch.all(adv[mask == 0] == 0)
@@ -405,7 +403,7 @@ def test_vanilla_ignores_masked_tokens():
 def test_masked_quantile_matches_torch_nanquantile():
     g = torch.Generator().manual_seed(2)
     values = torch.rand(6, 9, generator=g)
-    mask = (torch.arange(9)[None, :] < torch.tensor([9, 1, 2, 5, 7, 0])[:, None])
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 1, 2, 5, 7, 0])[:, None]
     for q in (0.0, 0.3, 0.8, 1.0):
         ours = masked_quantile(values, mask, q)
         ref = torch.nanquantile(torch.where(mask, values, torch.nan), q, dim=-1, keepdim=True)

@@ -18,7 +18,10 @@ runner = CliRunner()
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "archer", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "archer", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 
@@ -27,8 +30,10 @@ def test_help_imports_no_heavy_modules():
     code = (
         "import sys\n"
         "from archer.cli.main import app\n"
-        "try:\n    app(['--help'], prog_name='archer')\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
-        "heavy = [m for m in ('torch', 'transformers', 'verl', 'ray', 'omegaconf', 'pyarrow') if m in sys.modules]\n"
+        "try:\n    app(['--help'], prog_name='archer')\nexcept SystemExit as e:\n    assert e.code == 0, "
+        "e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'verl', 'ray', 'omegaconf', 'pyarrow') if m in "
+        "sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -75,7 +80,9 @@ def test_unknown_option_is_a_usage_error():
 
 def test_dry_run_prints_config_and_output_dir(tmp_path):
     out = tmp_path / "run1"
-    r = runner.invoke(app, ["train", "--preset", "quickstart", "trainer.total_steps=3", "--out", str(out), "--dry-run"])
+    r = runner.invoke(
+        app, ["train", "--preset", "quickstart", "trainer.total_steps=3", "--out", str(out), "--dry-run"]
+    )
     assert r.exit_code == 0, r.output
     head = r.stdout.split("\npreset")[0]
     data = yaml.safe_load(head)

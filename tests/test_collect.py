@@ -55,8 +55,12 @@ def test_statistics_helpers():
     assert top_overlap_fraction(np.array([3.0, -4, 1, 0, 0]), np.array([0.0, 9, 1, 2, 3])) == 1.0
     assert top_overlap_fraction(np.array([3.0, -4, 1, 0, 0]), np.array([9.0, 0, 1, 2, 3])) == 0.0
     # 10 tokens -> k = 2: {0, 1} by |influence|, {1, 2} by entropy
-    assert top_overlap_fraction(np.array([9.0, -8, 1, 0, 0, 0, 0, 0, 0, 0]),
-                                np.array([0.0, 9, 8, 1, 1, 1, 1, 1, 1, 1])) == 0.5
+    assert (
+        top_overlap_fraction(
+            np.array([9.0, -8, 1, 0, 0, 0, 0, 0, 0, 0]), np.array([0.0, 9, 8, 1, 1, 1, 1, 1, 1, 1])
+        )
+        == 0.5
+    )
     assert top_overlap_fraction(np.array([]), np.array([])) is None
 
 
@@ -68,22 +72,47 @@ def test_table_values(runs):
     assert t.reference == "inverse"  # the first run with influence in the trace
     # statuses: from files (no sweep here)
     assert [rows[n]["status"] for n in [*ORDER, "gone"]] == [
-        "finished", "finished", "finished", "incomplete", "failed", "missing"]
+        "finished",
+        "finished",
+        "finished",
+        "incomplete",
+        "failed",
+        "missing",
+    ]
     assert rows["diverged"]["reason"] == "2/3 steps"
     assert rows["crashed"]["reason"] == "unexpected error: RuntimeError: CUDA error: device-side assert"
     assert rows["gone"]["reason"] == "no such directory"
     # config columns: exactly the keys that differ (trace/out paths never count)
     assert t.config_columns == ["seed", "influence.enable", "influence.hessian_mode"]
-    assert [rows[n]["influence.hessian_mode"] for n in ORDER] == [None, "inverse", "identity", "identity", "inverse"]
+    assert [rows[n]["influence.hessian_mode"] for n in ORDER] == [
+        None,
+        "inverse",
+        "identity",
+        "identity",
+        "inverse",
+    ]
     assert rows["baseline"]["influence.enable"] is False and rows["diverged"]["seed"] == 1
     # summaries: medians of time/*, max of memory, mean of influence counts, final and best rewards
     inv = rows["inverse"]
-    assert (inv["steps"], inv["step_s"], inv["rollout_s"], inv["update_s"], inv["influence_s"]) == (3, 4.0, 1.0, 0.5, 0.25)
+    assert (inv["steps"], inv["step_s"], inv["rollout_s"], inv["update_s"], inv["influence_s"]) == (
+        3,
+        4.0,
+        1.0,
+        0.5,
+        0.25,
+    )
     assert inv["infl_solve_s"] == pytest.approx(0.02) and inv["cpu_mem_gb"] == 4.0
     assert (inv["groups_selected"], inv["rows_emitted"]) == (2.0, 8.0)
-    assert (inv["reward_final"], inv["reward_best"], inv["acc_final"], inv["acc_best"]) == (0.625, 0.75, 0.3125, 0.375)
+    assert (inv["reward_final"], inv["reward_best"], inv["acc_final"], inv["acc_best"]) == (
+        0.625,
+        0.75,
+        0.3125,
+        0.375,
+    )
     assert (inv["val_acc_final"], inv["val_acc_best"]) == (0.5, 0.5)
-    assert rows["diverged"]["step_s"] == 3.0 and rows["diverged"]["reward_final"] == 0.75  # 2 steps: median of 1.5, 4.5
+    assert (
+        rows["diverged"]["step_s"] == 3.0 and rows["diverged"]["reward_final"] == 0.75
+    )  # 2 steps: median of 1.5, 4.5
     assert rows["baseline"]["influence_s"] is None and rows["gone"]["steps"] is None
     assert "gpu_mem_gb" not in t.columns  # empty for every run: dropped
     assert "attempts" not in t.columns  # no sweep here
@@ -138,7 +167,9 @@ def test_csv(runs):
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [x["run"] for x in rows] == [*ORDER, "gone"]
     ident = next(x for x in rows if x["run"] == "identity")
-    assert float(ident["auc"]) == pytest.approx(5 / 6, abs=1e-6) and float(ident["spearman"]) == pytest.approx(55 / 56, abs=1e-6)
+    assert float(ident["auc"]) == pytest.approx(5 / 6, abs=1e-6) and float(
+        ident["spearman"]
+    ) == pytest.approx(55 / 56, abs=1e-6)
     assert ident["influence.hessian_mode"] == "identity" and ident["status"] == "finished"
     assert ident["path"].endswith("identity")
     gone = rows[-1]
@@ -150,7 +181,11 @@ def test_json(runs):
     data = json.loads(r.stdout)
     assert [x["run"] for x in data] == [*ORDER, "gone"]
     inv = data[1]
-    assert inv["auc"] == pytest.approx(19 / 24, rel=1e-5) and inv["top20_overlap"] == 0.75 and inv["spearman"] is None
+    assert (
+        inv["auc"] == pytest.approx(19 / 24, rel=1e-5)
+        and inv["top20_overlap"] == 0.75
+        and inv["spearman"] is None
+    )
     assert inv["influence.enable"] is True and inv["steps"] == 3 and data[0]["influence.enable"] is False
     assert list(inv)[:6] == ["run", "status", "reason", "seed", "influence.enable", "influence.hessian_mode"]
 
@@ -161,7 +196,9 @@ def test_markdown(runs):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:6] == ["run", "status", "reason", "seed", "influence.enable", "influence.hessian_mode"]
     assert "path" not in header and set(lines[1].replace("|", "").split()) <= {"---", "---:"}
-    cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]}
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in lines[2:]
+    }
     ident = dict(zip(header, cells["identity"]))
     assert ident["auc"] == "0.8333" and ident["spearman"] == "0.9821" and ident["top20_overlap"] == "0.5"
     assert dict(zip(header, cells["gone"]))["status"] == "missing"
@@ -183,8 +220,11 @@ def test_rich_table_on_screen_and_in_a_file(runs, tmp_path):
 
 
 def test_out_suffix_picks_the_format_and_writes_atomically(runs, tmp_path):
-    for suffix, check in ((".csv", lambda s: s.startswith("run,status")), (".md", lambda s: s.startswith("| run |")),
-                          (".json", lambda s: json.loads(s)[0]["run"] == "baseline")):
+    for suffix, check in (
+        (".csv", lambda s: s.startswith("run,status")),
+        (".md", lambda s: s.startswith("| run |")),
+        (".json", lambda s: json.loads(s)[0]["run"] == "baseline"),
+    ):
         f = tmp_path / f"res{suffix}"
         r = invoke(*map(str, paths(runs)), "-o", str(f))
         assert r.exit_code == 0 and check(f.read_text())
@@ -192,8 +232,16 @@ def test_out_suffix_picks_the_format_and_writes_atomically(runs, tmp_path):
 
 
 def test_metrics_globs_add_final_values(runs):
-    r = invoke(str(runs / "inverse"), str(runs / "identity"), "--format", "json", "--metrics", "actor/*",
-               "--metrics", "nothing/here")
+    r = invoke(
+        str(runs / "inverse"),
+        str(runs / "identity"),
+        "--format",
+        "json",
+        "--metrics",
+        "actor/*",
+        "--metrics",
+        "nothing/here",
+    )
     data = json.loads(r.stdout)
     assert data[0]["actor/grad_norm"] == pytest.approx(0.3) and data[0]["actor/pg_loss"] == -1.5
     assert "no metric of these runs matches" in r.stderr
@@ -222,24 +270,45 @@ def test_sweep_status_reason_attempts_and_missing_cases(runs, tmp_path):
     for n in ("baseline", "inverse", "crashed"):
         shutil.copytree(runs / n, sw / n)
     recs = []
-    for n, status, reason in (("baseline", "done", None), ("inverse", "done", None),
-                              ("crashed", "failed", "OutOfMemoryError: CUDA out of memory"),
-                              ("never", "pending", None), ("deleted", "done", None)):
+    for n, status, reason in (
+        ("baseline", "done", None),
+        ("inverse", "done", None),
+        ("crashed", "failed", "OutOfMemoryError: CUDA out of memory"),
+        ("never", "pending", None),
+        ("deleted", "done", None),
+    ):
         c = Case(settings={"influence.hessian_mode": n})
-        rec = CaseRecord(id=n, settings=c.settings, overrides=c.overrides, run_dir=n, status=status, reason=reason)
+        rec = CaseRecord(
+            id=n, settings=c.settings, overrides=c.overrides, run_dir=n, status=status, reason=reason
+        )
         if status != "pending":
             rec.attempts = [Attempt(n=1, started="t", command=["x"], oom=status == "failed")]
         if status == "failed":
             rec.attempts.append(Attempt(n=2, started="t", command=["x"], offload=True))
             rec.oom = True
         recs.append(rec)
-    Sweep(dir=sw, preset="quickstart-influence", preset_path="quickstart-influence", grid={}, grid_file=None,
-          overrides=[], engine="local", cases=recs).save()
+    Sweep(
+        dir=sw,
+        preset="quickstart-influence",
+        preset_path="quickstart-influence",
+        grid={},
+        grid_file=None,
+        overrides=[],
+        engine="local",
+        cases=recs,
+    ).save()
     t = build_table([sw])
     rows = {r["run"]: r for r in t.rows}
     assert [r["run"] for r in t.rows] == ["baseline", "inverse", "crashed", "never", "deleted"]
-    assert rows["crashed"]["status"] == "failed" and rows["crashed"]["reason"] == "OutOfMemoryError: CUDA out of memory"
-    assert rows["crashed"]["attempts"] == 2 and rows["crashed"]["oom"] is True and rows["inverse"]["oom"] is False
+    assert (
+        rows["crashed"]["status"] == "failed"
+        and rows["crashed"]["reason"] == "OutOfMemoryError: CUDA out of memory"
+    )
+    assert (
+        rows["crashed"]["attempts"] == 2
+        and rows["crashed"]["oom"] is True
+        and rows["inverse"]["oom"] is False
+    )
     assert rows["never"]["status"] == "missing" and rows["never"]["reason"] == "not run yet"
     assert rows["deleted"]["status"] == "missing" and "gone" in rows["deleted"]["reason"]
     # a case that never ran still shows its grid setting (from sweep.json)

@@ -161,4 +161,6 @@ def test_config_reference_is_up_to_date():
     from archer.core.config.docs import render_markdown
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert doc.read_text() == render_markdown(), "regenerate: python -m archer.core.config.docs > docs/config.md"
+    assert doc.read_text() == render_markdown(), (
+        "regenerate: python -m archer.core.config.docs > docs/config.md"
+    )

@@ -25,12 +25,26 @@ runner = CliRunner()
 # the local engine's test model (tests/test_local_engine.py::SMALL), warmed up enough that it
 # answers some single-digit sums right and some wrong
 SMALL = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9", "data.synth.n=100", "data.synth.val_n=16",
-    "data.train_batch_size=4", "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=8",
-    "rollout.n=4", "rollout.max_new_tokens=4", "warmup.steps=150", "warmup.batch_size=16", "warmup.lr=3e-3",
-    "rollout.val.max_prompts=16", "trainer.num_threads=1", "trainer.total_steps=2", "trainer.val_before_train=false",
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.max_operand=9",
+    "data.synth.n=100",
+    "data.synth.val_n=16",
+    "data.train_batch_size=4",
+    "actor.ppo_mini_batch_size=4",
+    "actor.ppo_micro_batch_size=8",
+    "rollout.n=4",
+    "rollout.max_new_tokens=4",
+    "warmup.steps=150",
+    "warmup.batch_size=16",
+    "warmup.lr=3e-3",
+    "rollout.val.max_prompts=16",
+    "trainer.num_threads=1",
+    "trainer.total_steps=2",
+    "trainer.val_before_train=false",
 ]
 
 
@@ -48,7 +62,9 @@ def test_pass_at_k_equals_enumeration_over_all_subsets():
     for n in range(1, 9):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert pass_at_k(n, c, k) == pytest.approx(float(brute_force_pass_at_k(n, c, k)), abs=1e-12), (n, c, k)
+                assert pass_at_k(n, c, k) == pytest.approx(
+                    float(brute_force_pass_at_k(n, c, k)), abs=1e-12
+                ), (n, c, k)
 
 
 def test_pass_at_k_edge_cases():
@@ -62,7 +78,9 @@ def test_pass_at_k_edge_cases():
             pass_at_k(*bad)
 
 
-@pytest.mark.parametrize("n,c,k", [(1024, 1, 1), (512, 3, 256), (300, 150, 150), (1000, 999, 2), (2000, 7, 1000)])
+@pytest.mark.parametrize(
+    "n,c,k", [(1024, 1, 1), (512, 3, 256), (300, 150, 150), (1000, 999, 2), (2000, 7, 1000)]
+)
 def test_pass_at_k_is_stable_where_binomials_overflow(n, c, k):
     # C(2000, 1000) has 600 digits: as floats the binomials overflow; the product form does not
     exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
@@ -83,8 +101,18 @@ def test_k_values():
 def test_summary_per_source_and_overall():
     # source a: problem 0 has 1/4 right, problem 1 has 4/4; source b: problem 2 has 0/4
     correct = {0: [1, 0, 0, 0], 1: [1, 1, 1, 1], 2: [0, 0, 0, 0]}
-    rows = [{"problem": p, "data_source": "a" if p < 2 else "b", "correct": bool(x), "reward": float(x),
-             "response_length": 3 + p, "truncated": p == 2} for p, xs in correct.items() for x in xs]
+    rows = [
+        {
+            "problem": p,
+            "data_source": "a" if p < 2 else "b",
+            "correct": bool(x),
+            "reward": float(x),
+            "response_length": 3 + p,
+            "truncated": p == 2,
+        }
+        for p, xs in correct.items()
+        for x in xs
+    ]
     s = summarize(rows, n=4, ks=[1, 2, 4])
     assert list(s) == ["a", "b", "all"]
     assert s["a"]["problems"] == 2 and s["a"]["samples"] == 8 and s["a"]["correct"] == 5
@@ -96,7 +124,8 @@ def test_summary_per_source_and_overall():
     assert s["all"]["truncated_frac"] == pytest.approx(1 / 3)
     assert s["b"]["response_length_mean"] == 5.0
     assert s["all"]["avg_stderr"] == pytest.approx(
-        math.sqrt(sum((a - 1.25 / 3) ** 2 for a in (0.25, 1.0, 0.0)) / 2) / math.sqrt(3))
+        math.sqrt(sum((a - 1.25 / 3) ** 2 for a in (0.25, 1.0, 0.0)) / 2) / math.sqrt(3)
+    )
 
 
 # --------------------------------------------------------------------------- end to end
@@ -120,7 +149,20 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def eval_args(run: Path, out: Path, *extra: str) -> list[str]:
-    return ["eval", "--model", str(run), "--n", "6", "--batch-size", "5", "--k", "1,2,6", "--out", str(out), *extra]
+    return [
+        "eval",
+        "--model",
+        str(run),
+        "--n",
+        "6",
+        "--batch-size",
+        "5",
+        "--k",
+        "1,2,6",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def invoke(args: list[str]):
@@ -170,7 +212,11 @@ def test_eval_end_to_end_table_matches_the_saved_samples(run_dir, evaluated):
     assert spec["reward"] == "arithmetic" and spec["max_new_tokens"] == 4
     assert spec["model"].endswith("step_000002") and spec["checkpoint"]["step"] == 2
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
-        "shard-0000000.parquet", "shard-0000005.parquet", "shard-0000010.parquet", "shard-0000015.parquet"]
+        "shard-0000000.parquet",
+        "shard-0000005.parquet",
+        "shard-0000010.parquet",
+        "shard-0000015.parquet",
+    ]
 
     table = read_samples(out)
     assert table.num_rows == 16 * 6
@@ -209,7 +255,9 @@ def test_greedy_eval_reproduces_the_runs_final_validation(run_dir, tmp_path):
     from archer.core.metrics import read_metrics
 
     last = [m for m in read_metrics(run_dir) if "val/accuracy" in m][-1]
-    r = invoke(["eval", "--model", str(run_dir), "--n", "1", "--temperature", "0", "--out", str(tmp_path / "g")])
+    r = invoke(
+        ["eval", "--model", str(run_dir), "--n", "1", "--temperature", "0", "--out", str(tmp_path / "g")]
+    )
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "g" / "results.json").read_text())["overall"]
     assert res["avg@1"] == pytest.approx(last["val/accuracy"], abs=1e-6)
@@ -248,8 +296,10 @@ def test_rerun_resumes_and_samples_only_what_is_missing(run_dir, evaluated, tmp_
     # each batch draws from its own seed, so the redrawn batches equal the first run's
     assert sorted(p.name for p in shards.iterdir()) == sorted(original)
     assert read_samples(copy).equals(read_samples(out))
-    assert json.loads((copy / "results.json").read_text())["overall"] == \
-        json.loads((out / "results.json").read_text())["overall"]
+    assert (
+        json.loads((copy / "results.json").read_text())["overall"]
+        == json.loads((out / "results.json").read_text())["overall"]
+    )
 
     # a second run of the same command samples nothing and reports the same numbers
     seen.clear()
@@ -274,7 +324,10 @@ def test_interrupted_run_keeps_finished_batches(run_dir, tmp_path, monkeypatch):
     r = invoke(eval_args(run_dir, out, "--limit", "12"))
     assert r.exit_code == 1
     assert "interrupted after 10 of 12 problems" in r.stderr and "run the same command again" in r.stderr
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["shard-0000000.parquet", "shard-0000005.parquet"]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "shard-0000000.parquet",
+        "shard-0000005.parquet",
+    ]
     assert not (out / "results.json").exists()
     monkeypatch.setattr(samplers.LocalSampler, "sample", real)
     r = invoke(eval_args(run_dir, out, "--limit", "12"))
@@ -318,8 +371,22 @@ def test_other_settings_are_refused_unless_overwritten(run_dir, evaluated, tmp_p
     shutil.copytree(out, copy)
     r = invoke(["eval", "--model", str(run_dir), "--n", "4", "--out", str(copy)])
     assert r.exit_code == 2 and "n: 6 -> 4" in r.stderr and "--overwrite" in r.stderr
-    r = invoke(["eval", "--model", str(run_dir), "--n", "2", "--temperature", "0", "--limit", "3",
-                "--out", str(copy), "--overwrite"])
+    r = invoke(
+        [
+            "eval",
+            "--model",
+            str(run_dir),
+            "--n",
+            "2",
+            "--temperature",
+            "0",
+            "--limit",
+            "3",
+            "--out",
+            str(copy),
+            "--overwrite",
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert "greedy" in r.stderr
     t = read_samples(copy)
@@ -374,14 +441,31 @@ def test_training_validation_uses_the_same_estimator(run_dir):
 
     ck = run_dir / "checkpoints" / "step_000002"
     model, tok = load_model(ck), load_tokenizer(ck)
-    prompts = [Prompt(ids=tok(f"{a}+{b}=", add_special_tokens=False)["input_ids"], answer=str(a + b),
-                      data_source="arithmetic", index=i) for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 4), (2, 2)])]
+    prompts = [
+        Prompt(
+            ids=tok(f"{a}+{b}=", add_special_tokens=False)["input_ids"],
+            answer=str(a + b),
+            data_source="arithmetic",
+            index=i,
+        )
+        for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 4), (2, 2)])
+    ]
     torch.manual_seed(0)
-    m = evaluate(model, tok, prompts, reward_fn="arithmetic", n=4, temperature=1.0, top_p=1.0, max_new_tokens=4,
-                 timeout_s=5.0)
+    m = evaluate(
+        model,
+        tok,
+        prompts,
+        reward_fn="arithmetic",
+        n=4,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=4,
+        timeout_s=5.0,
+    )
     torch.manual_seed(0)
-    graded = samplers.LocalSampler(model, tok).sample([p.ids for p in prompts], n=4, temperature=1.0, top_p=1.0,
-                                                       max_new_tokens=4)
+    graded = samplers.LocalSampler(model, tok).sample(
+        [p.ids for p in prompts], n=4, temperature=1.0, top_p=1.0, max_new_tokens=4
+    )
     from archer.core.rewards.arithmetic import score_arithmetic
 
     counts = [sum(score_arithmetic(c.text, p.answer).correct for c in cs) for p, cs in zip(prompts, graded)]
@@ -411,7 +495,7 @@ def test_vllm_glue_with_a_stand_in_engine(run_dir, tmp_path, monkeypatch):
         def generate(self, requests, params, use_tqdm=True):
             self.calls = getattr(self, "calls", []) + [(requests, params)]
             out = []
-            for req, p in zip(requests, params):
+            for _req, p in zip(requests, params):
                 comps = [types.SimpleNamespace(text="7", token_ids=[27, 1], finish_reason="stop")] * (p.n - 1)
                 comps.append(types.SimpleNamespace(text="77777", token_ids=[27] * 5, finish_reason="length"))
                 out.append(types.SimpleNamespace(outputs=comps))
@@ -423,8 +507,25 @@ def test_vllm_glue_with_a_stand_in_engine(run_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake)
 
     out = tmp_path / "v"
-    r = invoke(["eval", "--model", str(run_dir), "--engine", "vllm", "--n", "3", "--batch-size", "4", "--limit", "6",
-                "--seed", "2", "--out", str(out)])
+    r = invoke(
+        [
+            "eval",
+            "--model",
+            str(run_dir),
+            "--engine",
+            "vllm",
+            "--n",
+            "3",
+            "--batch-size",
+            "4",
+            "--limit",
+            "6",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     (llm,) = made
     assert llm.kw["model"].endswith("step_000002") and llm.kw["seed"] == 2 and llm.kw["max_model_len"] <= 64

@@ -21,13 +21,27 @@ from archer.core.export.checkpoints import find_checkpoint
 runner = CliRunner()
 
 SMALL = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9", "data.synth.n=100", "data.synth.val_n=16",
-    "data.train_batch_size=4", "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=8",
-    "rollout.n=4", "rollout.max_new_tokens=4", "warmup.steps=150", "warmup.batch_size=16", "warmup.lr=3e-3",
-    "rollout.val.max_prompts=16", "trainer.num_threads=1", "trainer.val_before_train=false",
-    "trainer.total_steps=2", "trainer.save_every=1",
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.max_operand=9",
+    "data.synth.n=100",
+    "data.synth.val_n=16",
+    "data.train_batch_size=4",
+    "actor.ppo_mini_batch_size=4",
+    "actor.ppo_micro_batch_size=8",
+    "rollout.n=4",
+    "rollout.max_new_tokens=4",
+    "warmup.steps=150",
+    "warmup.batch_size=16",
+    "warmup.lr=3e-3",
+    "rollout.val.max_prompts=16",
+    "trainer.num_threads=1",
+    "trainer.val_before_train=false",
+    "trainer.total_steps=2",
+    "trainer.save_every=1",
 ]
 
 
@@ -91,9 +105,26 @@ def test_local_checkpoint_round_trips_exactly(run_dir, tmp_path):
     assert t_exp(text)["input_ids"] == t_src(text)["input_ids"] and t_exp.eos_token == t_src.eos_token
 
     # an exported folder is what `archer eval --model` takes
-    r = runner.invoke(app, ["eval", "--model", str(out), "--data", str(run_dir / "data" / "val.parquet"),
-                            "--reward", "arithmetic", "--n", "2", "--max-new-tokens", "3", "--limit", "4",
-                            "--out", str(tmp_path / "ev")])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(out),
+            "--data",
+            str(run_dir / "data" / "val.parquet"),
+            "--reward",
+            "arithmetic",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -108,7 +139,9 @@ def test_step_selection(run_dir, tmp_path):
     r = runner.invoke(app, ["export", str(run_dir), "--step", "9", "--out", str(tmp_path / "s9")])
     assert r.exit_code == 2 and "no local checkpoint for step 9" in r.stderr and "1, 2" in r.stderr
     # a single checkpoint folder exports too
-    r = runner.invoke(app, ["export", str(run_dir / "checkpoints" / "step_000001"), "--out", str(tmp_path / "c1")])
+    r = runner.invoke(
+        app, ["export", str(run_dir / "checkpoints" / "step_000001"), "--out", str(tmp_path / "c1")]
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -208,11 +241,18 @@ def _fsdp_worker(rank: int, world: int, port: int, hf_dir: str, ckpt_dir: str, r
         opt.step()
         from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
 
-        manager = FSDPCheckpointManager(model=model, optimizer=opt, lr_scheduler=None, processing_class=tok,
-                                        checkpoint_config={"save_contents": ["model", "optimizer", "extra"]})
+        manager = FSDPCheckpointManager(
+            model=model,
+            optimizer=opt,
+            lr_scheduler=None,
+            processing_class=tok,
+            checkpoint_config={"save_contents": ["model", "optimizer", "extra"]},
+        )
         manager.save_checkpoint(ckpt_dir, global_step=3)
-        full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
-                for k, v in model.state_dict().items()}
+        full = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in model.state_dict().items()
+        }
         if rank == 0:
             torch.save(full, ref_path)
     finally:
@@ -230,16 +270,29 @@ def verl_run(tmp_path_factory) -> tuple[Path, Path]:
 
     tmp = tmp_path_factory.mktemp("verl")
     tok = build_char_tokenizer()
-    cfg = SimpleNamespace(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                          max_position_embeddings=64, tie_word_embeddings=True)
+    cfg = SimpleNamespace(
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     # odd vocab: the embedding rows do not split evenly over two ranks
-    model = build_tiny_qwen2(cfg, len(tok) + 1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=1)
+    model = build_tiny_qwen2(
+        cfg, len(tok) + 1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, seed=1
+    )
     hf = tmp / "base"
     model.save_pretrained(hf)
     tok.save_pretrained(hf)
     run = tmp / "vrun"
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), str(hf), str(run / "global_step_3" / "actor"), str(tmp / "full.pt")),
-             nprocs=2, join=True)
+    mp.spawn(
+        _fsdp_worker,
+        args=(2, _free_port(), str(hf), str(run / "global_step_3" / "actor"), str(tmp / "full.pt")),
+        nprocs=2,
+        join=True,
+    )
     (run / "latest_checkpointed_iteration.txt").write_text("3")
     return run, tmp / "full.pt"
 
@@ -249,7 +302,9 @@ def test_verl_fsdp_checkpoint_is_detected(verl_run):
     run, _ = verl_run
     actor = run / "global_step_3" / "actor"
     assert sorted(p.name for p in actor.glob("model_world_size_*")) == [
-        "model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
+        "model_world_size_2_rank_0.pt",
+        "model_world_size_2_rank_1.pt",
+    ]
     for path in (run, run / "global_step_3", actor):
         c = find_checkpoint(path)
         assert (c.kind, c.path, c.step) == ("verl", actor, 3), path
@@ -276,14 +331,20 @@ def test_verl_fsdp_checkpoint_exports_through_verls_merger(verl_run, tmp_path):
     for k, v in full.items():
         assert torch.equal(sd[k], v.to(torch.bfloat16)), k
     base = load(full_path.parent / "base", dtype=torch.bfloat16)
-    assert not torch.equal(base.state_dict()["model.embed_tokens.weight"],
-                           full["model.embed_tokens.weight"].to(torch.bfloat16))  # the step moved the weights
+    assert not torch.equal(
+        base.state_dict()["model.embed_tokens.weight"], full["model.embed_tokens.weight"].to(torch.bfloat16)
+    )  # the step moved the weights
     # the trained weights rounded to bf16 in the original model: bitwise-equal logits
     base.load_state_dict({k: v.to(torch.bfloat16) for k, v in full.items()})
     assert torch.equal(logits(exp, PROBE), logits(base, PROBE))
     from transformers import AutoTokenizer
 
-    assert AutoTokenizer.from_pretrained(str(out), local_files_only=True)("7+8=")["input_ids"] == [27, 15, 28, 33]
+    assert AutoTokenizer.from_pretrained(str(out), local_files_only=True)("7+8=")["input_ids"] == [
+        27,
+        15,
+        28,
+        33,
+    ]
 
 
 @needs_verl

@@ -7,13 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
-from archer.influence.capture import InfluenceRecorder, clean_module_name, select_modules
-from archer.influence.projection import pick_projection_dims, projection_matrix, stable_seed
-from archer.influence.scoring import ResponseMeta, solve_response_hessian, solve_token_hessian
-from archer.influence.selection import accepted_mask, select_groups
-from archer.influence.tracer import InfluenceTracer, token_subsample
-
 from influence_fixtures import (
     capture_positions,
     make_batch,
@@ -22,6 +15,12 @@ from influence_fixtures import (
     settings,
     tiny_model,
 )
+
+from archer.influence.capture import InfluenceRecorder, clean_module_name, select_modules
+from archer.influence.projection import pick_projection_dims, projection_matrix, stable_seed
+from archer.influence.scoring import solve_response_hessian, solve_token_hessian
+from archer.influence.selection import accepted_mask, select_groups
+from archer.influence.tracer import InfluenceTracer, token_subsample
 
 
 def spearman(a, b) -> float:
@@ -40,18 +39,20 @@ def run_logprob_capture(model, batch, tracer, *, rows=None, micro=None, normalis
     from influence_fixtures import pad_rows
 
     for s in range(0, len(rows), micro):
-        part = rows[s:s + micro]
+        part = rows[s : s + micro]
         pb = pad_rows(batch, part)
         pos, rid, tok = capture_positions(batch, part, pb)
         with tracer.micro(pos, rid, tok, grad_scale=float(total_tokens) if normalise else 1.0):
-            out = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, position_ids=pb.position_ids)
-            logits = out.logits[:, pb.prompt_width - 1:pb.prompt_width - 1 + pb.response_width]
-            labels = pb.input_ids[:, pb.prompt_width:pb.prompt_width + pb.response_width]
+            out = model(
+                input_ids=pb.input_ids, attention_mask=pb.attention_mask, position_ids=pb.position_ids
+            )
+            logits = out.logits[:, pb.prompt_width - 1 : pb.prompt_width - 1 + pb.response_width]
+            labels = pb.input_ids[:, pb.prompt_width : pb.prompt_width + pb.response_width]
             lp = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
             mask = torch.zeros_like(lp)
             w = torch.ones(len(part), dtype=lp.dtype)
             for i, r in enumerate(part):
-                mask[i, :len(batch.responses[r])] = 1
+                mask[i, : len(batch.responses[r])] = 1
                 if weights is not None:
                     w[i] = weights[r]
             obj = (lp * mask * w[:, None]).sum()
@@ -70,25 +71,30 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
     inputs, outputs = {}, {}
     handles = []
     for name, mod in names_mods:
+
         def fwd(m, i, o, name=name):
             inputs[name] = i[0]
             o.retain_grad()
             outputs[name] = o
+
         handles.append(mod.register_forward_hook(fwd))
     out = model(input_ids=pb.input_ids, attention_mask=pb.attention_mask, position_ids=pb.position_ids)
-    logits = out.logits[:, pb.prompt_width - 1:pb.prompt_width - 1 + pb.response_width]
-    labels = pb.input_ids[:, pb.prompt_width:pb.prompt_width + pb.response_width]
+    logits = out.logits[:, pb.prompt_width - 1 : pb.prompt_width - 1 + pb.response_width]
+    labels = pb.input_ids[:, pb.prompt_width : pb.prompt_width + pb.response_width]
     lp = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
     mask = torch.zeros_like(lp)
     for i, r in enumerate(rows):
-        mask[i, :len(batch.responses[r])] = 1
+        mask[i, : len(batch.responses[r])] = 1
     (lp * mask).sum().backward()
     for h in handles:
         h.remove()
     model.zero_grad(set_to_none=True)
     # token list: (row, t, flat position)
-    toks = [(r, t, r * pb.input_ids.shape[1] + pb.prompt_width - 1 + t) for r in rows
-            for t in range(len(batch.responses[r]))]
+    toks = [
+        (r, t, r * pb.input_ids.shape[1] + pb.prompt_width - 1 + t)
+        for r in rows
+        for t in range(len(batch.responses[r]))
+    ]
     by_row = {m.row: m for m in metas}
     per_module = []
     for name, _ in names_mods:
@@ -106,13 +112,21 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
         for unit in units:
             unit_rows = [x.row for x in unit]
             tok_idx = {r: [j for j, (rr, _, _) in enumerate(toks) if rr == r] for r in unit_rows}
-            G = torch.stack([g[tok_idx[r]].sum(0) if s.response_grad == "sum" else g[tok_idx[r]].mean(0)
-                             for r in unit_rows])
+            G = torch.stack(
+                [
+                    g[tok_idx[r]].sum(0) if s.response_grad == "sum" else g[tok_idx[r]].mean(0)
+                    for r in unit_rows
+                ]
+            )
             n_acc = sum(x.accepted for x in unit)
             n_rej = len(unit) - n_acc
             w = []
             for x in unit:
-                base = (1.0 / n_acc if s.contrastive_agg == "mean" else 1.0) if x.accepted else -(1.0 / n_rej if s.contrastive_agg == "mean" else 1.0)
+                base = (
+                    (1.0 / n_acc if s.contrastive_agg == "mean" else 1.0)
+                    if x.accepted
+                    else -(1.0 / n_rej if s.contrastive_agg == "mean" else 1.0)
+                )
                 w.append(base * x.sign)
             d = (torch.tensor(w, dtype=torch.float64)[:, None] * G).sum(0)
             if s.hessian_mode == "identity":
@@ -145,8 +159,12 @@ def tracer_scores(model, batch, s, metas, **kw):
 
 # ----------------------------------------------------------------------------- projection
 def test_projection_dims_respect_both_caps():
-    for d_in, d_out, f, vs, hd in [(1536, 8960, 32, 128, 2500), (1536, 256, 32, 64, 1000), (64, 64, 1, 0, 0),
-                                   (100, 300, 4, 50, 300)]:
+    for d_in, d_out, f, vs, hd in [
+        (1536, 8960, 32, 128, 2500),
+        (1536, 256, 32, 64, 1000),
+        (64, 64, 1, 0, 0),
+        (100, 300, 4, 50, 300),
+    ]:
         k_in, k_out = pick_projection_dims(d_in, d_out, factor=f, max_vector_sum=vs, max_hessian_dim=hd)
         assert 1 <= k_in <= d_in and 1 <= k_out <= d_out
         if vs:
@@ -179,9 +197,14 @@ def test_projection_preserves_inner_products_in_expectation():
 
 
 def test_fsdp_wrapper_names_are_stripped_and_max_modules_keeps_last():
-    assert clean_module_name("_fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module.mlp.down_proj") == \
-        "model.layers.0.mlp.down_proj"
-    assert clean_module_name("model.layers.1._checkpoint_wrapped_module.mlp.up_proj") == "model.layers.1.mlp.up_proj"
+    assert (
+        clean_module_name("_fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module.mlp.down_proj")
+        == "model.layers.0.mlp.down_proj"
+    )
+    assert (
+        clean_module_name("model.layers.1._checkpoint_wrapped_module.mlp.up_proj")
+        == "model.layers.1.mlp.up_proj"
+    )
     model = tiny_model(layers=3)
     names = [n for n, _ in select_modules(model, r"mlp\.down_proj$", 2)]
     assert names == ["model.layers.1.mlp.down_proj", "model.layers.2.mlp.down_proj"]
@@ -204,6 +227,7 @@ def test_factors_equal_exact_output_grads_and_inputs():
     pb = pad_rows(batch, rows)
     pos, rid, tok = capture_positions(batch, rows, pb)
     inputs, outputs = {}, {}
+
     def keep(m, i, o, name):
         inputs[name] = i[0]
         o.retain_grad()
@@ -267,7 +291,10 @@ def test_padded_and_packed_layouts_capture_identical_factors():
     obj.backward()
     rec.end_micro()
     packed = rec.captured()
-    assert packed.rows.tolist() == padded.rows.tolist() and packed.token_index.tolist() == padded.token_index.tolist()
+    assert (
+        packed.rows.tolist() == padded.rows.tolist()
+        and packed.token_index.tolist() == padded.token_index.tolist()
+    )
     for a, b in zip(padded.modules, packed.modules):
         assert torch.allclose(a.u, b.u, atol=1e-10, rtol=0) and torch.allclose(a.v, b.v, atol=1e-10, rtol=0)
 
@@ -329,16 +356,28 @@ def test_hessian_above_cap_is_refused_with_memory_figure():
 
 
 # ----------------------------------------------------------------------------- scoring
-@pytest.mark.parametrize("mode,source,agg,scope,rgrad", [
-    *itertools.product(["inverse"], ["response", "token"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]),
-    *itertools.product(["identity"], ["response"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]),
-    ("inverse", "response", "sum", "per_prompt", "mean"),
-    ("inverse", "token", "mean", "all_selected", "mean"),
-])
+@pytest.mark.parametrize(
+    "mode,source,agg,scope,rgrad",
+    [
+        *itertools.product(
+            ["inverse"], ["response", "token"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]
+        ),
+        *itertools.product(
+            ["identity"], ["response"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]
+        ),
+        ("inverse", "response", "sum", "per_prompt", "mean"),
+        ("inverse", "token", "mean", "all_selected", "mean"),
+    ],
+)
 def test_identity_projection_matches_brute_force(mode, source, agg, scope, rgrad):
     model, batch = tiny_model(), make_batch()
-    s = settings(hessian_mode=mode, hessian_source=source, contrastive_agg=agg, accepted_rejected_scope=scope,
-                 response_grad=rgrad)
+    s = settings(
+        hessian_mode=mode,
+        hessian_source=source,
+        contrastive_agg=agg,
+        accepted_rejected_scope=scope,
+        response_grad=rgrad,
+    )
     metas = batch.metas("log_prob")
     expected = brute_force(model, batch, s, metas)
     per_row, _ = tracer_scores(model, batch, s, metas)
@@ -360,8 +399,13 @@ def test_advantage_signed_output_equals_log_prob_up_to_scale(mode):
     model, batch = tiny_model(), make_batch()
     base, _ = tracer_scores(model, batch, settings(hessian_mode=mode), batch.metas("log_prob"))
     adv = [1.5 if r > 0.5 else -1.5 for r in batch.rewards]
-    weighted, _ = tracer_scores(model, batch, settings(hessian_mode=mode, output_function="log_prob_advantage"),
-                                batch.metas("log_prob_advantage", advantages=adv), weights=adv)
+    weighted, _ = tracer_scores(
+        model,
+        batch,
+        settings(hessian_mode=mode, output_function="log_prob_advantage"),
+        batch.metas("log_prob_advantage", advantages=adv),
+        weights=adv,
+    )
     factor = 2.25 if mode == "identity" else 1.0
     for r in per_rows_with_scores(base):
         assert torch.allclose(weighted[r], base[r] * factor, rtol=1e-8, atol=1e-12, equal_nan=True)
@@ -434,8 +478,12 @@ def test_permuting_responses_permutes_scores():
     perm = torch.randperm(len(batch.rows), generator=torch.Generator().manual_seed(3)).tolist()
     from influence_fixtures import Batch
 
-    shuffled = Batch([batch.prompts[i] for i in perm], [batch.responses[i] for i in perm],
-                     [batch.groups[i] for i in perm], [batch.rewards[i] for i in perm])
+    shuffled = Batch(
+        [batch.prompts[i] for i in perm],
+        [batch.responses[i] for i in perm],
+        [batch.groups[i] for i in perm],
+        [batch.rewards[i] for i in perm],
+    )
     moved, _ = tracer_scores(model, shuffled, s, shuffled.metas())
     for new_row, old_row in enumerate(perm):
         assert torch.allclose(moved[new_row], base[old_row], rtol=1e-8, atol=1e-12, equal_nan=True)
@@ -461,7 +509,8 @@ def test_planted_tokens_get_the_right_sign(output_function):
     adv = [1.0 if r else -1.0 for r in rewards]
     s = settings(output_function=output_function)
     metas = batch.metas(output_function, advantages=adv)
-    # training_loss captures the gradient of -L with L = -A·logp; log_prob_advantage of A·logp; log_prob of logp
+    # training_loss captures the gradient of -L with L = -A·logp; log_prob_advantage of A·logp;
+    # log_prob of logp
     weights = None if output_function == "log_prob" else adv
     per_row, _ = tracer_scores(model, batch, s, metas, weights=weights)
     planted = [float(per_row[r][2]) for r in range(8)]
@@ -481,13 +530,21 @@ def test_random_projection_approaches_exact_as_k_grows():
     for factor in (8, 4, 2):
         rhos = []
         for seed in range(4):
-            s = settings(module_name_filter=r"layers\.1\.mlp\.down_proj$", projection_dim_factor=factor,
-                         max_proj_vector_sum=0, max_hessian_dim=0)
+            s = settings(
+                module_name_filter=r"layers\.1\.mlp\.down_proj$",
+                projection_dim_factor=factor,
+                max_proj_vector_sum=0,
+                max_hessian_dim=0,
+            )
             tracer = InfluenceTracer(model, s)
             # vary the projection across seeds by renaming the module's seed key
-            tracer.recorder._proj = [(projection_matrix(f"seed{seed}:{n}", "in", k_in, 48),
-                                      projection_matrix(f"seed{seed}:{n}", "out", k_out, 24))
-                                     for n, (k_in, k_out) in zip(tracer.recorder.names, tracer.recorder.dims)]
+            tracer.recorder._proj = [
+                (
+                    projection_matrix(f"seed{seed}:{n}", "in", k_in, 48),
+                    projection_matrix(f"seed{seed}:{n}", "out", k_out, 24),
+                )
+                for n, (k_in, k_out) in zip(tracer.recorder.names, tracer.recorder.dims)
+            ]
             tracer.begin_step(metas, batch.lengths())
             run_logprob_capture(model, batch, tracer)
             per_row, _ = tracer.finish_step()
@@ -499,7 +556,7 @@ def test_random_projection_approaches_exact_as_k_grows():
     Ds = [m[0] for m in means]
     assert Ds == sorted(Ds)
     assert means[0][1] < means[-1][1]  # rises with k
-    for D, mean_rho, min_rho in means:
+    for D, _mean_rho, min_rho in means:
         if D >= full / 3:
             assert min_rho >= 0.8, means
 
@@ -527,7 +584,14 @@ def test_acceptance_rules_and_group_selection():
     rewards = [1.0, 0.0, 0.5, 0.5, 0.0, 0.0]
     groups = [0, 0, 1, 1, 2, 2]
     assert accepted_mask(rewards, groups) == [True, False, True, True, True, True]
-    assert accepted_mask(rewards, groups, rule="threshold", threshold=0.4) == [True, False, True, True, False, False]
+    assert accepted_mask(rewards, groups, rule="threshold", threshold=0.4) == [
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
     chosen, constant = select_groups(groups, accepted_mask(rewards, groups))
     assert chosen == [0] and constant == 2
     many = [g for g in range(5) for _ in range(2)]

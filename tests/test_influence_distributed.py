@@ -9,7 +9,6 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from influence_fixtures import make_batch, settings, tiny_model
 
 
@@ -20,8 +19,9 @@ def _free_port() -> int:
 
 
 def _scores(batch, s, rows, comm=None):
-    from archer.influence.tracer import InfluenceTracer
     from test_influence import run_logprob_capture
+
+    from archer.influence.tracer import InfluenceTracer
 
     model = tiny_model()
     tracer = InfluenceTracer(model, s, identity_projection=True, comm=comm)
@@ -75,16 +75,18 @@ def test_two_ranks_equal_one_rank():
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True), (mode, source, scope, r)
         # and the split really matters: one rank alone sees incomplete groups and scores differently
         lonely, _ = _scores(batch, s, [r for r in batch.rows if r % 2 == 0])
-        assert any(not torch.allclose(torch.tensor(lonely[r]), torch.tensor(single[r]), equal_nan=True)
-                   for r in lonely)
+        assert any(
+            not torch.allclose(torch.tensor(lonely[r]), torch.tensor(single[r]), equal_nan=True)
+            for r in lonely
+        )
 
 
 def test_fsdp2_wrapped_model_captures_the_same_factors():
     """fully_shard keeps module names and leaf Linears: capture is identical to the plain model."""
+    from influence_fixtures import capture_positions, pad_rows, padded_logprob_terms
     from torch.distributed.fsdp import fully_shard
 
     from archer.influence.capture import InfluenceRecorder
-    from influence_fixtures import capture_positions, pad_rows, padded_logprob_terms
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)

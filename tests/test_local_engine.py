@@ -18,12 +18,23 @@ from archer.core.metrics import read_metrics
 from archer.core.trace import TraceReader
 
 SMALL = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9", "data.synth.n=100", "data.synth.val_n=16",
-    "data.train_batch_size=4", "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=8",
-    "rollout.n=4", "rollout.max_new_tokens=4", "warmup.steps=5", "warmup.batch_size=16",
-    "rollout.val.max_prompts=16", "trainer.num_threads=1",
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.max_operand=9",
+    "data.synth.n=100",
+    "data.synth.val_n=16",
+    "data.train_batch_size=4",
+    "actor.ppo_mini_batch_size=4",
+    "actor.ppo_micro_batch_size=8",
+    "rollout.n=4",
+    "rollout.max_new_tokens=4",
+    "warmup.steps=5",
+    "warmup.batch_size=16",
+    "rollout.val.max_prompts=16",
+    "trainer.num_threads=1",
 ]
 
 
@@ -48,12 +59,24 @@ def run_local(tmp_path: Path, out: Path, *overrides: str, resume: bool = False):
 def test_run_writes_config_metrics_trace_and_checkpoint(tmp_path):
     out = tmp_path / "run"
     t, result = run_local(tmp_path, out, "trainer.total_steps=3")
-    assert (out / "config.yaml").exists() and json.loads((out / "run.json").read_text())["preset"] == "quickstart"
+    assert (out / "config.yaml").exists() and json.loads((out / "run.json").read_text())[
+        "preset"
+    ] == "quickstart"
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # 0 = validation before training
     step = rows[1]
-    for key in ("reward/mean", "reward/accuracy", "rollout/entropy_mean", "actor/pg_clipfrac", "actor/kl",
-                "time/rollout", "time/logprob", "time/update", "time/trace", "time/step"):
+    for key in (
+        "reward/mean",
+        "reward/accuracy",
+        "rollout/entropy_mean",
+        "actor/pg_clipfrac",
+        "actor/kl",
+        "time/rollout",
+        "time/logprob",
+        "time/update",
+        "time/trace",
+        "time/step",
+    ):
         assert key in step, key
     assert "val/accuracy" in rows[0] and "val/accuracy" in rows[-1]
     reader = TraceReader(out)
@@ -98,13 +121,27 @@ def test_warmup_is_cached_across_runs(tmp_path):
     assert a == b
 
 
-@pytest.mark.parametrize("extra", [
-    ["actor.use_kl_loss=true", "actor.kl_loss_type=low_var_kl", "actor.policy_loss=archer"],
-    ["actor.policy_loss=aspo", "actor.ppo_epochs=2", "data.train_batch_size=8", "actor.ppo_mini_batch_size=4",
-     "actor.ppo_micro_batch_size=3", "actor.entropy_coeff=0.01"],
-    ["algorithm.filter_groups.enable=true", "algorithm.filter_groups.max_num_gen_batches=3",
-     "algorithm.overlong_buffer.enable=true", "algorithm.overlong_buffer.len=2", "algorithm.adv_estimator=rloo"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["actor.use_kl_loss=true", "actor.kl_loss_type=low_var_kl", "actor.policy_loss=archer"],
+        [
+            "actor.policy_loss=aspo",
+            "actor.ppo_epochs=2",
+            "data.train_batch_size=8",
+            "actor.ppo_mini_batch_size=4",
+            "actor.ppo_micro_batch_size=3",
+            "actor.entropy_coeff=0.01",
+        ],
+        [
+            "algorithm.filter_groups.enable=true",
+            "algorithm.filter_groups.max_num_gen_batches=3",
+            "algorithm.overlong_buffer.enable=true",
+            "algorithm.overlong_buffer.len=2",
+            "algorithm.adv_estimator=rloo",
+        ],
+    ],
+)
 def test_algorithm_options_run(tmp_path, extra):
     out = tmp_path / "run"
     run_local(tmp_path, out, "trainer.total_steps=2", "trainer.val_before_train=false", *extra)
@@ -120,10 +157,21 @@ def test_algorithm_options_run(tmp_path, extra):
 def test_influence_fills_the_trace(tmp_path, output_function):
     out = tmp_path / "run"
     # a warm model and many samples so that some groups have both right and wrong answers
-    run_local(tmp_path, out, "trainer.total_steps=2", "trainer.val_before_train=false", "warmup.steps=150",
-              "warmup.lr=3e-3", "rollout.n=8", "data.train_batch_size=8", "actor.ppo_mini_batch_size=8",
-              "actor.ppo_micro_batch_size=16", "influence.enable=true",
-              f"influence.output_function={output_function}", "influence.projection_dim_factor=4")
+    run_local(
+        tmp_path,
+        out,
+        "trainer.total_steps=2",
+        "trainer.val_before_train=false",
+        "warmup.steps=150",
+        "warmup.lr=3e-3",
+        "rollout.n=8",
+        "data.train_batch_size=8",
+        "actor.ppo_mini_batch_size=8",
+        "actor.ppo_micro_batch_size=16",
+        "influence.enable=true",
+        f"influence.output_function={output_function}",
+        "influence.projection_dim_factor=4",
+    )
     reader = TraceReader(out)
     traced = 0
     for step in reader.steps():
@@ -149,14 +197,20 @@ def test_kill_at_random_moments_then_resume(tmp_path):
     rng = random.Random(0)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     total = 24
-    args = small(tmp_path, f"trainer.total_steps={total}", "trainer.save_every=3", "trainer.val_before_train=false")
+    args = small(
+        tmp_path, f"trainer.total_steps={total}", "trainer.save_every=3", "trainer.val_before_train=false"
+    )
     out = tmp_path / "run"
-    run_local(tmp_path, tmp_path / "warm", "trainer.total_steps=1", "trainer.val_before_train=false")  # warm the cache
+    run_local(
+        tmp_path, tmp_path / "warm", "trainer.total_steps=1", "trainer.val_before_train=false"
+    )  # warm the cache
     cmd = [sys.executable, "-m", "archer", "train", "--preset", "quickstart", "--out", str(out), *args]
-    for trial in range(3):
+    for _trial in range(3):
         resume = ["--resume"] if (out / "config.yaml").exists() else []
         target = rng.randint(2, total - 2)
-        proc = subprocess.Popen(cmd + resume, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        proc = subprocess.Popen(
+            cmd + resume, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+        )
         for line in proc.stdout:
             if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= target:
                 time.sleep(rng.uniform(0.0, 0.05))
@@ -176,15 +230,34 @@ def test_kill_at_random_moments_then_resume(tmp_path):
 def test_tensorboard_sink_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed")
     out = tmp_path / "run"
-    run_local(tmp_path, out, "trainer.total_steps=1", "trainer.val_before_train=false",
-              "trainer.logging.tensorboard=true")
+    run_local(
+        tmp_path,
+        out,
+        "trainer.total_steps=1",
+        "trainer.val_before_train=false",
+        "trainer.logging.tensorboard=true",
+    )
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_cli_refuses_to_start_over_an_existing_run(tmp_path):
     out = tmp_path / "run"
     run_local(tmp_path, out, "trainer.total_steps=1", "trainer.val_before_train=false")
-    r = subprocess.run([sys.executable, "-m", "archer", "train", "--preset", "quickstart", "--out", str(out),
-                        *small(tmp_path)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archer",
+            "train",
+            "--preset",
+            "quickstart",
+            "--out",
+            str(out),
+            *small(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "already holds a run" in r.stderr and "--resume" in r.stderr

@@ -41,13 +41,28 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.slow
 def test_wheel_ships_the_presets(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if r.returncode != 0 and "hatchling" in (r.stderr + r.stdout):
         r = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(tmp_path.glob("archer-*.whl"))
@@ -56,12 +71,25 @@ def test_wheel_ships_the_presets(tmp_path):
     assert {p.name for p in (ROOT / "presets").glob("*.yaml")} <= shipped
     # a non-editable install finds its presets inside the package
     target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    code = "import archer.core.config.presets as p; print(p.builtin_preset_dir()); print(sorted(p.list_presets()))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    code = (
+        "import archer.core.config.presets as p; print(p.builtin_preset_dir()); "
+        "print(sorted(p.list_presets()))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert str(target) in r.stdout.splitlines()[0]
     assert "quickstart" in r.stdout and "math" in r.stdout

@@ -49,8 +49,13 @@ print(json.dumps({"status": r.status, "text": r.text, "isolation": r.isolation, 
 
 
 def run_case(code: str, mode: str, timeout_s: float = 8.0) -> dict:
-    p = subprocess.run([sys.executable, "-c", HELPER, str(ROOT), mode, str(timeout_s)], input=code,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", HELPER, str(ROOT), mode, str(timeout_s)],
+        input=code,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -59,16 +64,29 @@ ISOLATION = PythonSandbox().probe().get("isolation")
 MODES = ["ns", "hook"] if ISOLATION == "namespaces" else ["hook"]
 
 CASES = {
-    "fork_bomb": ("import os\nwhile True:\n    os.fork()", {"error"}, ("Resource temporarily unavailable", "os.fork is not allowed")),
+    "fork_bomb": (
+        "import os\nwhile True:\n    os.fork()",
+        {"error"},
+        ("Resource temporarily unavailable", "os.fork is not allowed"),
+    ),
     "infinite_loop": ("while True:\n    pass", {"cpu_limit"}, ("CPU time",)),
     "sleeper": ("import time\ntime.sleep(60)", {"timeout"}, ("wall-clock",)),
     "memory_hog": ("a = []\nwhile True:\n    a.append(bytearray(10**7))", {"memory_limit"}, ("MemoryError",)),
-    "write_outside": (f"open({str(ROOT / 'sandbox_escape.txt')!r}, 'w').write('x')", {"error"},
-                      ("Read-only file system", "writing outside the working directory")),
-    "write_tmp": ("open('/tmp/archer_sandbox_escape.txt', 'w').write('x')", {"error"},
-                  ("Read-only file system", "writing outside the working directory")),
-    "socket": ("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)", {"error"},
-               ("Network is unreachable", "network access is disabled")),
+    "write_outside": (
+        f"open({str(ROOT / 'sandbox_escape.txt')!r}, 'w').write('x')",
+        {"error"},
+        ("Read-only file system", "writing outside the working directory"),
+    ),
+    "write_tmp": (
+        "open('/tmp/archer_sandbox_escape.txt', 'w').write('x')",
+        {"error"},
+        ("Read-only file system", "writing outside the working directory"),
+    ),
+    "socket": (
+        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)",
+        {"error"},
+        ("Network is unreachable", "network access is disabled"),
+    ),
 }
 
 
@@ -99,7 +117,9 @@ def test_ordinary_code_output_errors_and_truncation(tmp_path):
     assert r.status == "error" and r.text == "a\nZeroDivisionError: division by zero"
     r = sb.run("print('x' * 10000)")
     assert r.truncated and r.text.startswith("x" * 50) and "truncated to 50" in r.text
-    r = sb.run("import os\nopen('f.txt', 'w').write('hi')\nprint(sorted(os.listdir('.')), len(os.environ) < 12)")
+    r = sb.run(
+        "import os\nopen('f.txt', 'w').write('hi')\nprint(sorted(os.listdir('.')), len(os.environ) < 12)"
+    )
     assert r.ok and r.text == "['f.txt'] True"  # an empty, private working directory; a scrubbed environment
     assert sb.run("import os\nprint(sorted(os.listdir('.')))").text == "[]"  # and a new one per call
     assert sb.isolation["isolation"] in ("namespaces", "audit-hook")

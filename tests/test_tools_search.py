@@ -28,7 +28,9 @@ def test_bm25_finds_the_document_from_a_folder_and_a_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pylist([{"text": "alpha beta"}, {"text": "gamma delta"}]), tmp_path / "c.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"text": "alpha beta"}, {"text": "gamma delta"}]), tmp_path / "c.parquet"
+    )
     assert SearchTool(tmp_path / "c.parquet").search("delta")[0] == "gamma delta"
     with pytest.raises(DataError):
         load_corpus(tmp_path / "missing")
@@ -62,9 +64,13 @@ print(reads)
 def test_cache_under_concurrent_writers_stays_valid_and_keeps_every_entry(tmp_path):
     path = tmp_path / "search" / "cache.json"
     SearchCache(path).put("seed", "seed result")
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), str(path), f"w{k}", "25"])
-               for k in range(4)]
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), "3"], stdout=subprocess.PIPE, text=True)
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), str(path), f"w{k}", "25"])
+        for k in range(4)
+    ]
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), "3"], stdout=subprocess.PIPE, text=True
+    )
     for w in writers:
         assert w.wait(timeout=120) == 0
     out, _ = reader.communicate(timeout=120)

@@ -36,9 +36,17 @@ MAX_DELAY_S = 0.25
 def run_and_kill(trace_dir: Path, fsync: bool, resume_after: int, delay: float) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "trace_crash_worker.py"), str(trace_dir), "1" if fsync else "0",
-         str(resume_after)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            str(HERE / "trace_crash_worker.py"),
+            str(trace_dir),
+            "1" if fsync else "0",
+            str(resume_after),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         line = proc.stdout.readline()

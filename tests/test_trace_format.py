@@ -89,8 +89,10 @@ def manifest_steps(trace_dir: Path) -> list[int]:
 
 def test_round_trip_every_column_and_dtype(tmp_path):
     inp = make_inputs(7)
-    role = pa.array([np.full(len(r), i % 3, dtype=np.int8) for i, r in enumerate(inp["response_ids"])],
-                    type=pa.list_(pa.int8()))
+    role = pa.array(
+        [np.full(len(r), i % 3, dtype=np.int8) for i, r in enumerate(inp["response_ids"])],
+        type=pa.list_(pa.int8()),
+    )
     table = build_step_table(7, **inp, extra={"token_role": role})
     write_steps_dir = tmp_path / "trace"
     with TraceWriter(write_steps_dir, {"model": "tiny"}) as w:
@@ -160,8 +162,16 @@ def test_summary_columns_are_nan_aware_and_null_when_nothing_captured():
     assert t.column("influence").is_null().to_pylist() == [False, False, False, True]
     # no influence at all
     t2 = build_step_table(
-        1, uid=["a"], group_index=[0], sample_index=[0], prompt_ids=[[1]], response_ids=[np.array([3])],
-        entropy=[np.array([0.25])], reward=[0.0], advantage=[0.0], truncated=[True],
+        1,
+        uid=["a"],
+        group_index=[0],
+        sample_index=[0],
+        prompt_ids=[[1]],
+        response_ids=[np.array([3])],
+        entropy=[np.array([0.25])],
+        reward=[0.0],
+        advantage=[0.0],
+        truncated=[True],
     )
     assert t2.column("influence").null_count == 1
     assert t2.column("influence_sum").to_pylist() == [None]
@@ -192,9 +202,16 @@ def test_float16_entropy_precision(tmp_path):
     ent = [rng.random(4096).astype(np.float32) * 12 for _ in range(4)]
     ent[0][:5] = [0.0, 1e-5, 6.1e-5, 11.999, 12.0]
     t = build_step_table(
-        1, uid=["u"] * 4, group_index=[0] * 4, sample_index=range(4), prompt_ids=[[1]] * 4,
-        response_ids=[np.zeros(4096, np.int32)] * 4, entropy=ent, reward=np.zeros(4),
-        advantage=np.zeros(4), truncated=np.zeros(4, bool),
+        1,
+        uid=["u"] * 4,
+        group_index=[0] * 4,
+        sample_index=range(4),
+        prompt_ids=[[1]] * 4,
+        response_ids=[np.zeros(4096, np.int32)] * 4,
+        entropy=ent,
+        reward=np.zeros(4),
+        advantage=np.zeros(4),
+        truncated=np.zeros(4, bool),
     )
     write_dir = tmp_path / "t"
     with TraceWriter(write_dir, {}) as w:
@@ -238,8 +255,16 @@ def test_nullable_bool_accepts_nan_as_unknown():
 
 def test_empty_step_round_trips(tmp_path):
     t = build_step_table(
-        1, uid=[], group_index=[], sample_index=[], prompt_ids=[], response_ids=[], entropy=[],
-        reward=[], advantage=[], truncated=[],
+        1,
+        uid=[],
+        group_index=[],
+        sample_index=[],
+        prompt_ids=[],
+        response_ids=[],
+        entropy=[],
+        reward=[],
+        advantage=[],
+        truncated=[],
     )
     with TraceWriter(tmp_path, {}) as w:
         w.submit(1, t)
@@ -454,7 +479,10 @@ def test_resume_repairs_a_killed_run(tmp_path):
     assert (tmp_path / "manifest.jsonl").read_text().endswith("\n")
     assert (tmp_path / "latest_step.txt").read_text().strip() == "3"
     assert sorted(p.name for p in (tmp_path / "steps").iterdir()) == [
-        "step_000001.parquet", "step_000002.parquet", "step_000003.parquet"]
+        "step_000001.parquet",
+        "step_000002.parquet",
+        "step_000003.parquet",
+    ]
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     with pytest.raises(ValueError, match="steps must increase"):
         w.submit(3, make_table(3))
@@ -574,7 +602,7 @@ def test_list_helpers_respect_slices_and_chunks():
     values, offsets = list_values(t.column("response_ids").slice(3, 4))
     assert len(offsets) == 5
     for k in range(4):
-        np.testing.assert_array_equal(values[offsets[k]:offsets[k + 1]], list_row(t, "response_ids", 3 + k))
+        np.testing.assert_array_equal(values[offsets[k] : offsets[k + 1]], list_row(t, "response_ids", 3 + k))
     two_chunks = pa.concat_tables([t.slice(0, 4), t.slice(4)])
     assert two_chunks.column("entropy").num_chunks == 2
     for row in range(10):
@@ -656,8 +684,13 @@ def test_trace_package_does_not_import_torch():
     import sys
 
     code = "import sys, archer.core.trace; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -667,7 +700,11 @@ def test_writer_from_trace_config(tmp_path):
     cfg = TraceConfig(write_every=2, row_group_size=4, compression_level=5, max_queue=1)
     with TraceWriter.from_config(cfg, tmp_path / "run", {"model": "m"}) as w:
         assert (w.dir, w.write_every, w.row_group_size, w.compression_level) == (
-            tmp_path / "run" / "trace", 2, 4, 5)
+            tmp_path / "run" / "trace",
+            2,
+            4,
+            5,
+        )
         for s in (1, 2, 3):
             w.submit(s, make_table(s, n=9))
     assert TraceReader(tmp_path / "run").steps() == [1, 2]

@@ -11,12 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-
-from archer.cli.main import app
-from archer.core.trace import TraceReader
-from archer.core.trace.npz_import import load_npz
-from archer.errors import TraceError
-from archer.view.data import RESPONSE_EXPORT_COLUMNS, TOKEN_EXPORT_COLUMNS
 from view.tracegen import (
     OLD_TEXTS,
     STEP2,
@@ -29,6 +23,12 @@ from view.tracegen import (
     write_old_npz_trace,
     write_trace,
 )
+
+from archer.cli.main import app
+from archer.core.trace import TraceReader
+from archer.core.trace.npz_import import load_npz
+from archer.errors import TraceError
+from archer.view.data import RESPONSE_EXPORT_COLUMNS, TOKEN_EXPORT_COLUMNS
 
 runner = CliRunner()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -20,17 +19,23 @@ EPILOG = (
 
 
 def ablate(
-    overrides: Optional[List[str]] = typer.Argument(
+    overrides: list[str] | None = typer.Argument(
         None, metavar="[KEY=VALUE]...", help="Overrides applied to every case, e.g. trainer.total_steps=50."
     ),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or YAML path (the base of every case)."),
-    grid: Optional[Path] = typer.Option(None, "--grid", "-g", help="Grid YAML file (not needed with --resume)."),
-    out: Optional[Path] = typer.Option(
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="Preset name or YAML path (the base of every case)."
+    ),
+    grid: Path | None = typer.Option(None, "--grid", "-g", help="Grid YAML file (not needed with --resume)."),
+    out: Path | None = typer.Option(
         None, "--out", "-o", help="Sweep directory (default: <trainer.out_dir>/ablate-<preset>-<time>)."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate every case and print them as a table; run nothing."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out: skip finished cases, rerun the rest."),
-    max_failures: Optional[int] = typer.Option(
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate every case and print them as a table; run nothing."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the sweep in --out: skip finished cases, rerun the rest."
+    ),
+    max_failures: int | None = typer.Option(
         None, "--max-failures", min=1, help="Stop the sweep after N failed cases (default: never stop)."
     ),
 ) -> None:
@@ -70,14 +75,21 @@ def ablate(
         if notes["added"]:
             note(f"added {len(notes['added'])} new case(s) from the grid: {', '.join(notes['added'])}")
         if notes["dropped"]:
-            note(f"{len(notes['dropped'])} case(s) of the sweep are no longer in the grid and are left as they are: "
-                 f"{', '.join(notes['dropped'])}")
+            note(
+                f"{len(notes['dropped'])} case(s) of the sweep are no longer in the grid and are left as "
+                "they are: "
+                f"{', '.join(notes['dropped'])}"
+            )
         if resume:
             rerun = [c for c in todo if sweep.case(c).status != "pending"]
-            note(f"resuming {sweep.dir}: {len(skipped)} finished case(s) skipped, {len(todo)} to run"
-                 + (f" (again: {', '.join(rerun)})" if rerun else ""))
+            note(
+                f"resuming {sweep.dir}: {len(skipped)} finished case(s) skipped, {len(todo)} to run"
+                + (f" (again: {', '.join(rerun)})" if rerun else "")
+            )
         sweep.save()
-        console().print(f"[bold]archer ablate[/bold] · preset {sweep.preset} · {len(todo)} case(s) to run · {sweep.dir}")
+        console().print(
+            f"[bold]archer ablate[/bold] · preset {sweep.preset} · {len(todo)} case(s) to run · {sweep.dir}"
+        )
         if not todo:
             console().print("[green]nothing to do:[/green] every case has finished")
             console().print(f"[dim]results: archer collect {sweep.dir}[/dim]")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -27,21 +26,36 @@ class Format(str, Enum):
     json = "json"
 
 
-SUFFIX_FORMAT = {".csv": Format.csv, ".md": Format.markdown, ".markdown": Format.markdown, ".json": Format.json}
+SUFFIX_FORMAT = {
+    ".csv": Format.csv,
+    ".md": Format.markdown,
+    ".markdown": Format.markdown,
+    ".json": Format.json,
+}
 
 
 def collect(
-    paths: List[Path] = typer.Argument(..., help="Run directories, sweep directories or folders to search."),
-    fmt: Optional[Format] = typer.Option(
-        None, "--format", "-f", help="table (default on screen), csv, markdown or json; with --out, taken from its suffix."
+    paths: list[Path] = typer.Argument(..., help="Run directories, sweep directories or folders to search."),
+    fmt: Format | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="table (default on screen), csv, markdown or json; with --out, taken from its suffix.",
     ),
-    metrics: Optional[List[str]] = typer.Option(
-        None, "--metrics", "-m", help="Extra metric columns by name or glob (final value), e.g. 'actor/*'. Repeatable."
+    metrics: list[str] | None = typer.Option(
+        None,
+        "--metrics",
+        "-m",
+        help="Extra metric columns by name or glob (final value), e.g. 'actor/*'. Repeatable.",
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the screen."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG plots into this directory (needs the plot extra)."),
-    plot_terminal: bool = typer.Option(False, "--plot-terminal", help="Also draw small plots in the terminal (plotext)."),
-    reference: Optional[str] = typer.Option(
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of the screen."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Write PNG plots into this directory (needs the plot extra)."
+    ),
+    plot_terminal: bool = typer.Option(
+        False, "--plot-terminal", help="Also draw small plots in the terminal (plotext)."
+    ),
+    reference: str | None = typer.Option(
         None, "--reference", help="Run to correlate influence with (default: the first run with influence)."
     ),
 ) -> None:
@@ -70,7 +84,10 @@ def collect(
     if not t.rows:
         raise UsageError(
             f"no runs found in {', '.join(map(str, paths))}",
-            hint="pass run directories (with config.yaml), sweep directories (with sweep.json) or folders holding them",
+            hint=(
+                "pass run directories (with config.yaml), sweep directories (with sweep.json) or folders "
+                "holding them"
+            ),
         )
 
     if chosen is Format.table:

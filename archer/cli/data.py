@@ -101,7 +101,8 @@ def synth_arithmetic(
     """Write seeded two-operand arithmetic problems ('23+45=' -> '68') for the tiny char-level model."""
     from rich.markup import escape
 
-    from archer.cli._console import err, out as console
+    from archer.cli._console import err
+    from archer.cli._console import out as console
     from archer.core.data.synth import write_arithmetic
 
     with err().status("generating arithmetic problems ..."):
@@ -174,7 +175,8 @@ def prepare_dapo_math(
         TimeElapsedColumn,
     )
 
-    from archer.cli._console import err, out as console
+    from archer.cli._console import err
+    from archer.cli._console import out as console
     from archer.core.data.dapo_math import prepare_dapo_math as prepare
 
     with Progress(

@@ -63,7 +63,9 @@ def collect() -> dict:
             info["cuda"]["available"] = True
             for i in range(torch.cuda.device_count()):
                 p = torch.cuda.get_device_properties(i)
-                info["cuda"]["devices"].append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)})
+                info["cuda"]["devices"].append(
+                    {"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)}
+                )
     missing: dict[str, list[str]] = {}
     for engine, needs in REQUIREMENTS.items():
         gaps = []
@@ -85,7 +87,8 @@ def collect() -> dict:
 
 
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show versions of python, torch, transformers, verl, ray, vllm, the CUDA devices, and what is missing."""
+    """Show versions of python, torch, transformers, verl, ray, vllm, the CUDA devices, and what is
+    missing."""
     info = collect()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -119,15 +122,25 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
 
     plugin = info.get("verl_plugin")
     if plugin is not None:
-        routes = [r for r, ok in (("entry point", plugin["entry_point"]), ("VERL_USE_EXTERNAL_MODULES", plugin["env_var"]))
-                  if ok]
+        routes = [
+            r
+            for r, ok in (
+                ("entry point", plugin["entry_point"]),
+                ("VERL_USE_EXTERNAL_MODULES", plugin["env_var"]),
+            )
+            if ok
+        ]
         if plugin["registered"]:
-            out().print(f"verl plugin: [green]registered[/green] ({', '.join(routes) or 'imported by archer'}): "
-                        f"losses {', '.join(plugin['policy_losses'])}, trainer archer_sync")
+            out().print(
+                f"verl plugin: [green]registered[/green] ({', '.join(routes) or 'imported by archer'}): "
+                f"losses {', '.join(plugin['policy_losses'])}, trainer archer_sync"
+            )
         else:
             out().print(f"verl plugin: [red]not registered[/red]: {escape(str(plugin['error']))}")
     for engine, gaps in info["missing"].items():
         if gaps:
-            out().print(f"[yellow]{engine}[/yellow]: missing {', '.join(gaps)}  [dim]({escape(hints[engine])})[/dim]")
+            out().print(
+                f"[yellow]{engine}[/yellow]: missing {', '.join(gaps)}  [dim]({escape(hints[engine])})[/dim]"
+            )
         else:
             out().print(f"[green]{engine}[/green]: ready")

@@ -35,6 +35,7 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
 
+
 EPILOG = (
     "--model is a run directory (its latest checkpoint; data, reward and lengths default to the run's "
     "config), a checkpoint folder, or a Hugging Face model folder. Samples are saved in --out "
@@ -56,33 +57,55 @@ def eval_cmd(
         None, "--model", "-m", help="Run directory, checkpoint folder or Hugging Face model folder."
     ),
     data: list[str] | None = typer.Option(
-        None, "--data", "-d", help="Parquet/jsonl file(s) in verl's layout (default: the run's validation data)."
+        None,
+        "--data",
+        "-d",
+        help="Parquet/jsonl file(s) in verl's layout (default: the run's validation data).",
     ),
     n: int = typer.Option(8, "--n", help="Samples per problem (K)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold."),
     max_new_tokens: int | None = typer.Option(
-        None, "--max-new-tokens", help="Response length limit (default: the run's rollout.max_new_tokens, else 1024)."
+        None,
+        "--max-new-tokens",
+        help="Response length limit (default: the run's rollout.max_new_tokens, else 1024).",
     ),
-    engine: Engine = typer.Option(Engine.local, "--engine", help="local (HF generate, CPU or GPU) or vllm (GPU, needs the vllm extra)."),
+    engine: Engine = typer.Option(
+        Engine.local, "--engine", help="local (HF generate, CPU or GPU) or vllm (GPU, needs the vllm extra)."
+    ),
     reward: Reward | None = typer.Option(
         None, "--reward", help="Reward function: math or arithmetic (default: the run's, else math)."
     ),
-    ks: str | None = typer.Option(None, "--k", help="pass@k columns, e.g. 1,4,16 (default: 1,2,4,... up to --n)."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Evaluation folder (default: <run>/eval/<checkpoint>-<data>, else ./eval/...)."
+    ks: str | None = typer.Option(
+        None, "--k", help="pass@k columns, e.g. 1,4,16 (default: 1,2,4,... up to --n)."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Problems per batch (one saved shard each)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed (each batch draws from (seed, first problem))."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Evaluation folder (default: <run>/eval/<checkpoint>-<data>, else ./eval/...).",
+    ),
+    batch_size: int = typer.Option(
+        16, "--batch-size", "-b", help="Problems per batch (one saved shard each)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Sampling seed (each batch draws from (seed, first problem))."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N problems."),
     dtype: DType = typer.Option(DType.auto, "--dtype", help="auto (the model's), fp32, bf16 or fp16."),
     device: Device = typer.Option(Device.auto, "--device", help="local engine: auto, cpu or cuda."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder, if not beside the model."),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="Tokenizer folder, if not beside the model."
+    ),
     regrade: Path | None = typer.Option(
         None, "--regrade", help="Re-grade the samples in this evaluation folder (no sampling), then report."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard samples already in --out and start over."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the folder."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard samples already in --out and start over."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow model code from the folder."
+    ),
 ) -> None:
     """Sample K responses per problem, grade them, and report avg@K and pass@k."""
     from archer.cli._console import err, note, warn
@@ -91,11 +114,21 @@ def eval_cmd(
 
     reward_name = reward.value if reward is not None else None
     if regrade is not None:
-        given = [name for name, value in (("--model", model), ("--data", data), ("--out", out),
-                                          ("--tokenizer", tokenizer)) if value]
+        given = [
+            name
+            for name, value in (
+                ("--model", model),
+                ("--data", data),
+                ("--out", out),
+                ("--tokenizer", tokenizer),
+            )
+            if value
+        ]
         if given:
-            raise UsageError(f"--regrade uses the saved samples; {', '.join(given)} cannot be combined with it",
-                             hint=f"archer eval --regrade {regrade} [--reward NAME] [--k 1,4]")
+            raise UsageError(
+                f"--regrade uses the saved samples; {', '.join(given)} cannot be combined with it",
+                hint=f"archer eval --regrade {regrade} [--reward NAME] [--k 1,4]",
+            )
         from archer.core.evaluation.runner import regrade as run_regrade
 
         result = run_regrade(regrade, reward=reward_name, ks=ks, console=err())
@@ -106,16 +139,33 @@ def eval_cmd(
         from archer.core.evaluation.runner import EvalOptions, run_eval
 
         opts = EvalOptions(
-            model=model, data=list(data or []), out=out, n=n, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, engine=engine.value, reward=reward_name, batch_size=batch_size, ks=ks,
-            seed=seed, dtype=dtype.value, device=device.value, limit=limit, tokenizer=str(tokenizer) if tokenizer else None,
-            overwrite=overwrite, trust_remote_code=trust_remote_code,
+            model=model,
+            data=list(data or []),
+            out=out,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            engine=engine.value,
+            reward=reward_name,
+            batch_size=batch_size,
+            ks=ks,
+            seed=seed,
+            dtype=dtype.value,
+            device=device.value,
+            limit=limit,
+            tokenizer=str(tokenizer) if tokenizer else None,
+            overwrite=overwrite,
+            trust_remote_code=trust_remote_code,
         )
         result = run_eval(opts, console=err(), note=note)
     _print(result, console())
     if not result.results["complete"]:
-        warn(f"only {result.results['problems_sampled']} of {result.results['problems']} problems are sampled; "
-             "the numbers cover those")
+        warn(
+            f"only {result.results['problems_sampled']} of {result.results['problems']} problems are "
+            "sampled; "
+            "the numbers cover those"
+        )
     console().print(f"[dim]samples and results.json in {result.out}[/dim]")
 
 
@@ -132,7 +182,8 @@ def _print(result: object, console: object) -> None:
     console.print(f"[bold]data[/bold]   {escape(', '.join(spec['data']))}")  # type: ignore[attr-defined]
     console.print(  # type: ignore[attr-defined]
         f"[bold]sampling[/bold] n={r['n']} temperature={r['temperature']} top_p={r['top_p']} "
-        f"max_new_tokens={r['max_new_tokens']} seed={r['seed']} engine={spec['engine']} · reward {r['reward']}"
+        f"max_new_tokens={r['max_new_tokens']} seed={r['seed']} engine={spec['engine']} · reward "
+        f"{r['reward']}"
     )
     table = render_table(result.summary, n=int(r["n"]), ks=r["ks"])
     width, crop = None, True

@@ -29,9 +29,15 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the Hugging Face model to."),
     step: int | None = typer.Option(None, "--step", help="Checkpoint step (default: the latest)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Compare weights and logits with the checkpoint."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer folder, if the checkpoint has none."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the folder."),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Compare weights and logits with the checkpoint."
+    ),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="Tokenizer folder, if the checkpoint has none."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow model code from the folder."
+    ),
 ) -> None:
     """Write a checkpoint as a Hugging Face model folder (with its tokenizer) and check it."""
     from archer.cli._console import err
@@ -40,8 +46,14 @@ def export(
 
     with err().status("locating the checkpoint…") as spinner:
         report = export_checkpoint(
-            run_dir, out=out, step=step, force=force, check=check, tokenizer=tokenizer,
-            trust_remote_code=trust_remote_code, status=lambda msg: spinner.update(msg),
+            run_dir,
+            out=out,
+            step=step,
+            force=force,
+            check=check,
+            tokenizer=tokenizer,
+            trust_remote_code=trust_remote_code,
+            status=lambda msg: spinner.update(msg),
         )
     c = console()
     c.print(f"[bold green]exported[/bold green] {report.source.describe()}")
@@ -50,10 +62,19 @@ def export(
     if r is None:
         c.print("  [yellow]not checked[/yellow] (--no-check)")
         return
-    line = (f"  [green]check passed[/green]: loads with transformers; {r['weights_compared']} tensors equal "
-            f"{'the checkpoint' if report.source.kind == 'local' else 'the joined shards rounded to ' + r['dtype']}; "
-            f"logits on {r['tokens']} tokens equal bitwise in {r['dtype']} (tolerance 0)")
+    line = (
+        f"  [green]check passed[/green]: loads with transformers; {r['weights_compared']} tensors equal "
+        + (
+            "the checkpoint"
+            if report.source.kind == "local"
+            else "the joined shards rounded to " + r["dtype"]
+        )
+        + "; "
+        f"logits on {r['tokens']} tokens equal bitwise in {r['dtype']} (tolerance 0)"
+    )
     c.print(line)
     if r.get("fp32_max_abs_logit_diff") is not None:
-        c.print(f"  verl's merger stores {r['dtype']}: logits move by at most {r['fp32_max_abs_logit_diff']:.3g} "
-                "from the fp32 checkpoint")
+        c.print(
+            f"  verl's merger stores {r['dtype']}: logits move by at most {r['fp32_max_abs_logit_diff']:.3g} "
+            "from the fp32 checkpoint"
+        )

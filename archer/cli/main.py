@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -43,6 +44,8 @@ def _cli_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
     except ImportError:  # pragma: no cover
         pass
     return tuple(base), tuple(aborts)
+
+
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
@@ -163,14 +166,20 @@ def _register() -> None:
     app.command("train", rich_help_panel="Run", epilog=train_cmd.EPILOG, context_settings=CONTEXT)(
         train_cmd.train
     )
-    app.command("ablate", rich_help_panel="Run", epilog=ablate_cmd.EPILOG, context_settings=CONTEXT)(ablate_cmd.ablate)
-    app.command("eval", rich_help_panel="Run", epilog=eval_cmd.EPILOG, context_settings=CONTEXT)(eval_cmd.eval_cmd)
+    app.command("ablate", rich_help_panel="Run", epilog=ablate_cmd.EPILOG, context_settings=CONTEXT)(
+        ablate_cmd.ablate
+    )
+    app.command("eval", rich_help_panel="Run", epilog=eval_cmd.EPILOG, context_settings=CONTEXT)(
+        eval_cmd.eval_cmd
+    )
     app.add_typer(data_cmd.app, name="data", rich_help_panel="Data")
     app.add_typer(presets_cmd.app, name="presets", rich_help_panel="Inspect")
     app.command("env", rich_help_panel="Inspect", epilog=env_cmd.EPILOG, context_settings=CONTEXT)(
         env_cmd.env
     )
-    app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(view_cmd.view)
+    app.command("view", rich_help_panel="Inspect", epilog=view_cmd.EPILOG, context_settings=CONTEXT)(
+        view_cmd.view
+    )
     app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
     app.command("export", rich_help_panel="Inspect", epilog=export_cmd.EPILOG, context_settings=CONTEXT)(
         export_cmd.export

@@ -1,11 +1,11 @@
-"""`archer presets ls|show|cp|validate`: find, read, copy and check presets (torchtune's ls/cp/cat/validate)."""
+"""`archer presets ls|show|cp|validate`: find, read, copy and check presets (torchtune's
+ls/cp/cat/validate)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -26,8 +26,14 @@ def _summary(name: str, path: Path) -> dict:
     try:
         c = compose(str(path)).to_dict()
     except Exception as e:  # a broken user preset must not break the listing
-        return {"name": name, "engine": "?", "model": "?", "algorithm": "?", "description": f"(invalid: {e})",
-                "path": str(path)}
+        return {
+            "name": name,
+            "engine": "?",
+            "model": "?",
+            "algorithm": "?",
+            "description": f"(invalid: {e})",
+            "path": str(path),
+        }
     model = c["model"]["path"]
     if model is None:
         t = c["model"]["tiny"]
@@ -35,8 +41,14 @@ def _summary(name: str, path: Path) -> dict:
     elif model == "???":
         model = "(set model.path)"
     algo = f"{c['algorithm']['adv_estimator']} / {c['actor']['policy_loss']}"
-    return {"name": name, "engine": c["engine"], "model": model, "algorithm": algo,
-            "description": c["description"], "path": str(path)}
+    return {
+        "name": name,
+        "engine": c["engine"],
+        "model": model,
+        "algorithm": algo,
+        "description": c["description"],
+        "path": str(path),
+    }
 
 
 @app.command("ls", epilog="Example:  archer presets ls --json")
@@ -56,19 +68,25 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
     for r in rows:
         table.add_row(r["name"], r["engine"], r["model"], r["algorithm"], r["description"])
     out().print(table)
-    out().print("[dim]Show one: archer presets show NAME --resolved  ·  run one: archer train --preset NAME[/dim]")
+    out().print(
+        "[dim]Show one: archer presets show NAME --resolved  ·  run one: archer train --preset NAME[/dim]"
+    )
 
 
 @app.command(
     "show",
-    epilog="Examples:  archer presets show quickstart  ·  archer presets show math model.path=/m --resolved  ·  "
-    "archer presets show quickstart --explain",
+    epilog="Examples:  archer presets show quickstart  ·  archer presets show math model.path=/m --resolved "
+    " ·  archer presets show quickstart --explain",
 )
 def show(
     name: str = typer.Argument(..., help="Preset name or path to a YAML file."),
-    overrides: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides to apply."),
-    resolved: bool = typer.Option(False, "--resolved", help="Print the full config after extends, overrides and interpolation."),
-    explain: bool = typer.Option(False, "--explain", help="List every key with its type, value and doc line."),
+    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides to apply."),
+    resolved: bool = typer.Option(
+        False, "--resolved", help="Print the full config after extends, overrides and interpolation."
+    ),
+    explain: bool = typer.Option(
+        False, "--explain", help="List every key with its type, value and doc line."
+    ),
 ) -> None:
     """Print a preset: the file as written, or the fully resolved config."""
     from archer.core.config import compose
@@ -95,7 +113,7 @@ def _explain(c) -> None:
 
     values = c.to_dict()
     if not out().is_terminal:  # one greppable line per key when piped
-        for key, kind, default, doc in explain_rows():
+        for key, kind, _default, doc in explain_rows():
             v = _get(values, key)
             typer.echo(f"{key} = {'null' if v is None else v}    # {kind}; {doc}")
         return
@@ -106,11 +124,16 @@ def _explain(c) -> None:
         v = _get(values, key)
         shown = "null" if v is None else str(v)
         style = "bold" if shown != default else ""
-        table.add_row(escape(key), escape(kind), f"[{style}]{escape(shown)}[/]" if style else escape(shown), escape(doc))
+        table.add_row(
+            escape(key), escape(kind), f"[{style}]{escape(shown)}[/]" if style else escape(shown), escape(doc)
+        )
     out().print(table)
 
 
-@app.command("cp", epilog="Examples:  archer presets cp quickstart ./my.yaml  ·  archer presets cp math configs/ --force")
+@app.command(
+    "cp",
+    epilog="Examples:  archer presets cp quickstart ./my.yaml  ·  archer presets cp math configs/ --force",
+)
 def cp(
     name: str = typer.Argument(..., help="Preset to copy."),
     dest: Path = typer.Argument(..., help="Destination file or directory."),
@@ -125,10 +148,14 @@ def cp(
     if target.exists() and not force:
         raise UsageError(f"{target} already exists", hint="pass --force to overwrite it")
     if not target.parent.exists():
-        raise UsageError(f"directory {target.parent} does not exist", hint=f"create it first: mkdir -p {target.parent}")
+        raise UsageError(
+            f"directory {target.parent} does not exist", hint=f"create it first: mkdir -p {target.parent}"
+        )
     shutil.copyfile(src, target)
     out().print(f"Copied preset [bold]{src.stem}[/bold] to {target}")
-    out().print(f"[dim]Edit it, then: archer presets validate {target}  ·  archer train --preset {target}[/dim]")
+    out().print(
+        f"[dim]Edit it, then: archer presets validate {target}  ·  archer train --preset {target}[/dim]"
+    )
 
 
 @app.command("validate", epilog="Example:  archer presets validate ./my.yaml")

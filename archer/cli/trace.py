@@ -6,7 +6,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -118,13 +118,9 @@ def export(
     path: Path = typer.Argument(..., help="A run directory (with trace/) or a trace directory."),
     step: int = typer.Option(..., "--step", help="The step to export."),
     fmt: Format = typer.Option(Format.csv, "--format", help="csv or jsonl.", case_sensitive=False),
-    out_file: Optional[Path] = typer.Option(
-        None, "--out", help="File to write (atomically); default: stdout."
-    ),
+    out_file: Path | None = typer.Option(None, "--out", help="File to write (atomically); default: stdout."),
     tokens: bool = typer.Option(False, "--tokens", help="One row per token instead of one per response."),
-    tokenizer: Optional[Path] = typer.Option(
-        None, "--tokenizer", help="With --tokens: add decoded token text."
-    ),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="With --tokens: add decoded token text."),
 ) -> None:
     """One step's responses (summary columns) or tokens (id, entropy, influence) as CSV or JSON lines."""
     from archer.core.trace import TraceReader
@@ -183,7 +179,7 @@ def import_npz(
         ..., help="Holds entropy_trace/ and/or influence_trace/ (the original .npz layout)."
     ),
     new_dir: Path = typer.Argument(..., help="The trace directory to create (must not hold steps yet)."),
-    tokenizer: Optional[Path] = typer.Option(
+    tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="Record this tokenizer folder in summary.json, so archer view decodes text."
     ),
 ) -> None:

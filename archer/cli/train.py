@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,25 +12,33 @@ EPILOG = (
     "  archer train --preset quickstart trainer.total_steps=20 --out runs/demo\n\n"
     "  archer train --preset quickstart ~warmup.steps --dry-run\n\n"
     "  archer train --resume --out runs/demo trainer.total_steps=120\n\n"
-    "  archer train --preset math model.path=/models/qwen data.train_files=data/dapo/train.parquet --dry-run\n\n"
+    "  archer train --preset math model.path=/models/qwen data.train_files=data/dapo/train.parquet "
+    "--dry-run\n\n"
     "Overrides are key=value (YAML values), ~key drops a preset's value. "
     "List the keys: archer presets show quickstart --explain"
 )
 
 
 def train(
-    overrides: Optional[List[str]] = typer.Argument(
+    overrides: list[str] | None = typer.Argument(
         None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. trainer.total_steps=10 rollout.n=8."
     ),
-    preset: Optional[str] = typer.Option(
+    preset: str | None = typer.Option(
         None, "--preset", "-p", help="Preset name (see 'archer presets ls') or path to a YAML file."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: <trainer.out_dir>/<name>)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Compose, validate and print the config and plan; do not train."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory (default: <trainer.out_dir>/<name>)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Compose, validate and print the config and plan; do not train."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
 ) -> None:
     """Train a policy with RL on the preset's engine (local or verl)."""
-    from archer.cli._console import note, out as console, print_yaml, warn
+    from archer.cli._console import note, print_yaml, warn
+    from archer.cli._console import out as console
     from archer.core.config import compose
     from archer.core.run import CONFIG_FILE, check_new_run_dir, resolve_run_dir
     from archer.errors import UsageError
@@ -39,10 +46,14 @@ def train(
     overrides = list(overrides or [])
     if resume:
         if out is None:
-            raise UsageError("--resume needs --out DIR, the run to continue", hint="archer train --resume --out runs/NAME")
+            raise UsageError(
+                "--resume needs --out DIR, the run to continue", hint="archer train --resume --out runs/NAME"
+            )
         saved = out / CONFIG_FILE
         if not saved.exists():
-            raise UsageError(f"nothing to resume in {out} (no {CONFIG_FILE})", hint="check the path given to --out")
+            raise UsageError(
+                f"nothing to resume in {out} (no {CONFIG_FILE})", hint="check the path given to --out"
+            )
         if preset is not None:
             note(f"--resume uses the run's own config ({saved}); --preset {preset} is ignored")
         composed = compose(str(saved), overrides)
@@ -54,7 +65,10 @@ def train(
             pass
     else:
         if preset is None:
-            raise UsageError("missing --preset", hint="for example: archer train --preset quickstart (see 'archer presets ls')")
+            raise UsageError(
+                "missing --preset",
+                hint="for example: archer train --preset quickstart (see 'archer presets ls')",
+            )
         composed = compose(preset, overrides)
 
     run_dir = resolve_run_dir(composed.cfg, composed.preset, out)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,12 +18,12 @@ TRACE_MARKERS = ("trace", "manifest.jsonl", "summary.json", "steps")
 
 def view(
     path: Path = typer.Argument(..., help="A run directory (one with trace/) or a trace directory."),
-    tokenizer: Optional[Path] = typer.Option(
+    tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="Tokenizer folder for decoding; default: tokenizer_path in summary.json."
     ),
-    step: Optional[int] = typer.Option(None, "--step", help="Step to open first (default: the latest)."),
+    step: int | None = typer.Option(None, "--step", help="Step to open first (default: the latest)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Show token ids instead of text."),
-    export_dir: Optional[Path] = typer.Option(
+    export_dir: Path | None = typer.Option(
         None, "--export-dir", help="Where e / E write CSV files (default: the current directory)."
     ),
 ) -> None:

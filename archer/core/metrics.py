@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from archer.core.run import METRICS_FILE, atomic_write_text
 
@@ -51,7 +52,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 class MetricsLog:
     """Appends one JSON line per step; fans out to tensorboard and W&B when enabled."""
 
-    def __init__(self, run_dir: Path, *, logging_cfg: Any = None, run_name: str = "", config: dict | None = None):
+    def __init__(
+        self, run_dir: Path, *, logging_cfg: Any = None, run_name: str = "", config: dict | None = None
+    ):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")
@@ -81,7 +84,10 @@ class MetricsLog:
                 ) from e
             os.environ.setdefault("WANDB_MODE", "offline")
             self._wandb = wandb.init(
-                project=logging_cfg.wandb_project, name=run_name, dir=str(run_dir), config=config or {},
+                project=logging_cfg.wandb_project,
+                name=run_name,
+                dir=str(run_dir),
+                config=config or {},
                 resume="allow",
             )
 
@@ -97,7 +103,11 @@ class MetricsLog:
         row.update({k: _clean(v) for k, v in metrics.items()})
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        numeric = {
+            k: v
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+        }
         if self._tb is not None:
             for k, v in numeric.items():
                 self._tb.add_scalar(k, v, step)

@@ -26,7 +26,12 @@ OPTIONAL_FIELDS = [
     ("agent/branches", "branches", "{:.0f}"),
     ("agent/tool_calls", "tools", "{:.0f}"),
 ]
-TIME_FIELDS = [("time/rollout", "rollout"), ("time/logprob", "logp"), ("time/update", "update"), ("time/trace", "trace")]
+TIME_FIELDS = [
+    ("time/rollout", "rollout"),
+    ("time/logprob", "logp"),
+    ("time/update", "update"),
+    ("time/trace", "trace"),
+]
 
 
 def _fmt(metrics: dict[str, Any], key: str, fmt: str) -> str:
@@ -50,8 +55,15 @@ def format_step(step: int, total: int, metrics: dict[str, Any]) -> str:
 class TrainingProgress:
     """Context manager: `with TrainingProgress(total, start=k) as p: p.step_done(step, metrics)`."""
 
-    def __init__(self, total_steps: int, *, start_step: int = 0, log_every: int = 1, console: Any = None,
-                 live: bool | None = None):
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        start_step: int = 0,
+        log_every: int = 1,
+        console: Any = None,
+        live: bool | None = None,
+    ):
         from rich.console import Console
 
         self.total = total_steps
@@ -62,9 +74,16 @@ class TrainingProgress:
         self._progress = None
         self._task = None
 
-    def __enter__(self) -> "TrainingProgress":
+    def __enter__(self) -> TrainingProgress:
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("[bold]train[/bold]"),
@@ -78,7 +97,9 @@ class TrainingProgress:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=self.total, completed=self.start, stats="starting…")
+            self._task = self._progress.add_task(
+                "train", total=self.total, completed=self.start, stats="starting…"
+            )
         return self
 
     def status(self, text: str) -> None:

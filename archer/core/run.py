@@ -39,9 +39,7 @@ def git_commit(path: Path | None = None) -> str | None:
     """The commit of the archer source tree, if it is a git checkout."""
     here = path or Path(__file__).resolve().parent
     try:
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,8 +44,11 @@ def select_modules(model: nn.Module, pattern: str, max_modules: int) -> list[tup
     traced: engines compute its logits for the response positions only, so its input does not
     cover the sequence the capture positions index."""
     rx = re.compile(pattern)
-    found = [(clean_module_name(n), m) for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and not clean_module_name(n).endswith("lm_head")]
+    found = [
+        (clean_module_name(n), m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not clean_module_name(n).endswith("lm_head")
+    ]
     found = [(n, m) for n, m in found if rx.search(n)]
     if max_modules > 0:
         found = found[-max_modules:]
@@ -116,19 +120,32 @@ class InfluenceRecorder:
                 k_in, k_out = d_in, d_out
             else:
                 k_in, k_out = pick_projection_dims(
-                    d_in, d_out, factor=settings.projection_dim_factor,
-                    max_vector_sum=settings.max_proj_vector_sum, max_hessian_dim=0,
+                    d_in,
+                    d_out,
+                    factor=settings.projection_dim_factor,
+                    max_vector_sum=settings.max_proj_vector_sum,
+                    max_hessian_dim=0,
                 )
             D = k_in * k_out
-            if settings.max_hessian_dim > 0 and D > settings.max_hessian_dim and settings.hessian_mode == "inverse":
+            if (
+                settings.max_hessian_dim > 0
+                and D > settings.max_hessian_dim
+                and settings.hessian_mode == "inverse"
+            ):
                 raise ValueError(
-                    f"influence: module {name} would need a {D}x{D} Hessian ({8 * D * D / 2**30:.2f} GiB at 8·D² bytes), "
-                    f"above influence.max_hessian_dim={settings.max_hessian_dim}; raise the cap or the projection factor"
+                    f"influence: module {name} would need a {D}x{D} Hessian ({8 * D * D / 2**30:.2f} GiB at "
+                    "8·D² bytes), "
+                    f"above influence.max_hessian_dim={settings.max_hessian_dim}; raise the cap or the "
+                    "projection factor"
                 )
             self.names.append(name)
             self.dims.append((k_in, k_out))
-            p_in = projection_matrix(name, "in", k_in, d_in, kind=settings.projection, identity=identity_projection)
-            p_out = projection_matrix(name, "out", k_out, d_out, kind=settings.projection, identity=identity_projection)
+            p_in = projection_matrix(
+                name, "in", k_in, d_in, kind=settings.projection, identity=identity_projection
+            )
+            p_out = projection_matrix(
+                name, "out", k_out, d_out, kind=settings.projection, identity=identity_projection
+            )
             self._proj.append((p_in, p_out))
             self._handles.append(mod.register_forward_hook(self._make_forward_hook(idx)))
         self._storage_dtype = torch.bfloat16 if settings.storage_dtype == "bf16" else torch.float32
@@ -157,7 +174,9 @@ class InfluenceRecorder:
     def module_dims(self) -> list[int]:
         return [a * b for a, b in self.dims]
 
-    def _projections(self, idx: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _projections(
+        self, idx: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         p_in, p_out = self._proj[idx]
         if p_in.device != device or p_in.dtype != dtype:
             p_in, p_out = p_in.to(device=device, dtype=dtype), p_out.to(device=device, dtype=dtype)
@@ -165,16 +184,26 @@ class InfluenceRecorder:
         return p_in, p_out
 
     # ---------------------------------------------------------------- micro-batch context
-    def begin_micro(self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor,
-                    grad_scale: float = 1.0, keep_outputs: bool = False) -> None:
+    def begin_micro(
+        self,
+        positions: torch.Tensor,
+        rows: torch.Tensor,
+        token_index: torch.Tensor,
+        grad_scale: float = 1.0,
+        keep_outputs: bool = False,
+    ) -> None:
         """Capture at `positions` (flat indices over the module's leading dims) during the next
         forward and backward. `grad_scale` multiplies the captured output gradients (pass the
         loss normaliser, e.g. the mini-batch token count, to undo token-mean scaling)."""
         if self._ctx is not None:
             raise RuntimeError("begin_micro called twice without end_micro")
         positions = positions.long()
-        self._ctx = {"positions": positions, "scale": float(grad_scale), "device_positions": {},
-                     "max_position": int(positions.max()) if positions.numel() else -1}
+        self._ctx = {
+            "positions": positions,
+            "scale": float(grad_scale),
+            "device_positions": {},
+            "max_position": int(positions.max()) if positions.numel() else -1,
+        }
         self._slots = [_Slot() for _ in self.names]
         self._keep_outputs = keep_outputs
         self._pending_rows = rows.long().cpu()
@@ -191,7 +220,8 @@ class InfluenceRecorder:
                 missing = [self.names[i] for i, s in enumerate(self._slots) if s.v is None or s.u is None]
                 if missing:
                     raise RuntimeError(
-                        "influence capture incomplete for " + ", ".join(missing[:3])
+                        "influence capture incomplete for "
+                        + ", ".join(missing[:3])
                         + (" …" if len(missing) > 3 else "")
                         + ": the forward did not run, or no gradient reached these modules"
                     )
@@ -208,8 +238,9 @@ class InfluenceRecorder:
             self._keep_outputs = False
 
     @contextmanager
-    def micro(self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor,
-              grad_scale: float = 1.0) -> Iterator[None]:
+    def micro(
+        self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor, grad_scale: float = 1.0
+    ) -> Iterator[None]:
         self.begin_micro(positions, rows, token_index, grad_scale)
         ok = False
         try:
@@ -249,15 +280,18 @@ class InfluenceRecorder:
             t0 = self._tick(output.device)
             slot = self._slots[idx]
             if slot.v is not None:
-                raise RuntimeError(f"module {self.names[idx]} ran twice in one micro-batch; influence capture "
-                                   f"supports each traced module once per forward")
+                raise RuntimeError(
+                    f"module {self.names[idx]} ran twice in one micro-batch; influence capture "
+                    f"supports each traced module once per forward"
+                )
             x = inputs[0]
             pos = self._positions_on(x.device)
             rows_available = x.numel() // x.shape[-1]
             if int(ctx["max_position"]) >= rows_available:
                 raise RuntimeError(
                     f"influence capture position {int(ctx['max_position'])} is outside the input of "
-                    f"{self.names[idx]} ({rows_available} positions): the batch layout and the positions disagree"
+                    f"{self.names[idx]} ({rows_available} positions): the batch layout and the positions "
+                    "disagree"
                 )
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
             p_in, p_out = self._projections(idx, x.device, dtype)

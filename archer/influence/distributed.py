@@ -64,4 +64,8 @@ class ProcessGroupComm:
         counts = [torch.zeros_like(n) for _ in range(self.world)]
         dist.all_gather(counts, n, group=self.group)
         sizes = [int(c.item()) for c in counts]
-        return (self._all_gather_rows(resp, sizes), self._all_gather_rows(U, sizes), self._all_gather_rows(V, sizes))
+        return (
+            self._all_gather_rows(resp, sizes),
+            self._all_gather_rows(U, sizes),
+            self._all_gather_rows(V, sizes),
+        )

@@ -49,8 +49,9 @@ def pick_projection_dims(
     return k_in, k_out
 
 
-def projection_matrix(name: str, side: str, k: int, d: int, *, kind: str = "rademacher",
-                      identity: bool = False) -> torch.Tensor:
+def projection_matrix(
+    name: str, side: str, k: int, d: int, *, kind: str = "rademacher", identity: bool = False
+) -> torch.Tensor:
     """A [k, d] float32 matrix for one side of one module (CPU; move it where it is used).
     `identity=True` (requires k == d) returns the identity: the projection is then exact."""
     if identity or (k == d and kind == "identity"):

@@ -23,8 +23,9 @@ H⁻¹d = (d − Gᵀ(GGᵀ + λI)⁻¹Gd)/λ, an R×R system; for the token sou
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import torch
 
@@ -55,8 +56,9 @@ class ScoreResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def response_gradients(mod: ModuleFactors, tok_resp: torch.Tensor, R: int, *, mean: bool,
-                       dtype: torch.dtype) -> torch.Tensor:
+def response_gradients(
+    mod: ModuleFactors, tok_resp: torch.Tensor, R: int, *, mean: bool, dtype: torch.dtype
+) -> torch.Tensor:
     """[R, D] response gradients Σ_{t∈r} u_t v_tᵀ (or the mean over captured tokens).
 
     `tok_resp[j]` is the response index (0..R-1) of captured token j, or -1 to leave it out."""
@@ -71,8 +73,8 @@ def response_gradients(mod: ModuleFactors, tok_resp: torch.Tensor, R: int, *, me
     V = mod.v.index_select(0, keep).to(dtype)
     chunk = max(1, CHUNK_ELEMENTS // max(1, D))
     for s in range(0, U.shape[0], chunk):
-        outer = U[s:s + chunk, :, None] * V[s:s + chunk, None, :]
-        out.index_add_(0, target[s:s + chunk], outer)
+        outer = U[s : s + chunk, :, None] * V[s : s + chunk, None, :]
+        out.index_add_(0, target[s : s + chunk], outer)
     if mean:
         counts = torch.bincount(target, minlength=R).clamp(min=1).to(dtype)
         out /= counts[:, None, None]
@@ -120,7 +122,7 @@ def solve_token_hessian(U: torch.Tensor, V: torch.Tensor, d: torch.Tensor, reg_l
     H = torch.zeros((D, D), dtype=U.dtype, device=U.device)
     chunk = max(1, CHUNK_ELEMENTS // max(1, D))
     for s in range(0, N, chunk):
-        Gc = (U[s:s + chunk, :, None] * V[s:s + chunk, None, :]).reshape(-1, D)
+        Gc = (U[s : s + chunk, :, None] * V[s : s + chunk, None, :]).reshape(-1, D)
         H.addmm_(Gc.t(), Gc)
     H.diagonal().add_(lam)
     L = torch.linalg.cholesky(H)
@@ -216,8 +218,11 @@ def score_tokens(
     N = captured.num_tokens
     if dtype is None:
         dtype = torch.float64 if any(m.u.dtype == torch.float64 for m in captured.modules) else torch.float32
-    dev = torch.device(compute_device) if compute_device is not None else (
-        captured.modules[0].u.device if captured.modules else torch.device("cpu"))
+    dev = (
+        torch.device(compute_device)
+        if compute_device is not None
+        else (captured.modules[0].u.device if captured.modules else torch.device("cpu"))
+    )
     metas = list(metas)
     all_metas, offset = comm.gather_metas(metas)
     units, skipped = scope_units(all_metas, settings.accepted_rejected_scope)
@@ -228,14 +233,18 @@ def score_tokens(
         idx = [row_global[m.row] for m in unit]
         unit_of_resp[idx] = ui
         unit_resp_idx.append(torch.as_tensor(idx, dtype=torch.long, device=dev))
-    weights = [torch.as_tensor(contrast_weights(u, settings.contrastive_agg), dtype=dtype, device=dev) for u in units]
+    weights = [
+        torch.as_tensor(contrast_weights(u, settings.contrastive_agg), dtype=dtype, device=dev) for u in units
+    ]
 
     # local response index (0..R_local-1) of each captured token, then its unit
     tok_local = _lookup([m.row for m in metas], list(range(len(metas))), captured.rows.long())
     tok_global = torch.where(tok_local >= 0, tok_local + offset, tok_local)
     tok_unit = torch.where(tok_global >= 0, unit_of_resp[tok_global.clamp(min=0)], tok_global)
     sigma_local = torch.as_tensor([float((m.sign > 0) - (m.sign < 0)) for m in metas] or [0.0], dtype=dtype)
-    tok_sigma = torch.where(tok_local >= 0, sigma_local[tok_local.clamp(min=0)], torch.zeros((), dtype=dtype)).to(dev)
+    tok_sigma = torch.where(
+        tok_local >= 0, sigma_local[tok_local.clamp(min=0)], torch.zeros((), dtype=dtype)
+    ).to(dev)
     my_tokens_per_unit = [t.to(dev) for t in _split_by(tok_unit, len(units))]
     tok_local_dev = tok_local.to(dev)
 
@@ -244,12 +253,16 @@ def score_tokens(
     for mod in captured.modules:
         t0 = time.perf_counter()
         m = ModuleFactors(mod.name, mod.k_in, mod.k_out, mod.u.to(dev, dtype), mod.v.to(dev, dtype))
-        G_local = response_gradients(m, tok_local_dev, len(metas), mean=settings.response_grad == "mean", dtype=dtype)
+        G_local = response_gradients(
+            m, tok_local_dev, len(metas), mean=settings.response_grad == "mean", dtype=dtype
+        )
         G_all = comm.gather_rows(G_local)
         token_data = None
         if settings.hessian_mode == "inverse" and settings.hessian_source == "token":
             resp_all, U_all, V_all = comm.gather_tokens(tok_global.to(dev), m.u, m.v)
-            unit_of_tok_all = torch.where(resp_all >= 0, unit_of_resp.to(dev)[resp_all.clamp(min=0)], resp_all)
+            unit_of_tok_all = torch.where(
+                resp_all >= 0, unit_of_resp.to(dev)[resp_all.clamp(min=0)], resp_all
+            )
             token_data = (_split_by(unit_of_tok_all.cpu(), len(units)), U_all, V_all)
         mod_scores = torch.full((N,), float("nan"), dtype=dtype, device=dev)
         t_solve += time.perf_counter() - t0
@@ -264,7 +277,9 @@ def score_tokens(
             else:
                 parts, U_all, V_all = token_data
                 sel = parts[ui].to(dev)
-                s = solve_token_hessian(U_all.index_select(0, sel), V_all.index_select(0, sel), d, settings.reg_lambda)
+                s = solve_token_hessian(
+                    U_all.index_select(0, sel), V_all.index_select(0, sel), d, settings.reg_lambda
+                )
             t1 = time.perf_counter()
             j = my_tokens_per_unit[ui]
             if j.numel():
@@ -290,8 +305,9 @@ def score_tokens(
     return ScoreResult(scores=total, per_module=per_module_scores, metrics=metrics)
 
 
-def scatter_to_rows(result_scores: torch.Tensor, captured: CapturedFactors,
-                    lengths: dict[int, int]) -> dict[int, torch.Tensor]:
+def scatter_to_rows(
+    result_scores: torch.Tensor, captured: CapturedFactors, lengths: dict[int, int]
+) -> dict[int, torch.Tensor]:
     """Per-row arrays of length `lengths[row]` (the scores' dtype): the token scores, NaN where
     not captured."""
     dtype = result_scores.dtype

@@ -7,11 +7,12 @@ scoring only if it has both accepted and rejected responses (otherwise there is 
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 
-def accepted_mask(rewards: Sequence[float], groups: Sequence[Hashable], *, rule: str = "group_max",
-                  threshold: float = 0.5) -> list[bool]:
+def accepted_mask(
+    rewards: Sequence[float], groups: Sequence[Hashable], *, rule: str = "group_max", threshold: float = 0.5
+) -> list[bool]:
     """accepted[i]: reward equals its group's maximum (`group_max`), or exceeds `threshold`."""
     if rule == "threshold":
         return [float(r) > threshold for r in rewards]
@@ -23,8 +24,9 @@ def accepted_mask(rewards: Sequence[float], groups: Sequence[Hashable], *, rule:
     return [float(r) == best[g] for r, g in zip(rewards, groups)]
 
 
-def select_groups(groups: Sequence[Hashable], accepted: Sequence[bool], *, max_prompts: int = 0
-                  ) -> tuple[list[Hashable], int]:
+def select_groups(
+    groups: Sequence[Hashable], accepted: Sequence[bool], *, max_prompts: int = 0
+) -> tuple[list[Hashable], int]:
     """(groups to trace in order of first appearance, number of constant groups left out)."""
     seen: dict[Hashable, list[bool]] = {}
     for g, a in zip(groups, accepted):
@@ -45,7 +47,9 @@ def trace_accepted(groups: Sequence[Hashable], accepted: Sequence[bool]) -> list
     return [bool(a) if len(kinds[g]) == 2 else None for g, a in zip(groups, accepted)]
 
 
-def plan_step(rewards: Sequence[float], advantages: Sequence[float], groups: Sequence[Hashable], settings) -> tuple:
+def plan_step(
+    rewards: Sequence[float], advantages: Sequence[float], groups: Sequence[Hashable], settings
+) -> tuple:
     """Everything an engine decides before capture: (ResponseMeta of every response in the traced
     groups, accepted flag of every response, number of constant groups left out).
 
@@ -57,8 +61,13 @@ def plan_step(rewards: Sequence[float], advantages: Sequence[float], groups: Seq
     chosen, constant = select_groups(groups, accepted, max_prompts=settings.max_prompts_per_step)
     keep = set(chosen)
     metas = [
-        ResponseMeta(row=i, group=g, accepted=accepted[i],
-                     sign=response_sign(settings.output_function, float(advantages[i]), float(rewards[i])))
-        for i, g in enumerate(groups) if g in keep
+        ResponseMeta(
+            row=i,
+            group=g,
+            accepted=accepted[i],
+            sign=response_sign(settings.output_function, float(advantages[i]), float(rewards[i])),
+        )
+        for i, g in enumerate(groups)
+        if g in keep
     ]
     return metas, accepted, constant

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 HESSIAN_MODES = ("inverse", "identity")
 HESSIAN_SOURCES = ("response", "token")
@@ -47,7 +48,7 @@ class InfluenceSettings:
     accept_threshold: float = 0.5
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | Any) -> "InfluenceSettings":
+    def from_mapping(cls, m: Mapping[str, Any] | Any) -> InfluenceSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(m, Mapping):
             m = {k: getattr(m, k) for k in names if hasattr(m, k)}
@@ -55,10 +56,17 @@ class InfluenceSettings:
 
     def validate(self) -> None:
         for name, allowed in (
-            ("hessian_mode", HESSIAN_MODES), ("hessian_source", HESSIAN_SOURCES),
-            ("output_function", OUTPUT_FUNCTIONS), ("accepted_rejected_scope", SCOPES),
-            ("contrastive_agg", CONTRASTIVE_AGGS), ("response_grad", RESPONSE_GRADS),
-            ("projection", PROJECTIONS), ("storage_dtype", STORAGE_DTYPES), ("accept_rule", ACCEPT_RULES),
+            ("hessian_mode", HESSIAN_MODES),
+            ("hessian_source", HESSIAN_SOURCES),
+            ("output_function", OUTPUT_FUNCTIONS),
+            ("accepted_rejected_scope", SCOPES),
+            ("contrastive_agg", CONTRASTIVE_AGGS),
+            ("response_grad", RESPONSE_GRADS),
+            ("projection", PROJECTIONS),
+            ("storage_dtype", STORAGE_DTYPES),
+            ("accept_rule", ACCEPT_RULES),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"influence.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"influence.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )

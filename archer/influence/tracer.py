@@ -16,8 +16,9 @@ Positions: token t of a response is captured at the position whose logits predic
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,8 +46,13 @@ def token_subsample(length: int, cap: int) -> torch.Tensor:
     return torch.linspace(0, length - 1, cap).round().long().unique()
 
 
-def _positions(rows: Sequence[int], starts: Sequence[int], lengths: Sequence[int],
-               selected: dict[int, int] | None, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _positions(
+    rows: Sequence[int],
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    selected: dict[int, int] | None,
+    max_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(flat positions, row ids, token indices): token t of row r sits at starts[k] + t."""
     pos, rid, tok = [], [], []
     for r, start, L in zip(rows, starts, lengths):
@@ -62,9 +68,16 @@ def _positions(rows: Sequence[int], starts: Sequence[int], lengths: Sequence[int
     return torch.cat(pos), torch.cat(rid), torch.cat(tok)
 
 
-def padded_positions(rows: Sequence[int], row_offsets: Sequence[int], lengths: Sequence[int], *,
-                     seq_len: int, prompt_width: int, selected: dict[int, int] | None = None,
-                     max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def padded_positions(
+    rows: Sequence[int],
+    row_offsets: Sequence[int],
+    lengths: Sequence[int],
+    *,
+    seq_len: int,
+    prompt_width: int,
+    selected: dict[int, int] | None = None,
+    max_tokens: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat positions over a [b, seq_len] micro-batch whose responses start at column `prompt_width`.
 
     rows: global row id of each micro-batch row; row_offsets: its index within the micro-batch;
@@ -73,9 +86,15 @@ def padded_positions(rows: Sequence[int], row_offsets: Sequence[int], lengths: S
     return _positions(rows, starts, lengths, selected, max_tokens)
 
 
-def packed_positions(rows: Sequence[int], cu_seqlens: Sequence[int], prompt_lengths: Sequence[int],
-                     lengths: Sequence[int], *, selected: dict[int, int] | None = None,
-                     max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def packed_positions(
+    rows: Sequence[int],
+    cu_seqlens: Sequence[int],
+    prompt_lengths: Sequence[int],
+    lengths: Sequence[int],
+    *,
+    selected: dict[int, int] | None = None,
+    max_tokens: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat positions over a packed (remove-padding) micro-batch: sequence k occupies
     [cu_seqlens[k], cu_seqlens[k+1]) and its response starts after prompt_lengths[k] tokens."""
     starts = [int(cu_seqlens[k]) + int(P) - 1 for k, P in enumerate(prompt_lengths)]
@@ -85,8 +104,14 @@ def packed_positions(rows: Sequence[int], cu_seqlens: Sequence[int], prompt_leng
 class InfluenceTracer:
     """Owns the recorder for one model and turns a step's captures into per-token scores."""
 
-    def __init__(self, model: nn.Module, settings: InfluenceSettings, *, identity_projection: bool = False,
-                 comm: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: InfluenceSettings,
+        *,
+        identity_projection: bool = False,
+        comm: Any = None,
+    ):
         settings.validate()
         self.settings = settings
         self.recorder = InfluenceRecorder(model, settings, identity_projection=identity_projection)
@@ -111,14 +136,20 @@ class InfluenceTracer:
         self._capture_seconds = 0.0
 
     @contextmanager
-    def micro(self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor,
-              grad_scale: float = 1.0) -> Iterator[None]:
+    def micro(
+        self, positions: torch.Tensor, rows: torch.Tensor, token_index: torch.Tensor, grad_scale: float = 1.0
+    ) -> Iterator[None]:
         """Wrap one micro-batch's forward and backward (or `autograd.grad`)."""
         with self.recorder.micro(positions, rows, token_index, grad_scale):
             yield
 
-    def separate_backward(self, forward: Callable[[], torch.Tensor], positions: torch.Tensor, rows: torch.Tensor,
-                          token_index: torch.Tensor) -> None:
+    def separate_backward(
+        self,
+        forward: Callable[[], torch.Tensor],
+        positions: torch.Tensor,
+        rows: torch.Tensor,
+        token_index: torch.Tensor,
+    ) -> None:
         """Capture the gradients of an output function O = forward() with one extra backward that
         reaches the traced modules' outputs only (`torch.autograd.grad`), leaving `.grad` alone."""
         if positions.numel() == 0:
@@ -138,8 +169,9 @@ class InfluenceTracer:
         # the extra pass is overhead as a whole; its hook time is already in recorder.hook_seconds
         self._capture_seconds += (time.perf_counter() - t0) - (self.recorder.hook_seconds - h0)
 
-    def finish_step(self, *, compute_device: torch.device | str | None = None
-                    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
+    def finish_step(
+        self, *, compute_device: torch.device | str | None = None
+    ) -> tuple[dict[int, torch.Tensor], dict[str, float]]:
         """Scores per selected row (the compute dtype, NaN = not captured) and the step's metrics."""
         s = self.settings
         captured = self.recorder.captured()
@@ -149,7 +181,9 @@ class InfluenceTracer:
         if dev is None and s.force_gpu_compute and torch.cuda.is_available():
             dev = "cuda"
         factor_bytes = self.recorder.memory_bytes()
-        result = score_tokens(captured, self.metas, s, compute_device=dev, comm=self.comm, timings=self.timings)
+        result = score_tokens(
+            captured, self.metas, s, compute_device=dev, comm=self.comm, timings=self.timings
+        )
         per_row = scatter_to_rows(result.scores, captured, self.selected())
         rows_emitted = sum(1 for v in per_row.values() if bool(torch.isfinite(v).any()))
         D = max(self.recorder.module_dims) if self.recorder.module_dims else 0

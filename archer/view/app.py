@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.text import Text
@@ -29,8 +30,8 @@ from archer.view import messages as msg
 from archer.view.colors import SCALE_MODES, diverging_scale, finite_range, sequential_scale
 from archer.view.data import (
     ACCEPT_FILTERS,
-    TOKEN_EXPORT_COLUMNS,
     RESPONSE_EXPORT_COLUMNS,
+    TOKEN_EXPORT_COLUMNS,
     ResponseTable,
     ResponseTokens,
     StepRow,
@@ -50,8 +51,8 @@ from archer.view.widgets.across import AcrossSteps
 from archer.view.widgets.filters import ResponseFilterBar, TokenFilterBar
 from archer.view.widgets.heatmap import TokenView
 from archer.view.widgets.help import HelpScreen
-from archer.view.widgets.prompt import PromptPanel
 from archer.view.widgets.linetable import LineTable
+from archer.view.widgets.prompt import PromptPanel
 from archer.view.widgets.tables import (
     GroupTable,
     ResponsesTable,
@@ -75,7 +76,7 @@ def guarded(fn: Callable) -> Callable:
     """Run a handler; an unexpected error becomes an in-app message instead of a crash."""
 
     @functools.wraps(fn)
-    def wrapper(self: "ArcherViewer", *args: Any, **kw: Any) -> Any:
+    def wrapper(self: ArcherViewer, *args: Any, **kw: Any) -> Any:
         try:
             return fn(self, *args, **kw)
         except Exception as e:  # noqa: BLE001 - the app must stay up; say what went wrong

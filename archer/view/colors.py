@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from rich.color import Color
@@ -58,7 +58,7 @@ SCALE_HELP = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def lut_rgb(cmap: str) -> np.ndarray:
     """(256, 3) uint8 RGB table of a colour map."""
     anchors = CMAPS[cmap]
@@ -73,7 +73,7 @@ def _fg_for(r: int, g: int, b: int) -> str:
     return "rgb(0,0,0)" if lum > 0.5 else "rgb(255,255,255)"
 
 
-@lru_cache(maxsize=None)
+@cache
 def style_lut(cmap: str) -> tuple[Style, ...]:
     """256 cell styles (background from the map, black or white text for contrast)."""
     return tuple(

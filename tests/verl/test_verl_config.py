@@ -31,16 +31,33 @@ def verl_config(preset: str, *overrides: str, run_dir: str = "/runs/r1", resume:
 
 
 def test_archer_keys_map_onto_verl_keys():
-    vc = verl_config("math-influence", "rollout.top_k=0", "trainer.val_every=0", "data.val_files=[/data/val.parquet]",
-                     "trainer.keep_checkpoints=3", "model.dtype=fp32")
+    vc = verl_config(
+        "math-influence",
+        "rollout.top_k=0",
+        "trainer.val_every=0",
+        "data.val_files=[/data/val.parquet]",
+        "trainer.keep_checkpoints=3",
+        "model.dtype=fp32",
+    )
     s = vc.select
     assert s("trainer.v1.trainer_mode") == "archer_sync" and s("trainer.use_v1") is True
-    assert s("actor_rollout_ref.model.path") == "/models/qwen" and s("data.train_files") == ["/data/train.parquet"]
+    assert s("actor_rollout_ref.model.path") == "/models/qwen" and s("data.train_files") == [
+        "/data/train.parquet"
+    ]
     assert s("data.val_files") == ["/data/val.parquet"] and s("data.max_response_length") == 32768
     assert s("data.train_batch_size") == 64 and s("actor_rollout_ref.rollout.n") == 16
-    assert s("actor_rollout_ref.actor.ppo_epochs") == 1 and s("actor_rollout_ref.actor.ppo_mini_batch_size") == 64
-    assert s("actor_rollout_ref.actor.use_kl_loss") is True and s("actor_rollout_ref.actor.kl_loss_coef") == 0.001
-    assert s("actor_rollout_ref.actor.optim.lr") == 1e-6 and s("actor_rollout_ref.actor.optim.lr_warmup_steps") == 10
+    assert (
+        s("actor_rollout_ref.actor.ppo_epochs") == 1
+        and s("actor_rollout_ref.actor.ppo_mini_batch_size") == 64
+    )
+    assert (
+        s("actor_rollout_ref.actor.use_kl_loss") is True
+        and s("actor_rollout_ref.actor.kl_loss_coef") == 0.001
+    )
+    assert (
+        s("actor_rollout_ref.actor.optim.lr") == 1e-6
+        and s("actor_rollout_ref.actor.optim.lr_warmup_steps") == 10
+    )
     assert s("actor_rollout_ref.rollout.top_k") == -1  # archer's 0 = off is verl's -1
     assert s("actor_rollout_ref.rollout.val_kwargs.temperature") == 0.6
     assert s("actor_rollout_ref.rollout.val_kwargs.do_sample") is True
@@ -48,7 +65,10 @@ def test_archer_keys_map_onto_verl_keys():
     assert s("reward.custom_reward_function.path") == "pkg://archer.core.rewards.verl_reward"
     assert s("reward.custom_reward_function.reward_kwargs.function") == "math"
     assert s("reward.reward_manager.name") == "dapo"  # overlong buffer on in the recipe
-    assert s("reward.reward_kwargs.overlong_buffer_cfg.len") == 16384 and s("reward.reward_kwargs.max_resp_len") == 32768
+    assert (
+        s("reward.reward_kwargs.overlong_buffer_cfg.len") == 16384
+        and s("reward.reward_kwargs.max_resp_len") == 32768
+    )
     assert s("trainer.test_freq") == 500 and s("trainer.max_actor_ckpt_to_keep") == 3  # 0 = only at the end
     assert s("trainer.default_local_dir") == str(Path("/runs/r1").resolve() / "checkpoints")
     assert s("trainer.resume_mode") == "disable" and s("trainer.experiment_name") == "r1"
@@ -76,21 +96,33 @@ def test_entropy_and_code_presets_select_archers_losses_and_rewards():
 
 
 def test_verl_pass_through_existing_open_and_added_keys():
-    vc = verl_config("math", "verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.55",
-                     "verl.actor_rollout_ref.model.override_config.rope_theta=500000",
-                     "+verl.actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob=7",
-                     "verl.data.train_batch_size=32")
+    vc = verl_config(
+        "math",
+        "verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.55",
+        "verl.actor_rollout_ref.model.override_config.rope_theta=500000",
+        "+verl.actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob=7",
+        "verl.data.train_batch_size=32",
+    )
     assert vc.select("actor_rollout_ref.rollout.gpu_memory_utilization") == 0.55
     assert vc.select("actor_rollout_ref.model.override_config.rope_theta") == 500000  # verl leaves it open
     assert vc.select("actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob") == 7
     assert vc.select("data.train_batch_size") == 32  # verl.* is applied last and wins
 
 
-@pytest.mark.parametrize("override,suggestion", [
-    ("verl.actor_rollout_ref.actor.ppo_mini_batchsize=8", "verl.actor_rollout_ref.actor.ppo_mini_batch_size"),
-    ("verl.trainer.n_gpu_per_node=4", "verl.trainer.n_gpus_per_node"),
-    ("verl.actor_rollout_ref.rollout.engine_kwargs.vllm2.x=1", "verl.actor_rollout_ref.rollout.engine_kwargs.vllm"),
-])
+@pytest.mark.parametrize(
+    "override,suggestion",
+    [
+        (
+            "verl.actor_rollout_ref.actor.ppo_mini_batchsize=8",
+            "verl.actor_rollout_ref.actor.ppo_mini_batch_size",
+        ),
+        ("verl.trainer.n_gpu_per_node=4", "verl.trainer.n_gpus_per_node"),
+        (
+            "verl.actor_rollout_ref.rollout.engine_kwargs.vllm2.x=1",
+            "verl.actor_rollout_ref.rollout.engine_kwargs.vllm",
+        ),
+    ],
+)
 def test_unknown_verl_key_is_a_config_error_with_suggestions(override, suggestion):
     with pytest.raises(ConfigError) as e:
         verl_config("math", override)
@@ -100,41 +132,69 @@ def test_unknown_verl_key_is_a_config_error_with_suggestions(override, suggestio
 
 def test_unknown_verl_key_exits_2_before_anything_starts(tmp_path):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", "math-influence", *REQUIRED, "verl.trainer.nnode=2",
-                            "--out", str(out)])
+    r = runner.invoke(
+        app, ["train", "--preset", "math-influence", *REQUIRED, "verl.trainer.nnode=2", "--out", str(out)]
+    )
     assert r.exit_code == 2, r.output
     assert "unknown verl key 'verl.trainer.nnode'" in r.stderr and "'verl.trainer.nnodes'" in r.stderr
     assert not out.exists()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["warmup.enable=true"], "local-engine feature"),
-    (["influence.enable=true", "influence.output_function=log_prob"], "extra backward"),
-    (["influence.enable=true", "verl.actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
-     "ulysses_sequence_parallel_size=1"),
-    (["verl.trainer.v1.trainer_mode=sync"], "archer_sync"),
-    (["data.train_files=[]"], "data.train_files"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["warmup.enable=true"], "local-engine feature"),
+        (["influence.enable=true", "influence.output_function=log_prob"], "extra backward"),
+        (
+            ["influence.enable=true", "verl.actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
+            "ulysses_sequence_parallel_size=1",
+        ),
+        (["verl.trainer.v1.trainer_mode=sync"], "archer_sync"),
+        (["data.train_files=[]"], "data.train_files"),
+    ],
+)
 def test_settings_verl_cannot_honour_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         verl_config("math", *overrides)
 
 
 def test_verls_own_checks_run_before_ray(tmp_path):
-    r = runner.invoke(app, ["train", "--preset", "math", *REQUIRED, "verl.trainer.n_gpus_per_node=7",
-                            "verl.actor_rollout_ref.actor.use_dynamic_bsz=false", "--out", str(tmp_path / "run"),
-                            "--dry-run"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "math",
+            *REQUIRED,
+            "verl.trainer.n_gpus_per_node=7",
+            "verl.actor_rollout_ref.actor.use_dynamic_bsz=false",
+            "--out",
+            str(tmp_path / "run"),
+            "--dry-run",
+        ],
+    )
     assert r.exit_code == 2, r.output
     assert "verl rejects the config" in r.stderr and "divisible" in r.stderr
-    r = runner.invoke(app, ["train", "--preset", "math", *REQUIRED, "verl.actor_rollout_ref.rollout.temperature=hot",
-                            "--dry-run"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "math",
+            *REQUIRED,
+            "verl.actor_rollout_ref.rollout.temperature=hot",
+            "--dry-run",
+        ],
+    )
     assert r.exit_code == 2 and "verl rejects the config" in r.stderr, r.output
 
 
 def test_runtime_env_reaches_every_ray_process():
     from archer.core.engines.verl.config import apply_runtime_env
 
-    vc = verl_config("math", "verl.ray_kwargs.ray_init.runtime_env.env_vars={VERL_USE_EXTERNAL_MODULES: mine,FOO: x}")
+    vc = verl_config(
+        "math", "verl.ray_kwargs.ray_init.runtime_env.env_vars={VERL_USE_EXTERNAL_MODULES: mine,FOO: x}"
+    )
     apply_runtime_env(vc, Path("/runs/r1"))
     env = vc.select("ray_kwargs.ray_init.runtime_env.env_vars")
     assert env["VERL_USE_EXTERNAL_MODULES"] == "mine,archer.core.engines.verl.plugin" and env["FOO"] == "x"
@@ -155,8 +215,16 @@ def test_dry_run_prints_the_composed_verl_config_and_plan(preset, tmp_path):
     assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
     assert cfg["archer"]["run_dir"] == str(out.resolve())
     assert {"algorithm", "reward", "data", "critic", "ray_kwargs", "transfer_queue"} <= set(cfg)  # complete
-    for label in ("nodes", "GPUs per node", "rollout engine", "vllm", "output", str(out), "verl plugin",
-                  "registered"):
+    for label in (
+        "nodes",
+        "GPUs per node",
+        "rollout engine",
+        "vllm",
+        "output",
+        str(out),
+        "verl plugin",
+        "registered",
+    ):
         assert label in plan, label
     assert not out.exists()  # a dry run writes nothing
 
@@ -200,4 +268,7 @@ def test_aepo_preset_selects_archers_aepo_loss_with_its_knob():
     vc = verl_config("aepo")
     assert vc.select("actor_rollout_ref.actor.policy_loss.loss_mode") == "aepo"
     assert vc.select("actor_rollout_ref.actor.calculate_entropy") is True
-    assert vc.select("archer.loss_knobs.aepo_entropy_advantage") == compose("aepo", REQUIRED).cfg.actor.aepo_entropy_advantage
+    assert (
+        vc.select("archer.loss_knobs.aepo_entropy_advantage")
+        == compose("aepo", REQUIRED).cfg.actor.aepo_entropy_advantage
+    )

@@ -7,8 +7,8 @@ packed with verl's gradient checkpointing (forward hooks re-run in the backward)
 influence of every selected response and per-token entropy must equal the local engine's:
 tolerance 1e-5 of the largest score in identity mode (|Δ| measured about 1e-6), 2e-4 with the
 inverse token Hessian (measured 3e-5: the solve amplifies fp32 rounding), entropy to 1e-5
-absolute (measured 2e-6). Identity-mode scores scale with the square of the captured gradients, so a wrong loss
-normaliser (verl divides by the mini-batch's token count x dp_size) would be off by orders of
+absolute (measured 2e-6). Identity-mode scores scale with the square of the captured gradients, so a
+wrong loss normaliser (verl divides by the mini-batch's token count x dp_size) would be off by orders of
 magnitude, not by 1e-5.
 """
 
@@ -48,7 +48,9 @@ def _plan(step, ref, settings):
     from archer.core.engines.verl.steps import plan_influence
 
     seq_adv = (ref["advantages"].sum(-1) / torch.tensor([len(r) for r in step.responses])).numpy()
-    return plan_influence(_keys(step), np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings)
+    return plan_influence(
+        _keys(step), np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings
+    )
 
 
 def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worker_kw):
@@ -66,8 +68,10 @@ def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worke
         return wrapped(micro_batch, loss_function=loss_function, forward_only=forward_only)
 
     worker.engine.forward_step = spy
-    td = H.update_meta(H.v1_rows(step, ref["old"], ref["advantages"], _plan(step, ref, settings).fields, order),
-                       mini_batch_size=step.size)
+    td = H.update_meta(
+        H.v1_rows(step, ref["old"], ref["advantages"], _plan(step, ref, settings).fields, order),
+        mini_batch_size=step.size,
+    )
     worker.train_mini_batch(td)
     rows, metrics = worker.archer_take_influence()
     assert worker.archer_take_influence() is None  # taken once
@@ -102,12 +106,21 @@ def test_influence_and_entropy_match_local_engine(model_dir, step, layout):
         entropy = response_from_nested(out["entropy"], td["response_mask"])
         for j, i in enumerate(order):
             L = len(step.responses[i])
-            np.testing.assert_allclose(entropy[j].float().numpy(), ref["entropy"][i, :L].numpy(), rtol=0,
-                                       atol=ENTROPY_ATOL)
+            np.testing.assert_allclose(
+                entropy[j].float().numpy(), ref["entropy"][i, :L].numpy(), rtol=0, atol=ENTROPY_ATOL
+            )
 
-    _, rows, metrics, seen = _run_verl(model_dir, step, ref, settings, order, before_update=check_entropy,
-                                       dynamic=layout == "dynamic", remove_padding=layout != "padded",
-                                       checkpointing=layout == "checkpointed")
+    _, rows, metrics, seen = _run_verl(
+        model_dir,
+        step,
+        ref,
+        settings,
+        order,
+        before_update=check_entropy,
+        dynamic=layout == "dynamic",
+        remove_padding=layout != "padded",
+        checkpointing=layout == "checkpointed",
+    )
     selected = step.traced_rows()  # the all-right and all-wrong groups have no contrast
     _assert_same_influence(rows, ref["influence"], selected)
     assert metrics["influence/groups_selected"] == 2 and metrics["influence/rows_emitted"] == len(selected)
@@ -118,21 +131,32 @@ def test_influence_and_entropy_match_local_engine(model_dir, step, layout):
         assert flat != order
 
 
-@pytest.mark.parametrize("loss,mode,rtol", [("archer", "identity", SCORE_RTOL), ("aspo", "inverse", INVERSE_RTOL)])
+@pytest.mark.parametrize(
+    "loss,mode,rtol", [("archer", "identity", SCORE_RTOL), ("aspo", "inverse", INVERSE_RTOL)]
+)
 def test_dual_token_losses_match_local_engine(model_dir, step, loss, mode, rtol):
     """archer's entropy-split losses inside verl's ppo_loss (entropy and knobs through archer's loss
     wrapper), with ratios pushed out of the clip ranges; ASPO with token-Hessian-preconditioned scores."""
     settings = H.influence_settings(hessian_mode=mode, hessian_source="token")
-    knobs = {"token_entropy_quantile": 0.5, "low_entropy_clip_ratio_low": 0.05, "low_entropy_clip_ratio_high": 0.05,
-             "high_entropy_clip_ratio_low": 0.3, "high_entropy_clip_ratio_high": 0.3}
-    ref = H.local_reference(model_dir, step, settings, policy_loss=loss, archer=knobs, aspo_dual_clip=2.0,
-                            old_noise=0.3)
+    knobs = {
+        "token_entropy_quantile": 0.5,
+        "low_entropy_clip_ratio_low": 0.05,
+        "low_entropy_clip_ratio_high": 0.05,
+        "high_entropy_clip_ratio_low": 0.3,
+        "high_entropy_clip_ratio_high": 0.3,
+    }
+    ref = H.local_reference(
+        model_dir, step, settings, policy_loss=loss, archer=knobs, aspo_dual_clip=2.0, old_noise=0.3
+    )
     vanilla = H.local_reference(model_dir, step, settings, old_noise=0.3)
     selected = step.traced_rows()
-    assert any(not np.allclose(ref["influence"][r], vanilla["influence"][r]) for r in selected)  # the loss matters
+    assert any(
+        not np.allclose(ref["influence"][r], vanilla["influence"][r]) for r in selected
+    )  # the loss matters
     order = list(range(step.size))[::-1]
-    _, rows, _, _ = _run_verl(model_dir, step, ref, settings, order, policy_loss=loss,
-                              loss_knobs={**knobs, "aspo_dual_clip": 2.0})
+    _, rows, _, _ = _run_verl(
+        model_dir, step, ref, settings, order, policy_loss=loss, loss_knobs={**knobs, "aspo_dual_clip": 2.0}
+    )
     _assert_same_influence(rows, ref["influence"], selected, rtol)
 
 
@@ -140,7 +164,9 @@ def test_without_archer_fields_the_worker_refuses(model_dir, step):
     settings = H.influence_settings()
     ref = H.local_reference(model_dir, step, settings)
     worker = H.training_worker(model_dir, settings)
-    td = H.update_meta(H.v1_rows(step, ref["old"], ref["advantages"], None, list(range(step.size))),
-                       mini_batch_size=step.size)
+    td = H.update_meta(
+        H.v1_rows(step, ref["old"], ref["advantages"], None, list(range(step.size))),
+        mini_batch_size=step.size,
+    )
     with pytest.raises(RuntimeError, match="archer_row"):
         worker.train_mini_batch(td)

@@ -28,13 +28,19 @@ print("RESULT " + json.dumps({
     "trainer": "archer_sync" in TRAINER_REGISTRY,
 }))
 """
-EVERYTHING = {"losses": ["aepo", "archer", "aspo"],
-              "estimators": ["archer_grpo", "archer_reinforce_plus_plus_baseline", "archer_rloo"],
-              "trainer": True}
+EVERYTHING = {
+    "losses": ["aepo", "archer", "aspo"],
+    "estimators": ["archer_grpo", "archer_reinforce_plus_plus_baseline", "archer_rloo"],
+    "trainer": True,
+}
 
 
 def _probe(code: str, **env: str) -> tuple[dict | None, subprocess.CompletedProcess]:
-    full = {k: v for k, v in os.environ.items() if k not in ("VERL_USE_EXTERNAL_MODULES", "VERL_USE_EXTERNAL_PLUGINS")}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VERL_USE_EXTERNAL_MODULES", "VERL_USE_EXTERNAL_PLUGINS")
+    }
     full.update(env)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -50,8 +56,9 @@ def test_entry_point_alone_registers_everything():
 
 
 def test_env_var_alone_registers_everything():
-    result, r = _probe(PROBE, VERL_USE_EXTERNAL_PLUGINS="none",
-                       VERL_USE_EXTERNAL_MODULES="archer.core.engines.verl.plugin")
+    result, r = _probe(
+        PROBE, VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="archer.core.engines.verl.plugin"
+    )
     assert result == EVERYTHING, r.stderr[-2000:]
 
 
@@ -88,23 +95,45 @@ def test_adapted_losses_equal_archer_losses_with_verl_normalisers():
     new = (old + 0.4 * torch.randn(B, T, generator=g)).requires_grad_()
     adv = torch.randn(B, T, generator=g)
     ent = torch.rand(B, T, generator=g) * 2
-    cfg = ActorConfig(strategy="fsdp", ppo_micro_batch_size_per_gpu=1, rollout_n=4, clip_ratio_low=0.1,
-                      clip_ratio_high=0.3, clip_ratio_c=4.0)
+    cfg = ActorConfig(
+        strategy="fsdp",
+        ppo_micro_batch_size_per_gpu=1,
+        rollout_n=4,
+        clip_ratio_low=0.1,
+        clip_ratio_high=0.3,
+        clip_ratio_c=4.0,
+    )
     cfg.global_batch_info.update(dp_size=2, batch_num_tokens=30, global_batch_size=16)
-    knobs = {"token_entropy_quantile": 0.6, "high_entropy_clip_ratio_high": 0.5, "aspo_dual_clip": 2.5,
-             "aepo_entropy_advantage": 0.3}
+    knobs = {
+        "token_entropy_quantile": 0.6,
+        "high_entropy_clip_ratio_high": 0.5,
+        "aspo_dual_clip": 2.5,
+        "aepo_entropy_advantage": 0.3,
+    }
     for name in ("archer", "aspo", "aepo"):
         fn = verl_policy_loss(name)
         with pytest.raises(RuntimeError, match="archer's training worker"):
             fn(old, new, adv, mask, "token-mean", cfg)
         with loss_inputs(ent, knobs) as inputs:
             loss, metrics = fn(old, new, adv, mask, "token-mean", cfg)
-        want = get_policy_loss(name)(old, new, adv, mask, loss_agg_mode="token-mean", entropy=ent,
-                                     config=PolicyLossConfig(clip_ratio_low=0.1, clip_ratio_high=0.3, clip_ratio_c=4.0,
-                                                             token_entropy_quantile=0.6,
-                                                             high_entropy_clip_ratio_high=0.5, aspo_dual_clip=2.5,
-                                                             aepo_entropy_advantage=0.3),
-                                     batch_num_tokens=15.0)  # 30 tokens over 2 ranks
+        want = get_policy_loss(name)(
+            old,
+            new,
+            adv,
+            mask,
+            loss_agg_mode="token-mean",
+            entropy=ent,
+            config=PolicyLossConfig(
+                clip_ratio_low=0.1,
+                clip_ratio_high=0.3,
+                clip_ratio_c=4.0,
+                token_entropy_quantile=0.6,
+                high_entropy_clip_ratio_high=0.5,
+                aspo_dual_clip=2.5,
+                aepo_entropy_advantage=0.3,
+            ),
+            batch_num_tokens=15.0,
+        )  # 30 tokens over 2 ranks
         torch.testing.assert_close(loss, want.loss, rtol=0, atol=1e-7)
         if name == "aepo":  # entropy-aware advantage (α = 0.3) and kept-gradient clipping; no KL split
             assert inputs.kl_token_scale is None and "actor/pg_clipfrac_kept_grad" in metrics
@@ -122,8 +151,14 @@ def test_adapted_estimators_equal_archer_estimators():
     mask = torch.ones(8, 5)
     index = np.array(["a"] * 4 + ["b"] * 3 + ["c"], dtype=object)  # "c" is a singleton: archer gives 0
     for name, fn in all_estimators().items():
-        ours, _ = fn(token_level_rewards=rewards, response_mask=mask, index=index,
-                     config={"norm_adv_by_std_in_grpo": False})
-        want, _ = get_adv_estimator(name.removeprefix("archer_"))(rewards, mask, index, norm_adv_by_std_in_grpo=False)
+        ours, _ = fn(
+            token_level_rewards=rewards,
+            response_mask=mask,
+            index=index,
+            config={"norm_adv_by_std_in_grpo": False},
+        )
+        want, _ = get_adv_estimator(name.removeprefix("archer_"))(
+            rewards, mask, index, norm_adv_by_std_in_grpo=False
+        )
         torch.testing.assert_close(ours, want)
         assert torch.all(ours[7] == 0)

@@ -32,7 +32,9 @@ def actor_rollout_ref_config(model_dir, *, mini: int, micro: int):
     import verl
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/_generated_ppo_trainer.yaml"))
+    cfg = OmegaConf.load(
+        os.path.join(os.path.dirname(verl.__file__), "trainer/config/_generated_ppo_trainer.yaml")
+    )
     arr = cfg.actor_rollout_ref
     OmegaConf.set_struct(arr, False)
     arr.model.path = str(model_dir)
@@ -45,7 +47,11 @@ def actor_rollout_ref_config(model_dir, *, mini: int, micro: int):
     arr.actor.use_torch_compile = False
     arr.actor.fsdp_config.strategy = "fsdp2"
     arr.actor.fsdp_config.use_torch_compile = False
-    arr.actor.fsdp_config.mixed_precision = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+    arr.actor.fsdp_config.mixed_precision = {
+        "param_dtype": "fp32",
+        "reduce_dtype": "fp32",
+        "buffer_dtype": "fp32",
+    }
     arr.actor.optim.lr = 1e-3
     arr.actor.optim.weight_decay = 0.0
     arr.actor.optim.clip_grad = 1e9
@@ -94,12 +100,13 @@ def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, 
     # the dispatch gives rank 0 the first half of this order and rank 1 the second: samples 0 and 2
     # of every group (one right, one wrong) go to rank 0, samples 1 and 3 to rank 1
     order = [i for i in range(step.size) if i % 2 == 0] + [i for i in range(step.size) if i % 2 == 1]
-    halves = [order[: step.size // 2], order[step.size // 2:]]
+    halves = [order[: step.size // 2], order[step.size // 2 :]]
     assert all({step.uids[r] for r in h} == set(step.uids) for h in halves)
 
     def batch():
-        return H.update_meta(H.v1_rows(step, ref["old"], ref["advantages"], plan.fields, order),
-                             mini_batch_size=step.size)
+        return H.update_meta(
+            H.v1_rows(step, ref["old"], ref["advantages"], plan.fields, order), mini_batch_size=step.size
+        )
 
     # single rank, same worker code, in this process
     single = H.training_worker(model_dir, settings, micro=4)
@@ -110,9 +117,12 @@ def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, 
     # (a colocated worker class, spawned by role), so archer's extra methods must be bound there
     config = actor_rollout_ref_config(model_dir, mini=step.size, micro=4)
     pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
-    cls = RayClassWithInitArgs(cls=ray_cluster.remote(ArcherActorRolloutRefWorker), config=config, role="actor")
-    group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=create_colocated_worker_cls({"actor": cls}),
-                           device_name="cpu")
+    cls = RayClassWithInitArgs(
+        cls=ray_cluster.remote(ArcherActorRolloutRefWorker), config=config, role="actor"
+    )
+    group = RayWorkerGroup(
+        resource_pool=pool, ray_cls_with_init=create_colocated_worker_cls({"actor": cls}), device_name="cpu"
+    )
     wg = group.spawn(prefix_set={"actor"})["actor"]
     assert wg.world_size == 2
     wg.init_model()

@@ -32,8 +32,15 @@ def in_thread(fn, *args, **kwargs):
 
 
 def test_verl_reward_function_grades_math_from_a_thread():
-    right = in_thread(compute_score, "math_dapo", "so the answer is \\boxed{\\frac{1}{2}}", "0.5", {},
-                      function="math", timeout_s=10.0)
+    right = in_thread(
+        compute_score,
+        "math_dapo",
+        "so the answer is \\boxed{\\frac{1}{2}}",
+        "0.5",
+        {},
+        function="math",
+        timeout_s=10.0,
+    )
     wrong = in_thread(compute_score, "math_dapo", "Answer: 3", "4", {}, function="math", timeout_s=10.0)
     assert right == {"score": 1.0, "acc": True, "pred": "\\frac{1}{2}"}
     assert wrong == {"score": 0.0, "acc": False, "pred": "3"}
@@ -48,19 +55,30 @@ def test_verl_reward_function_grades_code():
     assert compute_score("code", fenced("print(3)"), STDIO, None, function="code")["acc"] is False
 
 
-@pytest.mark.parametrize("response,truth,reward,error", [
-    (ADD, STDIO, 1.0, None),
-    (fenced("print(3)"), STDIO, 0.0, "wrong answer on test 2 of 2"),
-    ("no code at all", STDIO, 0.0, "no fenced code block"),
-    (fenced("def add(a, b):\n    return a + b"),
-     json.dumps({"fn_name": "add", "inputs": [[1, 2], "[3, 4]"], "outputs": [3, [7]]}), 1.0, None),
-    (fenced("class Solution:\n    def add(self, a, b):\n        return a - b"),
-     json.dumps({"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}), 0.0, "wrong answer on test 1 of 1"),
-    (fenced("def add(a, b):\n    return a + b"), "assert add(2, 2) == 4\n", 1.0, None),
-    (fenced("def add(a, b):\n    return a * b"), "assert add(2, 3) == 5\n", 0.0, "AssertionError"),
-    (fenced("raise SystemExit(0)"), json.dumps([{"input": "", "output": ""}]), 1.0, None),
-    (fenced("print(undefined_name)"), STDIO, 0.0, "NameError"),
-])
+@pytest.mark.parametrize(
+    "response,truth,reward,error",
+    [
+        (ADD, STDIO, 1.0, None),
+        (fenced("print(3)"), STDIO, 0.0, "wrong answer on test 2 of 2"),
+        ("no code at all", STDIO, 0.0, "no fenced code block"),
+        (
+            fenced("def add(a, b):\n    return a + b"),
+            json.dumps({"fn_name": "add", "inputs": [[1, 2], "[3, 4]"], "outputs": [3, [7]]}),
+            1.0,
+            None,
+        ),
+        (
+            fenced("class Solution:\n    def add(self, a, b):\n        return a - b"),
+            json.dumps({"fn_name": "add", "inputs": [[1, 2]], "outputs": [3]}),
+            0.0,
+            "wrong answer on test 1 of 1",
+        ),
+        (fenced("def add(a, b):\n    return a + b"), "assert add(2, 2) == 4\n", 1.0, None),
+        (fenced("def add(a, b):\n    return a * b"), "assert add(2, 3) == 5\n", 0.0, "AssertionError"),
+        (fenced("raise SystemExit(0)"), json.dumps([{"input": "", "output": ""}]), 1.0, None),
+        (fenced("print(undefined_name)"), STDIO, 0.0, "NameError"),
+    ],
+)
 def test_code_reward_verdicts(response, truth, reward, error):
     s = score_code(response, truth, timeout_s=10.0)
     assert s.reward == reward and s.correct == (reward == 1.0)
@@ -86,8 +104,9 @@ def test_cpu_time_limit_stops_a_busy_program():
 
 
 def test_memory_limit_stops_a_hungry_program():
-    s = score_code(fenced("x = bytearray(4 * 1024 ** 3)\nprint(len(x))"), STDIO,
-                   limits=CodeLimits(memory_mb=256))
+    s = score_code(
+        fenced("x = bytearray(4 * 1024 ** 3)\nprint(len(x))"), STDIO, limits=CodeLimits(memory_mb=256)
+    )
     assert s.reward == 0.0 and s.error.startswith("memory_limit on test 1")
 
 
@@ -100,8 +119,10 @@ def test_no_network_under_either_isolation(namespaces):
         server.listen(1)
         server.setblocking(False)
         port = server.getsockname()[1]
-        program = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
-                   "    print('connected')\nexcept Exception as e:\n    print('blocked')")
+        program = (
+            f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+            "    print('connected')\nexcept Exception as e:\n    print('blocked')"
+        )
         truth = json.dumps({"inputs": [""], "outputs": ["blocked"]})
         s = score_code(fenced(program), truth, limits=CodeLimits(timeout_s=20.0, namespaces=namespaces))
         assert s.reward == 1.0, s.error

@@ -88,25 +88,38 @@ def _store_rows(step, ref):
         rm = torch.zeros(L)
         rm[-1] = step.rewards[i]
         rows[key] = {
-            "prompts": torch.tensor(step.prompts[i]), "responses": torch.tensor(step.responses[i]),
+            "prompts": torch.tensor(step.prompts[i]),
+            "responses": torch.tensor(step.responses[i]),
             "input_ids": torch.tensor(step.prompts[i] + step.responses[i]),
             "position_ids": torch.arange(len(step.prompts[i]) + L),
-            "response_mask": torch.ones(L, dtype=torch.long), "loss_mask": torch.ones(L, dtype=torch.long),
-            "old_log_probs": ref["old"][i, :L].float(), "advantages": ref["advantages"][i, :L].float(),
-            "entropy": ref["entropy"][i, :L].float(), "rm_scores": rm,
-            "uid": step.uids[i], "data_source": "synthetic",
+            "response_mask": torch.ones(L, dtype=torch.long),
+            "loss_mask": torch.ones(L, dtype=torch.long),
+            "old_log_probs": ref["old"][i, :L].float(),
+            "advantages": ref["advantages"][i, :L].float(),
+            "entropy": ref["entropy"][i, :L].float(),
+            "rm_scores": rm,
+            "uid": step.uids[i],
+            "data_source": "synthetic",
             "extra_fields": {"reward_extra_info": {"acc": step.rewards[i]}},
         }
         keys.append(key)
         tags.append({"status": "success"})
     for j in range(PADDING):
         key = f"padcafe_{j}_0"
-        rows[key] = {**rows[keys[0]], "uid": "padcafe", "response_mask": torch.zeros(3, dtype=torch.long),
-                     "loss_mask": torch.zeros(3, dtype=torch.long), "responses": torch.tensor([1, 1, 1]),
-                     "input_ids": torch.tensor(step.prompts[0] + [1, 1, 1]),
-                     "position_ids": torch.arange(len(step.prompts[0]) + 3),
-                     "old_log_probs": torch.zeros(3), "advantages": torch.zeros(3), "entropy": torch.zeros(3),
-                     "rm_scores": torch.zeros(3), "extra_fields": {"reward_extra_info": {}}}
+        rows[key] = {
+            **rows[keys[0]],
+            "uid": "padcafe",
+            "response_mask": torch.zeros(3, dtype=torch.long),
+            "loss_mask": torch.zeros(3, dtype=torch.long),
+            "responses": torch.tensor([1, 1, 1]),
+            "input_ids": torch.tensor(step.prompts[0] + [1, 1, 1]),
+            "position_ids": torch.arange(len(step.prompts[0]) + 3),
+            "old_log_probs": torch.zeros(3),
+            "advantages": torch.zeros(3),
+            "entropy": torch.zeros(3),
+            "rm_scores": torch.zeros(3),
+            "extra_fields": {"reward_extra_info": {}},
+        }
         keys.append(key)
         tags.append({"status": "success", "is_padding": True})
     return rows, keys, tags
@@ -127,20 +140,35 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
     store = FakeTransferQueue()
     store.put_rows(rows)
     monkeypatch.setattr(trainer_mod, "tq", store)
-    order = [int(i) for i in np.random.default_rng(3).permutation(step.size)] + \
-        list(range(step.size, step.size + PADDING))
-    meta = KVBatchMeta(keys=[keys[i] for i in order], tags=[tags[i] for i in order], partition_id="train",
-                       fields=sorted(rows[keys[0]]), extra_info={})
+    order = [int(i) for i in np.random.default_rng(3).permutation(step.size)] + list(
+        range(step.size, step.size + PADDING)
+    )
+    meta = KVBatchMeta(
+        keys=[keys[i] for i in order],
+        tags=[tags[i] for i in order],
+        partition_id="train",
+        fields=sorted(rows[keys[0]]),
+        extra_info={},
+    )
 
     n = step.uids.count("u0")
     trainer = object.__new__(trainer_mod.ArcherTrainer)
-    trainer.config = OmegaConf.create({
-        "actor_rollout_ref": {"actor": {"ppo_mini_batch_size": (step.size + PADDING) // n, "calculate_entropy": False,
-                                        "entropy_coeff": 0.0, "ppo_epochs": 1, "data_loader_seed": 42,
-                                        "shuffle": False},
-                              "rollout": {"n": n, "temperature": 1.0}},
-        "data": {"max_response_length": 8},
-    })
+    trainer.config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {
+                "actor": {
+                    "ppo_mini_batch_size": (step.size + PADDING) // n,
+                    "calculate_entropy": False,
+                    "entropy_coeff": 0.0,
+                    "ppo_epochs": 1,
+                    "data_loader_seed": 42,
+                    "shuffle": False,
+                },
+                "rollout": {"n": n, "temperature": 1.0},
+            },
+            "data": {"max_response_length": 8},
+        }
+    )
     trainer.global_steps = 1
     trainer.archer_influence = settings
     trainer.archer_trace = TraceWriter(tmp_path / "trace", {"engine": "verl"})
@@ -152,7 +180,9 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
     trainer.archer_trace.close()
 
     # the plan travelled with the rows: fields named in the meta, row id = position in the key list
-    assert {"archer_row", "archer_group", "archer_accepted", "archer_sign"} <= set(trainer.actor_rollout_wg.fields_seen)
+    assert {"archer_row", "archer_group", "archer_accepted", "archer_sign"} <= set(
+        trainer.actor_rollout_wg.fields_seen
+    )
     assert [int(store.rows[k]["archer_row"]) for k in meta.keys] == list(range(step.size)) + [-1] * PADDING
     assert meta.extra_info["archer_influence"] is True
     assert metrics["influence/groups_selected"] == 2 and metrics["influence/groups_constant"] == 2
@@ -169,16 +199,18 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
         i = r["sample_index"]  # the session id in the key: the row's original index here
         L = len(step.responses[i])
         assert r["response_ids"] == step.responses[i] and r["prompt_ids"] == step.prompts[i]
-        np.testing.assert_allclose(np.array(r["entropy"], dtype=np.float32), ref["entropy"][i, :L].numpy(),
-                                   atol=2e-3)  # stored as float16
+        np.testing.assert_allclose(
+            np.array(r["entropy"], dtype=np.float32), ref["entropy"][i, :L].numpy(), atol=2e-3
+        )  # stored as float16
         assert r["reward"] == step.rewards[i] and r["correct"] == bool(step.rewards[i])
         assert r["data_source"] == "synthetic"
         if i not in traced:  # all right or all wrong: no contrast, not traced
             assert r["influence"] is None and r["accepted"] is None
         else:
             assert r["accepted"] == bool(step.rewards[i])
-            np.testing.assert_allclose(np.array(r["influence"], dtype=np.float32), ref["influence"][i],
-                                       rtol=0, atol=1e-5 * scale)
+            np.testing.assert_allclose(
+                np.array(r["influence"], dtype=np.float32), ref["influence"][i], rtol=0, atol=1e-5 * scale
+            )
 
 
 def test_plan_marks_rows_and_leaves_padding_out():
@@ -207,6 +239,9 @@ def test_merge_refuses_a_row_from_two_ranks():
     a = ({1: np.ones(2)}, {"influence/rows_emitted": 1.0, "influence/groups_selected": 2.0})
     b = ({2: np.ones(3)}, {"influence/rows_emitted": 1.0, "influence/groups_selected": 2.0})
     rows, metrics = merge_influence([a, b, None])
-    assert sorted(rows) == [1, 2] and metrics == {"influence/rows_emitted": 2.0, "influence/groups_selected": 2.0}
+    assert sorted(rows) == [1, 2] and metrics == {
+        "influence/rows_emitted": 2.0,
+        "influence/groups_selected": 2.0,
+    }
     with pytest.raises(RuntimeError, match="two data-parallel ranks"):
         merge_influence([a, a])

@@ -31,8 +31,17 @@ def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     from archer.core.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
     tok = build_char_tokenizer()
-    tiny = OmegaConf.create(dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                                 max_position_embeddings=64, tie_word_embeddings=False))
+    tiny = OmegaConf.create(
+        dict(
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
+    )
     model = build_tiny_qwen2(tiny, len(tok), pad_token_id=0, eos_token_id=1, seed=seed)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -53,8 +62,11 @@ class StepBatch(Batch):
 
     def traced_rows(self) -> list[int]:
         """Rows of the groups that have both right and wrong answers (the ones influence scores)."""
-        mixed = {g for g in set(self.groups) if len({self.rewards[i] for i in range(self.size)
-                                                     if self.groups[i] == g}) == 2}
+        mixed = {
+            g
+            for g in set(self.groups)
+            if len({self.rewards[i] for i in range(self.size) if self.groups[i] == g}) == 2
+        }
         return [i for i in range(self.size) if self.groups[i] in mixed]
 
 
@@ -66,14 +78,24 @@ def make_step(seed: int = 0) -> StepBatch:
 def influence_settings(**kw) -> InfluenceSettings:
     """influence_fixtures' settings, as verl runs them: training_loss, random projections (k = d/4),
     identity mode unless asked (its scores scale with the square of the captured gradients)."""
-    return settings(**{"output_function": "training_loss", "projection_dim_factor": 4, "hessian_mode": "identity",
-                       **kw})
+    return settings(
+        **{"output_function": "training_loss", "projection_dim_factor": 4, "hessian_mode": "identity", **kw}
+    )
 
 
 # ----------------------------------------------------------------------------- the local engine
-def local_reference(model_dir: Path, step: StepBatch, settings: InfluenceSettings, *, micro: int = 4,
-                    loss_agg_mode: str = "token-mean", policy_loss: str = "vanilla", archer: dict | None = None,
-                    aspo_dual_clip: float = 3.0, old_noise: float = 0.0):
+def local_reference(
+    model_dir: Path,
+    step: StepBatch,
+    settings: InfluenceSettings,
+    *,
+    micro: int = 4,
+    loss_agg_mode: str = "token-mean",
+    policy_loss: str = "vanilla",
+    archer: dict | None = None,
+    aspo_dual_clip: float = 3.0,
+    old_noise: float = 0.0,
+):
     """Old log-probs, entropy [B, R], advantages and per-row influence from archer's local
     engine (`ppo_update` with the tracer inside the real backward) on the same weights.
     `old_noise` perturbs the old log-probs (seeded) so that ratios leave the clip ranges."""
@@ -92,11 +114,17 @@ def local_reference(model_dir: Path, step: StepBatch, settings: InfluenceSetting
     resp = right_pad([torch.tensor(r) for r in step.responses], 0)
     rmask = torch.zeros_like(resp)
     for i, r in enumerate(step.responses):
-        rmask[i, :len(r)] = 1
+        rmask[i, : len(r)] = 1
     groups = sorted(set(step.uids), key=step.uids.index)
-    ro = Rollout(prompt_ids=pid, prompt_mask=pmask, response_ids=resp, response_mask=rmask,
-                 truncated=torch.zeros(step.size, dtype=torch.bool), group=[groups.index(u) for u in step.uids],
-                 sample=[0] * step.size)
+    ro = Rollout(
+        prompt_ids=pid,
+        prompt_mask=pmask,
+        response_ids=resp,
+        response_mask=rmask,
+        truncated=torch.zeros(step.size, dtype=torch.bool),
+        group=[groups.index(u) for u in step.uids],
+        sample=[0] * step.size,
+    )
     old, entropy = batch_logprobs(model, ro, micro_batch_size=micro, with_entropy=True)
     if old_noise:
         old = (old + old_noise * torch.randn(old.shape, generator=torch.Generator().manual_seed(5))) * rmask
@@ -105,17 +133,37 @@ def local_reference(model_dir: Path, step: StepBatch, settings: InfluenceSetting
     token_rewards[torch.arange(step.size), rmask.sum(-1) - 1] = rewards
     adv, _ = get_adv_estimator("grpo")(token_rewards, rmask.float(), np.array(step.uids, dtype=object))
     n = step.uids.count(step.uids[0])
-    cfg = compose_dict({"actor": {"ppo_epochs": 1, "ppo_mini_batch_size": step.size // n, "ppo_micro_batch_size": micro,
-                                  "loss_agg_mode": loss_agg_mode, "policy_loss": policy_loss,
-                                  "archer": dict(archer or {}), "aspo_dual_clip": aspo_dual_clip,
-                                  "optim": {"lr": 1e-3, "weight_decay": 0.0}},
-                        "data": {"train_batch_size": step.size // n}, "rollout": {"n": n}})
+    cfg = compose_dict(
+        {
+            "actor": {
+                "ppo_epochs": 1,
+                "ppo_mini_batch_size": step.size // n,
+                "ppo_micro_batch_size": micro,
+                "loss_agg_mode": loss_agg_mode,
+                "policy_loss": policy_loss,
+                "archer": dict(archer or {}),
+                "aspo_dual_clip": aspo_dual_clip,
+                "optim": {"lr": 1e-3, "weight_decay": 0.0},
+            },
+            "data": {"train_batch_size": step.size // n},
+            "rollout": {"n": n},
+        }
+    )
     influence = LocalInfluence(model, settings)
     seq_adv = adv.sum(-1) / rmask.sum(-1)
     influence.begin(ro, rewards, seq_adv, step.uids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    ppo_update(model, optimizer, None, UpdateBatch(rollout=ro, old_log_prob=old, advantages=adv), cfg.actor,
-               group_size=n, temperature=1.0, device="cpu", micro_hook=influence.micro_hook)
+    ppo_update(
+        model,
+        optimizer,
+        None,
+        UpdateBatch(rollout=ro, old_log_prob=old, advantages=adv),
+        cfg.actor,
+        group_size=n,
+        temperature=1.0,
+        device="cpu",
+        micro_hook=influence.micro_hook,
+    )
     rows, _ = influence.finish()
     return {"old": old, "entropy": entropy, "advantages": adv, "influence": rows}
 
@@ -125,7 +173,9 @@ def nested(rows: list) -> torch.Tensor:
     return torch.nested.as_nested_tensor([torch.as_tensor(r) for r in rows], layout=torch.jagged)
 
 
-def v1_rows(step: StepBatch, old: torch.Tensor, adv: torch.Tensor, plan_fields: dict | None, order: list[int]):
+def v1_rows(
+    step: StepBatch, old: torch.Tensor, adv: torch.Tensor, plan_fields: dict | None, order: list[int]
+):
     """The step's rows as verl's V1 trainer hands them to the actor: nested prompt+response
     tensors (`loss_mask` = `response_mask`), response-aligned old log-probs and advantages, plus
     archer's row fields; `order` permutes the rows (as balancing would) — identity is archer_row."""
@@ -152,9 +202,17 @@ def update_meta(td, *, mini_batch_size: int, influence: bool = True, shuffle: bo
     """The batch-level values the V1 trainer's `_update_actor` sets (extra_info on the worker)."""
     from verl.utils import tensordict_utils as tu
 
-    tu.assign_non_tensor(td, calculate_entropy=False, global_batch_size=mini_batch_size,
-                         mini_batch_size=mini_batch_size, epochs=1, seed=42,
-                         dataloader_kwargs={"shuffle": shuffle}, temperature=1.0, archer_influence=influence)
+    tu.assign_non_tensor(
+        td,
+        calculate_entropy=False,
+        global_batch_size=mini_batch_size,
+        mini_batch_size=mini_batch_size,
+        epochs=1,
+        seed=42,
+        dataloader_kwargs={"shuffle": shuffle},
+        temperature=1.0,
+        archer_influence=influence,
+    )
     return td
 
 
@@ -163,39 +221,80 @@ def init_single_process_group() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
         dist.init_process_group("gloo", rank=0, world_size=1)
 
 
-def engine_configs(model_dir: Path, *, dynamic: bool, remove_padding: bool, micro: int = 4, max_tokens: int = 40,
-                   checkpointing: bool = False):
+def engine_configs(
+    model_dir: Path,
+    *,
+    dynamic: bool,
+    remove_padding: bool,
+    micro: int = 4,
+    max_tokens: int = 40,
+    checkpointing: bool = False,
+):
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
 
-    model = HFModelConfig(path=str(model_dir), override_config={"attn_implementation": "sdpa"},
-                          use_remove_padding=remove_padding, enable_gradient_checkpointing=checkpointing)
-    engine = FSDPEngineConfig(strategy="fsdp2", use_dynamic_bsz=dynamic, micro_batch_size_per_gpu=micro,
-                              infer_micro_batch_size_per_gpu=micro, max_token_len_per_gpu=max_tokens,
-                              infer_max_token_len_per_gpu=max_tokens, use_torch_compile=False, model_dtype="fp32",
-                              mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"})
+    model = HFModelConfig(
+        path=str(model_dir),
+        override_config={"attn_implementation": "sdpa"},
+        use_remove_padding=remove_padding,
+        enable_gradient_checkpointing=checkpointing,
+    )
+    engine = FSDPEngineConfig(
+        strategy="fsdp2",
+        use_dynamic_bsz=dynamic,
+        micro_batch_size_per_gpu=micro,
+        infer_micro_batch_size_per_gpu=micro,
+        max_token_len_per_gpu=max_tokens,
+        infer_max_token_len_per_gpu=max_tokens,
+        use_torch_compile=False,
+        model_dtype="fp32",
+        mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+    )
     optim = FSDPOptimizerConfig(lr=1e-3, weight_decay=0.0, total_training_steps=10, clip_grad=1e9)
     return model, engine, optim, CheckpointConfig()
 
 
-def actor_config(engine_cfg, *, policy_loss: str = "vanilla", loss_agg_mode: str = "token-mean", mini: int = 16,
-                 micro: int = 4):
+def actor_config(
+    engine_cfg,
+    *,
+    policy_loss: str = "vanilla",
+    loss_agg_mode: str = "token-mean",
+    mini: int = 16,
+    micro: int = 4,
+):
     from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
-    return FSDPActorConfig(strategy="fsdp2", ppo_mini_batch_size=mini, ppo_micro_batch_size_per_gpu=micro,
-                           rollout_n=1, use_dynamic_bsz=engine_cfg.use_dynamic_bsz, fsdp_config=engine_cfg,
-                           loss_agg_mode=loss_agg_mode, policy_loss=PolicyLossConfig(loss_mode=policy_loss),
-                           clip_ratio_c=3.0)
+    return FSDPActorConfig(
+        strategy="fsdp2",
+        ppo_mini_batch_size=mini,
+        ppo_micro_batch_size_per_gpu=micro,
+        rollout_n=1,
+        use_dynamic_bsz=engine_cfg.use_dynamic_bsz,
+        fsdp_config=engine_cfg,
+        loss_agg_mode=loss_agg_mode,
+        policy_loss=PolicyLossConfig(loss_mode=policy_loss),
+        clip_ratio_c=3.0,
+    )
 
 
-def training_worker(model_dir: Path, settings: InfluenceSettings | None, *, dynamic: bool = False,
-                    remove_padding: bool = True, policy_loss: str = "vanilla", loss_knobs: dict | None = None,
-                    mini: int = 16, micro: int = 4, checkpointing: bool = False):
+def training_worker(
+    model_dir: Path,
+    settings: InfluenceSettings | None,
+    *,
+    dynamic: bool = False,
+    remove_padding: bool = True,
+    policy_loss: str = "vanilla",
+    loss_knobs: dict | None = None,
+    mini: int = 16,
+    micro: int = 4,
+    checkpointing: bool = False,
+):
     """archer's `ArcherTrainingWorker` around verl's real FSDP2 engine, in this process (gloo, 1 rank)."""
     from verl.workers.config import TrainingWorkerConfig
     from verl.workers.utils.losses import ppo_loss
@@ -203,14 +302,23 @@ def training_worker(model_dir: Path, settings: InfluenceSettings | None, *, dyna
     from archer.core.engines.verl.worker import ArcherTrainingWorker
 
     init_single_process_group()
-    model_cfg, engine_cfg, optim_cfg, ckpt_cfg = engine_configs(model_dir, dynamic=dynamic, remove_padding=remove_padding,
-                                                                micro=micro, checkpointing=checkpointing)
-    worker = ArcherTrainingWorker(TrainingWorkerConfig(model_type="language_model", model_config=model_cfg,
-                                                       engine_config=engine_cfg, optimizer_config=optim_cfg,
-                                                       checkpoint_config=ckpt_cfg))
+    model_cfg, engine_cfg, optim_cfg, ckpt_cfg = engine_configs(
+        model_dir, dynamic=dynamic, remove_padding=remove_padding, micro=micro, checkpointing=checkpointing
+    )
+    worker = ArcherTrainingWorker(
+        TrainingWorkerConfig(
+            model_type="language_model",
+            model_config=model_cfg,
+            engine_config=engine_cfg,
+            optimizer_config=optim_cfg,
+            checkpoint_config=ckpt_cfg,
+        )
+    )
     worker.reset()
-    worker.set_loss_fn(partial(ppo_loss, config=actor_config(engine_cfg, policy_loss=policy_loss, mini=mini,
-                                                             micro=micro)))
-    worker.archer_setup({"loss_knobs": loss_knobs or {},
-                         "influence": None if settings is None else settings.__dict__})
+    worker.set_loss_fn(
+        partial(ppo_loss, config=actor_config(engine_cfg, policy_loss=policy_loss, mini=mini, micro=micro))
+    )
+    worker.archer_setup(
+        {"loss_knobs": loss_knobs or {}, "influence": None if settings is None else settings.__dict__}
+    )
     return worker

@@ -51,8 +51,9 @@ def arpo_branches(u: float, delta_h: float, alpha: float, beta: float) -> bool:
     return min(1.0, max(0.0, u - beta * delta_h)) <= alpha
 
 
-def aepo_branches(u: float, delta_h: float, alpha: float, beta: float, consecutive: int,
-                  penalty: float = 0.05) -> bool:
+def aepo_branches(
+    u: float, delta_h: float, alpha: float, beta: float, consecutive: int, penalty: float = 0.05
+) -> bool:
     """AEPO's rule as coded: (U + β·ΔH)·max(0, 1 - penalty·c) >= α."""
     return (u + beta * delta_h) * max(0.0, 1.0 - penalty * consecutive) >= alpha
 

@@ -11,7 +11,8 @@ duplicates a row (its prefix is copied, never recomputed) and compaction drops f
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -45,8 +46,14 @@ class HFDecoder:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.mask = mask
         self.next_pos = mask.sum(-1)
         return out.logits[:, -1].float()
@@ -55,10 +62,17 @@ class HFDecoder:
     def step(self, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (`real` False: a pad the row's attention never sees)."""
         real = real.to(self.device)
-        ids = torch.where(real, tokens.to(self.device), torch.full_like(tokens, self.pad_id, device=self.device))
+        ids = torch.where(
+            real, tokens.to(self.device), torch.full_like(tokens, self.pad_id, device=self.device)
+        )
         self.mask = torch.cat([self.mask, real.long()[:, None]], dim=1)
-        out = self.model(input_ids=ids[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None],
-                         past_key_values=self.cache, use_cache=True)
+        out = self.model(
+            input_ids=ids[:, None],
+            attention_mask=self.mask,
+            position_ids=self.next_pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
         self.next_pos = self.next_pos + real.long()
         return out.logits[:, -1].float()
 

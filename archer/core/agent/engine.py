@@ -8,8 +8,9 @@ stores as `token_role`), for validation, and for the tool-use demonstrations of 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,22 +26,32 @@ def check_config(cfg: Any) -> None:
     a = cfg.agent
     n = int(cfg.rollout.n)
     if cfg.engine != "local":
-        raise ConfigError("agent.enable runs on the local engine only (verl's agent loop is not wired yet)",
-                          hint="use engine=local, or see docs/agentic.md for what waits for verl")
+        raise ConfigError(
+            "agent.enable runs on the local engine only (verl's agent loop is not wired yet)",
+            hint="use engine=local, or see docs/agentic.md for what waits for verl",
+        )
     if a.initial_rollouts > n:
-        raise ConfigError(f"agent.initial_rollouts ({a.initial_rollouts}) must be <= rollout.n ({n}), the "
-                          "per-prompt budget", hint=f"set agent.initial_rollouts={max(1, n // 2)}")
+        raise ConfigError(
+            f"agent.initial_rollouts ({a.initial_rollouts}) must be <= rollout.n ({n}), the "
+            "per-prompt budget",
+            hint=f"set agent.initial_rollouts={max(1, n // 2)}",
+        )
     if cfg.algorithm.filter_groups.enable:
-        raise ConfigError("algorithm.filter_groups is not supported with agent.enable",
-                          hint="drop it: ~algorithm.filter_groups.enable")
+        raise ConfigError(
+            "algorithm.filter_groups is not supported with agent.enable",
+            hint="drop it: ~algorithm.filter_groups.enable",
+        )
     if not (a.tools.python.enable or a.tools.search.enable):
         raise ConfigError("agent.enable with no tool enabled", hint="set agent.tools.python.enable=true")
     if cfg.model.path is None:
         need = int(cfg.data.max_prompt_length) + int(cfg.rollout.max_new_tokens)
         if need > int(cfg.model.tiny.max_position_embeddings):
             raise ConfigError(
-                f"data.max_prompt_length + rollout.max_new_tokens = {need} exceeds model.tiny.max_position_embeddings "
-                f"({cfg.model.tiny.max_position_embeddings})", hint=f"set model.tiny.max_position_embeddings={need}")
+                f"data.max_prompt_length + rollout.max_new_tokens = {need} exceeds "
+                "model.tiny.max_position_embeddings "
+                f"({cfg.model.tiny.max_position_embeddings})",
+                hint=f"set model.tiny.max_position_embeddings={need}",
+            )
 
 
 def prepare_task_data(cfg: Any, data_dir: Path) -> None:
@@ -53,8 +64,14 @@ def prepare_task_data(cfg: Any, data_dir: Path) -> None:
     if (data_dir / TRAIN_FILE).exists() and (data_dir / VAL_FILE).exists():
         return
     s = cfg.data.synth
-    write_tool_task(data_dir, task=s.task, n=int(s.n), val_n=int(s.val_n), seed=int(cfg.seed),
-                    max_operand=int(s.max_operand))
+    write_tool_task(
+        data_dir,
+        task=s.task,
+        n=int(s.n),
+        val_n=int(s.val_n),
+        seed=int(cfg.seed),
+        max_operand=int(s.max_operand),
+    )
 
 
 def tool_call_for(prompt_text: str, data_source: str) -> tuple[str, str] | None:
@@ -82,25 +99,40 @@ class AgentRunner:
         if a.tools.python.enable:
             p = a.tools.python
             python = PythonSandbox(
-                SandboxLimits(timeout_s=float(p.timeout_s), cpu_s=int(p.cpu_s), memory_mb=int(p.memory_mb),
-                              max_processes=int(p.max_processes), max_file_mb=int(p.max_file_mb),
-                              max_output_chars=int(p.max_output_chars)),
-                namespaces=bool(p.namespaces), cache_size=int(p.cache_size))
+                SandboxLimits(
+                    timeout_s=float(p.timeout_s),
+                    cpu_s=int(p.cpu_s),
+                    memory_mb=int(p.memory_mb),
+                    max_processes=int(p.max_processes),
+                    max_file_mb=int(p.max_file_mb),
+                    max_output_chars=int(p.max_output_chars),
+                ),
+                namespaces=bool(p.namespaces),
+                cache_size=int(p.cache_size),
+            )
         search = None
         self.corpus: Path | None = None
         if a.tools.search.enable:
             corpus = a.tools.search.corpus
             if corpus is None and (run_dir / "data" / "corpus.parquet").exists():
                 corpus = str(run_dir / "data" / "corpus.parquet")
-            if corpus is None and cfg.data.synth.task in ("corpus_qa", "tool_mix") and not cfg.data.train_files:
+            if (
+                corpus is None
+                and cfg.data.synth.task in ("corpus_qa", "tool_mix")
+                and not cfg.data.train_files
+            ):
                 raise ConfigError("the search tool has no corpus", hint="set agent.tools.search.corpus")
             if corpus is not None:
                 from archer.core.tools.search import SearchTool, default_cache_path
 
                 self.corpus = Path(corpus)
                 cache = a.tools.search.cache_path or default_cache_path(cache_dir, corpus)
-                search = SearchTool(corpus, top_k=int(a.tools.search.top_k), max_chars=int(a.tools.search.max_chars),
-                                    cache_path=cache)
+                search = SearchTool(
+                    corpus,
+                    top_k=int(a.tools.search.top_k),
+                    max_chars=int(a.tools.search.max_chars),
+                    cache_path=cache,
+                )
         self.toolbox = ToolBox(python, search, workers=int(a.tools.workers))
         self.isolation = python.probe() if python is not None else {}
 
@@ -116,15 +148,30 @@ class AgentRunner:
         if validation:
             return BranchSettings(n=n, initial_rollouts=n, mode="none")
         return BranchSettings(
-            n=n, initial_rollouts=int(a.initial_rollouts), beam_size=int(a.beam_size),
-            branch_probability=float(a.branch_probability), entropy_weight=float(a.entropy_weight),
-            entropy_tokens=int(a.entropy_tokens), entropy_topk=int(a.entropy_topk), mode=str(a.algorithm),
-            refill=str(a.refill), consecutive_penalty=float(a.aepo.consecutive_penalty),
+            n=n,
+            initial_rollouts=int(a.initial_rollouts),
+            beam_size=int(a.beam_size),
+            branch_probability=float(a.branch_probability),
+            entropy_weight=float(a.entropy_weight),
+            entropy_tokens=int(a.entropy_tokens),
+            entropy_topk=int(a.entropy_topk),
+            mode=str(a.algorithm),
+            refill=str(a.refill),
+            consecutive_penalty=float(a.aepo.consecutive_penalty),
             dynamic_rollouts=bool(a.aepo.dynamic_rollouts),
         )
 
-    def rollout(self, model: Any, prompts: Sequence[Any], *, seed: int, validation: bool = False,
-                n: int | None = None, temperature: float | None = None, top_p: float | None = None) -> Any:
+    def rollout(
+        self,
+        model: Any,
+        prompts: Sequence[Any],
+        *,
+        seed: int,
+        validation: bool = False,
+        n: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Any:
         """Run the agent on `prompts`; returns (Rollout, roles, texts, answers, AgentBatch)."""
         from archer.core.agent.decoder import HFDecoder
         from archer.core.agent.rollout import AgentRollout, SamplingSettings, response_texts, to_rollout
@@ -133,16 +180,25 @@ class AgentRunner:
         r = self.cfg.rollout
         sampling = SamplingSettings(
             temperature=float(r.temperature if temperature is None else temperature),
-            top_p=float(r.top_p if top_p is None else top_p), top_k=int(r.top_k),
-            max_response_tokens=int(r.max_new_tokens), max_turns=int(self.cfg.agent.max_turns))
+            top_p=float(r.top_p if top_p is None else top_p),
+            top_k=int(r.top_k),
+            max_response_tokens=int(r.max_new_tokens),
+            max_turns=int(self.cfg.agent.max_turns),
+        )
         pad = int(self.tokenizer.pad_token_id)
         was_training = model.training
         model.eval()
         try:
-            runner = AgentRollout(HFDecoder(model, pad, self.device), self.tokenizer, self.toolbox,
-                                  self.branch_settings(n=n, validation=validation), sampling,
-                                  eos_ids=eos_token_ids(model, self.tokenizer), seed=seed,
-                                  vocab_size=int(model.config.vocab_size))
+            runner = AgentRollout(
+                HFDecoder(model, pad, self.device),
+                self.tokenizer,
+                self.toolbox,
+                self.branch_settings(n=n, validation=validation),
+                sampling,
+                eos_ids=eos_token_ids(model, self.tokenizer),
+                seed=seed,
+                vocab_size=int(model.config.vocab_size),
+            )
             batch = runner.run([p.ids for p in prompts])
         finally:
             model.train(was_training)
@@ -163,10 +219,19 @@ class AgentRunner:
             return {}
         v = self.cfg.rollout.val
         n = int(v.n)
-        ro, _, _, answers, batch = self.rollout(model, prompts, seed=seed, validation=True, n=n,
-                                                temperature=float(v.temperature), top_p=float(v.top_p))
+        ro, _, _, answers, batch = self.rollout(
+            model,
+            prompts,
+            seed=seed,
+            validation=True,
+            n=n,
+            temperature=float(v.temperature),
+            top_p=float(v.top_p),
+        )
         gold = [prompts[t.group].answer for t in batch.trajectories]
-        scores = score_batch(self.cfg.reward.function, answers, gold, timeout_s=float(self.cfg.reward.timeout_s))
+        scores = score_batch(
+            self.cfg.reward.function, answers, gold, timeout_s=float(self.cfg.reward.timeout_s)
+        )
         self.toolbox.take_counts()
         correct = np.array([s.correct for s in scores], dtype=float)
         out = {
@@ -200,8 +265,10 @@ class AgentRunner:
             out.append(demonstration(calls[i][0], calls[i][1], result.text, p.answer)[1])
         self.toolbox.take_counts()
         if failed:
-            print(f"warm-up: {failed} demonstration tool call(s) failed; their results are shown as they came",
-                  file=sys.stderr)
+            print(
+                f"warm-up: {failed} demonstration tool call(s) failed; their results are shown as they came",
+                file=sys.stderr,
+            )
         return out
 
     def close(self) -> None:

@@ -8,11 +8,10 @@ last `</result>` (the whole response when it called no tool), graded by the conf
 
 from __future__ import annotations
 
+from archer.core.trace.schema import ROLE_MODEL, ROLE_NAMES, ROLE_TOOL_CALL, ROLE_TOOL_RESULT  # noqa: F401
+
 TOOL_TAGS = {"python": ("<python>", "</python>"), "search": ("<search>", "</search>")}
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
-
-ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_TOOL_CALL = 0, 1, 2
-ROLE_NAMES = {ROLE_MODEL: "model", ROLE_TOOL_RESULT: "tool result", ROLE_TOOL_CALL: "tool call"}
 
 
 def detect_call(segment: str, tools: tuple[str, ...]) -> tuple[str, str, int] | None:
@@ -24,7 +23,7 @@ def detect_call(segment: str, tools: tuple[str, ...]) -> tuple[str, str, int] | 
             start = segment.rfind(open_tag, 0, len(segment) - len(close_tag))
             if start < 0:
                 return None
-            return name, segment[start + len(open_tag): len(segment) - len(close_tag)], start
+            return name, segment[start + len(open_tag) : len(segment) - len(close_tag)], start
     return None
 
 
@@ -35,12 +34,15 @@ def format_result(text: str) -> str:
 def final_answer(response: str) -> str:
     """The text after the last tool result (the model's answer)."""
     cut = response.rfind(RESULT_CLOSE)
-    return (response[cut + len(RESULT_CLOSE):] if cut >= 0 else response).lstrip()
+    return (response[cut + len(RESULT_CLOSE) :] if cut >= 0 else response).lstrip()
 
 
 def demonstration(tool: str, content: str, result: str, answer: str) -> tuple[str, list[tuple[str, int]]]:
     """A tool-use demonstration as text plus (piece, role) spans, for the supervised warm-up."""
     open_tag, close_tag = TOOL_TAGS[tool]
-    spans = [(f"{open_tag}{content}{close_tag}", ROLE_TOOL_CALL), (format_result(result), ROLE_TOOL_RESULT),
-             (answer, ROLE_MODEL)]
+    spans = [
+        (f"{open_tag}{content}{close_tag}", ROLE_TOOL_CALL),
+        (format_result(result), ROLE_TOOL_RESULT),
+        (answer, ROLE_MODEL),
+    ]
     return "".join(s for s, _ in spans), spans

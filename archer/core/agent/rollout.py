@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,9 @@ class AgentBatch:
     trajectories: list[Trajectory]
     n: int
     stats: dict[str, float]
-    decisions: list[tuple[int, float, bool, int, int]]  # (group, ΔH, branched, trajectory id, tool call number)
+    decisions: list[
+        tuple[int, float, bool, int, int]
+    ]  # (group, ΔH, branched, trajectory id, tool call number)
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,19 @@ class AgentRollout:
     """Runs one step's multi-turn rollouts. `decoder` is an `HFDecoder` (or a test double with
     the same prefill/step/select/add_empty methods); `toolbox` a `ToolBox`."""
 
-    def __init__(self, decoder: Any, tokenizer: Any, toolbox: Any, branch: BranchSettings,
-                 sampling: SamplingSettings, *, eos_ids: Sequence[int], seed: int = 0,
-                 vocab_size: int | None = None, max_steps: int = 100_000):
+    def __init__(
+        self,
+        decoder: Any,
+        tokenizer: Any,
+        toolbox: Any,
+        branch: BranchSettings,
+        sampling: SamplingSettings,
+        *,
+        eos_ids: Sequence[int],
+        seed: int = 0,
+        vocab_size: int | None = None,
+        max_steps: int = 100_000,
+    ):
         self.decoder = decoder
         self.tokenizer = tokenizer
         self.toolbox = toolbox
@@ -150,7 +163,7 @@ class AgentRollout:
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: Sequence[Sequence[int]]) -> AgentBatch:
-        b, s = self.branch, self.s
+        b = self.branch
         G = len(prompts)
         self.prompts = [list(p) for p in prompts]
         self.all: list[Trajectory] = []
@@ -164,7 +177,9 @@ class AgentRollout:
         first = 1 if (b.mode == "aepo" and b.dynamic_rollouts) else b.initial_rollouts
         for g in range(G):
             for _ in range(first):
-                t = self._new(g, "monitor" if first == 1 and b.dynamic_rollouts and b.mode == "aepo" else "initial")
+                t = self._new(
+                    g, "monitor" if first == 1 and b.dynamic_rollouts and b.mode == "aepo" else "initial"
+                )
                 rows.append(t)
             self.monitoring[g] = b.mode == "aepo" and b.dynamic_rollouts
         logits = self.decoder.prefill([self.prompts[t.group] for t in rows])
@@ -262,8 +277,14 @@ class AgentRollout:
             delta = (t.last_h or 0.0) - (t.base_h if t.base_h is not None else (t.last_h or 0.0))
             u = self.rng.random()
             if b.mode == "aepo":
-                go = aepo_branches(u, delta, b.branch_probability, b.entropy_weight, self.consecutive[g],
-                                   b.consecutive_penalty)
+                go = aepo_branches(
+                    u,
+                    delta,
+                    b.branch_probability,
+                    b.entropy_weight,
+                    self.consecutive[g],
+                    b.consecutive_penalty,
+                )
             else:
                 go = arpo_branches(u, delta, b.branch_probability, b.entropy_weight)
             self.decisions.append((g, float(delta), bool(go), t.id, len(t.calls)))
@@ -398,7 +419,8 @@ class AgentRollout:
         stats: dict[str, float] = {
             "agent/branches": float(sum(t.origin == "branch" for t in trajs)),
             "agent/fresh_rollouts": float(sum(t.origin == "fresh" for t in trajs)),
-            "agent/initial_rollouts": float(sum(t.origin in ("initial", "monitor") for t in trajs)) / max(1, len(by_group)),
+            "agent/initial_rollouts": float(sum(t.origin in ("initial", "monitor") for t in trajs))
+            / max(1, len(by_group)),
             "agent/trajectories_per_prompt": float(len(trajs)) / max(1, len(by_group)),
             "agent/turns_mean": float(np.mean(turns)) if turns else 0.0,
             "agent/tool_calls": float(sum(turns)),
@@ -406,9 +428,16 @@ class AgentRollout:
         }
         for tool in ("python", "search"):
             stats[f"agent/calls_{tool}"] = float(sum(c[0] == tool for t in trajs for c in t.calls))
-        stats["agent/tool_errors"] = float(sum(c[1] not in ("ok", "pending") and c[1] not in ("timeout", "cpu_limit")
-                                               for t in trajs for c in t.calls))
-        stats["agent/tool_timeouts"] = float(sum(c[1] in ("timeout", "cpu_limit") for t in trajs for c in t.calls))
+        stats["agent/tool_errors"] = float(
+            sum(
+                c[1] not in ("ok", "pending") and c[1] not in ("timeout", "cpu_limit")
+                for t in trajs
+                for c in t.calls
+            )
+        )
+        stats["agent/tool_timeouts"] = float(
+            sum(c[1] in ("timeout", "cpu_limit") for t in trajs for c in t.calls)
+        )
         if self.decisions:
             deltas = [d[1] for d in self.decisions]
             stats["agent/entropy_delta_mean"] = float(np.mean(deltas))
@@ -418,7 +447,9 @@ class AgentRollout:
         return AgentBatch(trajs, b.n, stats, list(self.decisions))
 
 
-def to_rollout(batch: AgentBatch, prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, list[np.ndarray]]:
+def to_rollout(
+    batch: AgentBatch, prompts: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Any, list[np.ndarray]]:
     """The engine's `Rollout` (response_mask: real tokens; loss_mask: 0 on tool results) and roles."""
     from archer.core.engines.local.rollout import Rollout, left_pad, right_pad
 
@@ -441,8 +472,16 @@ def to_rollout(batch: AgentBatch, prompts: Sequence[Sequence[int]], pad_id: int)
     for t in trajs:
         sample.append(sample_of.get(t.group, 0))
         sample_of[t.group] = sample[-1] + 1
-    ro = Rollout(prompt_ids, prompt_mask, response_ids, response_mask,
-                 torch.tensor([t.truncated for t in trajs]), [t.group for t in trajs], sample, loss_mask=loss_mask)
+    ro = Rollout(
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        response_mask,
+        torch.tensor([t.truncated for t in trajs]),
+        [t.group for t in trajs],
+        sample,
+        loss_mask=loss_mask,
+    )
     return ro, roles
 
 

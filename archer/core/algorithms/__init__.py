@@ -8,10 +8,11 @@ from archer.core.algorithms.advantages import (
     available_adv_estimators,
     get_adv_estimator,
     grpo,
-    reinforce_plus_plus_baseline,
     register_adv_estimator,
+    reinforce_plus_plus_baseline,
     rloo,
 )
+from archer.core.algorithms.aepo import entropy_aware_advantages  # also registers the "aepo" loss
 from archer.core.algorithms.aggregation import (
     LOSS_AGG_MODES,
     agg_loss,
@@ -32,7 +33,6 @@ from archer.core.algorithms.policy_losses import (
     register_policy_loss,
 )
 from archer.core.algorithms.sampling_filters import GroupAccumulator, informative_groups, overlong_penalty
-from archer.core.algorithms.aepo import entropy_aware_advantages  # also registers the "aepo" loss
 
 __all__ = [
     "ADV_ESTIMATOR_REGISTRY",

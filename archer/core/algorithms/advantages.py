@@ -18,7 +18,7 @@ and std 1 for singletons, i.e. the raw score; archer deliberately does not (see 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Hashable, List, Sequence, Tuple
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ import torch
 from archer.core.algorithms.aggregation import masked_whiten
 from archer.errors import ConfigError
 
-AdvEstimatorFn = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+AdvEstimatorFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-ADV_ESTIMATOR_REGISTRY: Dict[str, AdvEstimatorFn] = {}
+ADV_ESTIMATOR_REGISTRY: dict[str, AdvEstimatorFn] = {}
 
 
 def register_adv_estimator(name: str) -> Callable[[AdvEstimatorFn], AdvEstimatorFn]:
@@ -58,7 +58,7 @@ def get_adv_estimator(name: str) -> AdvEstimatorFn:
 
 def group_index(
     index: Sequence[Hashable], device: torch.device | str | None = None
-) -> Tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor, int]:
     """Map arbitrary hashable group labels to contiguous ids 0..G-1; returns (ids [B], G)."""
     if isinstance(index, torch.Tensor) and not index.is_floating_point():
         _, inverse = torch.unique(index.reshape(-1), return_inverse=True)
@@ -68,7 +68,7 @@ def group_index(
         ids = torch.from_numpy(inverse.astype(np.int64))
     else:
         # Labels are usually uuid strings: a dict lookup per label is the cheapest exact factorisation.
-        seen: Dict[Hashable, int] = {}
+        seen: dict[Hashable, int] = {}
         items = index.tolist() if hasattr(index, "tolist") else list(index)
         ids = torch.tensor([seen.setdefault(k, len(seen)) for k in items], dtype=torch.long)
     ids = ids.to(device=device)
@@ -78,7 +78,7 @@ def group_index(
 
 def group_stats(
     scores: torch.Tensor, ids: torch.Tensor, num_groups: int
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample (group count, group mean, unbiased group std); std is 0 for singleton groups."""
     counts = torch.zeros(num_groups, dtype=scores.dtype, device=scores.device)
     counts.index_add_(0, ids, torch.ones_like(scores))
@@ -92,7 +92,7 @@ def group_stats(
 
 def _scores_and_groups(
     token_level_rewards: torch.Tensor, response_mask: torch.Tensor, index: Sequence[Hashable]
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if token_level_rewards.dim() != 2 or token_level_rewards.shape != response_mask.shape:
         raise ValueError(
             f"token_level_rewards {tuple(token_level_rewards.shape)} and response_mask "
@@ -107,7 +107,7 @@ def _scores_and_groups(
     return scores, counts, mean, std
 
 
-def _broadcast(scalars: torch.Tensor, response_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _broadcast(scalars: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     adv = scalars.unsqueeze(-1) * response_mask.to(scalars.dtype)
     return adv, adv
 
@@ -121,7 +121,7 @@ def grpo(
     *,
     norm_adv_by_std_in_grpo: bool = True,
     epsilon: float = 1e-6,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO: A_i = (r_i - mean_g) / (std_g + eps), or r_i - mean_g (Dr. GRPO) without std scaling.
 
     std is the unbiased (n-1) group std, as in verl; a group whose scores are all equal gets 0.
@@ -141,7 +141,7 @@ def rloo(
     *,
     norm_adv_by_std_in_grpo: bool = True,
     epsilon: float = 1e-6,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO: A_i = r_i - mean of the other n-1 scores = n/(n-1) * (r_i - mean_g).
 
     The two keyword arguments are accepted for the shared signature and ignored.
@@ -160,7 +160,7 @@ def reinforce_plus_plus_baseline(
     *,
     norm_adv_by_std_in_grpo: bool = True,
     epsilon: float = 1e-6,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline: subtract the group mean, then whiten over all valid tokens of the batch.
 
     Whitening is token-weighted (a long response counts once per token), exactly as verl's
@@ -174,6 +174,6 @@ def reinforce_plus_plus_baseline(
     return adv, adv
 
 
-def available_adv_estimators() -> List[str]:
+def available_adv_estimators() -> list[str]:
     """Registered estimator names, sorted (for help texts and config checks)."""
     return sorted(ADV_ESTIMATOR_REGISTRY)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from archer.core.algorithms.aggregation import Number, agg_loss, masked_mean
@@ -27,8 +25,9 @@ from archer.core.algorithms.policy_losses import (
 )
 
 
-def entropy_aware_advantages(advantages: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
-                             alpha: float, eps: float = 1e-6) -> torch.Tensor:
+def entropy_aware_advantages(
+    advantages: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, alpha: float, eps: float = 1e-6
+) -> torch.Tensor:
     """A·(1 + α·z(H)) with z over the valid tokens (population std, as AEPO); masked tokens unchanged."""
     if alpha == 0:
         return advantages
@@ -52,9 +51,9 @@ def aepo(
     *,
     loss_agg_mode: str = "token-mean",
     config: PolicyLossConfig,
-    entropy: Optional[torch.Tensor] = None,
-    batch_num_tokens: Optional[Number] = None,
-    global_batch_size: Optional[Number] = None,
+    entropy: torch.Tensor | None = None,
+    batch_num_tokens: Number | None = None,
+    global_batch_size: Number | None = None,
 ) -> PolicyLossOutput:
     """Entropy-balanced clipping (+ the entropy-aware advantage when α > 0); see the module doc.
 
@@ -66,7 +65,9 @@ def aepo(
     metrics = {}
     if alpha != 0:
         if entropy is None:
-            raise ValueError("actor.aepo_entropy_advantage > 0 needs the per-token entropy; the engine must pass it")
+            raise ValueError(
+                "actor.aepo_entropy_advantage > 0 needs the per-token entropy; the engine must pass it"
+            )
         advantages = entropy_aware_advantages(advantages, entropy, response_mask, alpha)
     log_ratio = _log_ratio(old_log_prob, log_prob)
     ratio = torch.exp(log_ratio)
@@ -81,18 +82,25 @@ def aepo(
 
     negative = advantages < 0
     pg_losses = torch.where(negative, neg_losses, pos_losses)
-    loss = agg_loss(pg_losses, response_mask, loss_agg_mode, batch_num_tokens=batch_num_tokens,
-                    global_batch_size=global_batch_size)
+    loss = agg_loss(
+        pg_losses,
+        response_mask,
+        loss_agg_mode,
+        batch_num_tokens=batch_num_tokens,
+        global_batch_size=global_batch_size,
+    )
     positive = advantages > 0
     clipped_pos = positive & (ratio > 1.0 + eps_h)
     clipped_neg = negative & (neg2 > neg1)
     dual = negative & (torch.maximum(neg1, neg2) > -advantages * c)
-    metrics.update({
-        "pg_clipfrac": _frac(clipped_pos | clipped_neg, response_mask),
-        "pg_clipfrac_lower": _frac(dual, response_mask),
-        "pg_clipfrac_kept_grad": _frac(clipped_pos, response_mask),
-        "ppo_kl": masked_mean(-log_ratio, response_mask).item(),
-    })
+    metrics.update(
+        {
+            "pg_clipfrac": _frac(clipped_pos | clipped_neg, response_mask),
+            "pg_clipfrac_lower": _frac(dual, response_mask),
+            "pg_clipfrac_kept_grad": _frac(clipped_pos, response_mask),
+            "ppo_kl": masked_mean(-log_ratio, response_mask).item(),
+        }
+    )
     return PolicyLossOutput(loss=loss, metrics=metrics, kl_token_scale=None)
 
 

@@ -8,18 +8,16 @@ its own (see `agg_loss`).
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 
 from archer.errors import ConfigError
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
-Number = Union[int, float, torch.Tensor]
+Number = int | float | torch.Tensor
 
 
-def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of `values * mask`; NaN/inf outside the mask (padding) cannot leak into the result."""
     mask_f = mask.to(values.dtype)
     kept = torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
@@ -32,7 +30,7 @@ def _nonzero(denom: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean over masked entries; 0 (not NaN) when nothing is selected."""
     mask_f = mask.to(values.dtype)
     count = mask_f.sum() if dim is None else mask_f.sum(dim=dim)
@@ -65,8 +63,8 @@ def agg_loss(
     loss_mask: torch.Tensor,
     loss_agg_mode: str,
     *,
-    batch_num_tokens: Optional[Number] = None,
-    global_batch_size: Optional[Number] = None,
+    batch_num_tokens: Number | None = None,
+    global_batch_size: Number | None = None,
 ) -> torch.Tensor:
     """Aggregate token losses [B, T] into a scalar.
 

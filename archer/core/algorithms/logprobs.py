@@ -12,8 +12,6 @@ float32 temporaries (the gradient w.r.t. the logits is [N, V] by nature).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +27,7 @@ def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def _dense(
     flat: torch.Tensor, labels: torch.Tensor, temperature: float, with_entropy: bool
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     logp = F.log_softmax(_scaled(flat, temperature), dim=-1)
     token_logp = logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
@@ -98,8 +96,8 @@ def logprobs_and_entropy(
     *,
     temperature: float = 1.0,
     with_entropy: bool = True,
-    chunk_size: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(label) [B, T] and, if asked, the entropy [B, T] of softmax(logits / temperature).
 
     `logits` is [..., V] and `labels` its leading shape; labels must be valid token ids everywhere
@@ -131,7 +129,7 @@ def logprobs_from_logits(
     labels: torch.Tensor,
     *,
     temperature: float = 1.0,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """log pi(label) only (skips the entropy reduction)."""
     token_logp, _ = logprobs_and_entropy(
@@ -141,7 +139,7 @@ def logprobs_from_logits(
 
 
 def entropy_from_logits(
-    logits: torch.Tensor, *, temperature: float = 1.0, chunk_size: Optional[int] = None
+    logits: torch.Tensor, *, temperature: float = 1.0, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) over the last dimension, shape logits.shape[:-1]."""
     labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)

@@ -22,8 +22,9 @@ Losses:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ class PolicyLossConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
-    def from_actor(cls, actor_cfg: Any) -> "PolicyLossConfig":
+    def from_actor(cls, actor_cfg: Any) -> PolicyLossConfig:
         """Build from the `actor` config section (an OmegaConf node or the `ActorConfig` dataclass)."""
         archer = actor_cfg.archer
         return cls(
@@ -96,13 +97,13 @@ class PolicyLossOutput:
     """A loss's result: the differentiable scalar, float metrics, and the per-token KL multiplier."""
 
     loss: torch.Tensor
-    metrics: Dict[str, float] = field(default_factory=dict)
-    kl_token_scale: Optional[torch.Tensor] = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    kl_token_scale: torch.Tensor | None = None
 
 
 PolicyLossFn = Callable[..., PolicyLossOutput]
 
-POLICY_LOSS_REGISTRY: Dict[str, PolicyLossFn] = {}
+POLICY_LOSS_REGISTRY: dict[str, PolicyLossFn] = {}
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
@@ -129,7 +130,7 @@ def get_policy_loss(name: str) -> PolicyLossFn:
         ) from None
 
 
-def available_policy_losses() -> List[str]:
+def available_policy_losses() -> list[str]:
     """Registered loss names, sorted."""
     return sorted(POLICY_LOSS_REGISTRY)
 
@@ -173,7 +174,7 @@ def high_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, quanti
     return (entropy.detach().float() > threshold) & response_mask.bool()
 
 
-def _require_entropy(entropy: Optional[torch.Tensor], loss: str, like: torch.Tensor) -> torch.Tensor:
+def _require_entropy(entropy: torch.Tensor | None, loss: str, like: torch.Tensor) -> torch.Tensor:
     if entropy is None:
         raise ValueError(
             f"policy loss {loss!r} splits tokens by entropy, so it needs `entropy` [B, T]: "
@@ -187,10 +188,10 @@ def _require_entropy(entropy: Optional[torch.Tensor], loss: str, like: torch.Ten
 def _ppo_clip(
     ratio: torch.Tensor,
     advantages: torch.Tensor,
-    clip_low: Union[float, torch.Tensor],
-    clip_high: Union[float, torch.Tensor],
+    clip_low: float | torch.Tensor,
+    clip_high: float | torch.Tensor,
     clip_ratio_c: float,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dual-clip PPO token losses and the (clipped, dual-clipped) indicators, in verl's exact ops."""
     pg_losses1 = -advantages * ratio
     if isinstance(clip_low, torch.Tensor):
@@ -214,7 +215,7 @@ def _frac(indicator: torch.Tensor, mask: torch.Tensor) -> float:
     return masked_mean(indicator.float(), mask.float()).item()
 
 
-def _split_metrics(high: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor) -> Dict[str, float]:
+def _split_metrics(high: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     valid = mask.bool()
     return {
         "high_entropy_frac": _frac(high, valid),
@@ -225,7 +226,7 @@ def _split_metrics(high: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor
 
 def _split_clip_ranges(
     high: torch.Tensor, config: PolicyLossConfig, like: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     clip_low = torch.where(
         high,
         torch.tensor(config.high_entropy_clip_ratio_low, dtype=like.dtype, device=like.device),
@@ -260,9 +261,9 @@ def vanilla(
     *,
     loss_agg_mode: str = "token-mean",
     config: PolicyLossConfig,
-    entropy: Optional[torch.Tensor] = None,
-    batch_num_tokens: Optional[Number] = None,
-    global_batch_size: Optional[Number] = None,
+    entropy: torch.Tensor | None = None,
+    batch_num_tokens: Number | None = None,
+    global_batch_size: Number | None = None,
 ) -> PolicyLossOutput:
     """PPO clip: max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), then min(., -A c) where A < 0.
 
@@ -298,9 +299,9 @@ def archer(
     *,
     loss_agg_mode: str = "token-mean",
     config: PolicyLossConfig,
-    entropy: Optional[torch.Tensor] = None,
-    batch_num_tokens: Optional[Number] = None,
-    global_batch_size: Optional[Number] = None,
+    entropy: torch.Tensor | None = None,
+    batch_num_tokens: Number | None = None,
+    global_batch_size: Number | None = None,
 ) -> PolicyLossOutput:
     """Archer's dual-token loss: vanilla dual-clip PPO with per-token clip ranges.
 
@@ -340,9 +341,9 @@ def aspo(
     *,
     loss_agg_mode: str = "token-mean",
     config: PolicyLossConfig,
-    entropy: Optional[torch.Tensor] = None,
-    batch_num_tokens: Optional[Number] = None,
-    global_batch_size: Optional[Number] = None,
+    entropy: torch.Tensor | None = None,
+    batch_num_tokens: Number | None = None,
+    global_batch_size: Number | None = None,
 ) -> PolicyLossOutput:
     """ASPO (Archer2.0): the archer entropy split, a flipped IS weight for A > 0, soft dual clips.
 

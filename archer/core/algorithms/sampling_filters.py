@@ -13,7 +13,8 @@ the policy. The engine generates rounds until `GroupAccumulator` holds enough in
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, List, Sequence, Set
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import torch
 
@@ -49,22 +50,22 @@ def overlong_penalty(
     return torch.clamp(penalty, max=0.0)
 
 
-def _as_list(values: Any) -> List[Any]:
+def _as_list(values: Any) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-def _group_values(group_ids: Sequence[Hashable], values: Sequence[float]) -> Dict[Hashable, List[float]]:
+def _group_values(group_ids: Sequence[Hashable], values: Sequence[float]) -> dict[Hashable, list[float]]:
     ids = _as_list(group_ids)
     vals = _as_list(values)
     if len(ids) != len(vals):
         raise ValueError(f"{len(ids)} group ids but {len(vals)} values")
-    grouped: Dict[Hashable, List[float]] = {}
+    grouped: dict[Hashable, list[float]] = {}
     for gid, value in zip(ids, vals):
         grouped.setdefault(gid, []).append(value)
     return grouped
 
 
-def informative_groups(group_ids: Sequence[Hashable], values: Sequence[float]) -> Set[Hashable]:
+def informative_groups(group_ids: Sequence[Hashable], values: Sequence[float]) -> set[Hashable]:
     """Ids of groups whose per-sample values (accuracy or reward) are not all equal.
 
     A group of one is never informative (no peer to differ from; its group advantage is 0).
@@ -83,7 +84,7 @@ class GroupAccumulator:
     """
 
     def __init__(self) -> None:
-        self._kept: List[Any] = []
+        self._kept: list[Any] = []
         self.rounds = 0
         self.kept_groups = 0
         self.dropped_groups = 0
@@ -92,7 +93,7 @@ class GroupAccumulator:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def add(self, groups: List[Any], group_ids: Sequence[Hashable], values: Sequence[float]) -> int:
+    def add(self, groups: list[Any], group_ids: Sequence[Hashable], values: Sequence[float]) -> int:
         """Record one generation round; returns how many of its groups were kept."""
         grouped = _group_values(group_ids, values)
         if len(groups) != len(grouped):
@@ -118,7 +119,7 @@ class GroupAccumulator:
             return False
         return max_rounds <= 0 or self.rounds < max_rounds
 
-    def take(self, target_groups: int) -> List[Any]:
+    def take(self, target_groups: int) -> list[Any]:
         """Exactly `target_groups` groups (the earliest kept); the surplus is discarded.
 
         Leftovers are not carried to the next step: they were sampled from this step's policy and
@@ -134,7 +135,7 @@ class GroupAccumulator:
         self._kept = []
         return taken
 
-    def stats(self) -> Dict[str, float]:
+    def stats(self) -> dict[str, float]:
         """Counters for logging."""
         return {
             "rounds": float(self.rounds),

@@ -56,9 +56,13 @@ def _md(text: str) -> str:
 
 def to_markdown(t: CollectTable) -> str:
     cols = [c for c in t.columns if c not in SCREEN_HIDDEN]
-    numeric = {c for c in cols if any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in t.rows)}
-    lines = ["| " + " | ".join(_md(c) for c in cols) + " |",
-             "| " + " | ".join("---:" if c in numeric else "---" for c in cols) + " |"]
+    numeric = {
+        c for c in cols if any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in t.rows)
+    }
+    lines = [
+        "| " + " | ".join(_md(c) for c in cols) + " |",
+        "| " + " | ".join("---:" if c in numeric else "---" for c in cols) + " |",
+    ]
     for r in t.rows:
         lines.append("| " + " | ".join(_md(cell(r[c])) for c in cols) + " |")
     return "\n".join(lines) + "\n"
@@ -94,7 +98,9 @@ def to_rich(t: CollectTable, title: str | None = None) -> Any:
             kw.update(overflow="ellipsis", max_width=36)
         elif c in t.config_columns or c == "run":
             kw.update(overflow="ellipsis", max_width=32)
-        table.add_column(escape(heads[c]), header_style="bold cyan" if c in t.config_columns else "bold", **kw)
+        table.add_column(
+            escape(heads[c]), header_style="bold cyan" if c in t.config_columns else "bold", **kw
+        )
     for r in t.rows:
         cells = []
         for c in cols:

@@ -20,7 +20,11 @@ from .runs import MISSING
 from .table import CollectTable, metric_series
 
 HINT = "pip install -e '.[plot]'  (matplotlib and plotext)"
-CURVES = [("reward/mean", "reward", True), ("reward/accuracy", "accuracy", True), ("val/accuracy", "val accuracy", False)]
+CURVES = [
+    ("reward/mean", "reward", True),
+    ("reward/accuracy", "accuracy", True),
+    ("val/accuracy", "val accuracy", False),
+]
 
 
 def require(module: str) -> Any:
@@ -28,7 +32,9 @@ def require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ArcherError(f"plotting needs {module.split('.')[0]}, which is not installed", hint=HINT) from None
+        raise ArcherError(
+            f"plotting needs {module.split('.')[0]}, which is not installed", hint=HINT
+        ) from None
 
 
 def _series(t: CollectTable) -> list[tuple[str, dict[str, list[tuple[int, float]]]]]:
@@ -70,8 +76,13 @@ def write_pngs(t: CollectTable, out_dir: Path) -> list[Path]:
             for name, curves in series:
                 pts = curves[key]
                 if pts:
-                    ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o" if len(pts) < 30 else None,
-                            markersize=3, label=name)
+                    ax.plot(
+                        [s for s, _ in pts],
+                        [v for _, v in pts],
+                        marker="o" if len(pts) < 30 else None,
+                        markersize=3,
+                        label=name,
+                    )
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[-1].set_xlabel("step")
@@ -91,7 +102,7 @@ def write_pngs(t: CollectTable, out_dir: Path) -> list[Path]:
             vals = [float(r.get(col) or 0.0) for r in timed]
             ax.barh(names, vals, left=left, label=label)
             left = [a + b for a, b in zip(left, vals)]
-        other = [max(0.0, float(r["step_s"]) - l) for r, l in zip(timed, left)]
+        other = [max(0.0, float(r["step_s"]) - done) for r, done in zip(timed, left)]
         ax.barh(names, other, left=left, label="other")
         ax.invert_yaxis()
         ax.set_xlabel("median seconds per step")
@@ -180,14 +191,22 @@ def terminal_plots(t: CollectTable, console: Any) -> int:
             console.print(f"  [bold]{i}[/bold]  {escape(name)}")
         drawn += 1
 
-    series = [(n, [float(s) for s, _ in c["reward/mean"]], [v for _, v in c["reward/mean"]])
-              for n, c in _series(t) if c["reward/mean"]]
+    series = [
+        (n, [float(s) for s, _ in c["reward/mean"]], [v for _, v in c["reward/mean"]])
+        for n, c in _series(t)
+        if c["reward/mean"]
+    ]
     if series:
-        show(px.lines("reward/mean per step", series, height=max(14, 2 * len(series) + 8)))  # room for the legend
+        show(
+            px.lines("reward/mean per step", series, height=max(14, 2 * len(series) + 8))
+        )  # room for the legend
     timed = [r for r in t.rows if r.get("step_s") is not None]
     if timed:
         show(px.bars("median s/step", [float(r["step_s"]) for r in timed]), [r["run"] for r in timed])
     scored = [r for r in t.rows if r.get("auc") is not None]
     if scored:
-        show(px.bars("influence AUC (0.5 = chance)", [float(r["auc"]) for r in scored]), [r["run"] for r in scored])
+        show(
+            px.bars("influence AUC (0.5 = chance)", [float(r["auc"]) for r in scored]),
+            [r["run"] for r in scored],
+        )
     return drawn

@@ -73,7 +73,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float((ra * rb).sum() / denom)
 
 
-def top_overlap_fraction(influence: np.ndarray, entropy: np.ndarray, fraction: float = TOP_FRACTION) -> float | None:
+def top_overlap_fraction(
+    influence: np.ndarray, entropy: np.ndarray, fraction: float = TOP_FRACTION
+) -> float | None:
     """|top-k by |influence| ∩ top-k by entropy| / k, k = ceil(fraction·n)."""
     n = len(influence)
     if n == 0:
@@ -108,8 +110,8 @@ def scored_tokens(table: Any) -> tuple[list[int], list[np.ndarray], list[np.ndar
         if null[r]:
             continue
         rows.append(r)
-        infl.append(ivals[ioff[r]:ioff[r + 1]].astype(np.float64))
-        ent.append(evals[eoff[r]:eoff[r + 1]].astype(np.float64))
+        infl.append(ivals[ioff[r] : ioff[r + 1]].astype(np.float64))
+        ent.append(evals[eoff[r] : eoff[r + 1]].astype(np.float64))
     return rows, infl, ent
 
 
@@ -120,7 +122,9 @@ def _same_responses(a: Any, b: Any) -> bool:
     for name in ("prompt_ids", "response_ids"):
         va, oa = _rows(a.column(name))
         vb, ob = _rows(b.column(name))
-        if not np.array_equal(oa - oa[0], ob - ob[0]) or not np.array_equal(va[oa[0]:oa[-1]], vb[ob[0]:ob[-1]]):
+        if not np.array_equal(oa - oa[0], ob - ob[0]) or not np.array_equal(
+            va[oa[0] : oa[-1]], vb[ob[0] : ob[-1]]
+        ):
             return False
     return True
 
@@ -149,7 +153,9 @@ def group_auc(reader: Any, steps: list[int]) -> tuple[float | None, int, dict[in
     return (float(np.mean(values)) if values else None), len(values), by_step
 
 
-def token_metrics(reader: Any, steps: list[int], ref: Any | None) -> tuple[float | None, int, float | None, int]:
+def token_metrics(
+    reader: Any, steps: list[int], ref: Any | None
+) -> tuple[float | None, int, float | None, int]:
     """(mean top-20% overlap, its steps, mean Spearman vs `ref`, its steps)."""
     overlaps: list[float] = []
     rhos: list[float] = []
@@ -185,8 +191,12 @@ def token_metrics(reader: Any, steps: list[int], ref: Any | None) -> tuple[float
             rho = spearman(np.concatenate(xs), np.concatenate(ys))
             if rho is not None:
                 rhos.append(rho)
-    return ((float(np.mean(overlaps)) if overlaps else None), len(overlaps),
-            (float(np.mean(rhos)) if rhos else None), len(rhos))
+    return (
+        (float(np.mean(overlaps)) if overlaps else None),
+        len(overlaps),
+        (float(np.mean(rhos)) if rhos else None),
+        len(rhos),
+    )
 
 
 def run_quality(run_dir: Any, ref_dir: Any | None = None, ref_name: str | None = None) -> Quality:

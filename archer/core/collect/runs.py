@@ -80,7 +80,9 @@ def _last_step(metrics: list[dict[str, Any]]) -> int:
     return max([s for s in steps if s > 0], default=0)
 
 
-def file_status(path: Path, config: dict[str, Any] | None, metrics: list[dict[str, Any]]) -> tuple[str, str | None]:
+def file_status(
+    path: Path, config: dict[str, Any] | None, metrics: list[dict[str, Any]]
+) -> tuple[str, str | None]:
     """Status of a run from its files alone."""
     from archer.core.sweep.runner import LOG_FILE, last_error_line, read_tail
 
@@ -106,10 +108,18 @@ def load_run(path: Path, warnings: list[str], name: str | None = None) -> RunEnt
     config = _read_config(path, warnings) if path.is_dir() else None
     metrics = read_metrics(path) if path.is_dir() else []
     status, reason = file_status(path, config, metrics)
-    return RunEntry(name=name or path.name, path=path, status=status, reason=reason, config=config, metrics=metrics)
+    return RunEntry(
+        name=name or path.name, path=path, status=status, reason=reason, config=config, metrics=metrics
+    )
 
 
-_SWEEP_STATUS = {"done": FINISHED, "failed": FAILED, "running": INCOMPLETE, "interrupted": INCOMPLETE, "pending": MISSING}
+_SWEEP_STATUS = {
+    "done": FINISHED,
+    "failed": FAILED,
+    "running": INCOMPLETE,
+    "interrupted": INCOMPLETE,
+    "pending": MISSING,
+}
 
 
 def load_sweep(directory: Path, warnings: list[str]) -> list[RunEntry] | None:
@@ -167,7 +177,9 @@ def find_runs(paths: list[Path]) -> tuple[list[RunEntry], list[str]]:
     for p in paths:
         p = Path(p).expanduser()
         if not p.exists():
-            entries.append(RunEntry(name=p.name or str(p), path=p, status=MISSING, reason="no such directory"))
+            entries.append(
+                RunEntry(name=p.name or str(p), path=p, status=MISSING, reason="no such directory")
+            )
             continue
         if not p.is_dir():
             warnings.append(f"{p} is not a directory; skipped")

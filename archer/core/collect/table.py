@@ -12,9 +12,10 @@ import fnmatch
 import json
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .quality import Quality, has_influence, run_quality
 from .runs import MISSING, RunEntry, find_runs
@@ -72,12 +73,17 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def metric_series(metrics: list[dict[str, Any]], keys: tuple[str, ...], training_only: bool = True) -> list[tuple[int, float]]:
+def metric_series(
+    metrics: list[dict[str, Any]], keys: tuple[str, ...], training_only: bool = True
+) -> list[tuple[int, float]]:
     """(step, value) of the first key that any row has; step 0 (validation before training) only
     when `training_only` is false."""
     for key in keys:
-        pts = [(int(r.get("step") or 0), float(r[key])) for r in metrics
-               if _finite(r.get(key)) and (not training_only or int(r.get("step") or 0) > 0)]
+        pts = [
+            (int(r.get("step") or 0), float(r[key]))
+            for r in metrics
+            if _finite(r.get(key)) and (not training_only or int(r.get("step") or 0) > 0)
+        ]
         if pts:
             return pts
     return []
@@ -158,8 +164,12 @@ def _pick_reference(entries: list[RunEntry], reference: str | None) -> RunEntry 
     return None
 
 
-def build_table(paths: list[Path], metric_globs: list[str] | None = None, reference: str | None = None,
-                quality: bool = True) -> CollectTable:
+def build_table(
+    paths: list[Path],
+    metric_globs: list[str] | None = None,
+    reference: str | None = None,
+    quality: bool = True,
+) -> CollectTable:
     """Read every run under `paths` and assemble the table (never raises for a bad run)."""
     from archer.errors import ArcherError
 
@@ -188,12 +198,26 @@ def build_table(paths: list[Path], metric_globs: list[str] | None = None, refere
         if quality and e.status != MISSING and e.path.is_dir() and _has_trace(e):
             try:
                 use_ref = ref if ref is not None and ref is not e else None
-                q = run_quality(_trace_dir(e), _trace_dir(use_ref) if use_ref else None, use_ref.name if use_ref else None)
-            except (ArcherError, OSError, ValueError) as err:  # a broken trace costs its columns, not the table
+                q = run_quality(
+                    _trace_dir(e), _trace_dir(use_ref) if use_ref else None, use_ref.name if use_ref else None
+                )
+            except (
+                ArcherError,
+                OSError,
+                ValueError,
+            ) as err:  # a broken trace costs its columns, not the table
                 warnings.append(f"{e.name}: trace not read ({getattr(err, 'message', None) or err})")
         qualities[e.name] = q
-        row.update({"auc": q.auc, "auc_groups": q.auc_groups or None, "top20_overlap": q.top_overlap,
-                    "spearman": q.spearman, "spearman_ref": q.spearman_ref, "trace_steps": q.trace_steps})
+        row.update(
+            {
+                "auc": q.auc,
+                "auc_groups": q.auc_groups or None,
+                "top20_overlap": q.top_overlap,
+                "spearman": q.spearman,
+                "spearman_ref": q.spearman_ref,
+                "trace_steps": q.trace_steps,
+            }
+        )
         if e.case is not None:
             row["attempts"] = len(e.case.attempts)
             row["oom"] = bool(e.case.oom)
@@ -205,13 +229,26 @@ def build_table(paths: list[Path], metric_globs: list[str] | None = None, refere
 
     summary_cols = ["steps"] + [c for c, *_ in SUMMARIES]
     candidates = HEAD + config_cols + summary_cols + QUALITY_COLUMNS + SWEEP_COLUMNS + extra + ["path"]
-    columns = [c for c in candidates if c in ("run", "status") or c in config_cols or c in extra
-               or any(r.get(c) not in (None, "") for r in rows)]
+    columns = [
+        c
+        for c in candidates
+        if c in ("run", "status")
+        or c in config_cols
+        or c in extra
+        or any(r.get(c) not in (None, "") for r in rows)
+    ]
     for r in rows:
         for c in columns:
             r.setdefault(c, None)
-    return CollectTable(columns=columns, rows=[{c: r[c] for c in columns} for r in rows], config_columns=config_cols,
-                        entries=entries, quality=qualities, warnings=warnings, reference=ref.name if ref else None)
+    return CollectTable(
+        columns=columns,
+        rows=[{c: r[c] for c in columns} for r in rows],
+        config_columns=config_cols,
+        entries=entries,
+        quality=qualities,
+        warnings=warnings,
+        reference=ref.name if ref else None,
+    )
 
 
 def _last_raw(metrics: list[dict[str, Any]], key: str) -> Any:

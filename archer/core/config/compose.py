@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_keys(cls: type = ArcherConfig) -> dict[str, KeyInfo]:
     """Every dotted key of the schema -> its type and field metadata."""
     out: dict[str, KeyInfo] = {}
@@ -62,7 +62,7 @@ def schema_keys(cls: type = ArcherConfig) -> dict[str, KeyInfo]:
             tp, _ = _strip_optional(hints[f.name])
             key = prefix + f.name
             is_section = dataclasses.is_dataclass(tp)
-            is_free = typing.get_origin(tp) in (dict, typing.Dict) or tp is dict
+            is_free = typing.get_origin(tp) in (dict, dict) or tp is dict
             out[key] = KeyInfo(key, hints[f.name], f, is_section, is_free)
             if is_section:
                 walk(tp, key + ".")
@@ -74,10 +74,10 @@ def schema_keys(cls: type = ArcherConfig) -> dict[str, KeyInfo]:
 def type_name(tp: Any) -> str:
     base, optional = _strip_optional(tp)
     origin = typing.get_origin(base)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         (arg,) = typing.get_args(base) or (Any,)
         name = f"list of {type_name(arg)}"
-    elif origin in (dict, typing.Dict):
+    elif origin in (dict, dict):
         name = "mapping"
     elif dataclasses.is_dataclass(base):
         name = "section"
@@ -114,7 +114,7 @@ def _unknown_key_error(key: str, source: str) -> ConfigError:
     msg = f"unknown config key '{key}' ({source})"
     if picks:
         msg += ". Did you mean " + ", ".join(f"'{p}'" for p in picks) + "?"
-    hint = f"run 'archer presets show quickstart --explain' to list the keys" + (
+    hint = "run 'archer presets show quickstart --explain' to list the keys" + (
         f" under '{parent}'" if parent else ""
     )
     return ConfigError(msg, hint=hint)
@@ -216,7 +216,7 @@ def _coerce_lists(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
             continue
         if info is not None and not info.is_section:
             base, _ = _strip_optional(info.type)
-            is_list = typing.get_origin(base) in (list, typing.List)
+            is_list = typing.get_origin(base) in (list, list)
             if is_list and v is not None and v != "???" and not isinstance(v, list):
                 v = [v]
         out[k] = v
@@ -232,7 +232,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if s.startswith("--"):
         raise ConfigError(
             f"'{text}' is not an override",
-            hint="overrides are key=value (e.g. trainer.total_steps=10); options such as --out go before them",
+            hint=(
+                "overrides are key=value (e.g. trainer.total_steps=10); options such as --out go before them"
+            ),
         )
     if s.startswith("~"):
         key = s[1:].split("=", 1)[0].strip()
@@ -395,7 +397,9 @@ class Composed:
         return OmegaConf.to_container(self.cfg, resolve=resolve, throw_on_missing=False)  # type: ignore[return-value]
 
 
-def compose_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> Any:
+def compose_dict(
+    raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config"
+) -> Any:
     """Compose from an in-memory dict (tests, sweeps); returns the DictConfig."""
     return _compose(dict(raw), list(overrides), source)
 

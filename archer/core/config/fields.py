@@ -8,7 +8,8 @@ checked by `archer.core.config.validate`. The same metadata produces `docs/confi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def opt(

@@ -60,14 +60,18 @@ def resolve_preset(ref: str, relative_to: Path | None = None) -> Path:
             p = relative_to / p
         if p.is_file():
             return p
-        raise UsageError(f"preset file not found: {p}", hint="run 'archer presets ls' for the built-in presets")
+        raise UsageError(
+            f"preset file not found: {p}", hint="run 'archer presets ls' for the built-in presets"
+        )
     presets = list_presets()
     if ref in presets:
         return presets[ref]
     close = difflib.get_close_matches(ref, list(presets), n=3, cutoff=0.5)
     if close:
         suggestion = " or ".join(f"'{c}'" for c in close)
-        raise UsageError(f"unknown preset '{ref}'. Did you mean {suggestion}?", hint="run 'archer presets ls'")
+        raise UsageError(
+            f"unknown preset '{ref}'. Did you mean {suggestion}?", hint="run 'archer presets ls'"
+        )
     raise UsageError(f"unknown preset '{ref}'", hint="run 'archer presets ls' to see the presets")
 
 

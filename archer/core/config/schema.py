@@ -9,7 +9,7 @@ verl's conventions: batch sizes in prompts, micro-batches in sequences.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from archer.core.config.fields import opt, section
 
@@ -37,15 +37,13 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    path: Optional[str] = opt(
+    path: str | None = opt(
         None, "local Hugging Face model folder; null builds the tiny model in code (never downloads)"
     )
-    tokenizer_path: Optional[str] = opt(None, "tokenizer folder; null means model.path (or the char tokenizer)")
+    tokenizer_path: str | None = opt(None, "tokenizer folder; null means model.path (or the char tokenizer)")
     tiny: TinyModelConfig = section(TinyModelConfig, "the in-code tiny model used when path is null")
     dtype: str = opt("fp32", "parameter dtype for training", choices=DTYPES)
-    attn_implementation: str = opt(
-        "sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2")
-    )
+    attn_implementation: str = opt("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2"))
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass")
     trust_remote_code: bool = opt(False, "allow model code shipped inside the model folder")
 
@@ -55,8 +53,10 @@ class SynthConfig:
     """The seeded synthetic task used when `data.train_files` is empty."""
 
     task: str = opt(
-        "arithmetic", "synthetic task; the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
-        "products too large to do in the head), the search tool (corpus_qa: facts in a generated corpus) or both",
+        "arithmetic",
+        "synthetic task; the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
+        "products too large to do in the head), the search tool (corpus_qa: facts in a generated corpus) or "
+        "both",
         choices=("arithmetic", "tool_arithmetic", "corpus_qa", "tool_mix"),
     )
     n: int = opt(10000, "number of training problems to generate", ge=1)
@@ -68,8 +68,8 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    train_files: List[str] = opt([], "parquet/jsonl training files; empty uses data.synth")
-    val_files: List[str] = opt([], "parquet/jsonl validation files; empty uses the synth held-out split")
+    train_files: list[str] = opt([], "parquet/jsonl training files; empty uses data.synth")
+    val_files: list[str] = opt([], "parquet/jsonl validation files; empty uses the synth held-out split")
     synth: SynthConfig = section(SynthConfig, "synthetic task settings")
     prompt_key: str = opt("prompt", "column holding the prompt (a string or a chat message list)")
     answer_key: str = opt(
@@ -98,8 +98,9 @@ class RolloutConfig:
     max_new_tokens: int = opt(16, "longest response in tokens", ge=1)
     generation_batch_size: int = opt(0, "sequences per generate() call; 0 = all at once", ge=0)
     compile_decode: bool = opt(
-        False, "decode with a static KV cache and a compiled forward (CUDA graphs on a GPU; the first "
-        "steps pay the compilation; prompts are padded to data.max_prompt_length)"
+        False,
+        "decode with a static KV cache and a compiled forward (CUDA graphs on a GPU; the first "
+        "steps pay the compilation; prompts are padded to data.max_prompt_length)",
     )
     val: ValRolloutConfig = section(ValRolloutConfig, "validation sampling")
 
@@ -134,12 +135,16 @@ class AlgorithmConfig:
 class ArcherLossConfig:
     """Archer's dual-token constraints: tokens above the per-response entropy quantile are "forks"."""
 
-    token_entropy_quantile: float = opt(0.8, "per-response entropy quantile splitting the two token sets", gt=0.0, lt=1.0)
+    token_entropy_quantile: float = opt(
+        0.8, "per-response entropy quantile splitting the two token sets", gt=0.0, lt=1.0
+    )
     low_entropy_clip_ratio_low: float = opt(0.2, "clip below 1 for low-entropy tokens", ge=0.0)
     low_entropy_clip_ratio_high: float = opt(0.2, "clip above 1 for low-entropy tokens", ge=0.0)
     high_entropy_clip_ratio_low: float = opt(0.4, "clip below 1 for high-entropy tokens", ge=0.0)
     high_entropy_clip_ratio_high: float = opt(0.4, "clip above 1 for high-entropy tokens", ge=0.0)
-    high_entropy_kl_scale: float = opt(0.0, "KL-loss scale on high-entropy tokens (low-entropy use 1)", ge=0.0)
+    high_entropy_kl_scale: float = opt(
+        0.0, "KL-loss scale on high-entropy tokens (low-entropy use 1)", ge=0.0
+    )
 
 
 @dataclass
@@ -148,13 +153,15 @@ class OptimConfig:
     warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimizer steps", ge=0)
     schedule: str = opt("constant", "learning-rate schedule after warm-up", choices=("constant", "cosine"))
     weight_decay: float = opt(0.01, "AdamW weight decay", ge=0.0)
-    betas: List[float] = opt([0.9, 0.999], "AdamW betas")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
     grad_clip: float = opt(1.0, "max global grad norm (0 disables clipping)", ge=0.0)
 
 
 @dataclass
 class ActorConfig:
-    policy_loss: str = opt("vanilla", "policy loss by name (see archer.core.algorithms)", choices=POLICY_LOSSES)
+    policy_loss: str = opt(
+        "vanilla", "policy loss by name (see archer.core.algorithms)", choices=POLICY_LOSSES
+    )
     clip_ratio_low: float = opt(0.2, "PPO clip below 1 (epsilon_low)", ge=0.0)
     clip_ratio_high: float = opt(0.2, "PPO clip above 1 (epsilon_high, DAPO clip-higher)", ge=0.0)
     clip_ratio_c: float = opt(3.0, "dual-clip bound for negative advantages (> 1)", gt=1.0)
@@ -169,7 +176,9 @@ class ActorConfig:
     kl_loss_type: str = opt("low_var_kl", "KL estimator", choices=KL_TYPES)
     entropy_coeff: float = opt(0.0, "entropy bonus coefficient", ge=0.0)
     aepo_entropy_advantage: float = opt(
-        0.0, "AEPO entropy-aware advantage A·(1 + α·z(H)) inside policy_loss=aepo (α; 0 = off, AEPO uses 0.2)", ge=0.0
+        0.0,
+        "AEPO entropy-aware advantage A·(1 + α·z(H)) inside policy_loss=aepo (α; 0 = off, AEPO uses 0.2)",
+        ge=0.0,
     )
     optim: OptimConfig = section(OptimConfig, "optimizer")
 
@@ -177,7 +186,9 @@ class ActorConfig:
 @dataclass
 class RewardConfig:
     function: str = opt("arithmetic", "reward function", choices=REWARD_FUNCTIONS)
-    timeout_s: float = opt(5.0, "grading timeout in seconds: per response (math), per unit test (code)", gt=0.0)
+    timeout_s: float = opt(
+        5.0, "grading timeout in seconds: per response (math), per unit test (code)", gt=0.0
+    )
     format_reward: float = opt(0.0, "reward added for a parseable answer (0 = off)", ge=0.0)
 
 
@@ -190,8 +201,10 @@ class WarmupConfig:
     batch_size: int = opt(64, "sequences per supervised step", ge=1)
     lr: float = opt(3e-3, "supervised learning rate", gt=0.0)
     label_noise: float = opt(
-        0.0, "fraction of warm-up answers replaced by a near miss (integer answers ±1), like a weak teacher",
-        ge=0.0, le=1.0,
+        0.0,
+        "fraction of warm-up answers replaced by a near miss (integer answers ±1), like a weak teacher",
+        ge=0.0,
+        le=1.0,
     )
     target_accuracy: float = opt(
         0.0, "stop early once greedy accuracy on a probe set reaches this (0 = run all steps)", ge=0.0, le=1.0
@@ -202,7 +215,7 @@ class WarmupConfig:
 @dataclass
 class TraceConfig:
     enable: bool = opt(True, "write the per-token trace (entropy, influence) for every rollout step")
-    dir: Optional[str] = opt(None, "trace directory; null means <run>/trace")
+    dir: str | None = opt(None, "trace directory; null means <run>/trace")
     write_every: int = opt(1, "write every k-th step", ge=1)
     fsync: bool = opt(False, "fsync each step file and the manifest (durable across power loss)")
     row_group_size: int = opt(64, "responses per parquet row group", ge=1)
@@ -215,36 +228,62 @@ class InfluenceConfig:
     """Per-token influence from the real PPO backward (archer/influence; docs/influence.md)."""
 
     enable: bool = opt(False, "compute per-token influence for the selected prompt groups of every step")
-    hessian_mode: str = opt("inverse", "precondition with the inverse projected Hessian, or not (identity)",
-                            choices=("inverse", "identity"))
-    hessian_source: str = opt("response", "Hessian from response gradients (G_rᵀG_r) or token gradients",
-                              choices=("response", "token"))
+    hessian_mode: str = opt(
+        "inverse",
+        "precondition with the inverse projected Hessian, or not (identity)",
+        choices=("inverse", "identity"),
+    )
+    hessian_source: str = opt(
+        "response",
+        "Hessian from response gradients (G_rᵀG_r) or token gradients",
+        choices=("response", "token"),
+    )
     output_function: str = opt(
         "training_loss",
-        "whose gradient is traced: training_loss (the real PPO loss, first epoch), log_prob_advantage (Σ A·log p), "
+        "whose gradient is traced: training_loss (the real PPO loss, first epoch), log_prob_advantage (Σ "
+        "A·log p), "
         "log_prob (Σ log p) or log_prob_reward (Σ r·log p); the last three use one extra forward+backward",
         choices=("training_loss", "log_prob_advantage", "log_prob", "log_prob_reward"),
     )
-    accepted_rejected_scope: str = opt("per_prompt", "contrast within each prompt group, or across all selected groups",
-                                       choices=("per_prompt", "all_selected"))
-    contrastive_agg: str = opt("sum", "accepted minus rejected: sums (sum) or difference of means (mean)",
-                               choices=("sum", "mean"))
-    response_grad: str = opt("sum", "response gradient = sum or mean of its token gradients", choices=("sum", "mean"))
-    module_name_filter: str = opt(r"mlp\.down_proj$", "regex over nn.Linear names (FSDP wrapper prefixes stripped)")
+    accepted_rejected_scope: str = opt(
+        "per_prompt",
+        "contrast within each prompt group, or across all selected groups",
+        choices=("per_prompt", "all_selected"),
+    )
+    contrastive_agg: str = opt(
+        "sum", "accepted minus rejected: sums (sum) or difference of means (mean)", choices=("sum", "mean")
+    )
+    response_grad: str = opt(
+        "sum", "response gradient = sum or mean of its token gradients", choices=("sum", "mean")
+    )
+    module_name_filter: str = opt(
+        r"mlp\.down_proj$", "regex over nn.Linear names (FSDP wrapper prefixes stripped)"
+    )
     max_modules: int = opt(4, "keep the last N matching modules (0 = all)", ge=0)
     projection_dim_factor: int = opt(32, "projected side k = dim // factor (1 = no projection)", ge=1)
     max_proj_vector_sum: int = opt(128, "cap on k_in + k_out per module (0 = none)", ge=0)
-    max_hessian_dim: int = opt(4096, "refuse D = k_in·k_out above this (the Hessian takes 8·D² bytes; 0 = none)", ge=0)
+    max_hessian_dim: int = opt(
+        4096, "refuse D = k_in·k_out above this (the Hessian takes 8·D² bytes; 0 = none)", ge=0
+    )
     projection: str = opt("rademacher", "random projection entries", choices=("rademacher", "gaussian"))
     reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means 0.1·trace(H)/D")
-    max_tokens_per_response: int = opt(0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0)
+    max_tokens_per_response: int = opt(
+        0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0
+    )
     max_prompts_per_step: int = opt(0, "trace at most this many prompt groups per step (0 = no cap)", ge=0)
     storage_dtype: str = opt("bf16", "dtype of the stored factors until scoring", choices=("bf16", "fp32"))
-    grad_offload_to_cpu: bool = opt(False, "move captured factors to CPU memory as they are captured (and score there)")
+    grad_offload_to_cpu: bool = opt(
+        False, "move captured factors to CPU memory as they are captured (and score there)"
+    )
     force_gpu_compute: bool = opt(False, "score on the GPU even when factors were offloaded")
-    profile_timing: bool = opt(False, "report timing_s/influence_{capture,solve,score} (synchronises the GPU)")
-    accept_rule: str = opt("group_max", "accepted = reward equals the group maximum, or reward > accept_threshold",
-                           choices=("group_max", "threshold"))
+    profile_timing: bool = opt(
+        False, "report timing_s/influence_{capture,solve,score} (synchronises the GPU)"
+    )
+    accept_rule: str = opt(
+        "group_max",
+        "accepted = reward equals the group maximum, or reward > accept_threshold",
+        choices=("group_max", "threshold"),
+    )
     accept_threshold: float = opt(0.5, "reward threshold for accept_rule=threshold")
 
 
@@ -264,10 +303,10 @@ class TrainerConfig:
     save_every: int = opt(0, "checkpoint every k steps (0 = only at the end)", ge=0)
     keep_checkpoints: int = opt(2, "keep the newest k checkpoints (0 = keep all)", ge=0)
     out_dir: str = opt("runs", "root folder for run directories")
-    run_name: Optional[str] = opt(None, "run directory name; null means <preset>-<timestamp>")
+    run_name: str | None = opt(None, "run directory name; null means <preset>-<timestamp>")
     device: str = opt("auto", "where the local engine runs", choices=("auto", "cpu", "cuda"))
     num_threads: int = opt(0, "torch CPU threads (0 = all cores)", ge=0)
-    cache_dir: Optional[str] = opt(None, "cache for warm-ups and tokenizers; null means <out_dir>/.cache")
+    cache_dir: str | None = opt(None, "cache for warm-ups and tokenizers; null means <out_dir>/.cache")
     logging: LoggingConfig = section(LoggingConfig, "metric sinks")
 
 
@@ -280,11 +319,18 @@ class PythonToolConfig:
     cpu_s: int = opt(2, "CPU-time limit per call (RLIMIT_CPU)", ge=1)
     memory_mb: int = opt(512, "address-space limit per call (RLIMIT_AS)", ge=64)
     max_processes: int = opt(16, "process limit (RLIMIT_NPROC, counted inside the sandbox)", ge=1)
-    max_file_mb: int = opt(16, "largest file the code may write (RLIMIT_FSIZE); the work dir holds 4x that", ge=1)
+    max_file_mb: int = opt(
+        16, "largest file the code may write (RLIMIT_FSIZE); the work dir holds 4x that", ge=1
+    )
     max_output_chars: int = opt(200, "output kept per call (the rest is cut, with a note)", ge=1)
-    namespaces: bool = opt(True, "isolate with Linux namespaces where available (else an audit hook refuses "
-                                 "sockets, outside writes and process creation)")
-    cache_size: int = opt(1024, "results of identical code kept per run (the tool is stateless; 0 = off)", ge=0)
+    namespaces: bool = opt(
+        True,
+        "isolate with Linux namespaces where available (else an audit hook refuses "
+        "sockets, outside writes and process creation)",
+    )
+    cache_size: int = opt(
+        1024, "results of identical code kept per run (the tool is stateless; 0 = off)", ge=0
+    )
 
 
 @dataclass
@@ -292,48 +338,76 @@ class SearchToolConfig:
     """BM25 search over a local corpus (archer/core/tools/search.py); never the network."""
 
     enable: bool = opt(True, "offer <search>query</search> to the model")
-    corpus: Optional[str] = opt(None, "folder of .txt/.md files or a parquet/jsonl with a text column; null = the "
-                                      "synthetic task's corpus (data.synth.task corpus_qa/tool_mix)")
+    corpus: str | None = opt(
+        None,
+        "folder of .txt/.md files or a parquet/jsonl with a text column; null = the "
+        "synthetic task's corpus (data.synth.task corpus_qa/tool_mix)",
+    )
     top_k: int = opt(1, "documents returned per query", ge=1)
     max_chars: int = opt(120, "characters of result text per query", ge=1)
-    cache_path: Optional[str] = opt(None, "shared JSON query cache (safe across processes); null = "
-                                          "<trainer.cache_dir>/search/cache-<corpus fingerprint>.json")
+    cache_path: str | None = opt(
+        None,
+        "shared JSON query cache (safe across processes); null = "
+        "<trainer.cache_dir>/search/cache-<corpus fingerprint>.json",
+    )
 
 
 @dataclass
 class ToolsConfig:
     python: PythonToolConfig = section(PythonToolConfig, "the Python tool")
     search: SearchToolConfig = section(SearchToolConfig, "the search tool")
-    workers: int = opt(2, "tool calls run at once (a thread pool; the decode loop keeps going meanwhile)", ge=1)
+    workers: int = opt(
+        2, "tool calls run at once (a thread pool; the decode loop keeps going meanwhile)", ge=1
+    )
 
 
 @dataclass
 class AepoRolloutConfig:
     """AEPO's rollout-side changes (policy side: actor.policy_loss=aepo, actor.aepo_entropy_advantage)."""
 
-    dynamic_rollouts: bool = opt(False, "entropy-balanced global rollouts: one monitoring trajectory per prompt, "
-                                        "then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) initial ones")
-    consecutive_penalty: float = opt(0.05, "branch score × max(0, 1 − penalty·c), c = consecutive branchings "
-                                           "of the prompt", ge=0.0)
+    dynamic_rollouts: bool = opt(
+        False,
+        "entropy-balanced global rollouts: one monitoring trajectory per prompt, "
+        "then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) initial ones",
+    )
+    consecutive_penalty: float = opt(
+        0.05, "branch score × max(0, 1 − penalty·c), c = consecutive branchings of the prompt", ge=0.0
+    )
 
 
 @dataclass
 class AgentConfig:
     """Multi-turn tool rollouts with ARPO/AEPO entropy-based branching (docs/agentic.md). Local engine."""
 
-    enable: bool = opt(False, "roll out with tools: the model writes <python>/<search> calls and gets "
-                              "<result>…</result> back (no loss on result tokens); rollout.n is the per-prompt budget")
-    algorithm: str = opt("arpo", "branching rule: arpo (P = clip(α + β·ΔH)), aepo (with the consecutive-branch "
-                                 "penalty), none (initial rollouts only, refilled to n)", choices=("arpo", "aepo", "none"))
-    initial_rollouts: int = opt(4, "trajectories started per prompt; branches and fresh rollouts fill up to rollout.n",
-                                ge=1)
+    enable: bool = opt(
+        False,
+        "roll out with tools: the model writes <python>/<search> calls and gets "
+        "<result>…</result> back (no loss on result tokens); rollout.n is the per-prompt budget",
+    )
+    algorithm: str = opt(
+        "arpo",
+        "branching rule: arpo (P = clip(α + β·ΔH)), aepo (with the consecutive-branch "
+        "penalty), none (initial rollouts only, refilled to n)",
+        choices=("arpo", "aepo", "none"),
+    )
+    initial_rollouts: int = opt(
+        4, "trajectories started per prompt; branches and fresh rollouts fill up to rollout.n", ge=1
+    )
     beam_size: int = opt(2, "a branching trajectory makes up to beam_size − 1 copies", ge=1)
-    branch_probability: float = opt(0.5, "α: the branch probability when the entropy did not change", ge=0.0, le=1.0)
+    branch_probability: float = opt(
+        0.5, "α: the branch probability when the entropy did not change", ge=0.0, le=1.0
+    )
     entropy_weight: float = opt(0.2, "β: how much the entropy change ΔH moves the branch probability", ge=0.0)
     entropy_tokens: int = opt(20, "generated tokens per segment whose entropy is measured", ge=1)
-    entropy_topk: int = opt(10, "top-k truncation of each token's entropy, as ARPO's vLLM logprobs (0 = full)", ge=0)
-    refill: str = opt("one", "fresh rollouts for a prompt whose trajectories all ended short of the budget: one at a "
-                             "time (ARPO; each may branch) or all at once", choices=("one", "all"))
+    entropy_topk: int = opt(
+        10, "top-k truncation of each token's entropy, as ARPO's vLLM logprobs (0 = full)", ge=0
+    )
+    refill: str = opt(
+        "one",
+        "fresh rollouts for a prompt whose trajectories all ended short of the budget: one at a "
+        "time (ARPO; each may branch) or all at once",
+        choices=("one", "all"),
+    )
     max_turns: int = opt(3, "tool calls per trajectory; a call over the limit ends it", ge=0)
     aepo: AepoRolloutConfig = section(AepoRolloutConfig, "AEPO rollout settings (agent.algorithm=aepo)")
     tools: ToolsConfig = section(ToolsConfig, "the tools")
@@ -355,4 +429,6 @@ class ArcherConfig:
     influence: InfluenceConfig = section(InfluenceConfig, "per-token influence tracing")
     agent: AgentConfig = section(AgentConfig, "multi-turn tool rollouts, ARPO/AEPO branching (local engine)")
     trainer: TrainerConfig = section(TrainerConfig, "loop, validation, checkpoints, output")
-    verl: Dict[str, Any] = opt({}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2")
+    verl: dict[str, Any] = opt(
+        {}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2"
+    )

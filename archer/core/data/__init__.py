@@ -14,8 +14,9 @@ writers (`synth`, `dapo_math`) and the reader (`loading`) import pyarrow inside 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from archer.errors import DataError
 

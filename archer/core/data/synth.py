@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from math import isqrt
-from typing import Any, Iterable
+from typing import Any
 
 from archer.errors import DataError, UsageError
 
@@ -225,11 +226,15 @@ def make_corpus(size: int, *, seed: int) -> list[dict[str, Any]]:
     names: dict[str, None] = {}
     while len(names) < size:
         names.setdefault(_entity(rng))
-    return [{"id": i, "title": name, "text": f"{name} has {rng.randint(10, 9999)} {rng.choice(_THINGS)}."}
-            for i, name in enumerate(names)]
+    return [
+        {"id": i, "title": name, "text": f"{name} has {rng.randint(10, 9999)} {rng.choice(_THINGS)}."}
+        for i, name in enumerate(names)
+    ]
 
 
-def _tool_row(prompt: str, answer: str, source: str, tool: str, call: str, index: int, split: str) -> dict[str, Any]:
+def _tool_row(
+    prompt: str, answer: str, source: str, tool: str, call: str, index: int, split: str
+) -> dict[str, Any]:
     return {
         "prompt": [{"role": "user", "content": prompt}],
         "data_source": source,
@@ -239,8 +244,9 @@ def _tool_row(prompt: str, answer: str, source: str, tool: str, call: str, index
     }
 
 
-def make_tool_arithmetic(n: int, *, seed: int, split: str, max_operand: int = 999,
-                         exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+def make_tool_arithmetic(
+    n: int, *, seed: int, split: str, max_operand: int = 999, exclude: Iterable[str] = ()
+) -> list[dict[str, Any]]:
     """`a*b=` with 100 <= a, b <= max_operand: far beyond what a tiny model multiplies in its head.
     The tool call a demonstration would make is `<python>a*b</python>`."""
     lo = 100
@@ -249,7 +255,9 @@ def make_tool_arithmetic(n: int, *, seed: int, split: str, max_operand: int = 99
     size = (max_operand - lo + 1) ** 2
     excluded = set(exclude)
     if n + len(excluded) > size:
-        raise DataError(f"asked for {n} tool_arithmetic problems but operands {lo}..{max_operand} give only {size}")
+        raise DataError(
+            f"asked for {n} tool_arithmetic problems but operands {lo}..{max_operand} give only {size}"
+        )
     rng = random.Random(f"archer-tool-arithmetic:{seed}:{split}")
     rows: list[dict[str, Any]] = []
     for idx in rng.sample(range(size), min(size, n + len(excluded))):
@@ -270,18 +278,23 @@ def make_corpus_qa(docs: list[dict[str, Any]], *, split: str) -> list[dict[str, 
     for d in docs:
         name, _, rest = d["text"].partition(" has ")
         count, thing = rest.rstrip(".").split(" ", 1)
-        rows.append(_tool_row(f"{thing} of {name}?", count, "corpus_qa", "search", f"{name} {thing}", len(rows), split))
+        rows.append(
+            _tool_row(
+                f"{thing} of {name}?", count, "corpus_qa", "search", f"{name} {thing}", len(rows), split
+            )
+        )
     return rows
 
 
-def write_tool_task(out_dir: str | os.PathLike, *, task: str, n: int, val_n: int, seed: int,
-                    max_operand: int = 0) -> dict[str, Any]:
+def write_tool_task(
+    out_dir: str | os.PathLike, *, task: str, n: int, val_n: int, seed: int, max_operand: int = 0
+) -> dict[str, Any]:
     """Write train/val parquet files of a tool task, plus `corpus.parquet` for the search tasks.
 
     tool_mix alternates the two kinds (half each). Returns {"paths", "counts", "corpus"}."""
     import pyarrow as pa
 
-    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, write_tables_atomic, verl_schema
+    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, verl_schema, write_tables_atomic
 
     if task not in TOOL_TASKS:
         raise UsageError(f"unknown tool task {task!r}", hint=f"use one of: {', '.join(TOOL_TASKS)}")
@@ -290,8 +303,13 @@ def write_tool_task(out_dir: str | os.PathLike, *, task: str, n: int, val_n: int
     v_qa = {"tool_arithmetic": 0, "corpus_qa": val_n, "tool_mix": val_n // 2}[task]
     docs = make_corpus(n_qa + v_qa, seed=seed) if n_qa + v_qa else []
     val = make_tool_arithmetic(val_n - v_qa, seed=seed, split="val", max_operand=max_operand)
-    train = make_tool_arithmetic(n - n_qa, seed=seed, split="train", max_operand=max_operand,
-                                 exclude={r["prompt"][0]["content"] for r in val})
+    train = make_tool_arithmetic(
+        n - n_qa,
+        seed=seed,
+        split="train",
+        max_operand=max_operand,
+        exclude={r["prompt"][0]["content"] for r in val},
+    )
     train = _interleave(train, make_corpus_qa(docs[:n_qa], split="train"))
     val = _interleave(val, make_corpus_qa(docs[n_qa:], split="val"))
     for split_rows in (train, val):
@@ -300,8 +318,10 @@ def write_tool_task(out_dir: str | os.PathLike, *, task: str, n: int, val_n: int
     schema = verl_schema([("tool", pa.string()), ("call", pa.string())])
     out = prepare_out_dir(out_dir)
     paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
-    tables = {paths["train"]: pa.Table.from_pylist(train, schema=schema),
-              paths["val"]: pa.Table.from_pylist(val, schema=schema)}
+    tables = {
+        paths["train"]: pa.Table.from_pylist(train, schema=schema),
+        paths["val"]: pa.Table.from_pylist(val, schema=schema),
+    }
     corpus = None
     if docs:
         corpus = out / CORPUS_FILE

@@ -71,5 +71,3 @@ def parse_ks(text: str | None, n: int) -> list[int]:
     if not ks:
         raise UsageError("--k is empty", hint="for example --k 1,4,16")
     return sorted(set(ks))
-
-

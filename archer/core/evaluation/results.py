@@ -19,8 +19,14 @@ def _mean(xs: Sequence[float]) -> float:
     return math.fsum(xs) / len(xs) if xs else math.nan
 
 
-def _group_stats(per_problem: list[tuple[int, int]], rewards: list[float], lengths: list[int],
-                 truncated: list[bool], n: int, ks: Sequence[int]) -> dict[str, Any]:
+def _group_stats(
+    per_problem: list[tuple[int, int]],
+    rewards: list[float],
+    lengths: list[int],
+    truncated: list[bool],
+    n: int,
+    ks: Sequence[int],
+) -> dict[str, Any]:
     acc = [c / m for m, c in per_problem]
     stats: dict[str, Any] = {
         "problems": len(per_problem),
@@ -28,8 +34,11 @@ def _group_stats(per_problem: list[tuple[int, int]], rewards: list[float], lengt
         "correct": sum(c for _, c in per_problem),
         f"avg@{n}": _mean(acc),
         # standard error of avg@n over problems: how much it would move with other problems
-        "avg_stderr": (math.sqrt(sum((a - _mean(acc)) ** 2 for a in acc) / (len(acc) - 1)) / math.sqrt(len(acc))
-                       if len(acc) > 1 else math.nan),
+        "avg_stderr": (
+            math.sqrt(sum((a - _mean(acc)) ** 2 for a in acc) / (len(acc) - 1)) / math.sqrt(len(acc))
+            if len(acc) > 1
+            else math.nan
+        ),
     }
     for k in ks:
         vals = [pass_at_k(m, c, k) for m, c in per_problem if m >= k]
@@ -85,13 +94,21 @@ def json_ready(value: Any, digits: int = 6) -> Any:
     return value
 
 
-def render_table(summary: dict[str, dict[str, Any]], *, n: int, ks: Sequence[int], title: str | None = None) -> Any:
+def render_table(
+    summary: dict[str, dict[str, Any]], *, n: int, ks: Sequence[int], title: str | None = None
+) -> Any:
     """A Rich table: one row per data source, then "all"; rates in %."""
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-              collapse_padding=True)
+    t = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     names = [s for s in summary if s != ALL] + [ALL]
     t.add_column("source", no_wrap=True, overflow="ellipsis", min_width=min(24, max(len(x) for x in names)))
     t.add_column("problems", min_width=len("problems"), justify="right", no_wrap=True)
@@ -108,12 +125,19 @@ def render_table(summary: dict[str, dict[str, Any]], *, n: int, ks: Sequence[int
     for i, name in enumerate(names):
         s = summary[name]
         t.add_row(
-            name, str(s["problems"]), pct(s[f"avg@{n}"]), pct(s.get("avg_stderr")),
+            name,
+            str(s["problems"]),
+            pct(s[f"avg@{n}"]),
+            pct(s.get("avg_stderr")),
             *[pct(s.get(f"pass@{k}")) for k in ks],
-            f"{s['response_length_mean']:.1f}", pct(s["truncated_frac"]),
-            end_section=(i == len(names) - 2), style="bold" if name == ALL else None,
+            f"{s['response_length_mean']:.1f}",
+            pct(s["truncated_frac"]),
+            end_section=(i == len(names) - 2),
+            style="bold" if name == ALL else None,
         )
-    t.caption = ("rates in %; ± se: standard error of avg over problems; pass@k = mean of 1 - C(n-c,k)/C(n,k); "
-                 "len: mean response tokens; trunc: share cut at --max-new-tokens")
+    t.caption = (
+        "rates in %; ± se: standard error of avg over problems; pass@k = mean of 1 - C(n-c,k)/C(n,k); "
+        "len: mean response tokens; trunc: share cut at --max-new-tokens"
+    )
     t.caption_justify = "left"
     return t

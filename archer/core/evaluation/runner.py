@@ -93,30 +93,55 @@ class EvalResult:
 
 
 def sample_and_grade(
-    sampler: Sampler, prompts: Sequence[Sequence[int]], answers: Sequence[str], *, n: int, temperature: float,
-    top_p: float, max_new_tokens: int, reward_fn: str, timeout_s: float, seed: int | None = None,
+    sampler: Sampler,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[str],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    reward_fn: str,
+    timeout_s: float,
+    seed: int | None = None,
 ) -> list[list[tuple[Completion, Any]]]:
-    """K completions per prompt and their `Score`s, graded in one batch (shared with training's validation)."""
+    """K completions per prompt and their `Score`s, graded in one batch (shared with training's
+    validation)."""
     from archer.core.rewards import score_batch
 
-    completions = sampler.sample(prompts, n=n, temperature=temperature, top_p=top_p,
-                                 max_new_tokens=max_new_tokens, seed=seed)
+    completions = sampler.sample(
+        prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
     flat = [(g, c) for g, cs in enumerate(completions) for c in cs]
-    scores = score_batch(reward_fn, [c.text for _, c in flat], [answers[g] for g, _ in flat], timeout_s=timeout_s)
+    scores = score_batch(
+        reward_fn, [c.text for _, c in flat], [answers[g] for g, _ in flat], timeout_s=timeout_s
+    )
     out: list[list[tuple[Completion, Any]]] = [[] for _ in prompts]
     for (g, c), s in zip(flat, scores):
         out[g].append((c, s))
     return out
 
 
-def sample_rows(problem: Problem, graded: Sequence[tuple[Completion, Any]], reward_fn: str) -> list[dict[str, Any]]:
+def sample_rows(
+    problem: Problem, graded: Sequence[tuple[Completion, Any]], reward_fn: str
+) -> list[dict[str, Any]]:
     return [
         {
-            "problem": problem.pid, "index": problem.index, "data_source": problem.data_source,
-            "prompt": problem.prompt_text, "answer": problem.answer, "sample": i, "response": c.text,
-            "response_ids": c.token_ids, "response_length": len(c.token_ids), "truncated": c.truncated,
-            "reward": float(s.reward), "correct": bool(s.correct), "extracted": s.extracted,
-            "grade_error": s.error, "reward_fn": reward_fn,
+            "problem": problem.pid,
+            "index": problem.index,
+            "data_source": problem.data_source,
+            "prompt": problem.prompt_text,
+            "answer": problem.answer,
+            "sample": i,
+            "response": c.text,
+            "response_ids": c.token_ids,
+            "response_length": len(c.token_ids),
+            "truncated": c.truncated,
+            "reward": float(s.reward),
+            "correct": bool(s.correct),
+            "extracted": s.extracted,
+            "grade_error": s.error,
+            "reward_fn": reward_fn,
         }
         for i, (c, s) in enumerate(graded)
     ]
@@ -128,8 +153,16 @@ def sample_rows(problem: Problem, graded: Sequence[tuple[Completion, Any]], rewa
 class EvalProgress:
     """A Rich bar over problems on a terminal; one plain line per batch otherwise (logs, CI)."""
 
-    def __init__(self, total: int, done: int, *, console: Any, live: bool | None = None, label: str = "eval",
-                 unit: str = "problems"):
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        *,
+        console: Any,
+        live: bool | None = None,
+        label: str = "eval",
+        unit: str = "problems",
+    ):
         self.total, self.done, self.console, self.label, self.unit = total, done, console, label, unit
         self.live = console.is_terminal if live is None else live
         self._progress = None
@@ -148,9 +181,16 @@ class EvalProgress:
             )
 
             self._progress = Progress(
-                TextColumn(f"[bold]{self.label}[/bold]"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                TextColumn(self.unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"), console=self.console, transient=True,
+                TextColumn(f"[bold]{self.label}[/bold]"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"),
+                console=self.console,
+                transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total, completed=self.done, stats="")
@@ -161,8 +201,12 @@ class EvalProgress:
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, stats=stats)
         else:
-            print(f"{self.label} {self.done}/{self.total} {self.unit}  {stats}  ({time.time() - self._t0:.1f}s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.label} {self.done}/{self.total} {self.unit}  {stats}  "
+                f"({time.time() - self._t0:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
@@ -176,23 +220,44 @@ def _run_defaults(run_cfg: dict[str, Any] | None, run_dir: Path | None) -> dict[
     """Data, reward and lengths from a training run's config.yaml, where `--model` is a run."""
     if not run_cfg:
         return {}
-    data, reward, rollout = run_cfg.get("data") or {}, run_cfg.get("reward") or {}, run_cfg.get("rollout") or {}
+    data, reward, rollout = (
+        run_cfg.get("data") or {},
+        run_cfg.get("reward") or {},
+        run_cfg.get("rollout") or {},
+    )
     out: dict[str, Any] = {}
     val = list(data.get("val_files") or [])
-    if not val and not data.get("train_files") and run_dir is not None and (run_dir / "data" / "val.parquet").is_file():
+    if (
+        not val
+        and not data.get("train_files")
+        and run_dir is not None
+        and (run_dir / "data" / "val.parquet").is_file()
+    ):
         val = [str(run_dir / "data" / "val.parquet")]  # the synthetic task the run wrote for itself
     if val:
         out["data"] = val
-    for key, src, name in (("reward", reward, "function"), ("timeout_s", reward, "timeout_s"),
-                           ("max_new_tokens", rollout, "max_new_tokens"), ("prompt_key", data, "prompt_key"),
-                           ("answer_key", data, "answer_key"), ("apply_chat_template", data, "apply_chat_template")):
+    for key, src, name in (
+        ("reward", reward, "function"),
+        ("timeout_s", reward, "timeout_s"),
+        ("max_new_tokens", rollout, "max_new_tokens"),
+        ("prompt_key", data, "prompt_key"),
+        ("answer_key", data, "answer_key"),
+        ("apply_chat_template", data, "apply_chat_template"),
+    ):
         if src.get(name) is not None:
             out[key] = src[name]
     return out
 
 
-def load_problems(files: Sequence[str], tokenizer: Any, *, prompt_key: str, answer_key: str,
-                  apply_chat_template: bool, limit: int | None) -> list[Problem]:
+def load_problems(
+    files: Sequence[str],
+    tokenizer: Any,
+    *,
+    prompt_key: str,
+    answer_key: str,
+    apply_chat_template: bool,
+    limit: int | None,
+) -> list[Problem]:
     from archer.core.data.loading import load_prompts
     from archer.core.engines.local.prompts import encode_prompt
 
@@ -203,8 +268,10 @@ def load_problems(files: Sequence[str], tokenizer: Any, *, prompt_key: str, answ
     for pid, r in enumerate(records):
         ids = encode_prompt(tokenizer, r.prompt, apply_chat_template)
         if not ids:
-            raise DataError(f"problem {pid} ({r.data_source} #{r.index}) tokenizes to nothing",
-                            hint="check the prompt column and the tokenizer")
+            raise DataError(
+                f"problem {pid} ({r.data_source} #{r.index}) tokenizes to nothing",
+                hint="check the prompt column and the tokenizer",
+            )
         text = tokenizer.decode(ids, skip_special_tokens=False)
         problems.append(Problem(pid, int(r.index), r.data_source, text, ids, str(r.answer)))
     if not problems:
@@ -242,12 +309,18 @@ def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool) -> Store:
             check_same_sampling(old, spec, out)
             if old.get("reward") != spec["reward"]:
                 raise UsageError(
-                    f"the samples in {out} were graded with reward {old.get('reward')!r}, not {spec['reward']!r}",
-                    hint=f"re-grade them without sampling: archer eval --regrade {out} --reward {spec['reward']}",
+                    f"the samples in {out} were graded with reward {old.get('reward')!r}, not "
+                    f"{spec['reward']!r}",
+                    hint=(
+                        f"re-grade them without sampling: archer eval --regrade {out} --reward "
+                        f"{spec['reward']}"
+                    ),
                 )
             spec["created"] = old.get("created", spec["created"])
     elif out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"--out {out} is not empty and holds no evaluation", hint="choose a new or empty folder")
+        raise UsageError(
+            f"--out {out} is not empty and holds no evaluation", hint="choose a new or empty folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     store = Store(out, spec)
     store.write_spec()
@@ -258,8 +331,9 @@ def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool) -> Store:
 # --------------------------------------------------------------------------- the command
 
 
-def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
-             note: Callable[[str], None] | None = None) -> EvalResult:
+def run_eval(
+    opts: EvalOptions, *, console: Any, live: bool | None = None, note: Callable[[str], None] | None = None
+) -> EvalResult:
     """Sample what is missing, grade it, write results.json; returns the summary.
 
     `note` receives one-line remarks as they arise (what was resolved, resuming, warnings)."""
@@ -295,7 +369,11 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
 
     say(f"model: {ckpt.describe()}")
     run_defaults = _run_defaults(read_run_config(ckpt.run_dir), ckpt.run_dir)
-    taken = [k for k in ("data", "reward", "max_new_tokens") if getattr(opts, k) in (None, []) and k in run_defaults]
+    taken = [
+        k
+        for k in ("data", "reward", "max_new_tokens")
+        if getattr(opts, k) in (None, []) and k in run_defaults
+    ]
     if taken:
         say(f"from the run's config.yaml: {', '.join(taken)}")
 
@@ -307,10 +385,14 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
 
     data = list(pick("data", []))
     if not data:
-        raise UsageError("missing --data", hint="pass --data FILE (parquet or jsonl with prompt and answer columns)")
+        raise UsageError(
+            "missing --data", hint="pass --data FILE (parquet or jsonl with prompt and answer columns)"
+        )
     reward = pick("reward", "math")
     if reward not in REWARD_FUNCTIONS:
-        raise UsageError(f"unknown reward function {reward!r}", hint=f"use one of: {', '.join(REWARD_FUNCTIONS)}")
+        raise UsageError(
+            f"unknown reward function {reward!r}", hint=f"use one of: {', '.join(REWARD_FUNCTIONS)}"
+        )
     max_new_tokens = int(pick("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})")
@@ -323,28 +405,56 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
 
     tok_dir = Path(opts.tokenizer).expanduser() if opts.tokenizer else ckpt.path
     tokenizer = load_tokenizer(tok_dir, trust_remote_code=opts.trust_remote_code)
-    problems = load_problems(data, tokenizer, prompt_key=prompt_key, answer_key=answer_key,
-                             apply_chat_template=chat, limit=opts.limit)
+    problems = load_problems(
+        data,
+        tokenizer,
+        prompt_key=prompt_key,
+        answer_key=answer_key,
+        apply_chat_template=chat,
+        limit=opts.limit,
+    )
 
     out = Path(opts.out).expanduser() if opts.out is not None else default_out(ckpt, data)
     from archer import __version__
 
     spec: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
-        "model": str(ckpt.path.resolve()), "checkpoint": {"kind": ckpt.kind, "step": ckpt.step,
-                                                        "run_dir": str(ckpt.run_dir) if ckpt.run_dir else None},
-        "tokenizer": str(tok_dir.resolve()), "data": [str(Path(d).resolve()) for d in data],
-        "prompt_key": prompt_key, "answer_key": answer_key, "apply_chat_template": chat,
-        "problems": len(problems), "limit": opts.limit,
-        "engine": opts.engine, "dtype": opts.dtype, "n": opts.n, "temperature": opts.temperature, "top_p": opts.top_p,
-        "max_new_tokens": max_new_tokens, "seed": opts.seed, "reward": reward, "timeout_s": timeout_s, "ks": ks,
-        "batch_size": opts.batch_size, "archer_version": __version__, "created": now(),
+        "format": FORMAT,
+        "version": VERSION,
+        "model": str(ckpt.path.resolve()),
+        "checkpoint": {
+            "kind": ckpt.kind,
+            "step": ckpt.step,
+            "run_dir": str(ckpt.run_dir) if ckpt.run_dir else None,
+        },
+        "tokenizer": str(tok_dir.resolve()),
+        "data": [str(Path(d).resolve()) for d in data],
+        "prompt_key": prompt_key,
+        "answer_key": answer_key,
+        "apply_chat_template": chat,
+        "problems": len(problems),
+        "limit": opts.limit,
+        "engine": opts.engine,
+        "dtype": opts.dtype,
+        "n": opts.n,
+        "temperature": opts.temperature,
+        "top_p": opts.top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": opts.seed,
+        "reward": reward,
+        "timeout_s": timeout_s,
+        "ks": ks,
+        "batch_size": opts.batch_size,
+        "archer_version": __version__,
+        "created": now(),
     }
     store = _prepare_out(out, spec, opts.overwrite)
     done = finished_problems(store.read(), opts.n, problems, out)
     todo = [p for p in problems if p.pid not in done.problems]
     if done.problems and not todo:
-        say(f"all {len(problems)} problems are already sampled in {out}; results recomputed from those samples")
+        say(
+            f"all {len(problems)} problems are already sampled in {out}; results recomputed from those "
+            "samples"
+        )
     elif done.problems:
         say(f"resuming: {len(done.problems)} of {len(problems)} problems already sampled in {out}")
 
@@ -355,11 +465,18 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
         with EvalProgress(len(problems), len(done.problems), console=console, live=live) as progress:
             try:
                 for start in range(0, len(todo), opts.batch_size):
-                    batch = todo[start:start + opts.batch_size]
+                    batch = todo[start : start + opts.batch_size]
                     graded = sample_and_grade(
-                        sampler, [p.prompt_ids for p in batch], [p.answer for p in batch], n=opts.n,
-                        temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=max_new_tokens,
-                        reward_fn=reward, timeout_s=timeout_s, seed=batch_seed(opts.seed, batch[0].pid),
+                        sampler,
+                        [p.prompt_ids for p in batch],
+                        [p.answer for p in batch],
+                        n=opts.n,
+                        temperature=opts.temperature,
+                        top_p=opts.top_p,
+                        max_new_tokens=max_new_tokens,
+                        reward_fn=reward,
+                        timeout_s=timeout_s,
+                        seed=batch_seed(opts.seed, batch[0].pid),
                     )
                     rows = [r for p, g in zip(batch, graded) for r in sample_rows(p, g, reward)]
                     store.write_shard(batch[0].pid, rows)
@@ -369,7 +486,8 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
                     progress.advance(len(batch), f"accuracy so far {correct / total:.3f}")
             except KeyboardInterrupt:
                 raise ArcherError(
-                    f"evaluation interrupted after {len(done.problems) + sampled} of {len(problems)} problems",
+                    f"evaluation interrupted after {len(done.problems) + sampled} of {len(problems)} "
+                    "problems",
                     hint="run the same command again to continue; finished batches are kept",
                 ) from None
     result = finalize(store, ks=ks)
@@ -377,8 +495,15 @@ def run_eval(opts: EvalOptions, *, console: Any, live: bool | None = None,
     return result
 
 
-def _make_sampler(opts: EvalOptions, model_dir: Path, tok_dir: Path, tokenizer: Any, problems: Sequence[Problem],
-                  max_new_tokens: int, say: Callable[[str], None]) -> Sampler:
+def _make_sampler(
+    opts: EvalOptions,
+    model_dir: Path,
+    tok_dir: Path,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    max_new_tokens: int,
+    say: Callable[[str], None],
+) -> Sampler:
     longest = max(len(p.prompt_ids) for p in problems)
     if opts.engine == "vllm":
         from archer.core.evaluation.samplers import VLLMSampler
@@ -386,12 +511,19 @@ def _make_sampler(opts: EvalOptions, model_dir: Path, tok_dir: Path, tokenizer: 
         # a context just long enough for this evaluation keeps vLLM's KV cache small on long-context models
         needed = longest + max_new_tokens
         try:
-            limit = int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings") or 0)
+            limit = int(
+                json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings") or 0
+            )
         except (OSError, ValueError, TypeError):
             limit = 0
-        return VLLMSampler(model_dir, tok_dir, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
-            opts.dtype, "auto"), seed=opts.seed, max_model_len=min(needed, limit) if limit else needed,
-            trust_remote_code=opts.trust_remote_code)
+        return VLLMSampler(
+            model_dir,
+            tok_dir,
+            dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(opts.dtype, "auto"),
+            seed=opts.seed,
+            max_model_len=min(needed, limit) if limit else needed,
+            trust_remote_code=opts.trust_remote_code,
+        )
     from archer.core.evaluation.samplers import LocalSampler
     from archer.core.export.checkpoints import load_model
 
@@ -399,8 +531,10 @@ def _make_sampler(opts: EvalOptions, model_dir: Path, tok_dir: Path, tokenizer: 
     model = load_model(model_dir, dtype=opts.dtype, device=device, trust_remote_code=opts.trust_remote_code)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and longest + max_new_tokens > limit:
-        say(f"the longest prompt ({longest} tokens) plus --max-new-tokens {max_new_tokens} exceeds the "
-                     f"model's max_position_embeddings ({limit})")
+        say(
+            f"the longest prompt ({longest} tokens) plus --max-new-tokens {max_new_tokens} exceeds the "
+            f"model's max_position_embeddings ({limit})"
+        )
     return LocalSampler(model, tokenizer, device=device)
 
 
@@ -415,12 +549,23 @@ def finalize(store: Store, *, ks: Sequence[int]) -> EvalResult:
     sampled = len(set(table.column("problem").to_pylist())) if table.num_rows else 0
     reward_fns = sorted(set(table.column("reward_fn").to_pylist())) if table.num_rows else []
     results = {
-        "format": "archer-eval-results", "version": VERSION,
-        "model": spec["model"], "checkpoint": spec.get("checkpoint"), "data": spec["data"],
-        "engine": spec["engine"], "n": n, "ks": list(ks), "temperature": spec["temperature"], "top_p": spec["top_p"],
-        "max_new_tokens": spec["max_new_tokens"], "seed": spec["seed"], "reward": spec["reward"],
+        "format": "archer-eval-results",
+        "version": VERSION,
+        "model": spec["model"],
+        "checkpoint": spec.get("checkpoint"),
+        "data": spec["data"],
+        "engine": spec["engine"],
+        "n": n,
+        "ks": list(ks),
+        "temperature": spec["temperature"],
+        "top_p": spec["top_p"],
+        "max_new_tokens": spec["max_new_tokens"],
+        "seed": spec["seed"],
+        "reward": spec["reward"],
         "graded_with": reward_fns,
-        "problems": spec["problems"], "problems_sampled": sampled, "complete": sampled == spec["problems"],
+        "problems": spec["problems"],
+        "problems_sampled": sampled,
+        "complete": sampled == spec["problems"],
         "overall": summary.get("all", {}),
         "by_data_source": {k: v for k, v in summary.items() if k != "all"},
     }
@@ -429,8 +574,14 @@ def finalize(store: Store, *, ks: Sequence[int]) -> EvalResult:
     return EvalResult(store.root, spec, summary, results)
 
 
-def regrade(out: Path, *, reward: str | None = None, ks: str | None = None, timeout_s: float | None = None,
-            console: Any = None) -> EvalResult:
+def regrade(
+    out: Path,
+    *,
+    reward: str | None = None,
+    ks: str | None = None,
+    timeout_s: float | None = None,
+    console: Any = None,
+) -> EvalResult:
     """Grade saved samples again (another reward function, a fixed grader) and rewrite results.json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -441,7 +592,9 @@ def regrade(out: Path, *, reward: str | None = None, ks: str | None = None, time
     spec = store.spec
     reward = reward or spec["reward"]
     if reward not in REWARD_FUNCTIONS:
-        raise UsageError(f"unknown reward function {reward!r}", hint=f"use one of: {', '.join(REWARD_FUNCTIONS)}")
+        raise UsageError(
+            f"unknown reward function {reward!r}", hint=f"use one of: {', '.join(REWARD_FUNCTIONS)}"
+        )
     timeout_s = float(timeout_s if timeout_s is not None else spec.get("timeout_s", 5.0))
     k_list = parse_ks(ks, int(spec["n"])) if ks else list(spec.get("ks") or parse_ks(None, int(spec["n"])))
     shards = store.shards()
@@ -449,12 +602,19 @@ def regrade(out: Path, *, reward: str | None = None, ks: str | None = None, time
         raise DataError(f"no samples in {store.samples_dir}", hint="run 'archer eval' with this --out first")
     store.clean_temps()
     new: dict[Path, Any] = {}
-    with EvalProgress(len(shards), 0, console=console, live=None if console is not None else False,
-                      label="regrade", unit="shards") as progress:
+    with EvalProgress(
+        len(shards),
+        0,
+        console=console,
+        live=None if console is not None else False,
+        label="regrade",
+        unit="shards",
+    ) as progress:
         for path in shards:
             t = pq.read_table(path)
-            scores = score_batch(reward, t.column("response").to_pylist(), t.column("answer").to_pylist(),
-                                 timeout_s=timeout_s)
+            scores = score_batch(
+                reward, t.column("response").to_pylist(), t.column("answer").to_pylist(), timeout_s=timeout_s
+            )
             cols = {
                 "reward": pa.array([float(s.reward) for s in scores], pa.float64()),
                 "correct": pa.array([bool(s.correct) for s in scores], pa.bool_()),

@@ -32,8 +32,14 @@ class Completion:
 
 class Sampler(Protocol):
     def sample(
-        self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-        max_new_tokens: int, seed: int | None,
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int | None,
     ) -> list[list[Completion]]: ...
 
 
@@ -49,8 +55,14 @@ class LocalSampler:
         self.model, self.tokenizer, self.device, self.max_rows = model, tokenizer, device, max_rows
 
     def sample(
-        self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-        max_new_tokens: int, seed: int | None = None,
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int | None = None,
     ) -> list[list[Completion]]:
         import torch
 
@@ -59,8 +71,15 @@ class LocalSampler:
         if seed is not None:
             torch.manual_seed(seed)
         ro = generate(
-            self.model, self.tokenizer, [list(p) for p in prompts], n=n, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, batch_size=self.max_rows, device=self.device,
+            self.model,
+            self.tokenizer,
+            [list(p) for p in prompts],
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=self.max_rows,
+            device=self.device,
         )
         texts = decode_responses(self.tokenizer, ro)
         lengths = ro.response_lengths.tolist()
@@ -88,16 +107,27 @@ class VLLMSampler:
     """vLLM's offline engine over a Hugging Face model folder (one process, its own GPU memory)."""
 
     def __init__(
-        self, model_dir: Path, tokenizer_dir: Path, *, dtype: str = "auto", seed: int = 0,
-        tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+        self,
+        model_dir: Path,
+        tokenizer_dir: Path,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
         trust_remote_code: bool = False,
     ):
         require_vllm()
         from vllm import LLM
 
         kwargs: dict[str, Any] = {
-            "model": str(model_dir), "tokenizer": str(tokenizer_dir), "dtype": dtype, "seed": seed,
-            "tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
+            "model": str(model_dir),
+            "tokenizer": str(tokenizer_dir),
+            "dtype": dtype,
+            "seed": seed,
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
             "trust_remote_code": trust_remote_code,
         }
         if max_model_len:
@@ -107,12 +137,21 @@ class VLLMSampler:
         except Exception as e:
             raise ArcherError(
                 f"vLLM could not load {model_dir}: {type(e).__name__}: {e}".splitlines()[0],
-                hint="check that a GPU is visible and the folder is a Hugging Face model; or use --engine local",
+                hint=(
+                    "check that a GPU is visible and the folder is a Hugging Face model; or use --engine "
+                    "local"
+                ),
             ) from e
 
     def sample(
-        self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float,
-        max_new_tokens: int, seed: int | None = None,
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
@@ -120,8 +159,12 @@ class VLLMSampler:
         # depend on which other problems share its batch, so a resumed run redraws them exactly
         params = [
             SamplingParams(
-                n=n, temperature=float(temperature), top_p=float(top_p) if temperature > 0 else 1.0,
-                max_tokens=int(max_new_tokens), seed=None if seed is None else seed + i, skip_special_tokens=True,
+                n=n,
+                temperature=float(temperature),
+                top_p=float(top_p) if temperature > 0 else 1.0,
+                max_tokens=int(max_new_tokens),
+                seed=None if seed is None else seed + i,
+                skip_special_tokens=True,
             )
             for i in range(len(prompts))
         ]
@@ -129,8 +172,12 @@ class VLLMSampler:
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         result: list[list[Completion]] = []
         for out in outputs:
-            result.append([
-                Completion(token_ids=list(c.token_ids), text=c.text, truncated=c.finish_reason == "length")
-                for c in out.outputs
-            ])
+            result.append(
+                [
+                    Completion(
+                        token_ids=list(c.token_ids), text=c.text, truncated=c.finish_reason == "length"
+                    )
+                    for c in out.outputs
+                ]
+            )
         return result

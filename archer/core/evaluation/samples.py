@@ -34,29 +34,41 @@ SAMPLES_DIR = "samples"
 FORMAT = "archer-eval"
 VERSION = 1
 #: settings that decide what the samples are: resuming with any of them changed would mix two evaluations
-SAMPLING_KEYS = ("model", "engine", "dtype", "n", "temperature", "top_p", "max_new_tokens", "seed", "apply_chat_template")
+SAMPLING_KEYS = (
+    "model",
+    "engine",
+    "dtype",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "apply_chat_template",
+)
 
 
 def schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema([
-        ("problem", pa.int64()),
-        ("index", pa.int64()),
-        ("data_source", pa.string()),
-        ("prompt", pa.string()),
-        ("answer", pa.string()),
-        ("sample", pa.int32()),
-        ("response", pa.string()),
-        ("response_ids", pa.list_(pa.int32())),
-        ("response_length", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("reward", pa.float64()),
-        ("correct", pa.bool_()),
-        ("extracted", pa.string()),
-        ("grade_error", pa.string()),
-        ("reward_fn", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("problem", pa.int64()),
+            ("index", pa.int64()),
+            ("data_source", pa.string()),
+            ("prompt", pa.string()),
+            ("answer", pa.string()),
+            ("sample", pa.int32()),
+            ("response", pa.string()),
+            ("response_ids", pa.list_(pa.int32())),
+            ("response_length", pa.int32()),
+            ("truncated", pa.bool_()),
+            ("reward", pa.float64()),
+            ("correct", pa.bool_()),
+            ("extracted", pa.string()),
+            ("grade_error", pa.string()),
+            ("reward_fn", pa.string()),
+        ]
+    )
 
 
 def now() -> str:
@@ -101,7 +113,9 @@ class Store:
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         path = self.samples_dir / shard_name(first_problem)
         if path.exists():
-            raise DataError(f"{path} already exists", hint="the sample store is inconsistent; use a new --out")
+            raise DataError(
+                f"{path} already exists", hint="the sample store is inconsistent; use a new --out"
+            )
         write_tables_atomic({path: pa.Table.from_pylist(rows, schema=schema())})
         return path
 
@@ -115,8 +129,10 @@ class Store:
             try:
                 tables.append(pq.read_table(p).select(schema().names).cast(schema()))
             except (pa.ArrowException, OSError, KeyError) as e:
-                raise DataError(f"cannot read sample shard {p}: {e}",
-                                hint="delete that shard; the next run samples its problems again") from e
+                raise DataError(
+                    f"cannot read sample shard {p}: {e}",
+                    hint="delete that shard; the next run samples its problems again",
+                ) from e
         if not tables:
             return schema().empty_table()
         return pa.concat_tables(tables)
@@ -132,14 +148,20 @@ def open_store(root: Path) -> Store:
     """An existing evaluation folder (for --regrade)."""
     spec_path = root / SPEC_FILE
     if not spec_path.is_file():
-        raise UsageError(f"no evaluation in {root} (no {SPEC_FILE})",
-                         hint="pass the --out folder of an earlier 'archer eval' run")
+        raise UsageError(
+            f"no evaluation in {root} (no {SPEC_FILE})",
+            hint="pass the --out folder of an earlier 'archer eval' run",
+        )
     try:
         spec = json.loads(spec_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read {spec_path}: {e}", hint="the file is damaged; run the evaluation again") from e
+        raise DataError(
+            f"cannot read {spec_path}: {e}", hint="the file is damaged; run the evaluation again"
+        ) from e
     if spec.get("format") != FORMAT:
-        raise DataError(f"{spec_path} is not an archer evaluation", hint="pass the --out folder of 'archer eval'")
+        raise DataError(
+            f"{spec_path} is not an archer evaluation", hint="pass the --out folder of 'archer eval'"
+        )
     return Store(root, spec)
 
 
@@ -173,8 +195,10 @@ def finished_problems(table: Any, n: int, problems: Sequence[Any], root: Path) -
     for pid, s, prompt, answer in zip(pids, samples, prompts, answers):
         seen = counts.setdefault(pid, set())
         if s in seen:
-            raise DataError(f"{root}: problem {pid} sample {s} appears twice",
-                            hint="the sample store is inconsistent; use --overwrite or another --out")
+            raise DataError(
+                f"{root}: problem {pid} sample {s} appears twice",
+                hint="the sample store is inconsistent; use --overwrite or another --out",
+            )
         seen.add(s)
         if pid >= len(problems):
             raise DataError(
@@ -189,7 +213,8 @@ def finished_problems(table: Any, n: int, problems: Sequence[Any], root: Path) -
             )
     bad = [pid for pid, s in counts.items() if len(s) != n]
     if bad:
-        raise DataError(f"{root}: problems {bad[:5]} have a number of samples other than n={n}",
-                        hint="the sample store is inconsistent; use --overwrite or another --out")
+        raise DataError(
+            f"{root}: problems {bad[:5]} have a number of samples other than n={n}",
+            hint="the sample store is inconsistent; use --overwrite or another --out",
+        )
     return Done(set(counts), table.num_rows)
-

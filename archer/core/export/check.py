@@ -80,8 +80,14 @@ def compare(reference: Any, exported: Any, ids: Any, *, weights: dict[str, Any] 
     a, b = logits(reference, ids), logits(exported, ids)
     diff = (a - b).abs().max().item() if a.shape == b.shape else float("inf")
     dtype = str(next(exported.parameters()).dtype).replace("torch.", "")
-    return CheckResult(passed=not mismatches and diff == 0.0, tokens=int(ids.numel()), dtype=dtype,
-                       max_abs_logit_diff=diff, weights_compared=compared, weight_mismatches=mismatches)
+    return CheckResult(
+        passed=not mismatches and diff == 0.0,
+        tokens=int(ids.numel()),
+        dtype=dtype,
+        max_abs_logit_diff=diff,
+        weights_compared=compared,
+        weight_mismatches=mismatches,
+    )
 
 
 @contextmanager
@@ -109,15 +115,21 @@ def gather_fsdp_weights(actor: Path, world_size: int) -> dict[str, Any]:
     from archer.errors import ArcherError
 
     with _quiet_device_mesh():
-        shards = [torch.load(actor / f"model_world_size_{world_size}_rank_{r}.pt", map_location="cpu",
-                             weights_only=False) for r in range(world_size)]
+        shards = [
+            torch.load(
+                actor / f"model_world_size_{world_size}_rank_{r}.pt", map_location="cpu", weights_only=False
+            )
+            for r in range(world_size)
+        ]
     full: dict[str, Any] = {}
     for key, first in shards[0].items():
         if isinstance(first, DTensor):
             names = first.device_mesh.mesh_dim_names or ("fsdp",)
             if tuple(names) not in (("fsdp",), ("ddp", "fsdp")):
-                raise ArcherError(f"{key}: device mesh {names} is not supported by the export check",
-                                  hint="export with --no-check (verl's merger supports only (fsdp,) and (ddp, fsdp))")
+                raise ArcherError(
+                    f"{key}: device mesh {names} is not supported by the export check",
+                    hint="export with --no-check (verl's merger supports only (fsdp,) and (ddp, fsdp))",
+                )
             placement = first.placements[-1]
             group = first.device_mesh.mesh.shape[-1]  # ranks 0..group-1 hold one full copy
             parts = [s[key]._local_tensor for s in shards[:group]]
@@ -126,22 +138,30 @@ def gather_fsdp_weights(actor: Path, world_size: int) -> dict[str, Any]:
             elif placement.is_replicate():
                 tensor = parts[0]
             else:
-                raise ArcherError(f"{key}: placement {placement} is not supported by the export check",
-                                  hint="export with --no-check")
+                raise ArcherError(
+                    f"{key}: placement {placement} is not supported by the export check",
+                    hint="export with --no-check",
+                )
             if tuple(tensor.shape) != tuple(first.shape):
-                raise ArcherError(f"{key}: shards join to {tuple(tensor.shape)}, expected {tuple(first.shape)}",
-                                  hint="the checkpoint is incomplete or damaged")
+                raise ArcherError(
+                    f"{key}: shards join to {tuple(tensor.shape)}, expected {tuple(first.shape)}",
+                    hint="the checkpoint is incomplete or damaged",
+                )
             full[key] = tensor.float()
         elif isinstance(first, torch.Tensor):
             for r, s in enumerate(shards[1:], 1):
                 if not torch.equal(s[key], first):
-                    raise ArcherError(f"{key}: replicated entry differs between rank 0 and rank {r}",
-                                      hint="the checkpoint is damaged")
+                    raise ArcherError(
+                        f"{key}: replicated entry differs between rank 0 and rank {r}",
+                        hint="the checkpoint is damaged",
+                    )
             full[key] = first.float() if first.is_floating_point() else first
     return full
 
 
-def verl_reference(hf_dir: Path, weights: dict[str, Any], *, dtype: Any, trust_remote_code: bool = False) -> Any:
+def verl_reference(
+    hf_dir: Path, weights: dict[str, Any], *, dtype: Any, trust_remote_code: bool = False
+) -> Any:
     """The checkpoint as a model: its saved config and its gathered weights, built in `dtype`
     (loading fp32 weights into bf16 parameters rounds them as verl's merger does; buffers such as
     rotary frequencies stay as transformers makes them, exactly as when the export is loaded)."""
@@ -149,7 +169,9 @@ def verl_reference(hf_dir: Path, weights: dict[str, Any], *, dtype: Any, trust_r
 
     from archer.errors import ArcherError
 
-    config = AutoConfig.from_pretrained(str(hf_dir), local_files_only=True, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        str(hf_dir), local_files_only=True, trust_remote_code=trust_remote_code
+    )
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     sd = model.state_dict()
@@ -157,7 +179,8 @@ def verl_reference(hf_dir: Path, weights: dict[str, Any], *, dtype: Any, trust_r
     untied = [k for k in missing if sd[k].data_ptr() not in loaded_ptrs]  # tied keys share a loaded tensor
     if unexpected or untied:
         raise ArcherError(
-            f"the checkpoint's weights do not fit its config: missing {untied[:5]}, unexpected {list(unexpected)[:5]}",
+            f"the checkpoint's weights do not fit its config: missing {untied[:5]}, unexpected "
+            f"{list(unexpected)[:5]}",
             hint="is huggingface/config.json the config of the trained model?",
         )
     model.eval()

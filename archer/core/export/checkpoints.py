@@ -28,7 +28,12 @@ VERL_FSDP_CONFIG = "fsdp_config.json"
 VERL_HF_DIR = "huggingface"
 _STEP_DIR = re.compile(r"step_(\d+)")
 _VERL_STEP_DIR = re.compile(r"global_step_(\d+)")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass
@@ -42,7 +47,11 @@ class Checkpoint:
     run_dir: Path | None = None
 
     def describe(self) -> str:
-        what = {"local": "local-engine checkpoint", "verl": "verl FSDP checkpoint", "hf": "Hugging Face model"}[self.kind]
+        what = {
+            "local": "local-engine checkpoint",
+            "verl": "verl FSDP checkpoint",
+            "hf": "Hugging Face model",
+        }[self.kind]
         return f"{what} {self.path}" + (f" (step {self.step})" if self.step is not None else "")
 
 
@@ -65,7 +74,9 @@ def _steps(root: Path, pattern: re.Pattern[str], needs: str | None) -> dict[int,
     return found
 
 
-def _pick(steps: dict[int, Path], step: int | None, latest: int | None, where: Path, what: str) -> tuple[int, Path]:
+def _pick(
+    steps: dict[int, Path], step: int | None, latest: int | None, where: Path, what: str
+) -> tuple[int, Path]:
     if step is not None:
         if step not in steps:
             have = ", ".join(str(s) for s in sorted(steps)) or "none"
@@ -97,14 +108,20 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
     """What `path` holds, resolving a run directory to its latest (or `step`'s) checkpoint."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise UsageError(f"not found: {p}", hint="pass a run directory, a checkpoint folder or a model folder")
+        raise UsageError(
+            f"not found: {p}", hint="pass a run directory, a checkpoint folder or a model folder"
+        )
     if not p.is_dir():
-        raise UsageError(f"not a directory: {p}", hint="pass a run directory, a checkpoint folder or a model folder")
+        raise UsageError(
+            f"not a directory: {p}", hint="pass a run directory, a checkpoint folder or a model folder"
+        )
 
     def no_step(kind: str) -> None:
         if step is not None:
-            raise UsageError(f"--step applies to a run directory, but {p} is a single {kind}",
-                             hint="pass the run directory instead, or drop --step")
+            raise UsageError(
+                f"--step applies to a run directory, but {p} is a single {kind}",
+                hint="pass the run directory instead, or drop --step",
+            )
 
     # a single checkpoint folder
     if (p / LOCAL_STATE).is_file() and is_hf_folder(p):
@@ -118,7 +135,9 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
         return Checkpoint("verl", p, int(m.group(1)) if m else None, _verl_run_of(p.parent))
     if _VERL_STEP_DIR.fullmatch(p.name) and is_verl_actor(p / "actor"):
         no_step("checkpoint")
-        return Checkpoint("verl", p / "actor", int(_VERL_STEP_DIR.fullmatch(p.name).group(1)), _verl_run_of(p))
+        return Checkpoint(
+            "verl", p / "actor", int(_VERL_STEP_DIR.fullmatch(p.name).group(1)), _verl_run_of(p)
+        )
 
     # a run directory (or the checkpoints/ folder of one)
     for root, run in ((p / "checkpoints", p), (p, p.parent if p.name == "checkpoints" else p)):
@@ -126,7 +145,11 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
         if local:
             s, ck = _pick(local, step, _local_latest(root), root, "local checkpoint")
             return Checkpoint("local", ck, s, run)
-        verl = {s: d / "actor" for s, d in _steps(root, _VERL_STEP_DIR, None).items() if is_verl_actor(d / "actor")}
+        verl = {
+            s: d / "actor"
+            for s, d in _steps(root, _VERL_STEP_DIR, None).items()
+            if is_verl_actor(d / "actor")
+        }
         if verl:
             s, ck = _pick(verl, step, _verl_latest(root), root, "verl checkpoint")
             return Checkpoint("verl", ck, s, run)
@@ -135,9 +158,11 @@ def find_checkpoint(path: str | Path, step: int | None = None) -> Checkpoint:
         no_step("model folder")
         return Checkpoint("hf", p)
     if (p / "config.yaml").is_file():
-        raise DataError(f"{p} is a run directory without checkpoints",
-                        hint="runs save a checkpoint at their end and every trainer.save_every steps; "
-                        "was the run stopped before its first one?")
+        raise DataError(
+            f"{p} is a run directory without checkpoints",
+            hint="runs save a checkpoint at their end and every trainer.save_every steps; "
+            "was the run stopped before its first one?",
+        )
     raise DataError(
         f"{p} holds no checkpoint or model",
         hint="expected a run directory (checkpoints/step_*/ or global_step_*/actor/), a checkpoint folder, "
@@ -167,7 +192,7 @@ def read_run_config(run_dir: Path | None) -> dict[str, Any] | None:
 
 
 def torch_dtype(name: str) -> Any:
-    """"auto" (keep the folder's dtype) or fp32/bf16/fp16 as a torch dtype."""
+    """ "auto" (keep the folder's dtype) or fp32/bf16/fp16 as a torch dtype."""
     if name == "auto":
         return "auto"
     from archer.core.models.loading import torch_dtype as _dtype
@@ -177,7 +202,9 @@ def torch_dtype(name: str) -> Any:
     return _dtype(name)
 
 
-def load_model(path: Path, *, dtype: str = "auto", device: Any = "cpu", trust_remote_code: bool = False) -> Any:
+def load_model(
+    path: Path, *, dtype: str = "auto", device: Any = "cpu", trust_remote_code: bool = False
+) -> Any:
     """A causal LM from a local folder, in eval mode, never from a hub."""
     from transformers import AutoModelForCausalLM
 
@@ -189,8 +216,10 @@ def load_model(path: Path, *, dtype: str = "auto", device: Any = "cpu", trust_re
             str(path), local_files_only=True, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, ImportError, KeyError) as e:
-        raise ArcherError(f"cannot load a model from {path}: {e}".splitlines()[0],
-                          hint="is it a complete Hugging Face model folder?") from e
+        raise ArcherError(
+            f"cannot load a model from {path}: {e}".splitlines()[0],
+            hint="is it a complete Hugging Face model folder?",
+        ) from e
     model.to(device)
     model.eval()
     return model
@@ -202,9 +231,16 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
 
     from archer.core.models.loading import load_tokenizer as _load
 
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
-        raise DataError(f"no tokenizer in {path}", hint="pass --tokenizer DIR (a folder saved with save_pretrained)")
-    return _load(SimpleNamespace(tokenizer_path=str(path), path=str(path), trust_remote_code=trust_remote_code))
+    if not any(
+        (path / f).is_file()
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    ):
+        raise DataError(
+            f"no tokenizer in {path}", hint="pass --tokenizer DIR (a folder saved with save_pretrained)"
+        )
+    return _load(
+        SimpleNamespace(tokenizer_path=str(path), path=str(path), trust_remote_code=trust_remote_code)
+    )
 
 
 def fsdp_world_size(actor: Path) -> int:
@@ -213,5 +249,7 @@ def fsdp_world_size(actor: Path) -> int:
         cfg = json.loads((actor / VERL_FSDP_CONFIG).read_text())
         return int(cfg["world_size"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{actor / VERL_FSDP_CONFIG} is missing or unreadable ({e})",
-                        hint="verl writes it with every FSDP checkpoint; is the checkpoint complete?") from e
+        raise DataError(
+            f"{actor / VERL_FSDP_CONFIG} is missing or unreadable ({e})",
+            hint="verl writes it with every FSDP checkpoint; is the checkpoint complete?",
+        ) from e

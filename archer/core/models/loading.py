@@ -33,13 +33,21 @@ def load_tokenizer(model_cfg: Any) -> Any:
         return build_char_tokenizer()
     p = Path(path).expanduser()
     if not p.exists():
-        raise UsageError(f"tokenizer folder not found: {p}", hint="set model.tokenizer_path (or model.path) to a local folder")
+        raise UsageError(
+            f"tokenizer folder not found: {p}",
+            hint="set model.tokenizer_path (or model.path) to a local folder",
+        )
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=model_cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            str(p), local_files_only=True, trust_remote_code=model_cfg.trust_remote_code
+        )
     except (OSError, ValueError) as e:
-        raise ArcherError(f"cannot load a tokenizer from {p}: {e}".splitlines()[0], hint="is it a Hugging Face tokenizer folder?") from e
+        raise ArcherError(
+            f"cannot load a tokenizer from {p}: {e}".splitlines()[0],
+            hint="is it a Hugging Face tokenizer folder?",
+        ) from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -68,7 +76,9 @@ def load_policy(cfg: Any, *, init_from: str | Path | None = None) -> tuple[Any, 
     else:
         p = Path(source).expanduser()
         if not p.exists():
-            raise UsageError(f"model folder not found: {p}", hint="set model.path to a local Hugging Face model folder")
+            raise UsageError(
+                f"model folder not found: {p}", hint="set model.path to a local Hugging Face model folder"
+            )
         from transformers import AutoModelForCausalLM
 
         try:
@@ -80,7 +90,10 @@ def load_policy(cfg: Any, *, init_from: str | Path | None = None) -> tuple[Any, 
                 trust_remote_code=mcfg.trust_remote_code,
             )
         except (OSError, ValueError, ImportError) as e:
-            raise ArcherError(f"cannot load a model from {p}: {e}".splitlines()[0], hint="is it a Hugging Face model folder?") from e
+            raise ArcherError(
+                f"cannot load a model from {p}: {e}".splitlines()[0],
+                hint="is it a Hugging Face model folder?",
+            ) from e
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config.eos_token_id is None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -8,8 +8,8 @@ archer's sandbox, one process per unit test.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from archer.errors import UsageError
 

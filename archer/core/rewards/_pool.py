@@ -25,9 +25,10 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy on a loaded machine can take a while
 

@@ -39,7 +39,9 @@ class CodeLimits:
     cpu_s: int = 5
     memory_mb: int = 1024
     max_output_chars: int = 1 << 20
-    namespaces: bool = True  # False: skip Linux namespaces, rely on rlimits and the socket-refusing audit hook
+    namespaces: bool = (
+        True  # False: skip Linux namespaces, rely on rlimits and the socket-refusing audit hook
+    )
 
 
 @dataclass
@@ -71,8 +73,10 @@ def parse_tests(ground_truth: Any) -> TestSet:
     if isinstance(data, dict) and "inputs" in data and "outputs" in data:
         fn = data.get("fn_name")
         return TestSet("call" if fn else "stdio", list(data["inputs"]), list(data["outputs"]), fn_name=fn)
-    raise ValueError("code ground truth must be {'inputs', 'outputs'[, 'fn_name']}, a list of "
-                     "{'input', 'output'}, or Python test code")
+    raise ValueError(
+        "code ground truth must be {'inputs', 'outputs'[, 'fn_name']}, a list of "
+        "{'input', 'output'}, or Python test code"
+    )
 
 
 # The solution's stderr is muted while it runs (it must not mix into the compared stdout) and
@@ -125,9 +129,15 @@ def _same_value(got: str, want: Any) -> bool:
 def _run(program: str, limits: CodeLimits) -> Any:
     from archer.core.tools.python_sandbox import PythonSandbox, SandboxLimits
 
-    sandbox = PythonSandbox(SandboxLimits(timeout_s=limits.timeout_s, cpu_s=limits.cpu_s,
-                                          memory_mb=limits.memory_mb, max_output_chars=limits.max_output_chars),
-                            namespaces=limits.namespaces)
+    sandbox = PythonSandbox(
+        SandboxLimits(
+            timeout_s=limits.timeout_s,
+            cpu_s=limits.cpu_s,
+            memory_mb=limits.memory_mb,
+            max_output_chars=limits.max_output_chars,
+        ),
+        namespaces=limits.namespaces,
+    )
     return sandbox.run(program)
 
 
@@ -135,11 +145,14 @@ def _failure(result: Any, which: str) -> str:
     if result.status == "ok":
         return f"wrong answer on {which}"
     detail = result.text.strip().splitlines()[-1] if result.text.strip() else ""
-    return f"{result.status} on {which}" + (f": {detail[:200]}" if detail and result.status == "error" else "")
+    return f"{result.status} on {which}" + (
+        f": {detail[:200]}" if detail and result.status == "error" else ""
+    )
 
 
-def score_code(response: str, ground_truth: Any, *, timeout_s: float = 10.0,
-               limits: CodeLimits | None = None) -> Score:
+def score_code(
+    response: str, ground_truth: Any, *, timeout_s: float = 10.0, limits: CodeLimits | None = None
+) -> Score:
     """1.0 when the response's program passes every test of the ground truth."""
     limits = limits or CodeLimits(timeout_s=timeout_s)
     code = extract_code(response)
@@ -168,11 +181,14 @@ def score_code(response: str, ground_truth: Any, *, timeout_s: float = 10.0,
     return Score(1.0, True, code[:1000])
 
 
-def score_code_batch(responses: list[str], ground_truths: list[Any], *, timeout_s: float = 10.0,
-                     max_workers: int | None = None) -> list[Score]:
+def score_code_batch(
+    responses: list[str], ground_truths: list[Any], *, timeout_s: float = 10.0, max_workers: int | None = None
+) -> list[Score]:
     """Grade many responses; each test is its own sandboxed process, several run at once."""
     from archer.core.rewards._pool import default_workers
 
     workers = max(1, min(len(responses), max_workers or default_workers())) if responses else 1
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="archer-code-reward") as pool:
-        return list(pool.map(lambda rg: score_code(rg[0], rg[1], timeout_s=timeout_s), zip(responses, ground_truths)))
+        return list(
+            pool.map(lambda rg: score_code(rg[0], rg[1], timeout_s=timeout_s), zip(responses, ground_truths))
+        )

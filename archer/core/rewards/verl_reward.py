@@ -15,9 +15,17 @@ from typing import Any
 from archer.core.rewards import REWARD_FUNCTIONS, score_batch
 
 
-def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None, extra_info: Any = None,
-                  *, function: str = "math", timeout_s: float = 10.0, format_reward: float = 0.0,
-                  **_verl_kwargs: Any) -> dict[str, Any]:
+def compute_score(
+    data_source: Any = None,
+    solution_str: str = "",
+    ground_truth: Any = None,
+    extra_info: Any = None,
+    *,
+    function: str = "math",
+    timeout_s: float = 10.0,
+    format_reward: float = 0.0,
+    **_verl_kwargs: Any,
+) -> dict[str, Any]:
     """verl's reward signature -> {"score", "acc", "pred"} (verl keeps the extra keys per response
     as `reward_extra_info`; archer's trace reads `acc` for its `correct` column)."""
     if function not in REWARD_FUNCTIONS:

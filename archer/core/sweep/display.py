@@ -13,7 +13,14 @@ from typing import Any
 from .grid import settings_label
 from .state import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, CaseRecord, Sweep
 
-STYLE = {PENDING: "dim", RUNNING: "yellow", DONE: "green", FAILED: "red", INTERRUPTED: "magenta", "retried": "cyan"}
+STYLE = {
+    PENDING: "dim",
+    RUNNING: "yellow",
+    DONE: "green",
+    FAILED: "red",
+    INTERRUPTED: "magenta",
+    "retried": "cyan",
+}
 
 
 def render_text(renderable: Any) -> str:
@@ -56,9 +63,16 @@ def case_table(sweep: Sweep, started: dict[str, float] | None = None, title: str
 
     started = started or {}
     table = Table(title=title, title_justify="left", expand=False)
-    for col, kw in (("#", {"justify": "right"}), ("case", {"overflow": "fold"}), ("settings", {"overflow": "fold"}),
-                    ("state", {}), ("step", {"justify": "right"}), ("s/step", {"justify": "right"}),
-                    ("elapsed", {"justify": "right"}), ("note", {"overflow": "fold", "max_width": 60})):
+    for col, kw in (
+        ("#", {"justify": "right"}),
+        ("case", {"overflow": "fold"}),
+        ("settings", {"overflow": "fold"}),
+        ("state", {}),
+        ("step", {"justify": "right"}),
+        ("s/step", {"justify": "right"}),
+        ("elapsed", {"justify": "right"}),
+        ("note", {"overflow": "fold", "max_width": 60}),
+    ):
         table.add_column(col, **kw)
     for i, rec in enumerate(sweep.cases, start=1):
         label = state_label(rec)
@@ -74,8 +88,16 @@ def case_table(sweep: Sweep, started: dict[str, float] | None = None, title: str
         note = rec.reason or ""
         if len(rec.attempts) > 1 and not note:
             note = f"{len(rec.attempts)} attempts"
-        table.add_row(str(i), escape(rec.id), escape(settings), f"[{style}]{escape(label)}[/]" if style else escape(label),
-                      step, sps, fmt_seconds(elapsed), escape(note))
+        table.add_row(
+            str(i),
+            escape(rec.id),
+            escape(settings),
+            f"[{style}]{escape(label)}[/]" if style else escape(label),
+            step,
+            sps,
+            fmt_seconds(elapsed),
+            escape(note),
+        )
     return table
 
 
@@ -91,12 +113,18 @@ class SweepDisplay:
         self._sweep: Sweep | None = None
         self._live: Any = None
 
-    def __enter__(self) -> "SweepDisplay":
+    def __enter__(self) -> SweepDisplay:
         if self.live:
             from rich.live import Live
 
-            self._live = Live(console=self.console, refresh_per_second=2, get_renderable=self._render,
-                              transient=False, redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                console=self.console,
+                refresh_per_second=2,
+                get_renderable=self._render,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
         return self
 
@@ -112,9 +140,13 @@ class SweepDisplay:
         if self._sweep is None:
             return Text("starting…", style="dim")
         s = self._sweep
-        counts = {k: sum(c.status == k for c in s.cases) for k in (DONE, FAILED, RUNNING, PENDING, INTERRUPTED)}
-        title = (f"[bold]archer ablate[/bold] · {s.dir} · {counts[DONE]} done, {counts[FAILED]} failed, "
-                 f"{counts[PENDING]} pending")
+        counts = {
+            k: sum(c.status == k for c in s.cases) for k in (DONE, FAILED, RUNNING, PENDING, INTERRUPTED)
+        }
+        title = (
+            f"[bold]archer ablate[/bold] · {s.dir} · {counts[DONE]} done, {counts[FAILED]} failed, "
+            f"{counts[PENDING]} pending"
+        )
         return case_table(s, self._started, title=title)
 
     def _index(self, sweep: Sweep, rec: CaseRecord) -> str:
@@ -136,13 +168,20 @@ class SweepDisplay:
         head = self._index(sweep, rec)
         att = rec.attempts[-1] if rec.attempts else None
         if kind == "start" and att is not None:
-            how = " (continuing from its checkpoint)" if att.resumed else (" (with grad offload)" if att.offload else "")
+            how = (
+                " (continuing from its checkpoint)"
+                if att.resumed
+                else (" (with grad offload)" if att.offload else "")
+            )
             self._line(f"{head}: running, attempt {att.n}{how} · log {sweep.case_dir(rec) / 'train.log'}")
         elif kind == "progress":
             if now - self._last_progress.get(rec.id, 0.0) >= self.progress_every and rec.steps:
                 self._last_progress[rec.id] = now
                 sps = f", {rec.step_seconds:.2f} s/step" if rec.step_seconds is not None else ""
-                self._line(f"{head}: step {rec.steps}/{rec.total_steps or '?'}{sps}, {fmt_seconds(now - self._started.get(rec.id, now))}")
+                self._line(
+                    f"{head}: step {rec.steps}/{rec.total_steps or '?'}{sps}, "
+                    f"{fmt_seconds(now - self._started.get(rec.id, now))}"
+                )
         elif kind in ("retry", "stopping"):
             self._line(f"{head}: {text}")
         elif kind == DONE:

@@ -19,9 +19,10 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from archer.errors import ConfigError
 
@@ -56,8 +57,21 @@ def format_value(value: Any) -> str:
     (strings with regex characters, lists, null, booleans)."""
     if isinstance(value, float) and not math.isfinite(value):
         return ".nan" if value != value else (".inf" if value > 0 else "-.inf")
-    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-/]*", value) and value.lower() not in (
-        "true", "false", "null", "yes", "no", "on", "off", "none", "~",
+    if (
+        isinstance(value, str)
+        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-/]*", value)
+        and value.lower()
+        not in (
+            "true",
+            "false",
+            "null",
+            "yes",
+            "no",
+            "on",
+            "off",
+            "none",
+            "~",
+        )
     ):
         return value  # plain words stay readable: hessian_mode=inverse
     return json.dumps(value)
@@ -110,7 +124,9 @@ def load_grid(path: str | Path) -> dict[str, Any]:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"grid file {p} does not exist", hint="pass a YAML file with --grid (see docs/ablate-collect.md)")
+        raise ConfigError(
+            f"grid file {p} does not exist", hint="pass a YAML file with --grid (see docs/ablate-collect.md)"
+        )
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -129,7 +145,9 @@ def _flatten(node: Mapping[Any, Any], prefix: str, where: str) -> dict[str, Any]
         if not isinstance(k, str) or not k.strip():
             raise ConfigError(f"grid {where}: key {k!r} is not a config key name")
         if k == PAIRED_KEY:
-            raise ConfigError(f"grid {where}: '{PAIRED_KEY}' (paired values) is allowed only at the top level")
+            raise ConfigError(
+                f"grid {where}: '{PAIRED_KEY}' (paired values) is allowed only at the top level"
+            )
         key = prefix + k
         if isinstance(v, dict) and v:
             out.update(_flatten(v, key + ".", where))
@@ -153,7 +171,9 @@ def expand_grid(grid: Mapping[str, Any], *, with_baseline: bool = True) -> list[
     for key, value in flat.items():
         values = value if isinstance(value, list) else [value]
         if not values:
-            raise ConfigError(f"grid axis '{key}' has an empty list", hint="give at least one value, or remove the key")
+            raise ConfigError(
+                f"grid axis '{key}' has an empty list", hint="give at least one value, or remove the key"
+            )
         seen: list[str] = []
         for v in values:
             c = canonical({"v": v})
@@ -173,7 +193,9 @@ def expand_grid(grid: Mapping[str, Any], *, with_baseline: bool = True) -> list[
             )
         for i, entry in enumerate(paired_raw):
             if not isinstance(entry, dict) or not entry:
-                raise ConfigError(f"grid '{PAIRED_KEY}' entry {i + 1} must be a non-empty mapping, got {entry!r}")
+                raise ConfigError(
+                    f"grid '{PAIRED_KEY}' entry {i + 1} must be a non-empty mapping, got {entry!r}"
+                )
             flat_entry = _flatten(entry, "", f"'{PAIRED_KEY}' entry {i + 1}")
             clash = [k for k in flat_entry if k in axes]
             if clash:
@@ -191,7 +213,9 @@ def expand_grid(grid: Mapping[str, Any], *, with_baseline: bool = True) -> list[
             cases.append(Case(settings={**point, **entry}))
 
     out: list[Case] = [Case(settings=dict(BASELINE_SETTINGS), baseline=True)] if with_baseline else []
-    first: dict[str, int] = {canonical(BASELINE_SETTINGS): 0} if with_baseline else {}  # settings -> case number
+    first: dict[str, int] = (
+        {canonical(BASELINE_SETTINGS): 0} if with_baseline else {}
+    )  # settings -> case number
     for n, c in enumerate(cases, start=1):
         key = canonical(c.settings)
         if key in first:
@@ -204,5 +228,8 @@ def expand_grid(grid: Mapping[str, Any], *, with_baseline: bool = True) -> list[
         first[key] = n
         out.append(c)
     if len(out) == (1 if with_baseline else 0):
-        raise ConfigError("the grid has no cases besides the baseline", hint="add an axis, e.g. influence.hessian_mode: [inverse, identity]")
+        raise ConfigError(
+            "the grid has no cases besides the baseline",
+            hint="add an axis, e.g. influence.hessian_mode: [inverse, identity]",
+        )
     return out

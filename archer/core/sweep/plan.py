@@ -103,8 +103,14 @@ def _record(p: PlannedCase) -> CaseRecord:
     )
 
 
-def new_sweep(directory: Path, preset: str, overrides: list[str], grid: dict[str, Any], grid_file: str | None,
-              planned: list[PlannedCase]) -> Sweep:
+def new_sweep(
+    directory: Path,
+    preset: str,
+    overrides: list[str],
+    grid: dict[str, Any],
+    grid_file: str | None,
+    planned: list[PlannedCase],
+) -> Sweep:
     from archer import __version__
 
     first = planned[0].composed
@@ -129,7 +135,9 @@ def check_new_sweep_dir(directory: Path) -> None:
             hint=f"continue it with 'archer ablate --resume --out {directory}', or choose another --out",
         )
     if directory.exists() and any(directory.iterdir()):
-        raise UsageError(f"{directory} is not empty and holds no {SWEEP_FILE}", hint="choose a new --out directory")
+        raise UsageError(
+            f"{directory} is not empty and holds no {SWEEP_FILE}", hint="choose a new --out directory"
+        )
 
 
 def merge_resume(sweep: Sweep, planned: list[PlannedCase]) -> tuple[list[str], list[str]]:
@@ -147,7 +155,11 @@ def merge_resume(sweep: Sweep, planned: list[PlannedCase]) -> tuple[list[str], l
             added.append(p.id)
         else:  # same id = same settings; refresh what the config says about them
             old.overrides, old.influence, old.offload, old.total_steps = (
-                fresh.overrides, fresh.influence, fresh.offload, fresh.total_steps)
+                fresh.overrides,
+                fresh.influence,
+                fresh.offload,
+                fresh.total_steps,
+            )
     dropped = [c.id for c in sweep.cases if c.id not in wanted]
     return added, dropped
 
@@ -165,7 +177,10 @@ def load_and_plan(
     existing: Sweep | None = None
     if resume:
         if out is None:
-            raise UsageError("--resume needs --out DIR, the sweep to continue", hint="archer ablate --resume --out runs/ablate-...")
+            raise UsageError(
+                "--resume needs --out DIR, the sweep to continue",
+                hint="archer ablate --resume --out runs/ablate-...",
+            )
         existing = Sweep.load(out)
         if preset is None:
             preset = existing.preset_path
@@ -173,25 +188,37 @@ def load_and_plan(
             overrides = list(existing.overrides)
         elif list(overrides) != list(existing.overrides):
             raise UsageError(
-                f"the sweep in {out} was made with overrides {existing.overrides or '(none)'}, not {overrides}",
-                hint="resume with the same overrides (or none, to reuse them), or start a new sweep with another --out",
+                f"the sweep in {out} was made with overrides {existing.overrides or '(none)'}, not "
+                f"{overrides}",
+                hint=(
+                    "resume with the same overrides (or none, to reuse them), or start a new sweep with "
+                    "another --out"
+                ),
             )
     if preset is None:
-        raise UsageError("missing --preset", hint="for example: archer ablate --preset quickstart-influence --grid grid.yaml")
+        raise UsageError(
+            "missing --preset",
+            hint="for example: archer ablate --preset quickstart-influence --grid grid.yaml",
+        )
     if grid_path is not None:
         grid = load_grid(grid_path)
         grid_file: str | None = str(grid_path)
     elif existing is not None:
         grid, grid_file = existing.grid, existing.grid_file
     else:
-        raise UsageError("missing --grid", hint="pass a YAML grid file, e.g. --grid grid.yaml (see docs/ablate-collect.md)")
+        raise UsageError(
+            "missing --grid", hint="pass a YAML grid file, e.g. --grid grid.yaml (see docs/ablate-collect.md)"
+        )
     cases = expand_grid(grid)
     planned = plan_cases(preset, list(overrides), cases)
     notes["shadowed"] = shadowed_overrides(list(overrides), cases)
 
     if existing is not None:
         first = planned[0].composed
-        if first.preset_path and Path(str(first.preset_path)).resolve() != Path(existing.preset_path).resolve():
+        if (
+            first.preset_path
+            and Path(str(first.preset_path)).resolve() != Path(existing.preset_path).resolve()
+        ):
             raise UsageError(
                 f"the sweep in {out} was made with preset {existing.preset_path}, not {first.preset_path}",
                 hint="resume without --preset, or start a new sweep with another --out",
@@ -203,4 +230,3 @@ def load_and_plan(
         directory = out if out is not None else default_sweep_dir(preset, list(overrides))
         sweep = new_sweep(directory, preset, list(overrides), grid, grid_file, planned)
     return sweep, planned, notes
-

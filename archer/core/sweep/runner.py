@@ -21,8 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from archer.core.run import CONFIG_FILE, METRICS_FILE
 from archer.errors import ArcherError
@@ -100,7 +101,9 @@ def failure_reason(lines: list[str], returncode: int | None) -> str:
     line = last_error_line(lines)
     if returncode is not None and returncode < 0:
         sig = _signal_name(-returncode)
-        what = f"killed by {sig}" + (" (out of memory? the kernel's OOM killer sends SIGKILL)" if returncode == -9 else "")
+        what = f"killed by {sig}" + (
+            " (out of memory? the kernel's OOM killer sends SIGKILL)" if returncode == -9 else ""
+        )
         return f"{what}: {line}" if line else what
     if line:
         return line
@@ -179,14 +182,17 @@ class SweepRunner:
             if rec.status == FAILED:
                 self.failures += 1
                 if self.max_failures is not None and self.failures >= self.max_failures:
-                    left = [c for c in case_ids[i + 1:]]
+                    left = [c for c in case_ids[i + 1 :]]
                     sweep.status = "stopped"
                     sweep.save()
                     self.display.event(sweep, None, "sweep-end")
                     raise ArcherError(
                         f"stopped after {self.failures} failed case(s) (--max-failures {self.max_failures}); "
                         f"{len(left)} case(s) not run",
-                        hint=f"see each failed case's {LOG_FILE}; continue with: archer ablate --resume --out {sweep.dir}",
+                        hint=(
+                            f"see each failed case's {LOG_FILE}; continue with: archer ablate --resume "
+                            f"--out {sweep.dir}"
+                        ),
                     )
         sweep.status = "finished"
         sweep.save()
@@ -253,12 +259,19 @@ class SweepRunner:
         proc: subprocess.Popen | None = None
         try:
             with open(log_path, "ab") as log:
-                log.write(f"# archer ablate: case {rec.id}, attempt {n}, {att.started}\n# {_quote(cmd)}\n".encode())
+                log.write(
+                    f"# archer ablate: case {rec.id}, attempt {n}, {att.started}\n# {_quote(cmd)}\n".encode()
+                )
                 log.flush()
                 try:
                     proc = subprocess.Popen(
-                        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-                        start_new_session=True,  # Ctrl-C reaches the sweep only; it decides what the case gets
+                        cmd,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=self.env,
+                        # Ctrl-C reaches the sweep only; it decides what the case gets
+                        start_new_session=True,
                     )
                 except OSError as e:
                     att.returncode, att.reason = 127, f"cannot start {cmd[0]}: {e}"
@@ -271,7 +284,9 @@ class SweepRunner:
                         att.interrupted = True
                         att.returncode = self._stop(proc, rec)
         finally:
-            if proc is not None and proc.poll() is None:  # an error in the sweep itself: never leave a child behind
+            if (
+                proc is not None and proc.poll() is None
+            ):  # an error in the sweep itself: never leave a child behind
                 _kill_group(proc, signal.SIGKILL)
                 proc.wait()
         att.ended = now()
@@ -299,8 +314,12 @@ class SweepRunner:
     def _stop(self, proc: subprocess.Popen, rec: CaseRecord) -> int:
         """SIGINT to the case (it checkpoints and exits), SIGTERM after the grace period, then
         SIGKILL; a second Ctrl-C skips straight to SIGKILL."""
-        self.display.event(self.sweep, rec, "stopping",
-                           f"stopping case {rec.id} (it may save a checkpoint; Ctrl-C again to kill it now)")
+        self.display.event(
+            self.sweep,
+            rec,
+            "stopping",
+            f"stopping case {rec.id} (it may save a checkpoint; Ctrl-C again to kill it now)",
+        )
         try:
             _kill_group(proc, signal.SIGINT)
             try:

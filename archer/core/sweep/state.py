@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from archer.core.run import atomic_write_text
 from archer.errors import UsageError
@@ -71,7 +72,7 @@ class CaseRecord:
     attempts: list[Attempt] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CaseRecord":
+    def from_dict(cls, d: dict[str, Any]) -> CaseRecord:
         d = dict(d)
         d["attempts"] = [Attempt(**a) for a in d.get("attempts", [])]
         known = set(cls.__dataclass_fields__)
@@ -130,20 +131,26 @@ class Sweep:
         atomic_write_text(self.path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Sweep":
+    def load(cls, directory: str | Path) -> Sweep:
         d = Path(directory)
         path = d / SWEEP_FILE
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
-            raise UsageError(f"no {SWEEP_FILE} in {d}", hint="pass the --out directory of an earlier 'archer ablate'") from None
+            raise UsageError(
+                f"no {SWEEP_FILE} in {d}", hint="pass the --out directory of an earlier 'archer ablate'"
+            ) from None
         except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read {path}: {e}", hint="the file is damaged; start a new sweep with another --out") from e
+            raise UsageError(
+                f"cannot read {path}: {e}", hint="the file is damaged; start a new sweep with another --out"
+            ) from e
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise UsageError(f"{path} is not an archer sweep file")
         if int(raw.get("version", 0)) > VERSION:
-            raise UsageError(f"{path} was written by a newer archer (sweep format v{raw.get('version')})",
-                             hint="upgrade archer to resume or collect it")
+            raise UsageError(
+                f"{path} was written by a newer archer (sweep format v{raw.get('version')})",
+                hint="upgrade archer to resume or collect it",
+            )
         return cls(
             dir=d,
             preset=raw["preset"],

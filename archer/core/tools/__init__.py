@@ -43,8 +43,9 @@ class ToolBox:
             text, cached = self.search.search(content)
             result = ToolResult(text, "ok", cached=cached)
         else:
-            result = ToolResult(f"error: no tool named {name!r} (available: {', '.join(self.available) or 'none'})",
-                                "error")
+            result = ToolResult(
+                f"error: no tool named {name!r} (available: {', '.join(self.available) or 'none'})", "error"
+            )
         if result.status == "timeout" or result.status == "cpu_limit":
             self._count(f"{name}/timeouts")
         elif not result.ok:

@@ -48,7 +48,13 @@ def libc():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+        _libc.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_void_p,
+        ]
         _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
         _libc.unshare.argtypes = [ctypes.c_int]
     return _libc
@@ -79,8 +85,12 @@ def write_maps(inside_uid_map, inside_gid_map):
 
 
 class MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def make_everything_readonly():
@@ -92,10 +102,19 @@ def make_everything_readonly():
         ro = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
         if libc().syscall(nr, -100, b"/", 0x8000, ctypes.byref(ro), ctypes.sizeof(ro)) == 0:
             rw = MountAttr(0, 1, 0, 0)
-            check(libc().syscall(nr, -100, b"/proc", 0, ctypes.byref(rw), ctypes.sizeof(rw)), "mount_setattr /proc")
+            check(
+                libc().syscall(nr, -100, b"/proc", 0, ctypes.byref(rw), ctypes.sizeof(rw)),
+                "mount_setattr /proc",
+            )
             return "mount_setattr"
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-            "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+    keep = {
+        "nosuid": MS_NOSUID,
+        "nodev": MS_NODEV,
+        "noexec": MS_NOEXEC,
+        "noatime": 1024,
+        "nodiratime": 2048,
+        "relatime": 1 << 21,
+    }
     with open("/proc/self/mountinfo") as f:
         points = [(line.split()[4], line.split()[5]) for line in f]
     for point, opts in sorted(points, key=lambda p: len(p[0]), reverse=True):
@@ -202,12 +221,46 @@ def setup_namespaces(req, info):
 
 # ------------------------------------------------------------------ the fallback guard
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-PATH_EVENTS = {"os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "os.link",
-               "os.truncate", "os.utime", "os.mkfifo", "os.mknod", "shutil.rmtree", "shutil.copyfile",
-               "shutil.copytree", "shutil.move", "os.chflags", "os.setxattr", "os.removexattr"}
-DENIED = {"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
-          "os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
-          "ctypes.call_function", "os.symlink", "sqlite3.connect", "os.chroot", "mmap.__new__"}
+PATH_EVENTS = {
+    "os.remove",
+    "os.rename",
+    "os.mkdir",
+    "os.rmdir",
+    "os.chmod",
+    "os.chown",
+    "os.link",
+    "os.truncate",
+    "os.utime",
+    "os.mkfifo",
+    "os.mknod",
+    "shutil.rmtree",
+    "shutil.copyfile",
+    "shutil.copytree",
+    "shutil.move",
+    "os.chflags",
+    "os.setxattr",
+    "os.removexattr",
+}
+DENIED = {
+    "os.fork",
+    "os.forkpty",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "subprocess.Popen",
+    "os.kill",
+    "os.killpg",
+    "signal.pthread_kill",
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.cdata",
+    "ctypes.call_function",
+    "os.symlink",
+    "sqlite3.connect",
+    "os.chroot",
+    "mmap.__new__",
+}
 
 
 def install_guard(work):
@@ -226,13 +279,18 @@ def install_guard(work):
         if event == "open":
             path, mode, flags = args
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & WRITE_FLAGS)
+                isinstance(flags, int) and flags & WRITE_FLAGS
+            )
             if writing and path is not None and not inside(path):
-                raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path}")
+                raise PermissionError(
+                    f"sandbox: writing outside the working directory is not allowed: {path}"
+                )
         elif event in PATH_EVENTS:
             for a in args[:2]:
                 if isinstance(a, (str, bytes, os.PathLike)) and not inside(a):
-                    raise PermissionError(f"sandbox: changing files outside the working directory is not allowed: {a}")
+                    raise PermissionError(
+                        f"sandbox: changing files outside the working directory is not allowed: {a}"
+                    )
         elif event.startswith("socket."):
             raise PermissionError("sandbox: network access is disabled")
         elif event in DENIED:
@@ -265,9 +323,13 @@ def run_code(req, guarded):
         if tree.body and isinstance(tree.body[-1], ast.Expr):  # a bare last expression is printed
             last = tree.body[-1]
             call = last.value
-            is_print = isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print"
+            is_print = (
+                isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "print"
+            )
             if not is_print:
-                tree.body[-1] = ast.copy_location(ast.Expr(ast.Call(ast.Name("print", ast.Load()), [call], [])), last)
+                tree.body[-1] = ast.copy_location(
+                    ast.Expr(ast.Call(ast.Name("print", ast.Load()), [call], [])), last
+                )
                 ast.fix_missing_locations(tree)
         compiled = compile(tree, "<python>", "exec")
     except SyntaxError as e:
@@ -350,7 +412,9 @@ def count_own_tasks(uid):
 def main():
     status_fd = int(sys.argv[1])
     req = json.loads(sys.stdin.read())
-    for name in req.get("preload", []):  # before any privilege drop: the interpreter may live where uid 65534 cannot read
+    for name in req.get(
+        "preload", []
+    ):  # before any privilege drop: the interpreter may live where uid 65534 cannot read
         try:
             __import__(name)
         except Exception:  # noqa: BLE001

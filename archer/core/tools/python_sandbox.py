@@ -28,11 +28,34 @@ from typing import Any
 BOOT_SOURCE = (Path(__file__).with_name("_sandbox_boot.py")).read_text()
 # Imported before any privilege drop, so they work even where the sandbox uid cannot read the
 # interpreter's files (as root with Python under /root, say). Others import normally when readable.
-DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "statistics", "random", "itertools", "functools",
-                   "operator", "collections", "heapq", "bisect", "re", "json", "string", "datetime", "time",
-                   "socket", "traceback", "ast")
-SIGNAL_NAMES = {signal.SIGXCPU: "cpu_limit", signal.SIGKILL: "killed", signal.SIGXFSZ: "file_limit",
-                signal.SIGSEGV: "crashed"}
+DEFAULT_PRELOAD = (
+    "math",
+    "cmath",
+    "fractions",
+    "decimal",
+    "statistics",
+    "random",
+    "itertools",
+    "functools",
+    "operator",
+    "collections",
+    "heapq",
+    "bisect",
+    "re",
+    "json",
+    "string",
+    "datetime",
+    "time",
+    "socket",
+    "traceback",
+    "ast",
+)
+SIGNAL_NAMES = {
+    signal.SIGXCPU: "cpu_limit",
+    signal.SIGKILL: "killed",
+    signal.SIGXFSZ: "file_limit",
+    signal.SIGSEGV: "crashed",
+}
 
 
 @dataclass(frozen=True)
@@ -81,8 +104,15 @@ class PythonSandbox:
     """Runs code with `run(code)`; thread-safe. `cache_size` > 0 keeps the results of identical code
     (the tool is stateless and the same prompt's rollouts often write the same code)."""
 
-    def __init__(self, limits: SandboxLimits | None = None, *, python: str | None = None, namespaces: bool = True,
-                 preload: tuple[str, ...] = DEFAULT_PRELOAD, cache_size: int = 0):
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        *,
+        python: str | None = None,
+        namespaces: bool = True,
+        preload: tuple[str, ...] = DEFAULT_PRELOAD,
+        cache_size: int = 0,
+    ):
         self.limits = limits or SandboxLimits()
         self.python = python or sys.executable
         self.namespaces = namespaces
@@ -118,11 +148,20 @@ class PythonSandbox:
         work = tempfile.mkdtemp(prefix="archer-py-")
         os.chmod(work, 0o755)
         status_r, status_w = os.pipe()
-        request = json.dumps({
-            "code": code, "workdir": work, "namespaces": self.namespaces, "preload": list(self.preload),
-            "limits": {"cpu_s": lim.cpu_s, "memory_mb": lim.memory_mb, "max_processes": lim.max_processes,
-                       "max_file_mb": lim.max_file_mb},
-        })
+        request = json.dumps(
+            {
+                "code": code,
+                "workdir": work,
+                "namespaces": self.namespaces,
+                "preload": list(self.preload),
+                "limits": {
+                    "cpu_s": lim.cpu_s,
+                    "memory_mb": lim.memory_mb,
+                    "max_processes": lim.max_processes,
+                    "max_file_mb": lim.max_file_mb,
+                },
+            }
+        )
         proc = None
         out = bytearray()
         cap = lim.max_output_chars * 4 + 64  # bytes; decoded and cut to characters below
@@ -132,8 +171,13 @@ class PythonSandbox:
         try:
             proc = subprocess.Popen(
                 [self.python, "-I", "-B", "-c", BOOT_SOURCE, str(status_w)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w,),
-                cwd=work, env=scrubbed_env(work), start_new_session=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(status_w,),
+                cwd=work,
+                env=scrubbed_env(work),
+                start_new_session=True,
             )
             os.close(status_w)
             status_w = -1
@@ -191,8 +235,9 @@ class PythonSandbox:
             shutil.rmtree(work, ignore_errors=True)
         return self._result(out, overflow, events, timed_out, time.monotonic() - t0)
 
-    def _result(self, out: bytes, overflow: bool, events: list[dict[str, Any]], timed_out: bool,
-                seconds: float) -> ToolResult:
+    def _result(
+        self, out: bytes, overflow: bool, events: list[dict[str, Any]], timed_out: bool, seconds: float
+    ) -> ToolResult:
         lim = self.limits
         ready = next((e for e in events if e.get("event") == "ready"), {})
         isolation = {k: ready[k] for k in ("isolation", "mechanisms", "notes", "readonly") if k in ready}

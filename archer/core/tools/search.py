@@ -39,7 +39,10 @@ def load_corpus(path: str | os.PathLike) -> list[Document]:
     """Documents of a folder of .txt/.md files, or of a parquet/jsonl file with a `text` column."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"search corpus {p} does not exist", hint="set agent.tools.search.corpus to a folder or a parquet file")
+        raise DataError(
+            f"search corpus {p} does not exist",
+            hint="set agent.tools.search.corpus to a folder or a parquet file",
+        )
     docs: list[Document] = []
     if p.is_dir():
         for f in sorted(p.rglob("*")):
@@ -52,14 +55,20 @@ def load_corpus(path: str | os.PathLike) -> list[Document]:
         if "text" not in table.column_names:
             raise DataError(f"{p} has no 'text' column", hint=f"its columns: {', '.join(table.column_names)}")
         rows = table.to_pylist()
-        docs = [Document(str(r.get("id", i)), str(r.get("title") or ""), str(r["text"])) for i, r in enumerate(rows)]
+        docs = [
+            Document(str(r.get("id", i)), str(r.get("title") or ""), str(r["text"]))
+            for i, r in enumerate(rows)
+        ]
     elif p.suffix in (".jsonl", ".json"):
         for i, line in enumerate(p.read_text().splitlines()):
             if line.strip():
                 r = json.loads(line)
                 docs.append(Document(str(r.get("id", i)), str(r.get("title") or ""), str(r["text"])))
     else:
-        raise DataError(f"cannot read a search corpus from {p}", hint="use a folder of .txt/.md files, a .parquet or a .jsonl")
+        raise DataError(
+            f"cannot read a search corpus from {p}",
+            hint="use a folder of .txt/.md files, a .parquet or a .jsonl",
+        )
     docs = [d for d in docs if d.text]
     if not docs:
         raise DataError(f"search corpus {p} holds no documents")
@@ -106,7 +115,9 @@ class SearchCache:
         except FileNotFoundError:
             return {}
         except ValueError as e:  # never written by us: atomic renames leave no partial file
-            raise DataError(f"search cache {self.path} is not valid JSON ({e})", hint="delete it to start a new cache") from e
+            raise DataError(
+                f"search cache {self.path} is not valid JSON ({e})", hint="delete it to start a new cache"
+            ) from e
         return dict(data.get("entries", {})) if isinstance(data, dict) else {}
 
     def refresh(self) -> None:
@@ -161,8 +172,14 @@ _TOKEN = re.compile(r"[a-z0-9]+")
 class SearchTool:
     """`search(query)`: the top `top_k` documents as short text (cached on disk when `cache_path` is set)."""
 
-    def __init__(self, corpus: str | os.PathLike, *, top_k: int = 1, max_chars: int = 200,
-                 cache_path: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        corpus: str | os.PathLike,
+        *,
+        top_k: int = 1,
+        max_chars: int = 200,
+        cache_path: str | os.PathLike | None = None,
+    ):
         self.corpus_path = Path(corpus).expanduser()
         self.docs = load_corpus(self.corpus_path)
         self.top_k = max(1, int(top_k))
@@ -176,7 +193,9 @@ class SearchTool:
             if self._retriever is None:
                 import bm25s
 
-                tokens = bm25s.tokenize([f"{d.title} {d.text}" for d in self.docs], stopwords="en", show_progress=False)
+                tokens = bm25s.tokenize(
+                    [f"{d.title} {d.text}" for d in self.docs], stopwords="en", show_progress=False
+                )
                 retriever = bm25s.BM25()
                 retriever.index(tokens, show_progress=False)
                 self._retriever = retriever
@@ -217,4 +236,3 @@ class SearchTool:
 
 def default_cache_path(cache_dir: str | os.PathLike, corpus: str | os.PathLike) -> Path:
     return Path(cache_dir) / "search" / f"cache-{corpus_fingerprint(corpus)}.json"
-

@@ -182,8 +182,12 @@ def _open_old(d: Path, kind: str, warnings: list[str]) -> OldTrace:
     files: dict[int, Path] = {}
     mp = d / "manifest.jsonl"
     if mp.exists():
-        entries = parse_manifest(mp.read_text(errors="replace"), lambda step: f"steps/step_{step:06d}.npz",
-                                 warnings.append, source=str(mp))
+        entries = parse_manifest(
+            mp.read_text(errors="replace"),
+            lambda step: f"steps/step_{step:06d}.npz",
+            warnings.append,
+            source=str(mp),
+        )
         for step, e in entries.items():
             if (d / e["file"]).is_file():
                 files[step] = d / e["file"]

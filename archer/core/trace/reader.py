@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 
 from archer.errors import TraceError
 
-from .schema import FORMAT, META_SCHEMA_VERSION, SCHEMA_VERSION, SUMMARY_COLUMNS, parse_manifest, step_file_name
+from .schema import (
+    FORMAT,
+    META_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    SUMMARY_COLUMNS,
+    parse_manifest,
+    step_file_name,
+)
 from .writer import LATEST_FILE, MANIFEST_FILE, STEPS_DIR, SUMMARY_FILE
 
 # --------------------------------------------------------------------------------------------
@@ -170,8 +177,12 @@ class TraceReader:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if key != self._cache_key:
             text = self._manifest_path.read_bytes().decode("utf-8", errors="replace")
-            by_step = parse_manifest(text, lambda step: f"{STEPS_DIR}/{step_file_name(step)}", self._warn,
-                                     source=str(self._manifest_path))
+            by_step = parse_manifest(
+                text,
+                lambda step: f"{STEPS_DIR}/{step_file_name(step)}",
+                self._warn,
+                source=str(self._manifest_path),
+            )
             self._by_step = by_step
             self._entries = [by_step[s] for s in sorted(by_step)]
             self._cache_key = key

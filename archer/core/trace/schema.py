@@ -55,6 +55,11 @@ COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 #: Per-token columns: never dictionary-encoded, and the expensive part of a read.
 LIST_COLUMNS: tuple[str, ...] = ("prompt_ids", "response_ids", "entropy", "influence")
 
+#: The optional per-token `token_role` column (list<int8>) of agent traces: who wrote each token.
+TOKEN_ROLE_COLUMN = "token_role"
+ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_TOOL_CALL = 0, 1, 2
+ROLE_NAMES = {ROLE_MODEL: "model", ROLE_TOOL_RESULT: "tool result", ROLE_TOOL_CALL: "tool call"}
+
 #: Scalar per-response columns: a step overview reads only these (about a millisecond).
 SUMMARY_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMNS if n not in LIST_COLUMNS)
 
@@ -118,8 +123,9 @@ def _concat(seqs: Sequence[Any], dtype: np.dtype, total: int) -> np.ndarray:
     return np.concatenate(parts, dtype=dtype, casting="unsafe")  # one copy, cast on the fly
 
 
-def _list_array(values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType,
-                mask: np.ndarray | None = None) -> pa.ListArray:
+def _list_array(
+    values: np.ndarray, offsets: np.ndarray, value_type: pa.DataType, mask: np.ndarray | None = None
+) -> pa.ListArray:
     return pa.ListArray.from_arrays(
         pa.array(offsets, type=pa.int32()),
         pa.array(values, type=value_type),
@@ -300,8 +306,9 @@ def build_step_table(
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema_metadata(step)))
 
 
-def parse_manifest(text: str, default_file: Callable[[int], str], warn: Callable[[str], None],
-                   source: str = "manifest.jsonl") -> dict[int, dict[str, Any]]:
+def parse_manifest(
+    text: str, default_file: Callable[[int], str], warn: Callable[[str], None], source: str = "manifest.jsonl"
+) -> dict[int, dict[str, Any]]:
     """Manifest entries by step, each with a `file` (its own or `default_file(step)`).
 
     One JSON object per line; an unreadable line is skipped with a warning, except an unterminated

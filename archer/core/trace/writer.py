@@ -380,7 +380,7 @@ class TraceWriter:
         fd = os.open(self._manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             while data:  # one write() in practice; a kill leaves a whole line or a partial last one
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
             if self.fsync:
                 os.fsync(fd)
         finally:

@@ -32,10 +32,10 @@ from archer.view.colors import (
     MATCH_STYLE,
     NAN_STYLE,
     Scale,
+    diverging_scale,
     fmt,
     legend,
     sequential_scale,
-    diverging_scale,
     style_lut,
 )
 from archer.view.decode import cell_text, ends_line, quote

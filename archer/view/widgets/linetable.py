@@ -65,31 +65,31 @@ class LineTable(ScrollView, can_focus=True):
 
     @dataclass
     class Highlighted(Message):
-        table: "LineTable"
+        table: LineTable
         key: str
         index: int
 
         @property
-        def control(self) -> "LineTable":
+        def control(self) -> LineTable:
             return self.table
 
     @dataclass
     class Selected(Message):
-        table: "LineTable"
+        table: LineTable
         key: str
         index: int
 
         @property
-        def control(self) -> "LineTable":
+        def control(self) -> LineTable:
             return self.table
 
     @dataclass
     class HeaderClicked(Message):
-        table: "LineTable"
+        table: LineTable
         column: str
 
         @property
-        def control(self) -> "LineTable":
+        def control(self) -> LineTable:
             return self.table
 
     def __init__(self, **kw) -> None:

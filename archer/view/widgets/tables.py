@@ -53,12 +53,12 @@ class SortableTable(ArcherTable):
 
     @dataclass
     class SortChanged(Message):
-        table: "SortableTable"
+        table: SortableTable
         key: str
         descending: bool
 
         @property
-        def control(self) -> "SortableTable":
+        def control(self) -> SortableTable:
             return self.table
 
     def __init__(

@@ -37,15 +37,28 @@ def evaluate(
     sampler = LocalSampler(model, tokenizer, device=device)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         graded = sample_and_grade(
-            sampler, [p.ids for p in chunk], [p.answer for p in chunk], n=n, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, reward_fn=reward_fn, timeout_s=timeout_s,
+            sampler,
+            [p.ids for p in chunk],
+            [p.answer for p in chunk],
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            reward_fn=reward_fn,
+            timeout_s=timeout_s,
         )
         for g, samples in enumerate(graded):
             rows += [
-                {"problem": start + g, "data_source": chunk[g].data_source, "correct": bool(s.correct),
-                 "reward": float(s.reward), "response_length": len(c.token_ids), "truncated": c.truncated}
+                {
+                    "problem": start + g,
+                    "data_source": chunk[g].data_source,
+                    "correct": bool(s.correct),
+                    "reward": float(s.reward),
+                    "response_length": len(c.token_ids),
+                    "truncated": c.truncated,
+                }
                 for c, s in samples
             ]
     stats = summarize(rows, n=n, ks=[n] if n > 1 else [])["all"]

@@ -67,7 +67,7 @@ def response_logprobs(
         logits_to_keep=R + 1,
     )
     logits = out.logits[:, :-1, :]  # positions P'-1 .. P'+R'-2 predict response tokens 0..R'-1
-    labels = mb.input_ids[:, mb.prompt_width:mb.prompt_width + R]
+    labels = mb.input_ids[:, mb.prompt_width : mb.prompt_width + R]
     return logprobs_and_entropy(logits, labels, temperature=temperature, with_entropy=with_entropy)
 
 

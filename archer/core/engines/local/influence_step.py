@@ -28,19 +28,27 @@ class LocalInfluence:
         else:
             from omegaconf import OmegaConf
 
-            self.settings = InfluenceSettings.from_mapping(OmegaConf.to_container(influence_cfg, resolve=True))
+            self.settings = InfluenceSettings.from_mapping(
+                OmegaConf.to_container(influence_cfg, resolve=True)
+            )
         try:
             self.tracer = InfluenceTracer(model, self.settings)
         except ValueError as e:
-            raise ConfigError(str(e), hint="see 'archer presets show NAME --explain' for the influence.* keys") from e
+            raise ConfigError(
+                str(e), hint="see 'archer presets show NAME --explain' for the influence.* keys"
+            ) from e
         self.model = model
         self.rollout = None
         self.selected: dict[int, int] = {}
         self.accepted: list[bool] = []
         self.constant_groups = 0
 
-    def begin(self, rollout: Any, rewards: torch.Tensor, seq_advantages: torch.Tensor, groups: list[Any]) -> None:
-        metas, accepted, constant = plan_step(rewards.tolist(), seq_advantages.tolist(), groups, self.settings)
+    def begin(
+        self, rollout: Any, rewards: torch.Tensor, seq_advantages: torch.Tensor, groups: list[Any]
+    ) -> None:
+        metas, accepted, constant = plan_step(
+            rewards.tolist(), seq_advantages.tolist(), groups, self.settings
+        )
         lengths = rollout.response_lengths.tolist()
         self.rollout = rollout
         self.accepted = trace_accepted(groups, accepted)
@@ -51,9 +59,15 @@ class LocalInfluence:
     def _positions(self, mb: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = mb.rows.tolist()
         lengths = self.rollout.response_lengths[mb.rows].tolist()
-        return padded_positions(rows, list(range(len(rows))), lengths, seq_len=mb.input_ids.shape[1],
-                                prompt_width=mb.prompt_width, selected=self.selected,
-                                max_tokens=self.settings.max_tokens_per_response)
+        return padded_positions(
+            rows,
+            list(range(len(rows))),
+            lengths,
+            seq_len=mb.input_ids.shape[1],
+            prompt_width=mb.prompt_width,
+            selected=self.selected,
+            max_tokens=self.settings.max_tokens_per_response,
+        )
 
     def micro_hook(self, phase: str, epoch: int, mb: Any, normaliser: float) -> None:
         """Capture `training_loss` inside the first epoch of the real update."""
@@ -65,13 +79,20 @@ class LocalInfluence:
         else:
             self.tracer.recorder.end_micro()
 
-    def separate_backward(self, advantages: torch.Tensor, rewards: torch.Tensor, *, micro_batch_size: int,
-                          temperature: float, device: Any) -> None:
+    def separate_backward(
+        self,
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        *,
+        micro_batch_size: int,
+        temperature: float,
+        device: Any,
+    ) -> None:
         """One extra forward+backward of Σ w·log p over the selected rows (before the update)."""
         fn = self.settings.output_function
         rows = sorted(self.selected)
         for start in range(0, len(rows), micro_batch_size):
-            part = torch.as_tensor(rows[start:start + micro_batch_size], dtype=torch.long)
+            part = torch.as_tensor(rows[start : start + micro_batch_size], dtype=torch.long)
             mb = make_micro_batch(self.rollout, part, device)
             pos, rid, tok = self._positions(mb)
             w = mb.response_width

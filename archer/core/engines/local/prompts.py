@@ -3,9 +3,10 @@ batches in a seeded, resumable order (a fresh permutation every epoch)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,13 @@ def synth_files(cfg: Any, data_dir: Path) -> tuple[list[str], list[str]]:
     if not (train.exists() and val.exists()):
         s = cfg.data.synth
         write_arithmetic(
-            data_dir, n=int(s.n), val_n=int(s.val_n), seed=int(cfg.seed), difficulty=s.difficulty,
-            max_operand=int(s.max_operand), ops=str(s.ops),
+            data_dir,
+            n=int(s.n),
+            val_n=int(s.val_n),
+            seed=int(cfg.seed),
+            difficulty=s.difficulty,
+            max_operand=int(s.max_operand),
+            ops=str(s.ops),
         )
     return [str(train)], ([str(val)] if int(cfg.data.synth.val_n) > 0 else [])
 
@@ -67,7 +73,9 @@ def load_split(files: Sequence[str], cfg: Any, tokenizer: Any) -> tuple[list[Pro
     return prompts, dropped
 
 
-def load_datasets(cfg: Any, tokenizer: Any, run_dir: Path) -> tuple[list[Prompt], list[Prompt], dict[str, int]]:
+def load_datasets(
+    cfg: Any, tokenizer: Any, run_dir: Path
+) -> tuple[list[Prompt], list[Prompt], dict[str, int]]:
     """(train prompts, validation prompts, counts) for a config: its files, or the synthetic task."""
     train_files, val_files = list(cfg.data.train_files), list(cfg.data.val_files)
     if not train_files:
@@ -79,15 +87,24 @@ def load_datasets(cfg: Any, tokenizer: Any, run_dir: Path) -> tuple[list[Prompt]
     if not train:
         raise DataError(
             f"no usable training prompts in {', '.join(train_files)}"
-            + (f" ({dropped_train} longer than data.max_prompt_length={cfg.data.max_prompt_length})" if dropped_train else ""),
+            + (
+                f" ({dropped_train} longer than data.max_prompt_length={cfg.data.max_prompt_length})"
+                if dropped_train
+                else ""
+            ),
             hint="check data.train_files and data.max_prompt_length",
         )
     if len(train) < cfg.data.train_batch_size:
         raise DataError(
-            f"only {len(train)} training prompts, fewer than data.train_batch_size={cfg.data.train_batch_size}",
+            f"only {len(train)} training prompts, fewer than "
+            f"data.train_batch_size={cfg.data.train_batch_size}",
             hint="use more data or a smaller data.train_batch_size",
         )
-    return train, val, {"train": len(train), "val": len(val), "dropped_train": dropped_train, "dropped_val": dropped_val}
+    return (
+        train,
+        val,
+        {"train": len(train), "val": len(val), "dropped_train": dropped_train, "dropped_val": dropped_val},
+    )
 
 
 class PromptSampler:
@@ -111,7 +128,7 @@ class PromptSampler:
                 self.cursor = 0
                 self._order = self._permutation(self.epoch)
             n = min(k - len(out), self.size - self.cursor)
-            out.extend(int(i) for i in self._order[self.cursor:self.cursor + n])
+            out.extend(int(i) for i in self._order[self.cursor : self.cursor + n])
             self.cursor += n
         return out
 

@@ -4,8 +4,9 @@ carries loss, as in verl)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ class Rollout:
     sample: list[int]  # [B] index of the sample within its group
     # [B, R] tokens that carry loss; None means response_mask. Agent rollouts set it to 0 on
     # tool-result tokens, which the model must attend to (response_mask) but not be trained on.
-    loss_mask: Optional[torch.Tensor] = None
+    loss_mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -39,7 +40,7 @@ class Rollout:
         """The loss mask: `loss_mask` when set, else `response_mask`."""
         return self.response_mask if self.loss_mask is None else self.loss_mask
 
-    def select(self, rows: Sequence[int]) -> "Rollout":
+    def select(self, rows: Sequence[int]) -> Rollout:
         idx = torch.as_tensor(list(rows), dtype=torch.long)
         return Rollout(
             prompt_ids=self.prompt_ids[idx],
@@ -59,8 +60,8 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids, mask
 
 
@@ -133,7 +134,9 @@ def generate(
         use_cache=True,
     )
     if do_sample:
-        kwargs.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k) if top_k > 0 else 0)
+        kwargs.update(
+            temperature=float(temperature), top_p=float(top_p), top_k=int(top_k) if top_k > 0 else 0
+        )
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if compile_decode:
@@ -147,13 +150,13 @@ def generate(
     responses: list[torch.Tensor] = []
     try:
         for start in range(0, len(rows), step):
-            ids = prompt_ids[start:start + step].to(device)
-            mask = prompt_mask[start:start + step].to(device)
+            ids = prompt_ids[start : start + step].to(device)
+            mask = prompt_mask[start : start + step].to(device)
             if not compile_decode:  # drop columns that are padding in every row of this chunk
                 keep = int(mask.sum(0).nonzero().min()) if mask.any() else 0
                 ids, mask = ids[:, keep:], mask[:, keep:]
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            gen = out[:, ids.shape[1]:].cpu()
+            gen = out[:, ids.shape[1] :].cpu()
             responses.extend(gen[i] for i in range(gen.shape[0]))
     finally:
         model.train(was_training)

@@ -40,7 +40,9 @@ DONE_MARKER = ".complete"
 def pick_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ArcherError("trainer.device=cuda but no CUDA GPU is visible", hint="use trainer.device=cpu or auto")
+            raise ArcherError(
+                "trainer.device=cuda but no CUDA GPU is visible", hint="use trainer.device=cpu or auto"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -92,16 +94,26 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         truncated=torch.cat([p.truncated for p in parts]),
         group=group,
         sample=[s for p in parts for s in p.sample],
-        loss_mask=(torch.cat([rpad(p.train_mask, R, 0) for p in parts])
-                   if any(p.loss_mask is not None for p in parts) else None),
+        loss_mask=(
+            torch.cat([rpad(p.train_mask, R, 0) for p in parts])
+            if any(p.loss_mask is not None for p in parts)
+            else None
+        ),
     )
 
 
 class LocalTrainer:
     """Owns the model, optimizer, data order, trace writer and metrics of one local run."""
 
-    def __init__(self, composed: Any, run_dir: Path, *, resume: bool = False, console: Any = None,
-                 live: bool | None = None):
+    def __init__(
+        self,
+        composed: Any,
+        run_dir: Path,
+        *,
+        resume: bool = False,
+        console: Any = None,
+        live: bool | None = None,
+    ):
         self.composed = composed
         self.cfg = composed.cfg
         self.run_dir = Path(run_dir)
@@ -117,7 +129,7 @@ class LocalTrainer:
         self._progress: TrainingProgress | None = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> "LocalTrainer":
+    def setup(self) -> LocalTrainer:
         t0 = time.time()
         cfg = self.cfg
         if cfg.trainer.num_threads > 0:
@@ -143,7 +155,9 @@ class LocalTrainer:
 
             self.agent = AgentRunner(cfg, tokenizer, self.run_dir, self.cache_dir, self.device)
         self.val_prompts = self.val_prompts[: cfg.rollout.val.max_prompts or None]
-        self.sampler = PromptSampler(len(self.train_prompts), seed=int(cfg.seed), shuffle=bool(cfg.data.shuffle))
+        self.sampler = PromptSampler(
+            len(self.train_prompts), seed=int(cfg.seed), shuffle=bool(cfg.data.shuffle)
+        )
 
         resume_from = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if self.resume and resume_from is None:
@@ -163,7 +177,9 @@ class LocalTrainer:
 
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.actor.optim.lr, betas=tuple(cfg.actor.optim.betas), weight_decay=cfg.actor.optim.weight_decay,
+            lr=cfg.actor.optim.lr,
+            betas=tuple(cfg.actor.optim.betas),
+            weight_decay=cfg.actor.optim.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda())
 
@@ -187,12 +203,20 @@ class LocalTrainer:
 
             self.influence = LocalInfluence(self.model, cfg.influence)
             mini_batches = cfg.data.train_batch_size // cfg.actor.ppo_mini_batch_size
-            if cfg.influence.output_function == "training_loss" and (cfg.actor.ppo_epochs > 1 or mini_batches > 1):
-                self._note("influence: captured in the first PPO epoch across "
-                           f"{mini_batches} mini-batch(es); scores assume one set of weights, so "
-                           "actor.ppo_epochs=1 and one mini-batch per step are recommended")
-        self.metrics_log = MetricsLog(self.run_dir, logging_cfg=cfg.trainer.logging, run_name=self.run_dir.name,
-                                      config=self.composed.to_dict())
+            if cfg.influence.output_function == "training_loss" and (
+                cfg.actor.ppo_epochs > 1 or mini_batches > 1
+            ):
+                self._note(
+                    "influence: captured in the first PPO epoch across "
+                    f"{mini_batches} mini-batch(es); scores assume one set of weights, so "
+                    "actor.ppo_epochs=1 and one mini-batch per step are recommended"
+                )
+        self.metrics_log = MetricsLog(
+            self.run_dir,
+            logging_cfg=cfg.trainer.logging,
+            run_name=self.run_dir.name,
+            config=self.composed.to_dict(),
+        )
         if cfg.trace.enable:
             self._open_trace(resume_after_step=self.global_step if self.resume else None)
         self.setup_seconds = time.time() - t0
@@ -207,7 +231,9 @@ class LocalTrainer:
     def _lr_lambda(self) -> Any:
         ocfg = self.cfg.actor.optim
         warm = int(ocfg.warmup_steps)
-        per_step = self.cfg.actor.ppo_epochs * (self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size)
+        per_step = self.cfg.actor.ppo_epochs * (
+            self.cfg.data.train_batch_size // self.cfg.actor.ppo_mini_batch_size
+        )
         total = max(1, self.cfg.trainer.total_steps * per_step)
         cosine = ocfg.schedule == "cosine"
 
@@ -246,8 +272,13 @@ class LocalTrainer:
         if console_live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            progress = Progress(TextColumn("[bold]warm-up[/bold]"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.fields[loss]}"))
+            progress = Progress(
+                TextColumn("[bold]warm-up[/bold]"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[loss]}"),
+            )
             task = progress.add_task("warm-up", total=cfg.warmup.steps, loss="")
             progress.start()
 
@@ -259,8 +290,16 @@ class LocalTrainer:
 
         demos = self.agent.demonstrations(self.train_prompts) if self.agent is not None else None
         try:
-            stats = run_warmup(model, tok, self.train_prompts, cfg.warmup, seed=int(cfg.seed), device=self.device,
-                               on_step=on_step, demos=demos)
+            stats = run_warmup(
+                model,
+                tok,
+                self.train_prompts,
+                cfg.warmup,
+                seed=int(cfg.seed),
+                device=self.device,
+                on_step=on_step,
+                demos=demos,
+            )
         finally:
             if progress is not None:
                 progress.stop()
@@ -275,7 +314,10 @@ class LocalTrainer:
         tmp.rename(target)
         if cfg.warmup.cache:
             self._copy_dir(target, cached)
-        self._note(f"warm-up: {int(stats['warmup/steps'])} steps in {time.time() - t0:.1f}s (final loss {stats['warmup/final_loss']:.3f})")
+        self._note(
+            f"warm-up: {int(stats['warmup/steps'])} steps in {time.time() - t0:.1f}s (final loss "
+            f"{stats['warmup/final_loss']:.3f})"
+        )
         del model
         return target
 
@@ -310,11 +352,20 @@ class LocalTrainer:
             "influence": bool(self.cfg.influence.enable),
         }
         if self.agent is not None:
-            summary["agent"] = {"algorithm": str(self.cfg.agent.algorithm), "tools": list(self.agent.toolbox.available),
-                                "python_sandbox": self.agent.isolation}
+            summary["agent"] = {
+                "algorithm": str(self.cfg.agent.algorithm),
+                "tools": list(self.agent.toolbox.available),
+                "python_sandbox": self.agent.isolation,
+            }
         self.trace = TraceWriter(
-            trace_dir, summary, write_every=tcfg.write_every, fsync=tcfg.fsync, row_group_size=tcfg.row_group_size,
-            compression_level=tcfg.compression_level, max_queue=tcfg.max_queue, resume_after_step=resume_after_step,
+            trace_dir,
+            summary,
+            write_every=tcfg.write_every,
+            fsync=tcfg.fsync,
+            row_group_size=tcfg.row_group_size,
+            compression_level=tcfg.compression_level,
+            max_queue=tcfg.max_queue,
+            resume_after_step=resume_after_step,
         )
 
     # ------------------------------------------------------------------ one step
@@ -323,7 +374,9 @@ class LocalTrainer:
 
         texts = decode_responses(self.tokenizer, ro)
         answers = [prompts[g].answer for g in ro.group]
-        return texts, score_batch(self.cfg.reward.function, texts, answers, timeout_s=self.cfg.reward.timeout_s)
+        return texts, score_batch(
+            self.cfg.reward.function, texts, answers, timeout_s=self.cfg.reward.timeout_s
+        )
 
     def _agent_rollout(self) -> StepBatch:
         """Agent mode: multi-turn tool rollouts with ARPO/AEPO branching, n trajectories per prompt."""
@@ -333,11 +386,25 @@ class LocalTrainer:
         prompts = [self.train_prompts[i] for i in self.sampler.take(int(cfg.data.train_batch_size))]
         seed = int(cfg.seed) * 1_000_003 + self.global_step + 1
         ro, roles, texts, answers, batch = self.agent.rollout(self.model, prompts, seed=seed)
-        scores = score_batch(cfg.reward.function, answers, [prompts[g].answer for g in ro.group],
-                             timeout_s=cfg.reward.timeout_s)
+        scores = score_batch(
+            cfg.reward.function,
+            answers,
+            [prompts[g].answer for g in ro.group],
+            timeout_s=cfg.reward.timeout_s,
+        )
         rewards = torch.tensor([float(s.reward) for s in scores], dtype=torch.float32)
-        return StepBatch(ro, prompts, rewards, [bool(s.correct) for s in scores], texts, 1, len(prompts), 0,
-                         token_role=roles, extra_metrics=self.agent.step_metrics(batch))
+        return StepBatch(
+            ro,
+            prompts,
+            rewards,
+            [bool(s.correct) for s in scores],
+            texts,
+            1,
+            len(prompts),
+            0,
+            token_role=roles,
+            extra_metrics=self.agent.step_metrics(batch),
+        )
 
     def _rollout(self) -> StepBatch:
         """Sample and score; with DAPO filtering, keep sampling until enough informative groups."""
@@ -354,11 +421,18 @@ class LocalTrainer:
             idx = self.sampler.take(target)
             prompts = [self.train_prompts[i] for i in idx]
             ro = generate(
-                self.model, self.tokenizer, [p.ids for p in prompts], n=n,
-                max_new_tokens=int(cfg.rollout.max_new_tokens), temperature=float(cfg.rollout.temperature),
-                top_p=float(cfg.rollout.top_p), top_k=int(cfg.rollout.top_k),
-                batch_size=int(cfg.rollout.generation_batch_size), device=self.device,
-                compile_decode=bool(cfg.rollout.compile_decode), pad_prompts_to=int(cfg.data.max_prompt_length),
+                self.model,
+                self.tokenizer,
+                [p.ids for p in prompts],
+                n=n,
+                max_new_tokens=int(cfg.rollout.max_new_tokens),
+                temperature=float(cfg.rollout.temperature),
+                top_p=float(cfg.rollout.top_p),
+                top_k=int(cfg.rollout.top_k),
+                batch_size=int(cfg.rollout.generation_batch_size),
+                device=self.device,
+                compile_decode=bool(cfg.rollout.compile_decode),
+                pad_prompts_to=int(cfg.data.max_prompt_length),
             )
             texts, scores = self._score(ro, prompts)
             seen += len(prompts)
@@ -368,7 +442,10 @@ class LocalTrainer:
                 break
             keep_groups = []
             for g in range(len(prompts)):
-                vals = [float(scores[g * n + s].correct if fg.metric == "acc" else scores[g * n + s].reward) for s in range(n)]
+                vals = [
+                    float(scores[g * n + s].correct if fg.metric == "acc" else scores[g * n + s].reward)
+                    for s in range(n)
+                ]
                 if max(vals) != min(vals):
                     keep_groups.append(g)
             dropped += len(prompts) - len(keep_groups)
@@ -377,7 +454,9 @@ class LocalTrainer:
                 rows = [g * n + s for g in take for s in range(n)]
                 sub = ro.select(rows)
                 sub.group = [take.index(g) for g in sub.group]
-                kept.append((sub, [prompts[g] for g in take], [texts[r] for r in rows], [scores[r] for r in rows]))
+                kept.append(
+                    (sub, [prompts[g] for g in take], [texts[r] for r in rows], [scores[r] for r in rows])
+                )
                 n_kept += len(take)
             cap = int(fg.max_num_gen_batches)
             if n_kept >= target or (cap and rounds >= cap):
@@ -395,10 +474,14 @@ class LocalTrainer:
             from archer.core.algorithms import overlong_penalty
 
             rewards = rewards + overlong_penalty(
-                rollout.response_lengths.float(), max_response_length=int(cfg.rollout.max_new_tokens),
-                buffer_len=int(ob.len), penalty_factor=float(ob.penalty_factor),
+                rollout.response_lengths.float(),
+                max_response_length=int(cfg.rollout.max_new_tokens),
+                buffer_len=int(ob.len),
+                penalty_factor=float(ob.penalty_factor),
             )
-        return StepBatch(rollout, all_prompts, rewards, [bool(s.correct) for s in scores], texts, rounds, seen, dropped)
+        return StepBatch(
+            rollout, all_prompts, rewards, [bool(s.correct) for s in scores], texts, rounds, seen, dropped
+        )
 
     def _advantages(self, sb: StepBatch) -> torch.Tensor:
         from archer.core.algorithms import get_adv_estimator
@@ -410,7 +493,10 @@ class LocalTrainer:
         token_rewards[torch.arange(ro.size), last] = sb.rewards
         uids = [self._uid(sb, g) for g in ro.group]
         adv, _ = get_adv_estimator(self.cfg.algorithm.adv_estimator)(
-            token_rewards, mask, uids, norm_adv_by_std_in_grpo=bool(self.cfg.algorithm.norm_adv_by_std_in_grpo)
+            token_rewards,
+            mask,
+            uids,
+            norm_adv_by_std_in_grpo=bool(self.cfg.algorithm.norm_adv_by_std_in_grpo),
         )
         return adv * mask
 
@@ -434,12 +520,24 @@ class LocalTrainer:
         on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size * cfg.rollout.n >= ro.size
         old_logp = entropy = None
         if not on_policy:
-            old_logp, entropy = batch_logprobs(self.model, ro, micro_batch_size=micro, temperature=temperature,
-                                               with_entropy=True, device=self.device)
+            old_logp, entropy = batch_logprobs(
+                self.model,
+                ro,
+                micro_batch_size=micro,
+                temperature=temperature,
+                with_entropy=True,
+                device=self.device,
+            )
         ref_logp = None
         if self.ref_model is not None:
-            ref_logp, _ = batch_logprobs(self.ref_model, ro, micro_batch_size=micro, temperature=temperature,
-                                         with_entropy=False, device=self.device)
+            ref_logp, _ = batch_logprobs(
+                self.ref_model,
+                ro,
+                micro_batch_size=micro,
+                temperature=temperature,
+                with_entropy=False,
+                device=self.device,
+            )
         advantages = self._advantages(sb)
         t_logprob = time.perf_counter()
 
@@ -451,14 +549,24 @@ class LocalTrainer:
             if cfg.influence.output_function == "training_loss":
                 hook = self.influence.micro_hook
             else:
-                self.influence.separate_backward(advantages, sb.rewards, micro_batch_size=micro,
-                                                 temperature=temperature, device=self.device)
+                self.influence.separate_backward(
+                    advantages,
+                    sb.rewards,
+                    micro_batch_size=micro,
+                    temperature=temperature,
+                    device=self.device,
+                )
         t_capture = time.perf_counter()
 
         actor_metrics, fused_entropy = ppo_update(
-            self.model, self.optimizer, self.scheduler,
+            self.model,
+            self.optimizer,
+            self.scheduler,
             UpdateBatch(rollout=ro, old_log_prob=old_logp, advantages=advantages, ref_log_prob=ref_logp),
-            cfg.actor, group_size=int(cfg.rollout.n), temperature=temperature, device=self.device,
+            cfg.actor,
+            group_size=int(cfg.rollout.n),
+            temperature=temperature,
+            device=self.device,
             micro_hook=hook,
         )
         if fused_entropy is not None:
@@ -506,8 +614,15 @@ class LocalTrainer:
         self.global_step = step
         return metrics
 
-    def _submit_trace(self, step: int, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor,
-                      influence: list | None = None, accepted: list[bool] | None = None) -> None:
+    def _submit_trace(
+        self,
+        step: int,
+        sb: StepBatch,
+        entropy: torch.Tensor,
+        advantages: torch.Tensor,
+        influence: list | None = None,
+        accepted: list[bool] | None = None,
+    ) -> None:
         from archer.core.trace import build_step_table
 
         ro = sb.rollout
@@ -544,17 +659,29 @@ class LocalTrainer:
         if self.agent is not None:
             return self.agent.validate(self.model, self.val_prompts, seed=int(self.cfg.seed) + 7)
         return evaluate(
-            self.model, self.tokenizer, self.val_prompts, reward_fn=self.cfg.reward.function, n=int(v.n),
-            temperature=float(v.temperature), top_p=float(v.top_p), max_new_tokens=int(self.cfg.rollout.max_new_tokens),
-            timeout_s=float(self.cfg.reward.timeout_s), device=self.device,
+            self.model,
+            self.tokenizer,
+            self.val_prompts,
+            reward_fn=self.cfg.reward.function,
+            n=int(v.n),
+            temperature=float(v.temperature),
+            top_p=float(v.top_p),
+            max_new_tokens=int(self.cfg.rollout.max_new_tokens),
+            timeout_s=float(self.cfg.reward.timeout_s),
+            device=self.device,
         )
 
     def save(self) -> Path:
         if self.trace is not None:
             self.trace.flush()
         return ckpt.save_checkpoint(
-            self.run_dir, self.global_step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            scheduler=self.scheduler, extra={"sampler": self.sampler.state_dict(), "first_val": self.first_val},
+            self.run_dir,
+            self.global_step,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            extra={"sampler": self.sampler.state_dict(), "first_val": self.first_val},
             keep=int(self.cfg.trainer.keep_checkpoints),
         )
 
@@ -563,15 +690,23 @@ class LocalTrainer:
         tcfg = cfg.trainer
         total = int(tcfg.total_steps)
         t0 = time.time()
-        with TrainingProgress(total, start_step=self.global_step, log_every=tcfg.logging.log_every,
-                              console=self.console, live=self.live) as progress:
+        with TrainingProgress(
+            total,
+            start_step=self.global_step,
+            log_every=tcfg.logging.log_every,
+            console=self.console,
+            live=self.live,
+        ) as progress:
             self._progress = progress
             try:
                 if self.global_step == 0 and tcfg.val_before_train and self.val_prompts:
                     progress.status("validating…")
                     self.first_val = self.validate()
                     self.metrics_log.log(0, self.first_val)
-                    progress.log(f"validation before training: accuracy {self.first_val.get('val/accuracy', float('nan')):.3f}")
+                    progress.log(
+                        "validation before training: accuracy "
+                        f"{self.first_val.get('val/accuracy', float('nan')):.3f}"
+                    )
                 while self.global_step < total:
                     metrics = self.step()
                     step = self.global_step
@@ -633,7 +768,8 @@ def train(composed: Any, run_dir: Path, *, resume: bool = False) -> dict[str, An
     try:
         trainer.setup()
         console.print(
-            f"[bold]archer[/bold] local engine · preset [cyan]{composed.preset}[/cyan] · device {trainer.device} · "
+            f"[bold]archer[/bold] local engine · preset [cyan]{composed.preset}[/cyan] · device "
+            f"{trainer.device} · "
             f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters · "
             f"{trainer.data_counts['train']} train / {len(trainer.val_prompts)} val prompts · run {run_dir}"
         )
@@ -649,17 +785,26 @@ def train(composed: Any, run_dir: Path, *, resume: bool = False) -> dict[str, An
 def _print_summary(console: Any, trainer: LocalTrainer, result: dict[str, Any]) -> None:
     from archer.core.metrics import read_metrics
 
-    rows = [r for r in read_metrics(trainer.run_dir) if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
-    console.print(f"[bold green]done[/bold green] in {trainer.setup_seconds + result['seconds']:.0f}s "
-                  f"(set-up and warm-up {trainer.setup_seconds:.0f}s, training {result['seconds']:.0f}s) · run {trainer.run_dir}")
+    rows = [
+        r for r in read_metrics(trainer.run_dir) if r.get("step", 0) > 0 and r.get("reward/mean") is not None
+    ]
+    console.print(
+        f"[bold green]done[/bold green] in {trainer.setup_seconds + result['seconds']:.0f}s "
+        f"(set-up and warm-up {trainer.setup_seconds:.0f}s, training {result['seconds']:.0f}s) · run "
+        f"{trainer.run_dir}"
+    )
     if rows:
         k = min(5, len(rows))
         first = sum(r["reward/mean"] for r in rows[:k]) / k
         last = sum(r["reward/mean"] for r in rows[-k:]) / k
-        console.print(f"reward (mean of first {k} steps → last {k}): {first:.3f} → {last:.3f} ({last - first:+.3f})")
+        console.print(
+            f"reward (mean of first {k} steps → last {k}): {first:.3f} → {last:.3f} ({last - first:+.3f})"
+        )
     before, after = result.get("first_val", {}), result.get("last_val", {})
     if before.get("val/accuracy") is not None and after.get("val/accuracy") is not None:
-        console.print(f"validation accuracy before → after: {before['val/accuracy']:.3f} → {after['val/accuracy']:.3f}")
+        console.print(
+            f"validation accuracy before → after: {before['val/accuracy']:.3f} → {after['val/accuracy']:.3f}"
+        )
     if trainer.cfg.trace.enable:
         console.print(f"trace: {trainer.trace_dir}")
         console.print(f"explore it: [bold]archer view {trainer.run_dir}[/bold]")

@@ -10,8 +10,9 @@ not depend on how a batch is split.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -58,8 +59,12 @@ def ppo_update(
     loss_cfg = PolicyLossConfig.from_actor(actor_cfg)
     mode = actor_cfg.loss_agg_mode
     on_policy = batch.old_log_prob is None
-    needs_entropy = (on_policy or actor_cfg.policy_loss in ("archer", "aspo") or actor_cfg.entropy_coeff > 0
-                     or bool(getattr(loss_fn, "needs_entropy", False)))
+    needs_entropy = (
+        on_policy
+        or actor_cfg.policy_loss in ("archer", "aspo")
+        or actor_cfg.entropy_coeff > 0
+        or bool(getattr(loss_fn, "needs_entropy", False))
+    )
     use_kl = bool(actor_cfg.use_kl_loss) and batch.ref_log_prob is not None
     B = batch.rollout.size
     mini = actor_cfg.ppo_mini_batch_size * group_size
@@ -78,13 +83,13 @@ def ppo_update(
 
     model.train()
     for epoch in range(actor_cfg.ppo_epochs):
-        for mini_index, start in enumerate(range(0, B, mini)):
+        for start in range(0, B, mini):
             mini_rows = torch.arange(start, min(B, start + mini))
             n_tokens = int(batch.rollout.train_mask[mini_rows].sum())
             n_seqs = int(mini_rows.numel())
             optimizer.zero_grad(set_to_none=True)
             for mstart in range(0, n_seqs, micro):
-                rows = mini_rows[mstart:mstart + micro]
+                rows = mini_rows[mstart : mstart + micro]
                 mb = make_micro_batch(batch.rollout, rows, device)
                 w = mb.response_width
                 normaliser = float(n_tokens if mode == "token-mean" else n_seqs)
@@ -100,10 +105,15 @@ def ppo_update(
                     old = batch.old_log_prob[rows, :w].to(device)
                 adv = batch.advantages[rows, :w].to(device)
                 out = loss_fn(
-                    old, logp, adv, mask,
-                    loss_agg_mode=mode, config=loss_cfg,
+                    old,
+                    logp,
+                    adv,
+                    mask,
+                    loss_agg_mode=mode,
+                    config=loss_cfg,
                     entropy=ent.detach() if ent is not None else None,
-                    batch_num_tokens=n_tokens, global_batch_size=n_seqs,
+                    batch_num_tokens=n_tokens,
+                    global_batch_size=n_seqs,
                 )
                 loss = out.loss
                 totals["actor/pg_loss"] += float(out.loss.detach())

@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -20,7 +21,10 @@ def warmup_key(cfg: Any, n_train: int) -> str:
     """Hash of the settings a warm-up depends on (model, tokenizer source, data, warm-up knobs, seed)."""
     parts = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in ("train_files", "synth", "prompt_key", "answer_key", "max_prompt_length")},
+        "data": {
+            k: OmegaConf.to_container(cfg.data, resolve=True)[k]
+            for k in ("train_files", "synth", "prompt_key", "answer_key", "max_prompt_length")
+        },
         "warmup": OmegaConf.to_container(cfg.warmup, resolve=True),
         "seed": int(cfg.seed),
         # tool-use demonstrations depend on the tools' settings (result format, output caps)
@@ -39,9 +43,12 @@ def near_miss(answer: str) -> str:
         return answer
 
 
-def supervised_batch(tokenizer: Any, prompts: Sequence[Any], answers: Sequence[str] | None = None,
-                     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def supervised_batch(
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    answers: Sequence[str] | None = None,
+    demos: Sequence[Sequence[tuple[str, int]]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask, labels (-100 on prompt and padding) for prompt+answer+EOS.
 
     With `demos`, row i's response is the concatenation of its (text, role) spans, and spans of
@@ -115,7 +122,12 @@ def run_warmup(
                     d[-1] = (a, d[-1][1])
         ids, mask, labels = supervised_batch(tokenizer, batch, answers, batch_demos)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), labels=labels.to(device))
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=pos.to(device),
+            labels=labels.to(device),
+        )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -73,8 +73,11 @@ def loss_normaliser(micro_batch: Any, loss_agg_mode: str, loss_scale_factor: flo
     if loss_agg_mode == "token-mean":
         tokens = _non_tensor(micro_batch, "batch_num_tokens")
         if tokens is None:
-            tokens = float(micro_batch["loss_mask"].values().sum() if micro_batch["loss_mask"].is_nested
-                           else micro_batch["loss_mask"].sum())
+            tokens = float(
+                micro_batch["loss_mask"].values().sum()
+                if micro_batch["loss_mask"].is_nested
+                else micro_batch["loss_mask"].sum()
+            )
         return float(tokens) / dp
     if loss_agg_mode == "token-sum":
         return 1.0 / dp
@@ -84,7 +87,11 @@ def loss_normaliser(micro_batch: Any, loss_agg_mode: str, loss_scale_factor: flo
             seqs = float(len(micro_batch))
         n = float(seqs) / dp
         if loss_agg_mode == "seq-mean-token-sum-norm":
-            n *= float(loss_scale_factor if loss_scale_factor is not None else int(_lengths(micro_batch["responses"]).max()))
+            n *= float(
+                loss_scale_factor
+                if loss_scale_factor is not None
+                else int(_lengths(micro_batch["responses"]).max())
+            )
         return n
     raise ValueError(f"influence capture does not know loss_agg_mode {loss_agg_mode!r}")
 
@@ -103,12 +110,20 @@ def influence_group(world_group: Any) -> Any:
 class WorkerInfluence:
     """Owns the tracer on the engine's module; driven by `ArcherTrainingWorker`."""
 
-    def __init__(self, module: torch.nn.Module, settings: InfluenceSettings, *, loss_agg_mode: str,
-                 loss_scale_factor: float | None, group: Any = None):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        settings: InfluenceSettings,
+        *,
+        loss_agg_mode: str,
+        loss_scale_factor: float | None,
+        group: Any = None,
+    ):
         if settings.output_function != "training_loss":
             raise ValueError(
                 f"influence.output_function={settings.output_function!r} needs an extra backward that verl's "
-                "engine does not expose; the verl engine captures training_loss (use engine: local for the others)"
+                "engine does not expose; the verl engine captures training_loss (use engine: local for the "
+                "others)"
             )
         self.settings = settings
         self.tracer = InfluenceTracer(module, settings)
@@ -123,8 +138,10 @@ class WorkerInfluence:
     def begin(self, data: Any, mini_batches_per_epoch: int) -> None:
         missing = [f for f in ROW_FIELDS if f not in data.keys()]
         if missing:
-            raise RuntimeError(f"influence capture needs the driver's row fields {missing} in the batch "
-                               "(the archer_sync trainer adds them)")
+            raise RuntimeError(
+                f"influence capture needs the driver's row fields {missing} in the batch "
+                "(the archer_sync trainer adds them)"
+            )
         rows = data["archer_row"].tolist()
         groups = data["archer_group"].tolist()
         accepted = data["archer_accepted"].tolist()
@@ -146,9 +163,14 @@ class WorkerInfluence:
         if self._minis_left <= 0:
             return
         starts, P, R = sequence_layout(micro_batch)
-        pos, rid, tok = packed_positions(micro_batch["archer_row"].tolist(), starts, P, R,
-                                         selected=self.tracer.selected(),
-                                         max_tokens=self.settings.max_tokens_per_response)
+        pos, rid, tok = packed_positions(
+            micro_batch["archer_row"].tolist(),
+            starts,
+            P,
+            R,
+            selected=self.tracer.selected(),
+            max_tokens=self.settings.max_tokens_per_response,
+        )
         scale = -loss_normaliser(micro_batch, self.loss_agg_mode, self.loss_scale_factor)
         self.tracer.recorder.begin_micro(pos, rid, tok, grad_scale=scale)
         self._open = True

@@ -73,7 +73,9 @@ def verl_config_dir() -> Path:
     """verl's `trainer/config` folder, found without importing verl (which takes seconds)."""
     spec = importlib.util.find_spec("verl")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("engine: verl needs the verl package", hint="pip install -e '.[verl]' (verl==0.9.1)")
+        raise ConfigError(
+            "engine: verl needs the verl package", hint="pip install -e '.[verl]' (verl==0.9.1)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "trainer" / "config"
 
 
@@ -96,21 +98,35 @@ def _no_verl_for(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.is_missing(cfg.data, "train_files") and not cfg.data.train_files:
-        raise ConfigError("engine: verl reads its prompts from data.train_files (the synthetic task is local only)",
-                          hint="archer data prepare dapo-math --input FILE --out DIR, then data.train_files=DIR/train.parquet")
+        raise ConfigError(
+            "engine: verl reads its prompts from data.train_files (the synthetic task is local only)",
+            hint=(
+                "archer data prepare dapo-math --input FILE --out DIR, then "
+                "data.train_files=DIR/train.parquet"
+            ),
+        )
     if cfg.data.answer_key != "reward_model.ground_truth":
-        raise ConfigError(f"engine: verl reads the answer from reward_model.ground_truth, not {cfg.data.answer_key!r}",
-                          hint="write the data in verl's layout with 'archer data prepare'")
+        raise ConfigError(
+            f"engine: verl reads the answer from reward_model.ground_truth, not {cfg.data.answer_key!r}",
+            hint="write the data in verl's layout with 'archer data prepare'",
+        )
     if not cfg.data.apply_chat_template:
-        raise ConfigError("engine: verl always renders prompts with the chat template (data.apply_chat_template=false)")
+        raise ConfigError(
+            "engine: verl always renders prompts with the chat template (data.apply_chat_template=false)"
+        )
     if cfg.warmup.enable:
-        raise ConfigError("warmup.enable is a local-engine feature", hint="set warmup.enable=false for engine: verl")
+        raise ConfigError(
+            "warmup.enable is a local-engine feature", hint="set warmup.enable=false for engine: verl"
+        )
     if cfg.trainer.device == "cpu":
         raise ConfigError("engine: verl runs on GPUs (trainer.device=cpu)", hint="use engine: local on a CPU")
     if cfg.influence.enable and cfg.influence.output_function != "training_loss":
         raise ConfigError(
-            f"influence.output_function={cfg.influence.output_function} needs an extra backward that verl's engine "
-            "does not expose", hint="use influence.output_function=training_loss, or engine: local")
+            f"influence.output_function={cfg.influence.output_function} needs an extra backward that verl's "
+            "engine "
+            "does not expose",
+            hint="use influence.output_function=training_loss, or engine: local",
+        )
 
 
 def _steps_or_end(every: int, total: int) -> int:
@@ -127,8 +143,11 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
     total = int(t["total_steps"])
     has_val = bool(d["val_files"])
     entropy_loss = a["policy_loss"] in ENTROPY_LOSSES
-    logger = ["console"] + (["tensorboard"] if t["logging"]["tensorboard"] else []) + \
-        (["wandb"] if t["logging"]["wandb"] else [])
+    logger = (
+        ["console"]
+        + (["tensorboard"] if t["logging"]["tensorboard"] else [])
+        + (["wandb"] if t["logging"]["wandb"] else [])
+    )
     out: dict[str, Any] = {
         # model
         f"{arr}.model.path": m["path"],
@@ -147,7 +166,9 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         "data.shuffle": d["shuffle"],
         "data.seed": c["seed"],
         # without val_files verl still builds a validation set; from 1 train prompt, never used
-        "data.val_max_samples": (r["val"]["max_prompts"] if r["val"]["max_prompts"] > 0 else -1) if has_val else 1,
+        "data.val_max_samples": (r["val"]["max_prompts"] if r["val"]["max_prompts"] > 0 else -1)
+        if has_val
+        else 1,
         # rollout
         f"{arr}.rollout.n": r["n"],
         f"{arr}.rollout.temperature": r["temperature"],
@@ -192,8 +213,10 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         "reward.custom_reward_function.path": REWARD_MODULE,
         "reward.custom_reward_function.name": REWARD_FUNCTION,
         "reward.custom_reward_function.reward_kwargs": {
-            "function": c["reward"]["function"], "timeout_s": c["reward"]["timeout_s"],
-            "format_reward": c["reward"]["format_reward"]},
+            "function": c["reward"]["function"],
+            "timeout_s": c["reward"]["timeout_s"],
+            "format_reward": c["reward"]["format_reward"],
+        },
         # trainer
         "trainer.total_training_steps": total,
         "trainer.test_freq": _steps_or_end(int(t["val_every"]), total) if has_val else -1,
@@ -211,8 +234,11 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
             "preset": preset,
             "trace": c["trace"],
             "influence": c["influence"],
-            "loss_knobs": {"aspo_dual_clip": a["aspo_dual_clip"],
-                           "aepo_entropy_advantage": a["aepo_entropy_advantage"], **a["archer"]},
+            "loss_knobs": {
+                "aspo_dual_clip": a["aspo_dual_clip"],
+                "aepo_entropy_advantage": a["aepo_entropy_advantage"],
+                **a["archer"],
+            },
         },
     }
     if m["dtype"] in MIXED_PRECISION:
@@ -223,8 +249,12 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
     if ob["enable"]:
         out["reward.reward_manager.name"] = "dapo"
         out["reward.reward_kwargs"] = {
-            "overlong_buffer_cfg": {"enable": True, "len": ob["len"], "penalty_factor": ob["penalty_factor"],
-                                    "log": True},
+            "overlong_buffer_cfg": {
+                "enable": True,
+                "len": ob["len"],
+                "penalty_factor": ob["penalty_factor"],
+                "log": True,
+            },
             "max_resp_len": r["max_new_tokens"],
         }
     return out
@@ -290,8 +320,11 @@ def _unknown_verl_key(key: str, source: str, cfg: Any) -> ConfigError:
     msg = f"unknown verl key 'verl.{key}' ({source})"
     if picks:
         msg += ". Did you mean " + ", ".join(f"'verl.{p}'" for p in picks) + "?"
-    return ConfigError(msg, hint="verl.* keys must exist in verl's trainer config; add a new one with "
-                                 "+verl.KEY=VALUE on the command line")
+    return ConfigError(
+        msg,
+        hint="verl.* keys must exist in verl's trainer config; add a new one with "
+        "+verl.KEY=VALUE on the command line",
+    )
 
 
 def pass_through(composed: Any) -> list[tuple[str, Any, str, bool]]:
@@ -303,10 +336,16 @@ def pass_through(composed: Any) -> list[tuple[str, Any, str, bool]]:
     from archer.core.config.compose import parse_override
 
     section = OmegaConf.to_container(composed.cfg.verl, resolve=True) if "verl" in composed.cfg else {}
-    added = {parse_override(o)[1][len("verl."):] for o in composed.overrides
-             if o.strip().startswith("+verl.") and "=" in o}
-    cli = {parse_override(o)[1][len("verl."):] for o in composed.overrides
-           if o.strip().lstrip("+").startswith("verl.") and "=" in o}
+    added = {
+        parse_override(o)[1][len("verl.") :]
+        for o in composed.overrides
+        if o.strip().startswith("+verl.") and "=" in o
+    }
+    cli = {
+        parse_override(o)[1][len("verl.") :]
+        for o in composed.overrides
+        if o.strip().lstrip("+").startswith("verl.") and "=" in o
+    }
     source = f"preset {composed.preset_path}" if composed.preset_path else "config"
     out = []
     for key, value in flatten(section or {}).items():
@@ -361,18 +400,27 @@ def _cross_checks(cfg: Any) -> None:
     sel = lambda k: OmegaConf.select(cfg, k)  # noqa: E731
     influence = bool(sel("archer.influence.enable"))
     if influence and int(sel("actor_rollout_ref.actor.ulysses_sequence_parallel_size") or 1) > 1:
-        raise ConfigError("influence capture needs actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
-                          hint="sequence parallelism slices each packed sequence across ranks")
+        raise ConfigError(
+            "influence capture needs actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
+            hint="sequence parallelism slices each packed sequence across ranks",
+        )
     if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
-        raise ConfigError("the trace needs the entropy of the old-log-prob pass, which "
-                          "algorithm.rollout_correction.bypass_mode=true skips", hint="set trace.enable=false")
-    if sel("actor_rollout_ref.actor.policy_loss.loss_mode") in ENTROPY_LOSSES and \
-            sel("actor_rollout_ref.actor.loss_agg_mode") not in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
-        raise ConfigError("archer's policy losses support loss_agg_mode token-mean, seq-mean-token-sum, "
-                          "seq-mean-token-mean")
+        raise ConfigError(
+            "the trace needs the entropy of the old-log-prob pass, which "
+            "algorithm.rollout_correction.bypass_mode=true skips",
+            hint="set trace.enable=false",
+        )
+    if sel("actor_rollout_ref.actor.policy_loss.loss_mode") in ENTROPY_LOSSES and sel(
+        "actor_rollout_ref.actor.loss_agg_mode"
+    ) not in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
+        raise ConfigError(
+            "archer's policy losses support loss_agg_mode token-mean, seq-mean-token-sum, seq-mean-token-mean"
+        )
     if sel("trainer.v1.trainer_mode") != ARCHER_TRAINER:
-        raise ConfigError(f"trainer.v1.trainer_mode must stay {ARCHER_TRAINER!r} under archer "
-                          "(traces, influence and archer's losses live there)")
+        raise ConfigError(
+            f"trainer.v1.trainer_mode must stay {ARCHER_TRAINER!r} under archer "
+            "(traces, influence and archer's losses live there)"
+        )
 
 
 def check_with_verl(vc: VerlConfig) -> None:
@@ -390,8 +438,10 @@ def check_with_verl(vc: VerlConfig) -> None:
             if node is not None and "_target_" in node:
                 omega_conf_to_dataclass(node)
     except (AssertionError, ValueError, TypeError) as e:
-        raise ConfigError(f"verl rejects the config: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
-                          hint="archer train ... --dry-run prints the composed verl config") from e
+        raise ConfigError(
+            f"verl rejects the config: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}",
+            hint="archer train ... --dry-run prints the composed verl config",
+        ) from e
     except Exception as e:  # omegaconf / hydra validation errors
         if type(e).__module__.split(".")[0] in ("omegaconf", "hydra"):
             raise ConfigError(f"verl rejects the config: {str(e).strip().splitlines()[0]}") from e
@@ -409,7 +459,13 @@ def runtime_env(run_dir: Path) -> dict[str, str]:
         "TENSORBOARD_DIR": str(Path(run_dir).resolve() / "tensorboard"),
         PG_TIMEOUT_ENV: os.environ.get(PG_TIMEOUT_ENV, str(DEFAULT_PG_TIMEOUT_S)),
     }
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "HF_HOME", "HF_HUB_OFFLINE", "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"):
+    for name in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC",
+    ):
         if name in os.environ:
             env[name] = os.environ[name]
     return env

@@ -26,7 +26,9 @@ def verl_estimator(name: str) -> Any:
         if index is None:
             raise ValueError(f"advantage estimator {verl_name(name)!r} needs the prompt uid of each response")
         norm = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
-        return archer_fn(token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo=norm, epsilon=1e-6)
+        return archer_fn(
+            token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo=norm, epsilon=1e-6
+        )
 
     estimator.__name__ = f"{verl_name(name)}_advantage"
     estimator._archer_name = verl_name(name)

@@ -48,39 +48,77 @@ def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list
     rows = [
         ("nodes", f"{nnodes} (trainer.nnodes; a multi-node run needs a Ray cluster: docs/verl.md)"),
         ("GPUs per node", f"{per_node} ({nnodes * per_node} in total; trainer.n_gpus_per_node)"),
-        ("rollout engine", f"{engine}, tensor parallel {s('actor_rollout_ref.rollout.tensor_model_parallel_size')}, "
-                           f"gpu_memory_utilization {s('actor_rollout_ref.rollout.gpu_memory_utilization')} "
-                           f"({'installed' if installed else 'NOT installed here'})"),
-        ("trainer", f"{s('trainer.v1.trainer_mode')} (verl V1, TransferQueue), FSDP strategy "
-                    f"{s('actor_rollout_ref.actor.strategy')}"),
-        ("algorithm", f"{s('algorithm.adv_estimator')}, policy loss {s('actor_rollout_ref.actor.policy_loss.loss_mode')}, "
-                      f"{s('actor_rollout_ref.actor.loss_agg_mode')}"),
-        ("batch", f"{prompts} prompts x {n} = {prompts * n} responses per step; mini-batch {mini} prompts, "
-                  f"{s('actor_rollout_ref.actor.ppo_epochs')} epoch(s) -> "
-                  f"{(prompts // max(1, mini)) * int(s('actor_rollout_ref.actor.ppo_epochs'))} optimizer step(s) per step"),
-        ("steps", f"{s('trainer.total_training_steps')} ("
-                  + (f"validate every {s('trainer.test_freq')}" if int(s("trainer.test_freq")) > 0
-                     else "no validation: data.val_files is empty")
-                  + f", checkpoint every {s('trainer.save_freq')})"),
-        ("influence", "off" if not infl["enable"] else
-         f"on: {infl['output_function']}, {infl['hessian_mode']} ({infl['hessian_source']} Hessian), modules "
-         f"/{infl['module_name_filter']}/ (last {infl['max_modules'] or 'all'})"),
+        (
+            "rollout engine",
+            f"{engine}, tensor parallel {s('actor_rollout_ref.rollout.tensor_model_parallel_size')}, "
+            f"gpu_memory_utilization {s('actor_rollout_ref.rollout.gpu_memory_utilization')} "
+            f"({'installed' if installed else 'NOT installed here'})",
+        ),
+        (
+            "trainer",
+            f"{s('trainer.v1.trainer_mode')} (verl V1, TransferQueue), FSDP strategy "
+            f"{s('actor_rollout_ref.actor.strategy')}",
+        ),
+        (
+            "algorithm",
+            f"{s('algorithm.adv_estimator')}, policy loss "
+            f"{s('actor_rollout_ref.actor.policy_loss.loss_mode')}, "
+            f"{s('actor_rollout_ref.actor.loss_agg_mode')}",
+        ),
+        (
+            "batch",
+            f"{prompts} prompts x {n} = {prompts * n} responses per step; mini-batch {mini} prompts, "
+            f"{s('actor_rollout_ref.actor.ppo_epochs')} epoch(s) -> "
+            f"{(prompts // max(1, mini)) * int(s('actor_rollout_ref.actor.ppo_epochs'))} optimizer step(s) "
+            "per step",
+        ),
+        (
+            "steps",
+            f"{s('trainer.total_training_steps')} ("
+            + (
+                f"validate every {s('trainer.test_freq')}"
+                if int(s("trainer.test_freq")) > 0
+                else "no validation: data.val_files is empty"
+            )
+            + f", checkpoint every {s('trainer.save_freq')})",
+        ),
+        (
+            "influence",
+            "off"
+            if not infl["enable"]
+            else f"on: {infl['output_function']}, {infl['hessian_mode']} ({infl['hessian_source']} Hessian), "
+            f"modules "
+            f"/{infl['module_name_filter']}/ (last {infl['max_modules'] or 'all'})",
+        ),
         ("output", str(run_dir)),
         ("  checkpoints", str(s("trainer.default_local_dir"))),
         ("  trace", (trace.get("dir") or str(Path(run_dir) / "trace")) if trace["enable"] else "off"),
         ("  metrics", f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"),
     ]
     if plugin_status is not None:
-        routes = [r for r, ok in (("entry point", plugin_status["entry_point"]),
-                                  ("VERL_USE_EXTERNAL_MODULES", plugin_status["env_var"])) if ok]
+        routes = [
+            r
+            for r, ok in (
+                ("entry point", plugin_status["entry_point"]),
+                ("VERL_USE_EXTERNAL_MODULES", plugin_status["env_var"]),
+            )
+            if ok
+        ]
         state = "registered" if plugin_status["registered"] else f"FAILED: {plugin_status['error']}"
-        rows.append(("verl plugin", f"{state} ({', '.join(routes) or 'imported by archer only'}; workers get "
-                                    "VERL_USE_EXTERNAL_MODULES through ray_init.runtime_env)"))
+        rows.append(
+            (
+                "verl plugin",
+                f"{state} ({', '.join(routes) or 'imported by archer only'}; workers get "
+                "VERL_USE_EXTERNAL_MODULES through ray_init.runtime_env)",
+            )
+        )
     return rows
 
 
-AGENT_WAITS = ("agent.enable=true: the verl engine does not run multi-turn tool rollouts yet (they need a verl "
-               "AgentLoopWorker; docs/agentic.md, 'What waits for verl')")
+AGENT_WAITS = (
+    "agent.enable=true: the verl engine does not run multi-turn tool rollouts yet (they need a verl "
+    "AgentLoopWorker; docs/agentic.md, 'What waits for verl')"
+)
 
 
 def refuse_agent(composed: Any) -> None:
@@ -88,8 +126,11 @@ def refuse_agent(composed: Any) -> None:
     if composed.cfg.agent.enable:
         from archer.errors import ConfigError
 
-        raise ConfigError(AGENT_WAITS, hint="run the same settings on the local engine: add engine=local "
-                                            "(small models), or agent.enable=false for plain GRPO on verl")
+        raise ConfigError(
+            AGENT_WAITS,
+            hint="run the same settings on the local engine: add engine=local "
+            "(small models), or agent.enable=false for plain GRPO on verl",
+        )
 
 
 def influence_warnings(vc: Any) -> list[str]:
@@ -98,11 +139,14 @@ def influence_warnings(vc: Any) -> list[str]:
     if not s("archer.influence.enable"):
         return []
     out = []
-    if int(s("actor_rollout_ref.actor.ppo_epochs")) != 1 or \
-            int(s("actor_rollout_ref.actor.ppo_mini_batch_size")) < int(s("data.train_batch_size")):
-        out.append("influence traces the first epoch's mini-batches, each at its own weights; "
-                   "actor.ppo_epochs=1 and actor.ppo_mini_batch_size=data.train_batch_size keep one set "
-                   "(the math-influence preset does)")
+    if int(s("actor_rollout_ref.actor.ppo_epochs")) != 1 or int(
+        s("actor_rollout_ref.actor.ppo_mini_batch_size")
+    ) < int(s("data.train_batch_size")):
+        out.append(
+            "influence traces the first epoch's mini-batches, each at its own weights; "
+            "actor.ppo_epochs=1 and actor.ppo_mini_batch_size=data.train_batch_size keep one set "
+            "(the math-influence preset does)"
+        )
     return out
 
 
@@ -140,14 +184,16 @@ def _preflight(vc: Any) -> None:
     try:
         plugin.register()
     except Exception as e:
-        raise ArcherError(f"archer's verl plugin did not register: {type(e).__name__}: {e}",
-                          hint="archer env shows what is installed") from e
+        raise ArcherError(
+            f"archer's verl plugin did not register: {type(e).__name__}: {e}",
+            hint="archer env shows what is installed",
+        ) from e
     engine = vc.select("actor_rollout_ref.rollout.name")
     if not rollout_installed(engine):
         raise ArcherError(
             f"the verl engine rolls out with {engine}, which is not installed here",
             hint="run on a GPU node with pip install -e '.[verl,vllm]'; "
-                 "'archer train ... --dry-run' checks the config on any machine",
+            "'archer train ... --dry-run' checks the config on any machine",
         )
 
 

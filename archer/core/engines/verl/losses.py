@@ -17,9 +17,10 @@ Normalisers: verl aggregates a micro-batch as Σ/N_global·dp_size (`global_batc
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -38,7 +39,9 @@ class LossInputs:
     kl_token_scale: torch.Tensor | None = None  # written back by the loss
 
 
-_INPUTS: contextvars.ContextVar[LossInputs | None] = contextvars.ContextVar("archer_loss_inputs", default=None)
+_INPUTS: contextvars.ContextVar[LossInputs | None] = contextvars.ContextVar(
+    "archer_loss_inputs", default=None
+)
 
 
 @contextmanager
@@ -58,10 +61,12 @@ def knob_names() -> tuple[str, ...]:
 
 def _policy_loss_config(verl_config: Any, knobs: dict[str, float]) -> PolicyLossConfig:
     base = {
-        "clip_ratio_low": float(verl_config.clip_ratio_low if verl_config.clip_ratio_low is not None
-                                else verl_config.clip_ratio),
-        "clip_ratio_high": float(verl_config.clip_ratio_high if verl_config.clip_ratio_high is not None
-                                 else verl_config.clip_ratio),
+        "clip_ratio_low": float(
+            verl_config.clip_ratio_low if verl_config.clip_ratio_low is not None else verl_config.clip_ratio
+        ),
+        "clip_ratio_high": float(
+            verl_config.clip_ratio_high if verl_config.clip_ratio_high is not None else verl_config.clip_ratio
+        ),
         "clip_ratio_c": float(verl_config.clip_ratio_c),
     }
     return PolicyLossConfig(**base, **{k: float(v) for k, v in knobs.items() if k in knob_names()})
@@ -72,7 +77,8 @@ def archer_denominators(global_batch_info: dict, loss_agg_mode: str) -> tuple[An
     Σ/N·dp_size aggregation (None where verl falls back to the micro-batch's own count)."""
     if loss_agg_mode not in ARCHER_AGG_MODES:
         raise ValueError(
-            f"archer's policy losses support loss_agg_mode {', '.join(ARCHER_AGG_MODES)}; got {loss_agg_mode!r}"
+            f"archer's policy losses support loss_agg_mode {', '.join(ARCHER_AGG_MODES)}; got "
+            f"{loss_agg_mode!r}"
         )
     dp = float(global_batch_info.get("dp_size", 1) or 1)
     tokens = global_batch_info.get("batch_num_tokens")
@@ -84,8 +90,15 @@ def verl_policy_loss(name: str) -> Any:
     """archer's policy loss `name` with verl's signature and return value."""
     archer_fn = get_policy_loss(name)
 
-    def policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean",
-                    config=None, rollout_is_weights=None):
+    def policy_loss(
+        old_log_prob,
+        log_prob,
+        advantages,
+        response_mask,
+        loss_agg_mode="token-mean",
+        config=None,
+        rollout_is_weights=None,
+    ):
         inputs = _INPUTS.get()
         if inputs is None or inputs.entropy is None:
             raise RuntimeError(
@@ -102,9 +115,15 @@ def verl_policy_loss(name: str) -> Any:
             )
         tokens, seqs = archer_denominators(dict(config.global_batch_info), loss_agg_mode)
         out = archer_fn(
-            old_log_prob, log_prob, advantages, response_mask,
-            loss_agg_mode=loss_agg_mode, config=_policy_loss_config(config, inputs.knobs),
-            entropy=inputs.entropy.to(log_prob.dtype), batch_num_tokens=tokens, global_batch_size=seqs,
+            old_log_prob,
+            log_prob,
+            advantages,
+            response_mask,
+            loss_agg_mode=loss_agg_mode,
+            config=_policy_loss_config(config, inputs.knobs),
+            entropy=inputs.entropy.to(log_prob.dtype),
+            batch_num_tokens=tokens,
+            global_batch_size=seqs,
         )
         inputs.kl_token_scale = out.kl_token_scale
         return out.loss, {f"actor/{k}": v for k, v in out.metrics.items()}
@@ -137,7 +156,9 @@ class ArcherLoss:
         return self.loss_mode in ENTROPY_LOSSES
 
     def __call__(self, *args: Any, **kwargs: Any):
-        if args or "model_output" not in kwargs or not self.needs_entropy:  # e.g. verl's top-k logits processor
+        if (
+            args or "model_output" not in kwargs or not self.needs_entropy
+        ):  # e.g. verl's top-k logits processor
             return self.base(*args, **kwargs)
         return self._with_entropy(kwargs["model_output"], kwargs["data"], kwargs.get("dp_group"))
 
@@ -168,5 +189,9 @@ class ArcherLoss:
         ref = padded["ref_log_prob"][:, :width]
         mask = padded["response_mask"][:, :width].to(bool)
         kld = kl_penalty(logprob=log_prob, ref_logprob=ref, kl_penalty=self.config.kl_loss_type)
-        return agg_loss(loss_mat=(scale[:, :width] - 1.0) * kld, loss_mask=mask,
-                        loss_agg_mode=self.config.loss_agg_mode, **self.config.global_batch_info)
+        return agg_loss(
+            loss_mat=(scale[:, :width] - 1.0) * kld,
+            loss_mask=mask,
+            loss_agg_mode=self.config.loss_agg_mode,
+            **self.config.global_batch_info,
+        )

@@ -64,8 +64,12 @@ def register() -> None:
     try:
         _register()
     except Exception as e:
-        log.error("archer's verl plugin failed to register (%s: %s); verl would only log this at debug level",
-                  type(e).__name__, e, exc_info=True)
+        log.error(
+            "archer's verl plugin failed to register (%s: %s); verl would only log this at debug level",
+            type(e).__name__,
+            e,
+            exc_info=True,
+        )
         if not logging.getLogger().handlers and not log.handlers:
             import sys
             import traceback
@@ -80,8 +84,10 @@ def entry_point_installed() -> bool:
     """Whether the installed archer distribution declares the `verl.plugins` entry point."""
     from importlib.metadata import entry_points
 
-    return any(ep.name == ENTRY_POINT_NAME and ep.value.startswith(MODULE)
-               for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return any(
+        ep.name == ENTRY_POINT_NAME and ep.value.startswith(MODULE)
+        for ep in entry_points(group=ENTRY_POINT_GROUP)
+    )
 
 
 def status() -> dict[str, Any]:

@@ -8,8 +8,9 @@ padding rows (`is_padding`, uid `pad…`) get -1 and never reach the plan or the
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,10 @@ def parse_key(key: str) -> tuple[str, int, int]:
 def padding_mask(keys: Sequence[str], tags: Sequence[dict] | None) -> np.ndarray:
     """True for the rows verl added to make the batch divisible (never traced)."""
     tags = tags or [{}] * len(keys)
-    return np.array([bool(t.get("is_padding", False)) or parse_key(k)[0].startswith("pad")
-                     for k, t in zip(keys, tags)], dtype=bool)
+    return np.array(
+        [bool(t.get("is_padding", False)) or parse_key(k)[0].startswith("pad") for k, t in zip(keys, tags)],
+        dtype=bool,
+    )
 
 
 def as_list(x: Any) -> list:
@@ -64,16 +67,22 @@ class InfluencePlan:
         return self.n_selected > 0
 
 
-def plan_influence(keys: Sequence[str], padding: np.ndarray, rewards: np.ndarray, seq_advantages: np.ndarray,
-                   settings: InfluenceSettings) -> InfluencePlan:
+def plan_influence(
+    keys: Sequence[str],
+    padding: np.ndarray,
+    rewards: np.ndarray,
+    seq_advantages: np.ndarray,
+    settings: InfluenceSettings,
+) -> InfluencePlan:
     """Select the prompt groups to trace (archer.influence.selection) over the real rows and
     spell the result as tensor fields: archer_row (global row id, -1 for padding), archer_group
     (group index, -1 = not traced), archer_accepted and archer_sign."""
     n = len(keys)
     real = np.flatnonzero(~padding)
     uids = [parse_key(keys[i])[0] for i in real]
-    metas, accepted, constant = plan_step([float(rewards[i]) for i in real],
-                                          [float(seq_advantages[i]) for i in real], uids, settings)
+    metas, accepted, constant = plan_step(
+        [float(rewards[i]) for i in real], [float(seq_advantages[i]) for i in real], uids, settings
+    )
     group_ids = {u: k for k, u in enumerate(dict.fromkeys(uids))}
     fields = {
         "archer_row": np.where(padding, -1, np.arange(n)).astype(np.int64),
@@ -90,8 +99,9 @@ def plan_influence(keys: Sequence[str], padding: np.ndarray, rewards: np.ndarray
     acc: list[bool | None] = [None] * n
     for j, i in enumerate(real):
         acc[int(i)] = acc_real[j]
-    return InfluencePlan(fields=fields, n_selected=len(metas), accepted=acc, constant_groups=constant,
-                         groups=list(group_ids))
+    return InfluencePlan(
+        fields=fields, n_selected=len(metas), accepted=acc, constant_groups=constant, groups=list(group_ids)
+    )
 
 
 def merge_influence(results: Sequence[Any]) -> tuple[dict[int, np.ndarray], dict[str, float]]:
@@ -109,7 +119,11 @@ def merge_influence(results: Sequence[Any]) -> tuple[dict[int, np.ndarray], dict
                 raise RuntimeError(f"influence row {r} came back from two data-parallel ranks")
             rows[int(r)] = np.asarray(v, dtype=np.float32)
         for k, v in m.items():
-            metrics[k] = metrics.get(k, 0.0) + float(v) if k in summed else max(metrics.get(k, float("-inf")), float(v))
+            metrics[k] = (
+                metrics.get(k, 0.0) + float(v)
+                if k in summed
+                else max(metrics.get(k, float("-inf")), float(v))
+            )
     return rows, metrics
 
 
@@ -134,8 +148,16 @@ def correct_flags(extra_fields: Sequence[Any] | None, n: int) -> list[bool | Non
     return out if len(out) == n and any(a is not None for a in out) else None
 
 
-def step_table(step: int, keys: Sequence[str], padding: np.ndarray, data: Any, *, max_response_length: int,
-               influence: dict[int, np.ndarray] | None = None, accepted: Sequence[bool | None] | None = None):
+def step_table(
+    step: int,
+    keys: Sequence[str],
+    padding: np.ndarray,
+    data: Any,
+    *,
+    max_response_length: int,
+    influence: dict[int, np.ndarray] | None = None,
+    accepted: Sequence[bool | None] | None = None,
+):
     """The schema-v1 trace table of a step (same columns as the local engine's), one row per real
     response, grouped by prompt uid and ordered by session. `data` holds the step's rows in key
     order: prompts, responses, response_mask, entropy (response-aligned), advantages, rm_scores,

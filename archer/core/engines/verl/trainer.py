@@ -77,8 +77,10 @@ class ArcherTrainer(PPOTrainerSync):
         self.archer = archer_section(self.config)
         infl = self.archer["influence"]
         self.archer_influence = InfluenceSettings.from_mapping(infl) if infl.get("enable") else None
-        payload = {"loss_knobs": self.archer["loss_knobs"],
-                   "influence": infl if self.archer_influence is not None else None}
+        payload = {
+            "loss_knobs": self.archer["loss_knobs"],
+            "influence": infl if self.archer_influence is not None else None,
+        }
         replies = self.actor_rollout_wg.archer_setup(payload)
         modules = next((r["influence_modules"] for r in replies if r), [])
         if self.archer_influence is not None:
@@ -121,9 +123,14 @@ class ArcherTrainer(PPOTrainerSync):
         }
         log.warning("archer: writing the per-token trace to %s", trace_dir)
         return TraceWriter(
-            trace_dir, summary, write_every=int(tcfg.get("write_every", 1)), fsync=bool(tcfg.get("fsync", False)),
-            row_group_size=int(tcfg.get("row_group_size", 64)), compression_level=int(tcfg.get("compression_level", 3)),
-            max_queue=int(tcfg.get("max_queue", 4)), resume_after_step=self.global_steps if resumed else None,
+            trace_dir,
+            summary,
+            write_every=int(tcfg.get("write_every", 1)),
+            fsync=bool(tcfg.get("fsync", False)),
+            row_group_size=int(tcfg.get("row_group_size", 64)),
+            compression_level=int(tcfg.get("compression_level", 3)),
+            max_queue=int(tcfg.get("max_queue", 4)),
+            resume_after_step=self.global_steps if resumed else None,
         )
 
     def fit(self, agent_loop_manager):
@@ -165,13 +172,20 @@ class ArcherTrainer(PPOTrainerSync):
         return batch
 
     def _archer_plan(self, batch, metrics):
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=["rm_scores", "advantages", "response_mask"])
-        rewards = np.array([float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])])
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["rm_scores", "advantages", "response_mask"],
+        )
+        rewards = np.array(
+            [float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])]
+        )
         seq_adv = sequence_advantages(nested_rows(data["advantages"]), nested_rows(data["response_mask"]))
         padding = padding_mask(batch.keys, batch.tags)
         plan = plan_influence(batch.keys, padding, rewards, seq_adv, self.archer_influence)
-        fields = TensorDict({k: torch.from_numpy(v) for k, v in plan.fields.items()}, batch_size=len(batch.keys))
+        fields = TensorDict(
+            {k: torch.from_numpy(v) for k, v in plan.fields.items()}, batch_size=len(batch.keys)
+        )
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
         if batch.fields is not None:  # a meta that names its fields limits what the workers fetch
             batch.fields = list(dict.fromkeys([*batch.fields, *plan.fields]))
@@ -189,13 +203,18 @@ class ArcherTrainer(PPOTrainerSync):
             if name in missing:
                 continue
             try:
-                extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
+                extra = tq.kv_batch_get(
+                    keys=batch.keys, partition_id=batch.partition_id, select_fields=[name]
+                )
                 data[name] = extra[name]
             except Exception as e:  # noqa: BLE001 - the column is optional; say once why it stays empty
                 missing.add(name)
                 log.warning("archer: the rows carry no %r (%s); the trace leaves that column empty", name, e)
         table = step_table(
-            step, batch.keys, padding_mask(batch.keys, batch.tags), data,
+            step,
+            batch.keys,
+            padding_mask(batch.keys, batch.tags),
+            data,
             max_response_length=int(self.config.data.max_response_length),
             influence=influence if plan is not None else None,
             accepted=plan.accepted if plan is not None else None,

@@ -45,11 +45,14 @@ class ArcherTrainingWorker(TrainingWorker):
         influence = payload.get("influence")
         if influence and self._archer_influence is None:
             if getattr(self.engine, "ulysses_sequence_parallel_size", 1) > 1:
-                raise ValueError("influence capture needs ulysses_sequence_parallel_size=1 (sequence parallelism "
-                                 "slices the packed tokens across ranks)")
+                raise ValueError(
+                    "influence capture needs ulysses_sequence_parallel_size=1 (sequence parallelism "
+                    "slices the packed tokens across ranks)"
+                )
             config = self.loss_fn.config if isinstance(self.loss_fn, ArcherLoss) else None
             self._archer_influence = WorkerInfluence(
-                self.engine.module, InfluenceSettings.from_mapping(influence),
+                self.engine.module,
+                InfluenceSettings.from_mapping(influence),
                 loss_agg_mode=str(getattr(config, "loss_agg_mode", "token-mean")),
                 loss_scale_factor=getattr(config, "loss_scale_factor", None),
                 group=influence_group(self.engine.get_data_parallel_group()),
@@ -63,8 +66,10 @@ class ArcherTrainingWorker(TrainingWorker):
 
             self.engine.forward_step = forward_step
         recorder = self._archer_influence.tracer.recorder if self._archer_influence else None
-        return {"influence_modules": list(recorder.names) if recorder else [],
-                "loss_mode": self.loss_fn.loss_mode if isinstance(self.loss_fn, ArcherLoss) else None}
+        return {
+            "influence_modules": list(recorder.names) if recorder else [],
+            "loss_mode": self.loss_fn.loss_mode if isinstance(self.loss_fn, ArcherLoss) else None,
+        }
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="train"), blocking=False)
     def train_mini_batch(self, data):
