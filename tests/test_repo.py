@@ -34,8 +34,11 @@ def test_ci_runs_the_readme_test_command():
     assert marked and marked.group(1).strip() == readme_blocks()[1].strip()
     command = marked.group(1).strip()
     assert f'TEST_CMD="{command}"' in script  # the script checks README against this line at run time
-    # and runs those very steps (the -q on pip only quietens it)
-    assert "pip install -q -e '.[test,verl]' -c constraints.txt\npython -m pytest -q\n" in script
+    # and runs those very steps (the -q on pip only quietens it), with ruff between them
+    install = script.index("pip install -q -e '.[test,verl]' -c constraints.txt\n")
+    lint = script.index("ruff check archer tests bench\nruff format --check archer tests bench\n")
+    tests = script.index("python -m pytest -q\n")
+    assert install < lint < tests
 
 
 @pytest.mark.slow
