@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -118,28 +119,20 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
                     for r in unit_rows
                 ]
             )
-            n_acc = sum(x.accepted for x in unit)
-            n_rej = len(unit) - n_acc
-            w = []
-            for x in unit:
-                base = (
-                    (1.0 / n_acc if s.contrastive_agg == "mean" else 1.0)
-                    if x.accepted
-                    else -(1.0 / n_rej if s.contrastive_agg == "mean" else 1.0)
-                )
-                w.append(base * x.sign)
-            d = (torch.tensor(w, dtype=torch.float64)[:, None] * G).sum(0)
-            if s.hessian_mode == "identity":
-                sol = d
-            else:
-                if s.hessian_source == "response":
-                    H = G.t() @ G
-                else:
-                    all_tok = [j for r in unit_rows for j in tok_idx[r]]
-                    H = g[all_tok].t() @ g[all_tok]
-                lam = s.reg_lambda if s.reg_lambda > 0 else 0.1 * torch.trace(H).item() / D
-                sol = torch.linalg.solve(H + lam * torch.eye(D, dtype=torch.float64), d)
+
+            grads = {r: G[i] for i, r in enumerate(unit_rows)}
+            H_full = _bf_hessian(s, unit_rows, grads, tok_idx, g)
+            lam = s.reg_lambda if s.reg_lambda > 0 else 0.1 * torch.trace(H_full).item() / D
+            eye = torch.eye(D, dtype=torch.float64)
             for r in unit_rows:
+                if s.contrast == "leave_one_out":  # the unit without r: its contrast and its Hessian
+                    others = [x for x in unit if x.row != r]
+                    d = _bf_contrast(s, others, grads)
+                    H = _bf_hessian(s, [x.row for x in others], grads, tok_idx, g)
+                else:
+                    d = _bf_contrast(s, unit, grads)
+                    H = H_full
+                sol = d if s.hessian_mode == "identity" else torch.linalg.solve(H + lam * eye, d)
                 for j in tok_idx[r]:
                     scores[j] = (g[j] @ sol) * (by_row[r].sign if token_sigma else 1.0)
         per_module.append(scores)
@@ -147,8 +140,30 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
     return {(r, t): total[j].item() for j, (r, t, _) in enumerate(toks)}
 
 
+def _bf_contrast(s, members, grads):
+    """d over `members` (metas of one unit), the weights counted among the members only."""
+    n_acc = sum(x.accepted for x in members)
+    n_rej = len(members) - n_acc
+    d = torch.zeros_like(next(iter(grads.values())))
+    for x in members:
+        mean = s.contrastive_agg == "mean"
+        base = (1.0 / n_acc if mean else 1.0) if x.accepted else -(1.0 / n_rej if mean else 1.0)
+        d += base * x.sign * grads[x.row]
+    return d
+
+
+def _bf_hessian(s, rows_in, grads, tok_idx, g):
+    """Σ g_r g_rᵀ over the rows (response source) or Σ g_t g_tᵀ over their tokens (token source)."""
+    if s.hessian_source == "response":
+        Gs = torch.stack([grads[r] for r in rows_in])
+        return Gs.t() @ Gs
+    toks_in = [j for r in rows_in for j in tok_idx[r]]
+    return g[toks_in].t() @ g[toks_in]
+
+
 def tracer_scores(model, batch, s, metas, **kw):
-    tracer = InfluenceTracer(model, s, identity_projection=True)
+    """Scores of the tracer at full dimension (`projection=identity`, the exact mode)."""
+    tracer = InfluenceTracer(model, dataclasses.replace(s, projection="identity"))
     tracer.begin_step(metas, batch.lengths())
     run_logprob_capture(model, batch, tracer, **kw)
     per_row, metrics = tracer.finish_step()
@@ -351,8 +366,12 @@ def test_separate_backward_fires_hooks_and_leaves_grad_untouched():
 
 def test_hessian_above_cap_is_refused_with_memory_figure():
     model = tiny_model()
+    # factor 1 is a random square projection: D = 32·16 = 512 for down_proj, above the cap
     with pytest.raises(ValueError, match=r"GiB.*max_hessian_dim"):
-        InfluenceRecorder(model, settings(max_hessian_dim=100), identity_projection=True)
+        InfluenceRecorder(model, settings(projection="rademacher", max_hessian_dim=100))
+    # the exact mode never forms a D×D Hessian (Woodbury); it is checked against memory instead
+    rec = InfluenceRecorder(model, settings(projection="identity", max_hessian_dim=100))
+    assert rec.dims == [(16, 16), (32, 16), (16, 16), (32, 16)]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -532,6 +551,7 @@ def test_random_projection_approaches_exact_as_k_grows():
         for seed in range(4):
             s = settings(
                 module_name_filter=r"layers\.1\.mlp\.down_proj$",
+                projection="rademacher",
                 projection_dim_factor=factor,
                 max_proj_vector_sum=0,
                 max_hessian_dim=0,
@@ -567,7 +587,12 @@ def test_bf16_storage_matches_fp32_ranking():
     metas = batch.metas()
     out = []
     for storage in ("fp32", "bf16"):
-        s = settings(module_name_filter=r"mlp\.down_proj$", projection_dim_factor=2, storage_dtype=storage)
+        s = settings(
+            module_name_filter=r"mlp\.down_proj$",
+            projection="rademacher",
+            projection_dim_factor=2,
+            storage_dtype=storage,
+        )
         tracer = InfluenceTracer(model, s)
         tracer.begin_step(metas, batch.lengths())
         run_logprob_capture(model, batch, tracer)
@@ -630,3 +655,187 @@ def test_config_section_and_settings_agree():
     cfg = OmegaConf.to_container(OmegaConf.structured(InfluenceConfig))
     assert cfg == dataclasses.asdict(InfluenceSettings())
     assert InfluenceSettings.from_mapping(OmegaConf.structured(InfluenceConfig)) == InfluenceSettings()
+
+
+# ----------------------------------------------------------------------------- exact mode, leave-one-out
+def _assert_matches(expected, per_row, rel=1e-9):
+    checked = 0
+    for (r, t), value in expected.items():
+        got = float(per_row[r][t])
+        if np.isnan(value):
+            assert np.isnan(got), (r, t)
+        else:
+            assert got == pytest.approx(value, rel=rel, abs=1e-12), (r, t)
+            checked += 1
+    assert checked > 30
+
+
+@pytest.mark.parametrize(
+    "mode,source,agg,scope,rgrad",
+    [
+        *itertools.product(
+            ["inverse"], ["response", "token"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]
+        ),
+        *itertools.product(
+            ["identity"], ["response"], ["sum", "mean"], ["per_prompt", "all_selected"], ["sum"]
+        ),
+        ("inverse", "response", "mean", "per_prompt", "mean"),
+        ("inverse", "token", "sum", "per_prompt", "mean"),
+    ],
+)
+def test_leave_one_out_matches_brute_force(mode, source, agg, scope, rgrad):
+    """Tokens of response r scored against the contrast of the unit without r and, in inverse mode,
+    the Hessian without r (H − g_r g_rᵀ, or minus r's token terms), with the unit's λ: against an
+    explicit per-response D×D solve in float64."""
+    model, batch = tiny_model(), make_batch()
+    s = settings(
+        hessian_mode=mode,
+        hessian_source=source,
+        contrastive_agg=agg,
+        accepted_rejected_scope=scope,
+        response_grad=rgrad,
+        contrast="leave_one_out",
+    )
+    metas = batch.metas("log_prob")
+    expected = brute_force(model, batch, s, metas)
+    per_row, _ = tracer_scores(model, batch, s, metas)
+    _assert_matches(expected, per_row)
+    # and it is not the include contrast
+    include, _ = tracer_scores(model, batch, dataclasses.replace(s, contrast="include"), metas)
+    differs = [r for r in per_rows_with_scores(per_row) if not torch.allclose(per_row[r], include[r])]
+    assert len(differs) == len(per_rows_with_scores(per_row))
+
+
+def test_leave_one_out_with_a_lone_accepted_response_scores_against_the_rejected_only():
+    """A group with one accepted response: leaving it out empties the accepted side, so with
+    `mean` its tokens are scored against −mean(rejected) (identity mode: g_t·(−ḡ_rej))."""
+    model = tiny_model(seed=2)
+    from influence_fixtures import Batch
+
+    g = torch.Generator().manual_seed(9)
+    responses = [torch.randint(3, 24, (5,), generator=g).tolist() for _ in range(4)]
+    batch = Batch([[4, 5, 6]] * 4, responses, [0] * 4, [1.0, 0.0, 0.0, 0.0])
+    s = settings(hessian_mode="identity", contrastive_agg="mean", contrast="leave_one_out")
+    expected = brute_force(model, batch, s, batch.metas())
+    per_row, _ = tracer_scores(model, batch, s, batch.metas())
+    for (r, t), value in expected.items():
+        assert float(per_row[r][t]) == pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+def test_identity_projection_is_exact_whatever_the_factor_and_caps():
+    """`projection=identity` ignores projection_dim_factor and the caps (full dimension, exact),
+    while `projection_dim_factor=1` is a random square projection and is not exact."""
+    model, batch = tiny_model(), make_batch()
+    metas = batch.metas()
+    exact_s = settings(projection="identity", projection_dim_factor=32, max_proj_vector_sum=4)
+    expected = brute_force(model, batch, exact_s, metas)
+    tracer = InfluenceTracer(model, exact_s)
+    assert tracer.recorder.dims == [(16, 16), (32, 16), (16, 16), (32, 16)]
+    tracer.begin_step(metas, batch.lengths())
+    run_logprob_capture(model, batch, tracer)
+    per_row, _ = tracer.finish_step()
+    tracer.close()
+    model.zero_grad(set_to_none=True)
+    _assert_matches(expected, per_row)
+
+    square = settings(projection="rademacher", projection_dim_factor=1)
+    tracer = InfluenceTracer(model, square)
+    assert tracer.recorder.dims == [(16, 16), (32, 16), (16, 16), (32, 16)]  # same size, random matrix
+    tracer.begin_step(metas, batch.lengths())
+    run_logprob_capture(model, batch, tracer)
+    projected, _ = tracer.finish_step()
+    tracer.close()
+    keys = [k for k, v in expected.items() if not np.isnan(v)]
+    ex = np.array([expected[k] for k in keys])
+    pr = np.array([float(projected[r][t]) for r, t in keys])
+    assert np.linalg.norm(pr - ex) / np.linalg.norm(ex) > 0.01
+
+
+def test_exact_mode_is_refused_with_a_memory_figure_when_the_step_does_not_fit(monkeypatch):
+    import archer.influence.tracer as tracer_mod
+
+    model, batch = tiny_model(), make_batch()
+    metas = batch.metas()
+    s = settings(projection="identity")
+    tracer = InfluenceTracer(model, s)
+    n_tok = sum(len(batch.responses[m.row]) for m in metas)
+    est = tracer.memory_estimate(metas, {m.row: len(batch.responses[m.row]) for m in metas})
+    # float64 model with fp32 storage: 8 bytes per number, (k_in + k_out) numbers per module and token
+    assert est["factors"] == n_tok * (32 + 48 + 32 + 48) * 8
+    assert est["scoring"] > 0
+    monkeypatch.setattr(tracer_mod, "available_memory_bytes", lambda device: 10_000)
+    with pytest.raises(
+        tracer_mod.InfluenceMemoryError, match=r"projection=identity.*GiB.*free on cpu"
+    ) as err:
+        tracer.begin_step(metas, batch.lengths())
+    assert err.value.needed == est["factors"] + est["scoring"] and err.value.available == 10_000
+    # a random projection is never checked this way (its D is capped when the tracer is built)
+    InfluenceTracer(model, settings(projection="rademacher", projection_dim_factor=4)).begin_step(
+        metas, batch.lengths()
+    )
+    monkeypatch.setattr(tracer_mod, "available_memory_bytes", lambda device: 1 << 40)
+    tracer.begin_step(metas, batch.lengths())  # fits
+
+
+def _explicit_loo(T_rows, blocks, coef_rows, lam):
+    """H₋ᵣ⁻¹(Σ_i coef[r, i] b_i) with H₋ᵣ = Σ_{rows not in block r} b bᵀ + λI, one dense solve each."""
+    D = T_rows.shape[1]
+    out = []
+    for r, idx in enumerate(blocks):
+        keep = [i for i in range(T_rows.shape[0]) if i not in set(idx.tolist())]
+        H = T_rows[keep].t() @ T_rows[keep] + lam * torch.eye(D, dtype=torch.float64)
+        out.append(torch.linalg.solve(H, coef_rows[r] @ T_rows))
+    return torch.stack(out)
+
+
+def test_kernel_and_dense_leave_one_out_directions_equal_explicit_solves():
+    from archer.influence.scoring import dense_token_loo_directions, kernel_directions, token_gram64
+
+    gen = torch.Generator().manual_seed(4)
+    lam = 0.05
+    # response source: blocks are single rows; kernel form whatever R vs D
+    for R, D in ((6, 40), (12, 8)):
+        G = torch.randn(R, D, generator=gen, dtype=torch.float64)
+        C = torch.randn(R, R, generator=gen, dtype=torch.float64)
+        C.fill_diagonal_(0.0)
+        blocks = [torch.tensor([r]) for r in range(R)]
+        beta = kernel_directions(G @ G.t(), C.t(), lam, blocks)
+        assert torch.allclose(beta.t() @ G, _explicit_loo(G, blocks, C, lam), rtol=1e-9, atol=1e-11)
+    # token source: blocks of tokens, kernel form (N < D) and dense downdate (N >= D)
+    for N, ko, ki in ((10, 5, 8), (30, 3, 4)):
+        U = torch.randn(N, ko, generator=gen, dtype=torch.float64)
+        V = torch.randn(N, ki, generator=gen, dtype=torch.float64)
+        T = (U[:, :, None] * V[:, None, :]).reshape(N, ko * ki)
+        resp = torch.arange(N) % 3
+        blocks = [(resp == r).nonzero().flatten() for r in range(3)]
+        G = torch.stack([T[b].sum(0) for b in blocks])
+        C = torch.tensor([[0.0, -1.0, 2.0], [1.0, 0.0, -1.0], [0.5, -0.5, 0.0]], dtype=torch.float64)
+        expected = _explicit_loo(T, blocks, C @ torch.stack([(resp == r).double() for r in range(3)]), lam)
+        per_token = C.t().index_select(0, resp)
+        beta = kernel_directions(token_gram64(U, V), per_token, lam, blocks)
+        kernel = torch.stack([(U.t() @ (V * beta[:, r, None])).reshape(-1) for r in range(3)])
+        assert torch.allclose(kernel, expected, rtol=1e-9, atol=1e-11)
+        dense = dense_token_loo_directions(U, V, blocks, G, C, lam)
+        assert torch.allclose(dense, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_settings_reach_the_trace_summary_and_name_the_contrast():
+    from archer.influence.settings import TRACE_SUMMARY_KEY, InfluenceSettings, trace_contrast
+
+    s = InfluenceSettings(enable=True, contrast="leave_one_out")
+    summary = s.trace_summary()
+    assert summary["contrast"] == "leave_one_out" and summary["hessian_mode"] == "inverse"
+    assert "profile_timing" not in summary and "enable" not in summary
+    assert "projection_dim_factor" not in InfluenceSettings(projection="identity").trace_summary()
+    import json
+
+    json.dumps(summary)  # plain values
+    assert trace_contrast({"influence": True, TRACE_SUMMARY_KEY: summary}) == "leave_one_out"
+    assert trace_contrast({"influence": True}) == "include"  # traces from before the knob existed
+    assert trace_contrast({"influence": False}) is None
+    model = tiny_model()
+    described = InfluenceTracer(model, settings(contrast="leave_one_out")).describe()
+    assert described["contrast"] == "leave_one_out"
+    assert described["modules"][1] == {"name": "model.layers.0.mlp.down_proj", "k_in": 32, "k_out": 16}
+    with pytest.raises(ValueError, match="influence.contrast must be one of include, leave_one_out"):
+        InfluenceSettings(contrast="loo").validate()

@@ -33,9 +33,11 @@ def _scores(batch, s, rows, comm=None):
 
 
 CONFIGS = [
-    ("inverse", "response", "per_prompt"),
-    ("inverse", "token", "per_prompt"),
-    ("identity", "response", "all_selected"),
+    ("inverse", "response", "per_prompt", "include"),
+    ("inverse", "token", "per_prompt", "include"),
+    ("identity", "response", "all_selected", "include"),
+    ("inverse", "response", "all_selected", "leave_one_out"),
+    ("inverse", "token", "per_prompt", "leave_one_out"),
 ]
 
 
@@ -48,9 +50,11 @@ def _worker(rank: int, port: int, out: dict) -> None:
         batch = make_batch(seed=11)
         # interleave rows so that every group has responses on both ranks
         rows = [r for r in batch.rows if r % 2 == rank]
-        for mode, source, scope in CONFIGS:
-            s = settings(hessian_mode=mode, hessian_source=source, accepted_rejected_scope=scope)
-            out[(rank, mode, source, scope)] = _scores(batch, s, rows, comm=ProcessGroupComm())
+        for mode, source, scope, contrast in CONFIGS:
+            s = settings(
+                hessian_mode=mode, hessian_source=source, accepted_rejected_scope=scope, contrast=contrast
+            )
+            out[(rank, mode, source, scope, contrast)] = _scores(batch, s, rows, comm=ProcessGroupComm())
     finally:
         dist.destroy_process_group()
 
@@ -61,18 +65,26 @@ def test_two_ranks_equal_one_rank():
         out = manager.dict()
         mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
         results = dict(out)
-    for mode, source, scope in CONFIGS:
-        s = settings(hessian_mode=mode, hessian_source=source, accepted_rejected_scope=scope)
+    for mode, source, scope, contrast in CONFIGS:
+        s = settings(
+            hessian_mode=mode, hessian_source=source, accepted_rejected_scope=scope, contrast=contrast
+        )
         single, _ = _scores(batch, s, batch.rows)
         merged = {}
         for rank in (0, 1):
-            per_row, metrics = results[(rank, mode, source, scope)]
+            per_row, metrics = results[(rank, mode, source, scope, contrast)]
             assert metrics["influence/groups_skipped_all_same"] == 2
             merged.update(per_row)
         assert sorted(merged) == sorted(single)
         for r in single:
             a, b = torch.tensor(single[r], dtype=torch.float64), torch.tensor(merged[r], dtype=torch.float64)
-            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True), (mode, source, scope, r)
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True), (
+                mode,
+                source,
+                scope,
+                contrast,
+                r,
+            )
         # and the split really matters: one rank alone sees incomplete groups and scores differently
         lonely, _ = _scores(batch, s, [r for r in batch.rows if r % 2 == 0])
         assert any(

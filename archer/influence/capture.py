@@ -104,6 +104,8 @@ class InfluenceRecorder:
 
     def __init__(self, model: nn.Module, settings: InfluenceSettings, *, identity_projection: bool = False):
         self.settings = settings
+        # exact mode: full-dimension factors, no projection product at all
+        identity_projection = identity_projection or settings.projection == "identity"
         self.identity_projection = identity_projection
         selected = select_modules(model, settings.module_name_filter, settings.max_modules)
         if not selected:
@@ -112,7 +114,7 @@ class InfluenceRecorder:
             )
         self.names: list[str] = []
         self.dims: list[tuple[int, int]] = []
-        self._proj: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._proj: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self._handles: list[Any] = []
         for idx, (name, mod) in enumerate(selected):
             d_in, d_out = mod.in_features, mod.out_features
@@ -128,7 +130,8 @@ class InfluenceRecorder:
                 )
             D = k_in * k_out
             if (
-                settings.max_hessian_dim > 0
+                not identity_projection  # exact mode is checked against memory per step (tracer)
+                and settings.max_hessian_dim > 0
                 and D > settings.max_hessian_dim
                 and settings.hessian_mode == "inverse"
             ):
@@ -140,14 +143,16 @@ class InfluenceRecorder:
                 )
             self.names.append(name)
             self.dims.append((k_in, k_out))
-            p_in = projection_matrix(
-                name, "in", k_in, d_in, kind=settings.projection, identity=identity_projection
-            )
-            p_out = projection_matrix(
-                name, "out", k_out, d_out, kind=settings.projection, identity=identity_projection
-            )
-            self._proj.append((p_in, p_out))
+            if identity_projection:
+                self._proj.append(None)
+            else:
+                p_in = projection_matrix(name, "in", k_in, d_in, kind=settings.projection)
+                p_out = projection_matrix(name, "out", k_out, d_out, kind=settings.projection)
+                self._proj.append((p_in, p_out))
             self._handles.append(mod.register_forward_hook(self._make_forward_hook(idx)))
+        self._device = selected[0][1].weight.device
+        # factors are computed in float64 for a float64 model, in float32 otherwise
+        self.compute_dtype = torch.float64 if selected[0][1].weight.dtype == torch.float64 else torch.float32
         self._storage_dtype = torch.bfloat16 if settings.storage_dtype == "bf16" else torch.float32
         self._ctx: dict[str, Any] | None = None
         self._slots: list[_Slot] = []
@@ -174,9 +179,17 @@ class InfluenceRecorder:
     def module_dims(self) -> list[int]:
         return [a * b for a, b in self.dims]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the traced modules' weights live (the default scoring device)."""
+        return self._device
+
     def _projections(
         self, idx: int, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(P_in, P_out) on `device`, or None for the identity (exact) projection."""
+        if self._proj[idx] is None:
+            return None
         p_in, p_out = self._proj[idx]
         if p_in.device != device or p_in.dtype != dtype:
             p_in, p_out = p_in.to(device=device, dtype=dtype), p_out.to(device=device, dtype=dtype)
@@ -294,9 +307,11 @@ class InfluenceRecorder:
                     "disagree"
                 )
             dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-            p_in, p_out = self._projections(idx, x.device, dtype)
+            proj = self._projections(idx, x.device, dtype)
             with torch.no_grad():  # nothing here may join the graph (checkpointing counts saved tensors)
-                v = x.reshape(-1, x.shape[-1]).index_select(0, pos).to(dtype) @ p_in.t()
+                v = x.reshape(-1, x.shape[-1]).index_select(0, pos).to(dtype)
+                if proj is not None:
+                    v = v @ proj[0].t()
             slot.v = self._store(v)
             if self._keep_outputs:
                 slot.output = output
@@ -307,7 +322,9 @@ class InfluenceRecorder:
                     raise RuntimeError(f"module {self.names[idx]} received two gradients in one micro-batch")
                 t1 = self._tick(grad.device)
                 with torch.no_grad():
-                    u = grad.reshape(-1, grad.shape[-1]).index_select(0, pos).to(dtype) @ p_out.t()
+                    u = grad.reshape(-1, grad.shape[-1]).index_select(0, pos).to(dtype)
+                    if proj is not None:
+                        u = u @ proj[1].t()
                     if scale != 1.0:
                         u = u * scale
                 slot.u = self._store(u)

@@ -6,6 +6,10 @@ vec(u_t v_tᵀ) of size D = k_in·k_out without ever forming the d_out×d_in mat
 (Rademacher) or N(0, 1/k) (Gaussian), so E[PᵀP] = I and inner products are preserved in
 expectation. Each matrix is seeded from a stable hash of the module name and side: the same
 module gets the same matrix on every rank, at every step, in every process.
+
+A random projection is never exact, not even a square one: `projection_dim_factor=1` gives a
+random d×d matrix, whose PᵀP is the identity only in expectation. Exact, full-dimension factors come
+from `projection="identity"` (k = d, P = I).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def pick_projection_dims(
 ) -> tuple[int, int]:
     """(k_in, k_out): dim // factor on each side, then the larger side shrinks until
     k_in + k_out <= max_vector_sum and k_in * k_out <= max_hessian_dim (each side stays >= 1).
-    A factor of 1 keeps the full dimensions (exact gradients) when the caps allow it."""
+    A factor of 1 keeps the full dimensions when the caps allow it, but the matrix is still a random
+    square one (not the identity): only `projection="identity"` is exact."""
     if factor < 1:
         raise ValueError("projection_dim_factor must be >= 1")
     k_in = max(1, min(d_in, d_in // factor if factor > 1 else d_in))
@@ -53,8 +58,9 @@ def projection_matrix(
     name: str, side: str, k: int, d: int, *, kind: str = "rademacher", identity: bool = False
 ) -> torch.Tensor:
     """A [k, d] float32 matrix for one side of one module (CPU; move it where it is used).
-    `identity=True` (requires k == d) returns the identity: the projection is then exact."""
-    if identity or (k == d and kind == "identity"):
+    `kind="identity"` (or `identity=True`; requires k == d) returns the identity: the projection is
+    then exact. The recorder skips the product altogether in that case."""
+    if identity or kind == "identity":
         if k != d:
             raise ValueError("an identity projection needs k == d")
         return torch.eye(d, dtype=torch.float32)

@@ -24,8 +24,43 @@ import torch
 from torch import nn
 
 from archer.influence.capture import InfluenceRecorder
-from archer.influence.scoring import ResponseMeta, scatter_to_rows, score_tokens
+from archer.influence.scoring import (
+    ResponseMeta,
+    estimate_memory_bytes,
+    scatter_to_rows,
+    scope_units,
+    score_tokens,
+)
 from archer.influence.settings import InfluenceSettings
+
+
+class InfluenceMemoryError(ValueError):
+    """Exact influence (`projection=identity`) of this step would not fit in the memory left."""
+
+    def __init__(self, message: str, needed: int, available: int):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+
+
+def available_memory_bytes(device: torch.device | str) -> int:
+    """Memory a new allocation can still get on `device`: free GPU memory plus what PyTorch's
+    caching allocator holds unused; on the CPU, the kernel's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
 
 # σ_r, the sign each output function puts on a response (see scoring.py)
 SIGNED_BY_ADVANTAGE = ("training_loss", "log_prob_advantage")
@@ -129,11 +164,70 @@ class InfluenceTracer:
         return {m.row: self.lengths.get(m.row, 0) for m in self.metas}
 
     def begin_step(self, metas: Sequence[ResponseMeta], lengths: dict[int, int]) -> None:
+        """Name the step's selected responses. In exact mode (`projection=identity`) the step's
+        memory is estimated first and the step refused (InfluenceMemoryError) when it would not fit."""
         self.recorder.reset()
         self.metas = list(metas)
         self.lengths = {int(r): int(L) for r, L in lengths.items()}
         self.timings = {}
         self._capture_seconds = 0.0
+        if self.settings.exact and self.metas:
+            self._check_exact_fits()
+
+    def scoring_device(self) -> torch.device:
+        s = self.settings
+        if s.grad_offload_to_cpu and not s.force_gpu_compute:
+            return torch.device("cpu")
+        if s.force_gpu_compute and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return self.recorder.device
+
+    def memory_estimate(
+        self, metas: Sequence[ResponseMeta], tokens_per_row: dict[int, int]
+    ) -> dict[str, int]:
+        """estimate_memory_bytes for these responses, given the captured tokens of each row."""
+        units, _ = scope_units(metas, self.settings.accepted_rejected_scope)
+        sizes = [(len(u), sum(tokens_per_row.get(m.row, 0) for m in u)) for u in units]
+        cb = 8 if self.recorder.compute_dtype == torch.float64 else 4
+        return estimate_memory_bytes(
+            self.recorder.dims,
+            sizes,
+            len(metas),
+            sum(tokens_per_row.get(m.row, 0) for m in metas),
+            self.settings,
+            compute_bytes=cb,
+        )
+
+    def _check_exact_fits(self) -> None:
+        cap = self.settings.max_tokens_per_response
+        tokens = {r: (min(L, cap) if cap > 0 else L) for r, L in self.lengths.items()}
+        est = self.memory_estimate(self.metas, tokens)
+        needed = est["factors"] + est["scoring"]
+        device = self.scoring_device()
+        available = available_memory_bytes(device)
+        if needed > available:
+            gib = 2**30
+            n_tok = sum(tokens.values())
+            raise InfluenceMemoryError(
+                f"influence.projection=identity (exact) needs about {needed / gib:.1f} GiB for this step "
+                f"({est['factors'] / gib:.1f} GiB of full-dimension factors for {n_tok} tokens "
+                f"and {len(self.recorder.names)} modules, {est['scoring'] / gib:.1f} GiB to score the "
+                f"largest module) but {available / gib:.1f} GiB is free on {device}; trace fewer modules "
+                "(influence.module_name_filter / max_modules), fewer groups or tokens "
+                "(influence.max_prompts_per_step / max_tokens_per_response), or use a random projection",
+                needed,
+                available,
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """What the trace's summary.json should record about this tracer: the settings that decide
+        what the scores mean, and the traced modules with their (projected) factor sizes."""
+        out = self.settings.trace_summary()
+        out["modules"] = [
+            {"name": n, "k_in": k_in, "k_out": k_out}
+            for n, (k_in, k_out) in zip(self.recorder.names, self.recorder.dims)
+        ]
+        return out
 
     @contextmanager
     def micro(
@@ -181,19 +275,16 @@ class InfluenceTracer:
         if dev is None and s.force_gpu_compute and torch.cuda.is_available():
             dev = "cuda"
         factor_bytes = self.recorder.memory_bytes()
+        tokens_per_row: dict[int, int] = {}
+        for r in captured.rows.tolist():
+            tokens_per_row[r] = tokens_per_row.get(r, 0) + 1
+        scoring_bytes = self.memory_estimate(self.metas, tokens_per_row)["scoring"] if self.metas else 0
         result = score_tokens(
             captured, self.metas, s, compute_device=dev, comm=self.comm, timings=self.timings
         )
         per_row = scatter_to_rows(result.scores, captured, self.selected())
         rows_emitted = sum(1 for v in per_row.values() if bool(torch.isfinite(v).any()))
         D = max(self.recorder.module_dims) if self.recorder.module_dims else 0
-        R = max(1, len(self.metas))
-        if s.hessian_mode == "identity":
-            solve_bytes = 0
-        elif s.hessian_source == "response" and R < D:
-            solve_bytes = 8 * (R * R + R * D)
-        else:
-            solve_bytes = 8 * D * D
         metrics = {
             "influence/rows_emitted": float(rows_emitted),
             "influence/groups_selected": result.metrics["groups_selected"],
@@ -201,7 +292,7 @@ class InfluenceTracer:
             "influence/tokens_captured": float(captured.num_tokens),
             "influence/modules": float(len(self.recorder.names)),
             "influence/max_module_dim": float(D),
-            "influence/peak_memory_estimate_mb": (factor_bytes + solve_bytes) / 2**20,
+            "influence/peak_memory_estimate_mb": (factor_bytes + scoring_bytes) / 2**20,
         }
         if s.profile_timing:
             metrics["timing_s/influence_capture"] = self._capture_seconds + self.recorder.hook_seconds

@@ -253,6 +253,12 @@ class InfluenceConfig:
     contrastive_agg: str = opt(
         "sum", "accepted minus rejected: sums (sum) or difference of means (mean)", choices=("sum", "mean")
     )
+    contrast: str = opt(
+        "include",
+        "include: a response's own gradient is part of the contrast its tokens are scored against; "
+        "leave_one_out: the contrast (and in inverse mode the Hessian) of response r leaves r out",
+        choices=("include", "leave_one_out"),
+    )
     response_grad: str = opt(
         "sum", "response gradient = sum or mean of its token gradients", choices=("sum", "mean")
     )
@@ -260,12 +266,26 @@ class InfluenceConfig:
         r"mlp\.down_proj$", "regex over nn.Linear names (FSDP wrapper prefixes stripped)"
     )
     max_modules: int = opt(4, "keep the last N matching modules (0 = all)", ge=0)
-    projection_dim_factor: int = opt(32, "projected side k = dim // factor (1 = no projection)", ge=1)
+    projection_dim_factor: int = opt(
+        32,
+        "projected side k = dim // factor (1 = a random square projection, still not exact; for exact "
+        "gradients use projection=identity)",
+        ge=1,
+    )
     max_proj_vector_sum: int = opt(128, "cap on k_in + k_out per module (0 = none)", ge=0)
     max_hessian_dim: int = opt(
-        4096, "refuse D = k_in·k_out above this (the Hessian takes 8·D² bytes; 0 = none)", ge=0
+        4096,
+        "refuse a projected D = k_in·k_out above this in inverse mode (a dense Hessian takes 8·D² bytes; "
+        "0 = none); projection=identity is checked against free memory instead",
+        ge=0,
     )
-    projection: str = opt("rademacher", "random projection entries", choices=("rademacher", "gaussian"))
+    projection: str = opt(
+        "rademacher",
+        "random projection entries (rademacher, gaussian), or identity: no projection, exact full-dimension "
+        "gradients (projection_dim_factor and max_proj_vector_sum are ignored; refused when the step's "
+        "scoring would not fit in memory)",
+        choices=("rademacher", "gaussian", "identity"),
+    )
     reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means 0.1·trace(H)/D")
     max_tokens_per_response: int = opt(
         0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0
