@@ -453,7 +453,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
             assert k in r
     assert sum(r["agent/tool_calls"] for r in rows) > 0
     reader = TraceReader(out)
-    assert reader.summary["agent"]["python_sandbox"]["isolation"] in ("namespaces", "audit-hook")
+    assert reader.summary["agent"]["python_sandbox"]["isolation"] == "bwrap"
     roles, resp = [], []
     for step in (1, 2):
         table = reader.read_step(step)

@@ -107,7 +107,7 @@ class AgentRunner:
                     max_file_mb=int(p.max_file_mb),
                     max_output_chars=int(p.max_output_chars),
                 ),
-                namespaces=bool(p.namespaces),
+                isolation=str(p.isolation),
                 cache_size=int(p.cache_size),
             )
         search = None
@@ -140,7 +140,13 @@ class AgentRunner:
         tools = ", ".join(self.toolbox.available)
         iso = self.isolation.get("isolation", "n/a")
         mech = "+".join(self.isolation.get("mechanisms", []))
-        return f"agent: {self.cfg.agent.algorithm} · tools {tools} · python sandbox {iso} ({mech})"
+        line = f"agent: {self.cfg.agent.algorithm} · tools {tools} · python sandbox {iso} ({mech})"
+        if self.isolation.get("unsafe"):  # the user's opt-in, repeated at every start
+            line += (
+                "\n[bold red]warning: agent.tools.python.isolation=none: model-written code runs "
+                "WITHOUT isolation, with your user's rights (docs/security.md)[/bold red]"
+            )
+        return line
 
     def branch_settings(self, *, n: int | None = None, validation: bool = False) -> BranchSettings:
         a = self.cfg.agent
