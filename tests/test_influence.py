@@ -817,25 +817,3 @@ def test_kernel_and_dense_leave_one_out_directions_equal_explicit_solves():
         assert torch.allclose(kernel, expected, rtol=1e-9, atol=1e-11)
         dense = dense_token_loo_directions(U, V, blocks, G, C, lam)
         assert torch.allclose(dense, expected, rtol=1e-9, atol=1e-11)
-
-
-def test_settings_reach_the_trace_summary_and_name_the_contrast():
-    from archer.influence.settings import TRACE_SUMMARY_KEY, InfluenceSettings, trace_contrast
-
-    s = InfluenceSettings(enable=True, contrast="leave_one_out")
-    summary = s.trace_summary()
-    assert summary["contrast"] == "leave_one_out" and summary["hessian_mode"] == "inverse"
-    assert "profile_timing" not in summary and "enable" not in summary
-    assert "projection_dim_factor" not in InfluenceSettings(projection="identity").trace_summary()
-    import json
-
-    json.dumps(summary)  # plain values
-    assert trace_contrast({"influence": True, TRACE_SUMMARY_KEY: summary}) == "leave_one_out"
-    assert trace_contrast({"influence": True}) == "include"  # traces from before the knob existed
-    assert trace_contrast({"influence": False}) is None
-    model = tiny_model()
-    described = InfluenceTracer(model, settings(contrast="leave_one_out")).describe()
-    assert described["contrast"] == "leave_one_out"
-    assert described["modules"][1] == {"name": "model.layers.0.mlp.down_proj", "k_in": 32, "k_out": 16}
-    with pytest.raises(ValueError, match="influence.contrast must be one of include, leave_one_out"):
-        InfluenceSettings(contrast="loo").validate()

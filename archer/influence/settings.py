@@ -1,9 +1,7 @@
 """The influence knobs as a plain dataclass (no OmegaConf), so the tracer imports torch only.
 
 `archer/core/config/schema.py` declares the same fields for the `influence.*` config section;
-`InfluenceSettings.from_mapping` turns that section (or any mapping) into this object. This module
-imports nothing but the standard library: trace readers (`archer collect`, the viewer) use
-`trace_contrast` to say how a trace's scores were made without importing torch.
+`InfluenceSettings.from_mapping` turns that section (or any mapping) into this object.
 """
 
 from __future__ import annotations
@@ -13,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from archer.influence.outputs import OUTPUT_FUNCTIONS as _OUTPUT_FUNCTIONS
+
 HESSIAN_MODES = ("inverse", "identity")
 HESSIAN_SOURCES = ("response", "token")
-OUTPUT_FUNCTIONS = ("training_loss", "log_prob_advantage", "log_prob", "log_prob_reward")
+OUTPUT_FUNCTIONS = tuple(_OUTPUT_FUNCTIONS)  # the objects live in archer.influence.outputs
 SCOPES = ("per_prompt", "all_selected")
 CONTRASTIVE_AGGS = ("sum", "mean")
 CONTRASTS = ("include", "leave_one_out")
@@ -23,12 +23,6 @@ RESPONSE_GRADS = ("sum", "mean")
 PROJECTIONS = ("rademacher", "gaussian", "identity")
 STORAGE_DTYPES = ("bf16", "fp32")
 ACCEPT_RULES = ("group_max", "threshold")
-
-# knobs that only change where or how fast scores are computed, not what they mean
-_OPERATIONAL = ("enable", "grad_offload_to_cpu", "force_gpu_compute", "profile_timing")
-
-# the trace summary key under which `InfluenceSettings.trace_summary()` is stored
-TRACE_SUMMARY_KEY = "influence_settings"
 
 
 @dataclass
@@ -56,6 +50,13 @@ class InfluenceSettings:
     profile_timing: bool = False
     accept_rule: str = "group_max"
     accept_threshold: float = 0.5
+
+    @property
+    def output(self) -> Any:
+        """The `OutputFunction` object named by `output_function`."""
+        from archer.influence.outputs import get_output_function
+
+        return get_output_function(self.output_function)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> InfluenceSettings:
@@ -86,23 +87,3 @@ class InfluenceSettings:
     def exact(self) -> bool:
         """Full-dimension factors (no projection): the scores are exact for the traced modules."""
         return self.projection == "identity"
-
-    def trace_summary(self) -> dict[str, Any]:
-        """The knobs that decide what a trace's influence scores mean (plain JSON values), for the
-        trace's summary.json under `TRACE_SUMMARY_KEY`. Operational knobs (offload, timing) are left
-        out; a projection factor is meaningless with `projection=identity` and is left out too."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPERATIONAL}
-        if self.exact:
-            for key in ("projection_dim_factor", "max_proj_vector_sum"):
-                out.pop(key)
-        return out
-
-
-def trace_contrast(summary: Mapping[str, Any]) -> str | None:
-    """Which contrast a trace's influence used, from its summary.json: `include` or
-    `leave_one_out`; None for a trace without influence. Traces written before the contrast was
-    recorded used `include`, the only contrast there was."""
-    recorded = summary.get(TRACE_SUMMARY_KEY)
-    if isinstance(recorded, Mapping) and recorded.get("contrast"):
-        return str(recorded["contrast"])
-    return "include" if summary.get("influence") else None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from archer.influence.capture import InfluenceRecorder
+from archer.influence.outputs import get_output_function
 from archer.influence.scoring import (
     ResponseMeta,
     estimate_memory_bytes,
@@ -62,16 +63,9 @@ def available_memory_bytes(device: torch.device | str) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-# σ_r, the sign each output function puts on a response (see scoring.py)
-SIGNED_BY_ADVANTAGE = ("training_loss", "log_prob_advantage")
-
-
 def response_sign(output_function: str, advantage: float, reward: float) -> float:
-    if output_function in SIGNED_BY_ADVANTAGE:
-        return float((advantage > 0) - (advantage < 0))
-    if output_function == "log_prob_reward":
-        return float((reward > 0) - (reward < 0))
-    return 1.0
+    """σ_r, the sign an output function puts on a response (see scoring.py and outputs.py)."""
+    return get_output_function(output_function).sign(advantage, reward)
 
 
 def token_subsample(length: int, cap: int) -> torch.Tensor:
@@ -218,16 +212,6 @@ class InfluenceTracer:
                 needed,
                 available,
             )
-
-    def describe(self) -> dict[str, Any]:
-        """What the trace's summary.json should record about this tracer: the settings that decide
-        what the scores mean, and the traced modules with their (projected) factor sizes."""
-        out = self.settings.trace_summary()
-        out["modules"] = [
-            {"name": n, "k_in": k_in, "k_out": k_out}
-            for n, (k_in, k_out) in zip(self.recorder.names, self.recorder.dims)
-        ]
-        return out
 
     @contextmanager
     def micro(
