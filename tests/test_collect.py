@@ -116,6 +116,8 @@ def test_table_values(runs):
     assert rows["baseline"]["influence_s"] is None and rows["gone"]["steps"] is None
     assert "gpu_mem_gb" not in t.columns  # empty for every run: dropped
     assert "attempts" not in t.columns  # no sweep here
+    # the contrast of each trace's influence (traces from before the setting say include)
+    assert rows["inverse"]["contrast"] == "include" and rows["baseline"]["contrast"] is None
 
 
 def test_influence_quality_has_the_hand_computed_values(runs):

@@ -21,6 +21,7 @@ from archer.influence.capture import InfluenceRecorder, clean_module_name, selec
 from archer.influence.projection import pick_projection_dims, projection_matrix, stable_seed
 from archer.influence.scoring import solve_response_hessian, solve_token_hessian
 from archer.influence.selection import accepted_mask, select_groups
+from archer.influence.settings import InfluenceSettings
 from archer.influence.tracer import InfluenceTracer, token_subsample
 
 
@@ -817,3 +818,30 @@ def test_kernel_and_dense_leave_one_out_directions_equal_explicit_solves():
         assert torch.allclose(kernel, expected, rtol=1e-9, atol=1e-11)
         dense = dense_token_loo_directions(U, V, blocks, G, C, lam)
         assert torch.allclose(dense, expected, rtol=1e-9, atol=1e-11)
+
+
+def test_the_trace_summary_records_the_contrast_for_collect_and_the_viewer(tmp_path):
+    """The local engine writes the settings as they are (record.trace_summary); readers get the
+    contrast from summary.json through one function (no torch)."""
+    from archer.core.rollout.record import trace_summary
+    from archer.core.trace import TraceReader, TraceWriter
+    from archer.core.trace.schema import influence_contrast
+
+    s = InfluenceSettings(enable=True, contrast="leave_one_out")
+    summary = trace_summary(
+        engine="local",
+        preset=None,
+        run_dir=tmp_path,
+        model_path=None,
+        rollout_n=4,
+        influence=dataclasses.asdict(s),
+    )
+    assert influence_contrast(summary) == "leave_one_out"
+    with TraceWriter(tmp_path / "trace", summary):
+        pass
+    assert TraceReader(tmp_path).influence_contrast == "leave_one_out"
+    off = trace_summary(engine="local", preset=None, run_dir=tmp_path, model_path=None, rollout_n=4)
+    assert influence_contrast(off) is None
+    assert influence_contrast({"influence": True}) == "include"  # traces from before the setting
+    with pytest.raises(ValueError, match="influence.contrast must be one of include, leave_one_out"):
+        InfluenceSettings(contrast="loo").validate()

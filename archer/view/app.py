@@ -25,6 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Input, Label, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from archer.core.trace.schema import influence_contrast
 from archer.errors import ArcherError
 from archer.view import messages as msg
 from archer.view.colors import SCALE_MODES, diverging_scale, finite_range, sequential_scale
@@ -252,6 +253,9 @@ class ArcherViewer(App[None]):
             t.append(f" · {len(self.steps)} steps")
             if self.step is not None:
                 t.append(f" · step {self.step}")
+            contrast = influence_contrast(self.data.summary)
+            if contrast is not None:  # what the influence scores were contrasted against
+                t.append(f" · influence contrast: {contrast}")
         t.append(" · ")
         if self.decoder_pending:
             t.append("tokenizer: loading…", style="dim")

@@ -502,6 +502,20 @@ async def test_without_a_tokenizer_ids_are_shown_and_the_status_says_why(bare_tr
         assert app.matches == [(1, 1)]  # in ids mode the search matches ids
 
 
+async def test_status_names_the_influence_contrast_of_the_trace(bare_trace, tmp_path):
+    import json
+    import shutil
+
+    trace = shutil.copytree(bare_trace, tmp_path / "trace")
+    summary = json.loads((trace / "summary.json").read_text())
+    async with opened(trace, step=2) as (app, pilot):
+        assert "contrast" not in static_text(app, "#status")  # no influence recorded
+    summary.update(influence=True, influence_settings={"contrast": "leave_one_out"})
+    (trace / "summary.json").write_text(json.dumps(summary))
+    async with opened(trace, step=2) as (app, pilot):
+        assert "influence contrast: leave_one_out" in static_text(app, "#status")
+
+
 async def test_no_decode_flag_and_tokenizer_that_fails_to_load(run_dir, tmp_path):
     async with opened(run_dir, step=2, no_decode=True) as (app, pilot):
         assert "--no-decode" in static_text(app, "#status")

@@ -36,6 +36,7 @@ class Quality:
     spearman_ref: str | None = None
     trace_steps: int | None = None
     auc_by_step: dict[int, float] | None = None
+    contrast: str | None = None  # influence.contrast of the trace: include or leave_one_out
 
 
 # --------------------------------------------------------------------------- statistics
@@ -206,7 +207,7 @@ def run_quality(run_dir: Any, ref_dir: Any | None = None, ref_name: str | None =
 
     reader = TraceReader(run_dir)
     steps = reader.steps()
-    q = Quality(trace_steps=len(steps))
+    q = Quality(trace_steps=len(steps), contrast=reader.influence_contrast)
     q.auc, q.auc_groups, q.auc_by_step = group_auc(reader, steps)
     ref = TraceReader(ref_dir) if ref_dir is not None else None
     q.top_overlap, q.overlap_steps, q.spearman, q.spearman_steps = token_metrics(reader, steps, ref)

@@ -53,7 +53,15 @@ SUMMARIES: list[tuple[str, Callable[[list[float]], float], tuple[str, ...], bool
     ("val_acc_final", _last, ("val/accuracy",), False),
     ("val_acc_best", max, ("val/accuracy",), False),
 ]
-QUALITY_COLUMNS = ["auc", "auc_groups", "top20_overlap", "spearman", "spearman_ref", "trace_steps"]
+QUALITY_COLUMNS = [
+    "contrast",
+    "auc",
+    "auc_groups",
+    "top20_overlap",
+    "spearman",
+    "spearman_ref",
+    "trace_steps",
+]
 SWEEP_COLUMNS = ["attempts", "oom"]
 HEAD = ["run", "status", "reason"]
 
@@ -210,6 +218,7 @@ def build_table(
         qualities[e.name] = q
         row.update(
             {
+                "contrast": q.contrast,
                 "auc": q.auc,
                 "auc_groups": q.auc_groups or None,
                 "top20_overlap": q.top_overlap,

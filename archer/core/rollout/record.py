@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from archer.core.trace.schema import TOKEN_ROLE_COLUMN
+from archer.core.trace.schema import SUMMARY_INFLUENCE_SETTINGS, TOKEN_ROLE_COLUMN
 
 TOKENIZER_DIR = "tokenizer"  # <run>/tokenizer: the tokenizer that decodes the run's trace
 
@@ -123,7 +123,7 @@ def trace_summary(
         "archer_version": __version__,
         "rollout_n": int(rollout_n),
         "influence": influence is not None,
-        "influence_settings": None if influence is None else dict(influence),
+        SUMMARY_INFLUENCE_SETTINGS: None if influence is None else dict(influence),
         "agent": None if agent is None else dict(agent),
     }
 

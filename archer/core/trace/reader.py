@@ -25,6 +25,7 @@ from .schema import (
     META_SCHEMA_VERSION,
     SCHEMA_VERSION,
     SUMMARY_COLUMNS,
+    influence_contrast,
     parse_manifest,
     step_file_name,
 )
@@ -170,6 +171,11 @@ class TraceReader:
             raise TraceError(f"{path} is not an archer trace summary")
         _check_version(data.get("schema_version"), path)
         return data
+
+    @property
+    def influence_contrast(self) -> str | None:
+        """`include` or `leave_one_out`: the contrast the trace's influence used (None without)."""
+        return influence_contrast(self.summary)
 
     @property
     def schema_version(self) -> int:

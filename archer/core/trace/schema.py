@@ -67,6 +67,20 @@ SUMMARY_COLUMNS: tuple[str, ...] = tuple(n for n in COLUMNS if n not in LIST_COL
 DICTIONARY_COLUMNS: tuple[str, ...] = ("uid", "data_source")
 
 
+#: summary.json key holding the influence settings a trace was made with (None without influence)
+SUMMARY_INFLUENCE_SETTINGS = "influence_settings"
+
+
+def influence_contrast(summary: Mapping[str, Any]) -> str | None:
+    """Which contrast a trace's influence scores used (`include` or `leave_one_out`, the
+    `influence.contrast` setting), from its summary.json; None for a trace without influence.
+    Traces written before the setting existed used `include`, the only contrast there was."""
+    recorded = summary.get(SUMMARY_INFLUENCE_SETTINGS)
+    if isinstance(recorded, Mapping) and recorded.get("contrast"):
+        return str(recorded["contrast"])
+    return "include" if summary.get("influence") else None
+
+
 def step_file_name(step: int) -> str:
     """`step_000012.parquet`: zero-padded so that a plain sort is step order."""
     return f"step_{int(step):06d}.parquet"
