@@ -100,6 +100,26 @@ def top_overlap(a: Any, b: Any, fraction: float = TOP_FRACTION) -> float:
     return len(np.intersect1d(np.argsort(-a, kind="stable")[:k], np.argsort(-b, kind="stable")[:k])) / k
 
 
+def group_auc(scores: list[Any], groups: list[Any], accepted: list[bool]) -> float:
+    """Mean over groups of P(an accepted response's mean influence > a rejected one's), ties ½
+    (the `auc` of `archer collect`)."""
+    import numpy as np
+
+    by_group: dict[Any, tuple[list[float], list[float]]] = {}
+    for r, v in enumerate(scores):
+        if v is None or not np.isfinite(v).any():
+            continue
+        m = float(np.nanmean(v))
+        pos, neg = by_group.setdefault(groups[r], ([], []))
+        (pos if accepted[r] else neg).append(m)
+    aucs = []
+    for pos, neg in by_group.values():
+        if pos and neg:
+            p, n = np.array(pos)[:, None], np.array(neg)[None, :]
+            aucs.append(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def paired(x: list[Any], y: list[Any]) -> tuple[Any, Any]:
     """Token scores of the rows scored in both (finite in both), flattened."""
     import numpy as np
@@ -415,6 +435,26 @@ def main() -> int:
         "rel_err": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
     }
 
+    # self-influence: the contrast with and without each response's own gradient
+    from archer.influence.selection import accepted_mask
+
+    groups = list(data["rollout"].group)
+    accepted = accepted_mask(data["rewards"].tolist(), groups)
+    self_infl = {}
+    for label, base in (("default knobs", {}), ("exact, all linears", {"projection": "identity"})):
+        kw = dict(base)
+        if "projection" in kw:
+            flt, mx = module_set("all", L)
+            kw.update(module_name_filter=flt, max_modules=mx, storage_dtype="fp32")
+        inc, _, _ = bench.traced(InfluenceSettings(enable=True, **kw))
+        loo, _, _ = bench.traced(InfluenceSettings(enable=True, contrast="leave_one_out", **kw))
+        a, b = paired(inc, loo)
+        self_infl[label] = {
+            "auc_include": group_auc(inc, groups, accepted),
+            "auc_leave_one_out": group_auc(loo, groups, accepted),
+            "rho_include_vs_loo": spearman(a, b),
+        }
+
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -430,6 +470,7 @@ def main() -> int:
         "command": " ".join(sys.argv),
         "exact": exact_meta,
         "bf16_vs_fp32_factors": bf16,
+        "self_influence": self_infl,
         "rows": rows,
     }
     if args.out:
@@ -444,6 +485,12 @@ def main() -> int:
         f"\nbf16 vs fp32 factor storage (default knobs): Spearman {bf16['rho']:.4f}, "
         f"top-10 % overlap {bf16['top']:.2f}, relative error {bf16['rel_err']:.2e}"
     )
+    for label, v in self_infl.items():
+        print(
+            f"{label}: within-group AUC of accepted vs rejected mean influence {v['auc_include']:.3f} "
+            f"(include) vs {v['auc_leave_one_out']:.3f} (leave_one_out); token Spearman include vs "
+            f"leave_one_out {v['rho_include_vs_loo']:.3f}"
+        )
     return 0
 
 
