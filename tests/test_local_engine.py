@@ -153,8 +153,15 @@ def test_algorithm_options_run(tmp_path, extra):
         assert rows[0]["rollout/gen_rounds"] >= 1
 
 
-@pytest.mark.parametrize("output_function", ["training_loss", "log_prob_advantage"])
-def test_influence_fills_the_trace(tmp_path, output_function):
+@pytest.mark.parametrize(
+    "output_function,contrast,projection",
+    [
+        ("training_loss", "include", "rademacher"),
+        ("log_prob_advantage", "include", "rademacher"),
+        ("training_loss", "leave_one_out", "identity"),  # exact scores, own gradient left out
+    ],
+)
+def test_influence_fills_the_trace(tmp_path, output_function, contrast, projection):
     out = tmp_path / "run"
     # a warm model and many samples so that some groups have both right and wrong answers
     run_local(
@@ -171,8 +178,11 @@ def test_influence_fills_the_trace(tmp_path, output_function):
         "influence.enable=true",
         f"influence.output_function={output_function}",
         "influence.projection_dim_factor=4",
+        f"influence.contrast={contrast}",
+        f"influence.projection={projection}",
     )
     reader = TraceReader(out)
+    assert reader.influence_contrast == contrast  # what the viewer and collect show
     traced = 0
     for step in reader.steps():
         t = reader.read_step(step)
