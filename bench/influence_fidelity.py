@@ -351,12 +351,43 @@ def main() -> int:
     L = data["layers"]
     print(f"# {data['source']}; {data['mixed_groups']} mixed groups", file=sys.stderr)
 
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
+    except OSError:
+        commit = None
+    result = {
+        "source": data["source"],
+        "mixed_groups": data["mixed_groups"],
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": commit,
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "exact": {},
+        "bf16_vs_fp32_factors": None,
+        "self_influence": {},
+        "rows": [],
+    }
+
+    def save() -> None:
+        """Write what is measured so far (temp file + rename), so a run cut short keeps its rows."""
+        if args.out:
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(args.out)
+
     def knobs(set_name: str, **kw: Any) -> InfluenceSettings:
         flt, mx = module_set(set_name, L)
         return InfluenceSettings(enable=True, module_name_filter=flt, max_modules=mx, **kw)
 
     exact: dict[str, list[Any]] = {}
-    exact_meta: dict[str, dict[str, Any]] = {}
+    exact_meta: dict[str, dict[str, Any]] = result["exact"]
     for name in dict.fromkeys(["all", *sets]):
         scores, metrics, overhead = bench.traced(knobs(name, projection="identity", storage_dtype="fp32"))
         exact[name] = scores
@@ -367,8 +398,9 @@ def main() -> int:
             "overhead_pct": overhead,
         }
         print(f"# exact {name}: {exact_meta[name]}", file=sys.stderr)
+        save()
 
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = result["rows"]
     variants = {"default": {}, "off": {"max_proj_vector_sum": 0, "max_hessian_dim": 0}}
     caps_variants = [(k, v) for k, v in variants.items() if args.caps in (k, "both")]
     for name in sets:
@@ -402,6 +434,7 @@ def main() -> int:
                     "overhead_pct": overhead,
                 }
                 rows.append(row)
+                save()
                 print(json.dumps(row), file=sys.stderr)
     # the exact same-module rows against exact all-linears: the module choice alone
     for name in sets:
@@ -429,18 +462,19 @@ def main() -> int:
     s16, _, _ = bench.traced(default)
     s32, _, _ = bench.traced(InfluenceSettings(enable=True, storage_dtype="fp32"))
     a, b = paired(s16, s32)
-    bf16 = {
+    bf16 = result["bf16_vs_fp32_factors"] = {
         "rho": spearman(a, b),
         "top": top_overlap(a, b),
         "rel_err": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
     }
+    save()
 
     # self-influence: the contrast with and without each response's own gradient
     from archer.influence.selection import accepted_mask
 
     groups = list(data["rollout"].group)
     accepted = accepted_mask(data["rewards"].tolist(), groups)
-    self_infl = {}
+    self_infl = result["self_influence"]
     for label, base in (("default knobs", {}), ("exact, all linears", {"projection": "identity"})):
         kw = dict(base)
         if "projection" in kw:
@@ -455,26 +489,7 @@ def main() -> int:
             "rho_include_vs_loo": spearman(a, b),
         }
 
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = None
-    result = {
-        "source": data["source"],
-        "mixed_groups": data["mixed_groups"],
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "commit": commit,
-        "command": " ".join(sys.argv),
-        "exact": exact_meta,
-        "bf16_vs_fp32_factors": bf16,
-        "self_influence": self_infl,
-        "rows": rows,
-    }
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+    save()
     print(
         f"{data['source']}; {data['mixed_groups']} mixed groups; device {result['device']}; "
         f"commit {commit}; {result['date']}"
