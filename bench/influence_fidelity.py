@@ -327,6 +327,12 @@ def main() -> int:
         help="projected sizes with archer's default caps (max_proj_vector_sum=128, max_hessian_dim=4096), "
         "without them, or both",
     )
+    p.add_argument(
+        "--hessian-mode",
+        default="inverse",
+        choices=["inverse", "identity"],
+        help="influence.hessian_mode of every setting (identity separates projection noise from damping)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
@@ -367,6 +373,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "commit": commit,
         "command": " ".join(sys.argv),
+        "hessian_mode": args.hessian_mode,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "exact": {},
@@ -384,7 +391,9 @@ def main() -> int:
 
     def knobs(set_name: str, **kw: Any) -> InfluenceSettings:
         flt, mx = module_set(set_name, L)
-        return InfluenceSettings(enable=True, module_name_filter=flt, max_modules=mx, **kw)
+        return InfluenceSettings(
+            enable=True, module_name_filter=flt, max_modules=mx, hessian_mode=args.hessian_mode, **kw
+        )
 
     exact: dict[str, list[Any]] = {}
     exact_meta: dict[str, dict[str, Any]] = result["exact"]
@@ -458,9 +467,11 @@ def main() -> int:
             }
         )
     # bf16 storage (the default) against fp32 storage, default knobs
-    default = InfluenceSettings(enable=True)
+    default = InfluenceSettings(enable=True, hessian_mode=args.hessian_mode)
     s16, _, _ = bench.traced(default)
-    s32, _, _ = bench.traced(InfluenceSettings(enable=True, storage_dtype="fp32"))
+    s32, _, _ = bench.traced(
+        InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, storage_dtype="fp32")
+    )
     a, b = paired(s16, s32)
     bf16 = result["bf16_vs_fp32_factors"] = {
         "rho": spearman(a, b),
@@ -480,8 +491,10 @@ def main() -> int:
         if "projection" in kw:
             flt, mx = module_set("all", L)
             kw.update(module_name_filter=flt, max_modules=mx, storage_dtype="fp32")
-        inc, _, _ = bench.traced(InfluenceSettings(enable=True, **kw))
-        loo, _, _ = bench.traced(InfluenceSettings(enable=True, contrast="leave_one_out", **kw))
+        inc, _, _ = bench.traced(InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, **kw))
+        loo, _, _ = bench.traced(
+            InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, contrast="leave_one_out", **kw)
+        )
         a, b = paired(inc, loo)
         self_infl[label] = {
             "auc_include": group_auc(inc, groups, accepted),
