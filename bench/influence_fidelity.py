@@ -266,7 +266,7 @@ class Bench:
         infl = LocalInfluence(self.model, settings)
         plain, traced = [], []
         try:
-            for rep in range(self.reps + 1):  # the first warms up
+            for rep in range(max(1, self.reps + (self.reps > 0))):  # the first warms up
                 self.sync()
                 t0 = time.perf_counter()
                 self.update()
@@ -276,7 +276,7 @@ class Bench:
                 self.update(infl.micro_hook)
                 scores, metrics = infl.finish()
                 self.sync()
-                if rep:
+                if rep or not self.reps:  # --reps 0: a single run, timed without a warm-up
                     plain.append(t1 - t0)
                     traced.append(time.perf_counter() - t1)
         finally:
@@ -316,7 +316,12 @@ def main() -> int:
     p.add_argument("--prompt-len", type=int, default=64, help="mode ii")
     p.add_argument("--response-len", type=int, default=256, help="mode ii")
     p.add_argument("--micro", type=int, default=8, help="update micro-batch size")
-    p.add_argument("--reps", type=int, default=2, help="timed repetitions per setting (after a warm-up)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=2,
+        help="timed repetitions per setting after a warm-up (0: one run, no warm-up)",
+    )
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (mode ii)")
     p.add_argument("--factors", default=",".join(map(str, FACTORS)))
     p.add_argument("--sets", default=",".join(SET_NAMES))
