@@ -379,8 +379,8 @@ def test_entropy_aware_advantage_scales_by_z_scored_entropy_and_is_never_silentl
 # ---------------------------------------------------------------------------------------- warm-up
 def test_warmup_demonstrations_carry_no_loss_on_tool_results():
     from archer.core.agent.protocol import demonstration
-    from archer.core.engines.local.warmup import supervised_batch
     from archer.core.rollout.prompts import Prompt
+    from archer.core.warmup import supervised_batch
 
     p = Prompt(ids=ids("315*570="), answer="179550", data_source="tool_arithmetic", index=0)
     _, spans = demonstration("python", "315*570", "179550", "179550")

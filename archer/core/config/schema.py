@@ -103,6 +103,12 @@ class RolloutConfig:
         "steps pay the compilation; prompts are padded to data.max_prompt_length)",
     )
     val: ValRolloutConfig = section(ValRolloutConfig, "validation sampling")
+    backend: str = opt(
+        "vllm",
+        "engine: verl only: the rollout server (vllm, sglang, or hf: archer's own HF generation "
+        "inside the training workers, no vLLM needed, for one GPU or a CPU)",
+        choices=("vllm", "sglang", "hf"),
+    )
 
 
 @dataclass
