@@ -377,11 +377,20 @@ class AepoRolloutConfig:
 
     dynamic_rollouts: bool = opt(
         False,
-        "entropy-balanced global rollouts: one monitoring trajectory per prompt, "
-        "then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) initial ones",
+        "entropy-balanced global rollouts, as AEPO codes them: per prompt a short root sample (H_root, "
+        "its first agent.entropy_tokens tokens) and one monitoring tool rollout (H̄_tool, the mean over "
+        "all its segments), both discarded; then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) "
+        "initial rollouts",
     )
     consecutive_penalty: float = opt(
-        0.05, "branch score × max(0, 1 − penalty·c), c = consecutive branchings of the prompt", ge=0.0
+        0.05, "branch score × max(0, 1 − penalty·c), c = the prompt's consecutive branching count", ge=0.0
+    )
+    consecutive_count: str = opt(
+        "iteration",
+        "how c counts: iteration (AEPO's code: +1 per lock-step iteration in which the prompt gained a "
+        "branch or a fresh rollout, else 0; rows wait for each other at their branching decisions) or "
+        "decision (+1 per branching decision, 0 after any no; asynchronous, a weaker penalty)",
+        choices=("iteration", "decision"),
     )
 
 
