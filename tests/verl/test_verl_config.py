@@ -152,7 +152,6 @@ def test_unknown_verl_key_exits_2_before_anything_starts(tmp_path):
     "overrides,message",
     [
         (["warmup.enable=true"], "local-engine feature"),
-        (["influence.enable=true", "influence.output_function=log_prob"], "extra backward"),
         (
             ["influence.enable=true", "verl.actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
             "ulysses_sequence_parallel_size=1",
@@ -164,6 +163,12 @@ def test_unknown_verl_key_exits_2_before_anything_starts(tmp_path):
 def test_settings_verl_cannot_honour_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         verl_config("math", *overrides)
+
+
+def test_output_functions_other_than_the_training_loss_are_accepted():
+    """verl captures them with one separate backward before the update (engines/verl/capture.py)."""
+    cfg = verl_config("math-influence", "influence.output_function=log_prob")
+    assert cfg.select("archer.influence.output_function") == "log_prob"
 
 
 def test_verls_own_checks_run_before_ray(tmp_path):
