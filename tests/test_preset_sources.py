@@ -28,6 +28,8 @@ The tables cite the source files as `ABBR:line`; the abbreviations (paths inside
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -392,3 +394,33 @@ def test_presets_show_prints_the_source_block_and_its_differences():
     assert "# the preset's source" in resolved.stdout and "doub7e/token-influence" in resolved.stdout
     none = runner.invoke(app, ["presets", "show", "quickstart", "--source"])
     assert none.exit_code == 0 and "no source block" in none.stdout
+
+
+def _recipes_sections() -> dict[str, str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    parts = re.split(r"^## `([\w-]+)`.*$", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_recipes_doc_matches_the_presets():
+    """docs/recipes.md: a section per sourced preset whose settings rows equal the composed preset,
+    and which names every difference kept on purpose and every override that switches one back."""
+    sections = _recipes_sections()
+    assert set(PINS) <= set(sections), f"no section in docs/recipes.md for {set(PINS) - set(sections)}"
+    keys = schema_keys()
+    row = re.compile(r"^\|[^|]*\| `([\w.]+)` \| `([^`]*)` \|", re.M)
+    for preset in PINS:
+        c = compose(preset)
+        values, text = c.to_dict(), sections[preset]
+        rows = row.findall(text)
+        assert rows, f"{preset}: no settings table"
+        for key, shown in rows:
+            assert key in keys or key.startswith("verl."), f"{preset}: unknown key {key} in docs/recipes.md"
+            expected, got = yaml.safe_load(shown), _value(values, key)
+            same = got == pytest.approx(expected) if isinstance(expected, float) else got == expected
+            assert same, f"docs/recipes.md, {preset}: {key} = {shown}, the preset has {got!r}"
+        for d in c.source["differences"]:
+            for key in (k.strip() for k in d["key"].split(",")):
+                assert f"`{key}`" in text, f"docs/recipes.md, {preset}: difference {key} not listed"
+            for override in d["revert"]:
+                assert f"`{override}`" in text, f"docs/recipes.md, {preset}: no way back {override}"
