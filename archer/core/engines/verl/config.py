@@ -255,8 +255,6 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
     }
     if r["backend"] == "hf":
         out.update(HF_ROLLOUT_DEFAULTS)
-    if t["device"] == "cpu":
-        out.update(CPU_DEFAULTS)
     if m["dtype"] in MIXED_PRECISION:
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:
@@ -406,6 +404,11 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
         if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or may_add):
             raise _unknown_verl_key(key, source, verl_cfg)
         _set(verl_cfg, key, value)
+    if cfg.trainer.device == "cpu":  # a preset's verl: block sizes a GPU node; the command line still wins
+        from_cli = {key for key, _, source, _ in overrides if source.startswith("override")}
+        for key, value in CPU_DEFAULTS.items():
+            if key not in from_cli:
+                _set(verl_cfg, key, value)
     _cross_checks(verl_cfg)
     return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides)
 
