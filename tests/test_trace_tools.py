@@ -26,9 +26,9 @@ from view.tracegen import (
 
 from archer.cli.main import app
 from archer.core.trace import TraceReader
+from archer.core.trace.export import RESPONSE_EXPORT_COLUMNS, TOKEN_EXPORT_COLUMNS
 from archer.core.trace.npz_import import load_npz
 from archer.errors import TraceError
-from archer.view.data import RESPONSE_EXPORT_COLUMNS, TOKEN_EXPORT_COLUMNS
 
 runner = CliRunner()
 
@@ -251,3 +251,25 @@ def test_corrupt_npz_is_a_trace_error(old, tmp_path):
     f.write_bytes(f.read_bytes()[:100])
     r = invoke("trace", "import-npz", str(old), str(tmp_path / "new"))
     assert r.exit_code == 1 and "step_000001.npz" in r.output and "Traceback" not in r.output
+
+
+def test_info_and_export_are_headless_they_import_neither_the_viewer_nor_textual(run, tok):
+    """Trace statistics, export records and decoding live in archer.core.trace (issue 13 item 5)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from archer.cli.main import app\n"
+        "r = CliRunner()\n"
+        f"assert r.invoke(app, ['trace', 'info', {str(run)!r}]).exit_code == 0\n"
+        f"assert r.invoke(app, ['trace', 'export', {str(run)!r}, '--step', '2']).exit_code == 0\n"
+        f"x = r.invoke(app, ['trace', 'export', {str(run)!r}, '--step', '2', '--tokens',"
+        f" '--tokenizer', {str(tok)!r}])\n"
+        "assert x.exit_code == 0, x.output\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('archer.view', 'textual'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -6,7 +6,6 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -36,40 +35,6 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def describe(path: Path) -> dict[str, Any]:
-    """Everything `trace info` shows, as a JSON-able dict."""
-    from archer.core.trace import TraceReader
-
-    r = TraceReader(path)
-    entries = r.manifest()
-    steps = r.steps()
-    present = set(steps)
-    listed = [e for e in entries if int(e["step"]) in present]
-    step_bytes = sum((r.dir / e["file"]).stat().st_size for e in listed)
-    total = sum(p.stat().st_size for p in r.dir.rglob("*") if p.is_file())
-    columns: list[dict[str, str]] = []
-    if steps:
-        schema = r.schema(steps[-1])
-        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
-    return {
-        "trace": str(r.dir),
-        "format": r.summary.get("format"),
-        "schema_version": r.schema_version,
-        "steps": len(steps),
-        "first_step": steps[0] if steps else None,
-        "last_step": steps[-1] if steps else None,
-        "latest_step_file": r.latest_step(),
-        "responses": sum(int(e.get("n_responses") or 0) for e in listed),
-        "tokens": sum(int(e.get("n_tokens") or 0) for e in listed),
-        "influence_rows": sum(int(e.get("influence_rows") or 0) for e in listed),
-        "bytes_steps": step_bytes,
-        "bytes_total": total,
-        "columns": columns,
-        "summary": r.summary,
-        "warnings": list(r.warnings),
-    }
-
-
 @app.command(
     "info", epilog="Examples:  archer trace info runs/quickstart  ·  archer trace info runs/x/trace --json"
 )
@@ -78,6 +43,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Steps, rows, tokens, columns, sizes on disk, schema version and run metadata of a trace."""
+    from archer.core.trace.stats import describe
+
     d = describe(path)
     if as_json:
         typer.echo(json.dumps(d, indent=2, default=str))
@@ -124,15 +91,15 @@ def export(
 ) -> None:
     """One step's responses (summary columns) or tokens (id, entropy, influence) as CSV or JSON lines."""
     from archer.core.trace import TraceReader
-    from archer.errors import UsageError
-    from archer.view.data import (
+    from archer.core.trace.export import (
         RESPONSE_EXPORT_COLUMNS,
         TOKEN_EXPORT_COLUMNS,
-        ResponseTable,
-        response_records,
+        export_file,
+        step_response_records,
         step_token_records,
+        write_records,
     )
-    from archer.view.export import export_file, write_records
+    from archer.errors import UsageError
 
     if tokenizer is not None and not tokens:
         raise UsageError("--tokenizer only applies with --tokens")
@@ -145,7 +112,7 @@ def export(
     if tokens:
         decoder = None
         if tokenizer is not None:
-            from archer.view.decode import load_decoder
+            from archer.core.trace.decode import load_decoder
 
             if not tokenizer.expanduser().is_dir():
                 raise UsageError(f"tokenizer folder {tokenizer} does not exist")
@@ -157,7 +124,7 @@ def export(
         columns = TOKEN_EXPORT_COLUMNS
         what = "tokens"
     else:
-        records = response_records(ResponseTable(step, reader.step_overview(step)))
+        records = step_response_records(reader, step)
         columns = RESPONSE_EXPORT_COLUMNS
         what = "responses"
     if out_file is None:

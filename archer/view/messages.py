@@ -1,8 +1,9 @@
-"""Messages the viewer's workers and widgets post (dataclasses, as harlequin does).
+"""Messages the viewer's workers and tabs post (dataclasses, as harlequin does).
 
 Workers never touch widgets: they read, compute and post one of these; the app's handlers
 update the screen. Every result carries the step/row it is for, so a late answer for a step the
-user has already left is recognised and dropped.
+user has already left is recognised and dropped. Tabs ask the app for a new selection with the
+requests at the end (StepChosen, ResponseChosen, JumpTo, ...).
 """
 
 from __future__ import annotations
@@ -108,6 +109,36 @@ class ExportDone(Message):
 class WorkFailed(Message):
     what: str
     message: str
+
+
+# ---- requests from the tabs to the app ------------------------------------------------------
+
+
+@dataclass
+class StepChosen(Message):
+    """The user moved to `step` in the step list."""
+
+    step: int
+
+
+@dataclass
+class ResponseChosen(Message):
+    """The user moved to `row` in the response table (`open`: and asked to see its tokens)."""
+
+    row: int
+    open: bool = False
+
+
+@dataclass
+class TokenKeepChanged(Message):
+    """The entropy/influence filter changed: `keep` marks the tokens inside (None = all)."""
+
+    keep: Any  # np.ndarray | None
+
+
+@dataclass
+class StatsWanted(Message):
+    """A tab needs the current step's statistics (top-K, scale percentiles)."""
 
 
 @dataclass

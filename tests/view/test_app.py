@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from archer.view.app import ArcherViewer
+from archer.view.cells import EMPTY_CELL
 from archer.view.colors import DIM_STYLE, NAN_STYLE
-from archer.view.decode import EMPTY_CELL
 from archer.view.widgets.help import HelpScreen
 
 from .conftest import SIZE, screen_text, settle, static_text
@@ -95,21 +95,21 @@ async def test_response_table_sorts_by_any_column_and_filters(run_dir):
         table.focus()
         assert table_keys(app, "#responses-table") == [str(i) for i in range(8)]
         await press(pilot, "s")  # next column: group
-        assert app.response_sort == ("uid", False)
+        assert app.responses_tab.sort == ("uid", False)
         await press(pilot, "s", "s")  # sample, then reward
-        assert app.response_sort == ("reward", False)
+        assert app.responses_tab.sort == ("reward", False)
         assert table_keys(app, "#responses-table")[:4] == ["1", "3", "6", "7"]  # reward 0 first, stable
         await press(pilot, "S")
-        assert app.response_sort == ("reward", True)
+        assert app.responses_tab.sort == ("reward", True)
         assert table_keys(app, "#responses-table")[:4] == ["0", "2", "4", "5"]
         # a click on a column header sorts by it (ascending first)
         x = sum(w + 2 for w in table.widths[:6]) + 1  # inside the 7th column: length
         await pilot.click("#responses-table", offset=(x, 0))
         await settle(pilot)
-        assert app.response_sort == ("response_length", False)
+        assert app.responses_tab.sort == ("response_length", False)
         await pilot.click("#responses-table", offset=(x, 0))
         await settle(pilot)
-        assert app.response_sort == ("response_length", True)
+        assert app.responses_tab.sort == ("response_length", True)
         # length sort puts the empty response (0 tokens) first
         app.query_one("#responses-table").post_message(
             type(table).SortChanged(table, "response_length", False)
@@ -118,14 +118,14 @@ async def test_response_table_sorts_by_any_column_and_filters(run_dir):
         assert table_keys(app, "#responses-table")[0] == "7"
 
         await press(pilot, "a")  # accepted only
-        assert app.response_filter.accepted == "accepted"
+        assert app.responses_tab.filter.accepted == "accepted"
         assert sorted(table_keys(app, "#responses-table"), key=int) == ["0", "1", "4", "6"]
         await press(pilot, "a")
         assert sorted(table_keys(app, "#responses-table"), key=int) == ["2", "3", "5"]
         await press(pilot, "a")  # unknown: row 7 (no filter verdict)
         assert table_keys(app, "#responses-table") == ["7"]
         await press(pilot, "a")
-        assert app.response_filter.accepted == "all"
+        assert app.responses_tab.filter.accepted == "all"
 
         app.query_one("#reward-min").value = "0.5"
         await settle(pilot)
@@ -286,23 +286,23 @@ async def test_search_matches_across_tokens_with_next_and_previous(run_dir):
         assert app.focused is app.query_one("#search")
         await pilot.press(*"c b")  # spans three tokens: "c", " ", "b"
         await settle(pilot)
-        n = len(app.matches)
+        n = len(app.tokens_tab.matches)
         assert n == 499 and "499 matches" in static_text(app, "#search-count")
         await press(pilot, "enter")
         assert app.focused is app.query_one("#token-view")
-        first = app.matches[0][0]
+        first = app.tokens_tab.matches[0][0]
         assert app.query_one("#token-view").model.cursor == first == 1003
         assert "match 1/499" in readout(app)
         await press(pilot, "n")
-        assert app.query_one("#token-view").model.cursor == app.matches[1][0]
+        assert app.query_one("#token-view").model.cursor == app.tokens_tab.matches[1][0]
         assert "match 2/499" in readout(app)
         await press(pilot, "N", "N")
-        assert app.query_one("#token-view").model.cursor == app.matches[-1][0]  # wraps around
+        assert app.query_one("#token-view").model.cursor == app.tokens_tab.matches[-1][0]  # wraps around
         model = app.query_one("#token-view").model
         assert model.match[1003] and model.match[1005] and not model.match[0]
         app.query_one("#search").value = "zzz"
         await settle(pilot)
-        assert app.matches == [] and "0 matches" in static_text(app, "#search-count")
+        assert app.tokens_tab.matches == [] and "0 matches" in static_text(app, "#search-count")
 
 
 async def test_token_table_sorts_and_jumps_to_the_token(run_dir):
@@ -457,7 +457,7 @@ async def test_exports_write_csv_atomically_and_notify(run_dir, tmp_path):
         )
         # with a filter and a sort, the export follows the view
         app.query_one("#ent-min").value = "1"
-        app.token_sort = ("entropy", True)
+        app.token_table_tab.sort = ("entropy", True)
         await settle(pilot)
         await press(pilot, "e")
         rows = list(csv.DictReader(path.open()))
@@ -466,8 +466,9 @@ async def test_exports_write_csv_atomically_and_notify(run_dir, tmp_path):
         notes = [n.message for n in app._notifications]
         assert any(str(path) in m and "exported" in m for m in notes)
 
-        app.response_filter = type(app.response_filter)("accepted", None, None)
-        app._apply_response_filter()
+        tab = app.responses_tab
+        tab.filter = type(tab.filter)("accepted", None, None)
+        tab.apply()
         await press(pilot, "E")
         rpath = tmp_path / "archer_step000002_responses.csv"
         rrows = list(csv.DictReader(rpath.open()))
@@ -499,7 +500,7 @@ async def test_without_a_tokenizer_ids_are_shown_and_the_status_says_why(bare_tr
         await press(pilot, "slash")
         await pilot.press(*str(ids[1]))
         await settle(pilot)
-        assert app.matches == [(1, 1)]  # in ids mode the search matches ids
+        assert app.tokens_tab.matches == [(1, 1)]  # in ids mode the search matches ids
 
 
 async def test_no_decode_flag_and_tokenizer_that_fails_to_load(run_dir, tmp_path):

@@ -8,8 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from archer.core.trace.decode import HFDecoder, IdDecoder, load_decoder, resolve_tokenizer
+from archer.view.cells import EMPTY_CELL, cell_text, visible
 from archer.view.colors import Scale, diverging_scale, legend, sequential_scale, style_lut
-from archer.view.data import (
+from archer.view.layout import layout_tokens
+from archer.view.model import (
     LRU,
     TraceData,
     search_ids,
@@ -18,16 +21,6 @@ from archer.view.data import (
     token_filter_mask,
     token_order,
 )
-from archer.view.decode import (
-    EMPTY_CELL,
-    HFDecoder,
-    IdDecoder,
-    cell_text,
-    load_decoder,
-    resolve_tokenizer,
-    visible,
-)
-from archer.view.layout import layout_tokens
 
 from .tracegen import STEP2, char_ids, entropy_for, influence_for
 
@@ -38,7 +31,8 @@ def test_data_module_imports_no_textual():
     import subprocess
 
     code = (
-        "import sys, archer.view.data, archer.view.decode, archer.view.colors, archer.view.layout; "
+        "import sys, archer.view.model, archer.view.cells, archer.view.colors, archer.view.layout, "
+        "archer.core.trace.decode, archer.core.trace.export, archer.core.trace.stats; "
         "print([m for m in ('textual', 'torch', 'transformers') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -13,7 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from archer.view.colors import fmt, legend, sequential_scale, style_lut
-from archer.view.data import EntropyMap, StepRow
+from archer.view.model import EntropyMap, StepRow
 
 SERIES = (("entropy_mean", "entropy mean"), ("reward_mean", "reward mean"), ("accuracy", "accuracy"))
 

@@ -13,7 +13,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Input, Label, Select
 
-from archer.view.data import ACCEPT_FILTERS
+from archer.view.model import ACCEPT_FILTERS
 
 
 def parse_bound(text: str) -> float | None:

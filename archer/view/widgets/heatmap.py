@@ -26,6 +26,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
+from archer.core.trace.schema import ROLE_TOOL_CALL, ROLE_TOOL_RESULT
+from archer.view.cells import cell_text, ends_line, quote
 from archer.view.colors import (
     CURSOR_STYLE,
     DIM_STYLE,
@@ -38,7 +40,6 @@ from archer.view.colors import (
     sequential_scale,
     style_lut,
 )
-from archer.view.decode import cell_text, ends_line, quote
 from archer.view.layout import TokenLayout, layout_tokens
 from archer.view.messages import CursorMoved
 
@@ -281,7 +282,9 @@ class TokenView(Widget, can_focus=True):
         key = (tokens.step, tokens.row, ids_mode)
         self.model.set_tokens(key, texts, tokens.entropy, tokens.influence, ids_mode)
         roles = getattr(tokens, "roles", None)
-        self.model.tool = None if roles is None or len(roles) != self.model.n else (roles == 1).tolist()
+        self.model.tool = (
+            None if roles is None or len(roles) != self.model.n else (roles == ROLE_TOOL_RESULT).tolist()
+        )
         self.match_ranges = []
         self._width = 0
         self.relayout()
@@ -420,8 +423,11 @@ class TokenView(Widget, can_focus=True):
             t.append("text ")
             t.append(quote(raw), style="bold")
         roles = getattr(tok, "roles", None)
-        if roles is not None and i < len(roles) and int(roles[i]) in (1, 2):
-            t.append(" [tool result: no loss]" if int(roles[i]) == 1 else " [tool call]", style="dim")
+        role = int(roles[i]) if roles is not None and i < len(roles) else None
+        if role == ROLE_TOOL_RESULT:
+            t.append(" [tool result: no loss]", style="dim")
+        elif role == ROLE_TOOL_CALL:
+            t.append(" [tool call]", style="dim")
         t.append(f"  entropy {fmt(float(tok.entropy[i]))}")
         if tok.influence is None:
             t.append("  influence not computed", style="dim")

@@ -17,9 +17,9 @@ from textual import on
 from textual.binding import Binding
 from textual.message import Message
 
+from archer.view.cells import quote
 from archer.view.colors import fmt
-from archer.view.data import RESPONSE_COLUMNS, ResponseTable, StepRow, TokenHit
-from archer.view.decode import quote
+from archer.view.model import RESPONSE_COLUMNS, ResponseTable, StepRow, TokenHit
 from archer.view.widgets.linetable import LineTable
 
 YES = Text("✓", style="green")
