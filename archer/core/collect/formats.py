@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from .columns import Span
 from .table import CollectTable
 
 FORMATS = ("table", "csv", "markdown", "json")
@@ -22,6 +23,10 @@ SCREEN_HIDDEN = ("path",)
 def cell(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
+    if isinstance(value, Span):
+        if value.start is None and value.end is None:
+            return ""
+        return f"{cell(value.start, digits) or '-'}→{cell(value.end, digits) or '-'}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -71,11 +76,17 @@ def to_markdown(t: CollectTable) -> str:
 STATUS_STYLE = {"finished": "green", "failed": "red", "incomplete": "yellow", "missing": "dim"}
 
 
+#: short headers for the screen (files keep the column names)
+SCREEN_NAMES = {"step_s": "s/step", "val_acc": "val acc", "reward": "reward"}
+
+
 def screen_headers(t: CollectTable) -> dict[str, str]:
-    """On screen a config column is headed by its last key part when that is unambiguous
-    (`hessian_mode` rather than `influence.hessian_mode`); files keep the full key."""
-    leaves = [c.rsplit(".", 1)[-1] for c in t.config_columns]
-    out = {c: c for c in t.columns}
+    """On screen a config column is headed by its last key part when that is unambiguous and
+    longer than 6 characters (`hessian_mode` rather than `influence.hessian_mode`, but
+    `influence.enable` and `rollout.n` stay whole); files keep the full key."""
+    # a short leaf says little alone (`enable`, `n`): those keep their section
+    leaves = [c.rsplit(".", 1)[-1] if len(c.rsplit(".", 1)[-1]) > 6 else c for c in t.config_columns]
+    out = {c: SCREEN_NAMES.get(c, c) for c in t.columns}
     for c, leaf in zip(t.config_columns, leaves):
         if leaves.count(leaf) == 1 and leaf not in t.columns:
             out[c] = leaf
@@ -92,7 +103,7 @@ def to_rich(t: CollectTable, title: str | None = None) -> Any:
     heads = screen_headers(t)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     for c in cols:
-        numeric = any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in t.rows)
+        numeric = any(isinstance(r[c], (int, float, Span)) and not isinstance(r[c], bool) for r in t.rows)
         kw: dict[str, Any] = {"justify": "right" if numeric else "left", "no_wrap": True}
         if c == "reason":
             kw.update(overflow="ellipsis", max_width=36)
