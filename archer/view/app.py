@@ -79,6 +79,7 @@ class ArcherViewer(App[None]):
         Binding("E", "export_responses", "export responses", show=False),
         Binding("escape", "leave_input", "leave input", show=False),
         Binding("r", "refresh_steps", "reload steps", show=False),
+        Binding("t", "toggle_steps", "step list"),
     ]
 
     def __init__(
@@ -160,7 +161,12 @@ class ArcherViewer(App[None]):
     def across_tab(self) -> AcrossTab:
         return self.query_one(AcrossTab)
 
+    def on_resize(self, event) -> None:
+        for tab in self.query(ResponsesTab):  # (none yet on the first resize, before compose)
+            tab.fit(event.size.width)
+
     def on_mount(self) -> None:
+        self.responses_tab.fit(self.size.width)
         self.sub_title = str(self.path)
         self.query_one("#error-panel").display = False
         self.set_status(f"opening {self.path} …")
@@ -720,6 +726,13 @@ class ArcherViewer(App[None]):
     def action_refresh_steps(self) -> None:
         if self.data is not None:
             self.refresh_steps()
+
+    def action_toggle_steps(self) -> None:
+        shown = self.responses_tab.toggle_steps()
+        if self.active_tab() != "responses":
+            self.action_tab("responses")
+        if shown:
+            self.responses_tab.steps.focus()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -638,3 +638,43 @@ async def test_a_trace_with_no_steps_yet_says_so(tmp_path):
         assert "no steps yet" in static_text(app, "#responses-message")
         await press(pilot, "2", "right_square_bracket", "4", "6", "e", "E")
         assert app.is_running and app.step is None
+
+
+# ---------------------------------------------------------------------------------- terminal sizes
+
+
+async def test_step_list_follows_the_terminal_width_and_shows_the_current_step(tmp_path, tok_dir):
+    from .tracegen import write_long_trace
+
+    trace = write_long_trace(tmp_path / "run" / "trace", tokenizer_dir=tok_dir)
+    app = ArcherViewer(trace)
+    app.animation_level = "none"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        box, steps = app.query_one("#steps-box"), app.query_one("#steps")
+        assert app.step == 60 and steps.cursor_row == 59  # opened at the latest step, which is the cursor
+        visible = steps.scrollable_content_region.height - 1  # rows under the header
+        assert steps.scroll_y <= 59 < steps.scroll_y + visible  # ... and scrolled into view
+        assert box.display and box.outer_size.width == 48  # 2/5 of 120
+        await press(pilot, "left_square_bracket")
+        assert app.step == 59 and steps.cursor_row == 58
+        await pilot.resize_terminal(200, 50)
+        await settle(pilot)
+        assert box.outer_size.width == 58  # at most 58
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert not box.display  # too narrow: the responses take the width
+        assert app.query_one("#responses-box").size.width == 80
+        await press(pilot, "t")  # toggled on, whatever the width
+        assert box.display and box.outer_size.width == 32 and app.focused is steps
+        visible = steps.scrollable_content_region.height - 1
+        assert steps.scroll_y <= 58 < steps.scroll_y + visible
+        await press(pilot, "up", "enter")  # the step list works from here
+        assert app.step == 58 and app.focused is app.query_one("#responses-table")
+        await pilot.resize_terminal(200, 50)
+        await settle(pilot)
+        assert box.display
+        await press(pilot, "t")  # toggled off stays off on a wide terminal
+        assert not box.display
+        await press(pilot, "2", "t")  # from another tab: back to the responses with the list
+        assert app.active_tab() == "responses" and box.display

@@ -17,12 +17,17 @@ from archer.view.widgets.filters import ResponseFilterBar
 from archer.view.widgets.linetable import LineTable
 from archer.view.widgets.tables import ResponsesTable, SortableTable, StepsTable
 
+#: below this many columns the step list starts hidden (the responses need the room)
+NARROW = 100
+
 
 class ResponsesTab(TabPane):
-    """Owns the response order (sort + filters); posts StepChosen / ResponseChosen on moves."""
+    """Owns the response order (sort + filters) and whether the step list shows; posts
+    StepChosen / ResponseChosen on moves."""
 
     def __init__(self, title: str, **kw) -> None:
         super().__init__(title, **kw)
+        self.steps_shown: bool | None = None  # None: by the terminal's width; else the user's toggle
         self.sort: tuple[str, bool] = ("row", False)
         self.filter = ResponseFilterBar.Changed("all", None, None)
         self.table: ResponseTable | None = None
@@ -105,6 +110,22 @@ class ResponsesTab(TabPane):
 
     def focus_filters(self) -> None:
         self.query_one("#reward-min", Input).focus()
+
+    # ---- the step list ------------------------------------------------------------------------
+
+    def fit(self, width: int) -> None:
+        """Show or hide the step list for a terminal `width` columns wide (unless toggled)."""
+        show = self.steps_shown if self.steps_shown is not None else width >= NARROW
+        box = self.query_one("#steps-box")
+        box.set_class(not show, "-hidden")
+        if not show and self.steps.has_focus:
+            self.responses.focus()
+
+    def toggle_steps(self) -> bool:
+        """Flip the step list (from now on regardless of the width); returns whether it shows."""
+        self.steps_shown = self.query_one("#steps-box").has_class("-hidden")
+        self.fit(self.app.size.width)
+        return self.steps_shown
 
     # ---- order --------------------------------------------------------------------------------
 

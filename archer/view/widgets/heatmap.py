@@ -397,13 +397,23 @@ class TokenView(Widget, can_focus=True):
         if not self.is_mounted:
             return
         s = self.model.scales
-        self.query_one("#entropy-legend", Static).update(legend(s["entropy"], "H"))
+        ent = self.query_one("#entropy-legend", Static)
+        ent.update(legend(s["entropy"], "H", fit=self._fit(ent)))
+        inf_legend = self.query_one("#influence-legend", Static)
         inf = self.model.values.get("influence")
         if self.tokens is not None and inf is None:
             t = Text("influence not computed for this response", style="dim italic")
         else:
-            t = legend(s["influence"], "I", nan_note=True)
-        self.query_one("#influence-legend", Static).update(t)
+            t = legend(s["influence"], "I", nan_note=True, fit=self._fit(inf_legend))
+        inf_legend.update(t)
+
+    @staticmethod
+    def _fit(w: Static) -> int | None:
+        """Cells a legend has (None before the first layout: then the full legend)."""
+        return w.content_region.width or None
+
+    def on_resize(self) -> None:
+        self._update_legends()
 
     def readout_text(self) -> Text:
         """The cursor line: position, id, text, entropy, influence (and search position)."""

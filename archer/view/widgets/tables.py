@@ -107,9 +107,10 @@ class SortableTable(ArcherTable):
 
 
 class StepsTable(ArcherTable):
-    """Every step of the manifest with its aggregates (no step file is opened)."""
+    """Every step of the manifest with its aggregates (no step file is opened): responses, mean
+    reward, accuracy, mean entropy, rows with influence. The cursor is the current step."""
 
-    COLUMNS = ("step", "responses", "reward", "accuracy", "H mean", "I rows")
+    COLUMNS = ("step", "resp", "reward", "acc", "H mean", "I rows")
 
     def fill(self, steps: Sequence[StepRow], current: int | None) -> None:
         rows = [
