@@ -83,9 +83,10 @@ def collect(
 
     from archer.cli._console import out as console
     from archer.cli._console import warn
+    from archer.cli.collect_table import to_rich
     from archer.core.collect import build_table
     from archer.core.collect.columns import project, resolve, sort_rows
-    from archer.core.collect.formats import render, to_rich
+    from archer.core.collect.formats import render
     from archer.core.run import atomic_write_text
     from archer.errors import UsageError
 
@@ -124,7 +125,7 @@ def collect(
             table = Group(table, *(Text(n, overflow="fold") for n in notes))
         if out is not None or not console().is_terminal:
             # a file or a pipe gets every row on one line, however wide (a terminal wraps instead)
-            from archer.core.sweep.display import render_text
+            from archer.cli._console import render_text
 
             text = render_text(table)
             if out is not None:
@@ -151,7 +152,7 @@ def collect(
         else:
             warn("nothing to plot: no run has per-step metrics")
     if plot_terminal:
-        from archer.core.collect.plots import terminal_plots
+        from archer.cli.collect_plots import terminal_plots
 
         if not terminal_plots(full, console()):
             warn("nothing to plot in the terminal: no run has per-step metrics")
