@@ -79,7 +79,9 @@ def info(
 @app.command(
     "export",
     epilog="Examples:  archer trace export runs/x --step 3 --out step3.csv  ·  "
-    "archer trace export runs/x --step 3 --tokens --format jsonl --tokenizer runs/x/tokenizer > tokens.jsonl",
+    "archer trace export runs/x --step 3 --tokens --format jsonl > tokens.jsonl  ·  "
+    "archer trace export old/trace --step 3 --tokenizer ~/models/Qwen2.5-1.5B  ·  "
+    "archer trace export runs/x --step 3 --no-decode   (ids only, no tokenizer loaded)",
 )
 def export(
     path: Path = typer.Argument(..., help="A run directory (with trace/) or a trace directory."),
@@ -87,12 +89,22 @@ def export(
     fmt: Format = typer.Option(Format.csv, "--format", help="csv or jsonl.", case_sensitive=False),
     out_file: Path | None = typer.Option(None, "--out", help="File to write (atomically); default: stdout."),
     tokens: bool = typer.Option(False, "--tokens", help="One row per token instead of one per response."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="With --tokens: add decoded token text."),
+    tokenizer: Path | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="Tokenizer folder for the text columns (default: the run's, from summary.json or "
+        "<run>/tokenizer).",
+    ),
+    no_decode: bool = typer.Option(
+        False, "--no-decode", help="Leave the text columns empty (no tokenizer is loaded)."
+    ),
 ) -> None:
-    """One step's responses (summary columns) or tokens (id, entropy, influence) as CSV or JSON lines."""
+    """One step's responses (summary columns, prompt and response text) or tokens (id, text, entropy,
+    influence) as CSV or JSON lines."""
     from archer.core.trace import TraceReader
     from archer.core.trace.export import (
         RESPONSE_EXPORT_COLUMNS,
+        RESPONSE_TEXT_COLUMNS,
         TOKEN_EXPORT_COLUMNS,
         export_file,
         step_response_records,
@@ -101,31 +113,32 @@ def export(
     )
     from archer.errors import UsageError
 
-    if tokenizer is not None and not tokens:
-        raise UsageError("--tokenizer only applies with --tokens")
+    if tokenizer is not None and no_decode:
+        raise UsageError("--tokenizer and --no-decode exclude each other", hint="pass one of them")
+    if tokenizer is not None and not tokenizer.expanduser().is_dir():
+        raise UsageError(f"tokenizer folder {tokenizer} does not exist")
     if out_file is not None and not out_file.expanduser().parent.is_dir():
         raise UsageError(
             f"directory {out_file.parent} does not exist", hint=f"create it: mkdir -p {out_file.parent}"
         )
     reader = TraceReader(path)
     reader.step_info(step)  # a step not in the trace -> TraceError naming the span
-    if tokens:
-        decoder = None
-        if tokenizer is not None:
-            from archer.core.trace.decode import load_decoder
+    decoder = None
+    if not no_decode:
+        from archer.core.trace.decode import load_decoder, resolve_tokenizer
 
-            if not tokenizer.expanduser().is_dir():
-                raise UsageError(f"tokenizer folder {tokenizer} does not exist")
-            decoder = load_decoder(tokenizer)
-            if not decoder.is_text:
-                warn(f"no text column: {decoder.note}")
-                decoder = None
+        where, why = resolve_tokenizer(tokenizer, reader.summary, reader.dir)
+        decoder = load_decoder(where, note=why)
+        if not decoder.is_text:
+            warn(f"text columns left empty: {decoder.note} (or --no-decode)")
+            decoder = None
+    if tokens:
         records = step_token_records(reader, step, decoder)
         columns = TOKEN_EXPORT_COLUMNS
         what = "tokens"
     else:
-        records = step_response_records(reader, step)
-        columns = RESPONSE_EXPORT_COLUMNS
+        records = step_response_records(reader, step, decoder)
+        columns = RESPONSE_EXPORT_COLUMNS + RESPONSE_TEXT_COLUMNS
         what = "responses"
     if out_file is None:
         write_records(sys.stdout, records, columns, fmt.value)

@@ -42,6 +42,8 @@ RESPONSE_EXPORT_COLUMNS = (
     "influence_sum",
     "influence_mean",
 )
+#: whole decoded texts of a response export (empty without a tokenizer)
+RESPONSE_TEXT_COLUMNS = ("prompt_text", "response_text")
 TOKEN_EXPORT_COLUMNS = ("step", "row", "uid", "position", "token_id", "text", "entropy", "influence")
 
 
@@ -67,10 +69,31 @@ def response_record(values: Mapping[str, Any]) -> dict[str, Any]:
     return {c: clean(values.get(c)) for c in RESPONSE_EXPORT_COLUMNS}
 
 
-def step_response_records(reader: TraceReader, step: int) -> Iterator[dict[str, Any]]:
-    """Every response of a step as records (RESPONSE_EXPORT_COLUMNS), from its summary columns."""
-    for values in reader.step_overview(step).to_pylist():
-        yield response_record(values)
+def step_response_records(reader: TraceReader, step: int, decoder: Any = None) -> Iterator[dict[str, Any]]:
+    """Every response of a step as records (RESPONSE_EXPORT_COLUMNS), from its summary columns.
+
+    With `decoder` (a text `decode.Decoder`) the records also hold RESPONSE_TEXT_COLUMNS: the prompt
+    and the response decoded whole (special tokens kept, as the model saw them). A group's prompt
+    is decoded once.
+    """
+    overview = reader.step_overview(step).to_pylist()
+    if decoder is None:
+        for values in overview:
+            yield response_record(values)
+        return
+    t = reader.read_step(step, columns=["prompt_ids", "response_ids"])
+    p_ids, p_off = list_values(t.column("prompt_ids"))
+    r_ids, r_off = list_values(t.column("response_ids"))
+    prompts: dict[bytes, str] = {}
+    for r, values in enumerate(overview):
+        prompt = p_ids[p_off[r] : p_off[r + 1]]
+        key = prompt.tobytes()
+        if key not in prompts:
+            prompts[key] = decoder.decode(prompt.tolist())
+        rec = response_record(values)
+        rec["prompt_text"] = prompts[key]
+        rec["response_text"] = decoder.decode(r_ids[r_off[r] : r_off[r + 1]].tolist())
+        yield rec
 
 
 def token_records(
