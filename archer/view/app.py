@@ -719,6 +719,14 @@ class ArcherViewer(App[None]):
     def action_accepted(self) -> None:
         self.responses_tab.cycle_accepted()
 
+    @on(Input.Submitted)
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a filter bound applies it (it already is) and hands the keys back to the view,
+        so `[ ] , .` typed next move steps and responses instead of landing in the field."""
+        if event.input.has_class("bound"):
+            event.stop()
+            self.action_leave_input()
+
     def action_leave_input(self) -> None:
         if isinstance(self.focused, Input):
             self.query_one(self._FOCUS.get(self.active_tab(), "#responses-table")).focus()

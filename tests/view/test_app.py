@@ -678,3 +678,85 @@ async def test_step_list_follows_the_terminal_width_and_shows_the_current_step(t
         assert not box.display
         await press(pilot, "2", "t")  # from another tab: back to the responses with the list
         assert app.active_tab() == "responses" and box.display
+
+
+# ---------------------------------------------------------------------------------- focus, keys, mouse
+
+
+async def test_enter_in_a_filter_returns_the_keys_to_the_view(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "f")  # the reward range of the responses tab
+        assert app.focused is app.query_one("#reward-min")
+        await press(pilot, "0", "full_stop", "5", "enter")
+        assert app.query_one("#reward-min").value == "0.5"
+        assert app.focused is app.query_one("#responses-table")
+        assert sorted(table_keys(app, "#responses-table"), key=int) == ["0", "2", "4", "5"]
+        await press(pilot, "left_square_bracket")  # a step key, not a character of the field
+        assert app.step == 1 and app.query_one("#reward-min").value == "0.5"
+        await press(pilot, "right_square_bracket", "2", "f")  # the entropy range of the tokens tab
+        assert app.focused is app.query_one("#ent-min")
+        await press(pilot, "1", "enter")
+        assert app.focused is app.query_one("#token-view")
+        assert app.query_one("#ent-min").value == "1"
+        before = app.row
+        await press(pilot, "full_stop")  # next response, not a "." in the field
+        assert app.row != before and app.query_one("#ent-min").value == "1"
+
+
+async def test_mouse_opens_tabs_and_rows(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await pilot.click("#tabs Tab#--content-tab-group")
+        await settle(pilot)
+        assert app.active_tab() == "group"
+        await pilot.click("#tabs Tab#--content-tab-responses")
+        await settle(pilot)
+        assert app.active_tab() == "responses"
+        await pilot.click("#responses-table", offset=(2, 4))  # header, then rows 0..: row 3
+        await settle(pilot)
+        assert app.row == 3 and app.active_tab() == "responses"
+        await pilot.click("#responses-table", offset=(2, 4))  # a second click opens it
+        await settle(pilot)
+        assert app.active_tab() == "tokens" and app.row == 3
+        await press(pilot, "1")
+        await pilot.click("#steps", offset=(2, 1))  # step 1
+        await settle(pilot)
+        await pilot.click("#steps", offset=(2, 1))
+        await settle(pilot)
+        assert app.step == 1
+
+
+def test_help_lists_every_key_the_viewer_binds():
+    """Each key of the app, the tables and the heatmap is in the help screen (and so in docs)."""
+    from archer.view.widgets.heatmap import TokenView
+    from archer.view.widgets.help import KEYS
+    from archer.view.widgets.linetable import LineTable
+    from archer.view.widgets.tables import SortableTable
+
+    shown = {
+        "question_mark": "?",
+        "left_square_bracket": "[",
+        "right_square_bracket": "]",
+        "comma": ",",
+        "full_stop": ".",
+        "slash": "/",
+        "left": "←",
+        "right": "→",
+        "up": "↑",
+        "down": "↓",
+        "pageup": "pgup",
+        "pagedown": "pgdn",
+    }
+    listed = {k for _, keys, _ in KEYS for k in keys.split()}
+    if "…" in listed:  # "1 … 6"
+        listed |= {"2", "3", "4", "5"}
+    bound = {
+        k
+        for cls in (ArcherViewer, TokenView, LineTable, SortableTable)
+        for b in cls.BINDINGS
+        for k in b.key.split(",")
+    }
+    missing = sorted(k for k in bound if shown.get(k, k) not in listed)
+    assert not missing, missing
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "viewer.md").read_text()
+    undocumented = sorted(k for k in bound - {"2", "3", "4", "5"} if f"`{shown.get(k, k)}`" not in docs)
+    assert not undocumented, undocumented  # (docs write the tabs as `1` … `6`)
