@@ -35,7 +35,7 @@ from archer.errors import ArcherError
 from archer.view import messages as msg
 from archer.view.cells import visible
 from archer.view.guard import error_text, guarded
-from archer.view.model import ResponseTable, ResponseTokens, StepRow, StepStats, TraceData
+from archer.view.model import ResponseTable, ResponseTokens, StepRow, StepStats, TraceData, fidelity_notes
 from archer.view.palette import ViewerCommands
 from archer.view.tabs.across import AcrossTab
 from archer.view.tabs.group import GroupTab
@@ -284,9 +284,12 @@ class ArcherViewer(App[None]):
         try:
             stats = self.data.step_stats(step)
             dec = self.decoder
-            texts = {
-                (h.row, h.pos): dec.token_in_context(h.context) for hits in stats.top.values() for h in hits
-            }
+            texts = {}
+            for hits in stats.top.values():
+                for h in hits:  # decoded in one window, so a character split over tokens stays whole
+                    parts = dec.token_texts(list(h.context) + list(h.after))
+                    k = len(h.context)
+                    texts[(h.row, h.pos)] = ("".join(parts[: k - 1]), parts[k - 1], "".join(parts[k:]))
         except Exception as e:  # noqa: BLE001
             self._post(msg.StatsFailed(step, error_text(e)))
             return
@@ -558,7 +561,7 @@ class ArcherViewer(App[None]):
         if m.step != self.step:
             return
         self.stats = m.stats
-        self.topk_tab.show_stats(m.stats, m.texts)
+        self.topk_tab.show_stats(m.stats, m.texts, fidelity_notes(self.data.summary) if self.data else [])
         self.tokens_tab.set_stats(m.stats)
 
     @on(msg.StatsFailed)

@@ -69,7 +69,7 @@ class ResponseFailed(Message):
 class StatsLoaded(Message):
     step: int
     stats: Any  # StepStats
-    texts: dict  # (row, pos) -> token text, for the top-K table
+    texts: dict  # (row, pos) -> (text before, token text, text after), for the top-K table
 
 
 @dataclass

@@ -760,3 +760,31 @@ def test_help_lists_every_key_the_viewer_binds():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "viewer.md").read_text()
     undocumented = sorted(k for k in bound - {"2", "3", "4", "5"} if f"`{shown.get(k, k)}`" not in docs)
     assert not undocumented, undocumented  # (docs write the tabs as `1` … `6`)
+
+
+# ---------------------------------------------------------------------------------- influence analysis
+
+
+async def test_topk_tab_shows_influence_statistics_and_each_hit_in_its_text(run_dir):
+    from archer.view.colors import fmt
+
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "4")
+        note = static_text(app, "#topk-note")
+        s = app.stats
+        assert s.auc_groups == 2 and f"AUC accepted vs rejected {fmt(s.auc)}" in note and "2 groups" in note
+        assert f"positive mass {100 * s.influence_positive_share:.0f}%" in note
+        table = app.query_one("#topk-table")
+        hit = table.hits["entropy high:1"]
+        whole = STEP2[hit.row]
+        lo, hi = max(0, hit.pos - 8), hit.pos + 1 + 8  # CONTEXT_TOKENS before and after the hit
+        row = table.rows[table.get_row_index("entropy high:1")]
+        from archer.view.cells import visible
+
+        assert str(row[-1]) == visible(whole[lo:hi])  # the window around the hit, whitespace visible
+        await press(pilot, "6")
+        for _ in range(50):  # the map (and the AUC per step) is computed by a worker
+            if "step 2:" in static_text(app, "#range-auc"):
+                break
+            await settle(pilot)
+        assert f"step 2: {fmt(s.auc)}" in static_text(app, "#range-auc")

@@ -3,8 +3,8 @@
 - `trace_data`: `TraceData`, the trace opened for viewing, with small LRU caches per step/response;
 - `responses`: `ResponseTable`, one step's summary columns with sorting, filtering and groups;
 - `tokens`: `ResponseTokens`, one response's token arrays, with the token filter, order and search;
-- `stats`: numbers reduced from a step's token columns (top-K, scale percentiles) and the
-  step x position entropy map.
+- `stats`: numbers reduced from a step's token columns (top-K, scale percentiles, influence
+  statistics and fidelity notes) and the step x position entropy map.
 
 The bench and the tests use these without a screen. Export records and text decoding live in
 `archer.core.trace` because `archer trace export` needs them without the viewer.
@@ -19,6 +19,8 @@ from .stats import (
     TokenHit,
     compute_step_stats,
     entropy_by_position,
+    fidelity_notes,
+    step_auc,
 )
 from .tokens import (
     TOKEN_SORTS,
@@ -46,9 +48,11 @@ __all__ = [
     "TraceData",
     "compute_step_stats",
     "entropy_by_position",
+    "fidelity_notes",
     "search_ids",
     "search_tokens",
     "sort_order",
+    "step_auc",
     "token_filter_mask",
     "token_order",
 ]

@@ -1,5 +1,5 @@
-"""Numbers reduced from a step's token columns (top-K, scale percentiles) and the step x position
-entropy map; the columns themselves are never kept."""
+"""Numbers reduced from a step's token columns (top-K, scale percentiles, influence statistics) and
+the step x position entropy map; the columns themselves are never kept."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from archer.core.collect.quality import within_group_aucs
 from archer.core.trace import list_values
 
 
@@ -23,6 +24,7 @@ class TokenHit:
     token_id: int
     value: float
     context: tuple[int, ...] = ()  # the ids up to and including it (for decoding in context)
+    after: tuple[int, ...] = ()  # the ids that follow it (the window shown around a hit)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class StepStats:
     influence_absmax: float
     influence_abs_p95: float
     top: dict[str, list[TokenHit]] = field(default_factory=dict)
+    #: captured influence > 0 over all captured |influence| (0.5: as much pushes up as down)
+    influence_positive_share: float = math.nan
+    #: tokens of the responses that carry influence (captured or NaN): the denominator of coverage
+    influence_row_tokens: int = 0
+    #: mean within-group AUC of accepted vs rejected by mean influence, and over how many groups
+    auc: float = math.nan
+    auc_groups: int = 0
 
 
 TOPK_KINDS = ("entropy high", "entropy low", "influence high", "influence low")
@@ -81,9 +90,17 @@ def compute_step_stats(step: int, table: Any, k: int = 20) -> StepStats:
             pos = int(j - offsets[row])
             base = int(i_off[row])
             ctx = ids[base + max(0, pos - CONTEXT_TOKENS) : base + pos + 1]
+            after = ids[base + pos + 1 : min(base + pos + 1 + CONTEXT_TOKENS, int(i_off[row + 1]))]
             out.append(
                 TokenHit(
-                    kind, rank, row, pos, int(ids[base + pos]), float(values[j]), tuple(int(x) for x in ctx)
+                    kind,
+                    rank,
+                    row,
+                    pos,
+                    int(ids[base + pos]),
+                    float(values[j]),
+                    tuple(int(x) for x in ctx),
+                    tuple(int(x) for x in after),
                 )
             )
         return out
@@ -97,7 +114,7 @@ def compute_step_stats(step: int, table: Any, k: int = 20) -> StepStats:
     top["entropy low"] = hits("entropy low", _topk(ent_rel, k, False), rel_off, ent_rel)
 
     infl_col = table.column("influence")
-    n_inf, absmax, abs95 = 0, math.nan, math.nan
+    n_inf, absmax, abs95, pos_share, row_tokens = 0, math.nan, math.nan, math.nan, 0
     top["influence high"], top["influence low"] = [], []
     if n_rows and infl_col.null_count < n_rows:
         inf_vals, f_off = list_values(infl_col)
@@ -105,11 +122,14 @@ def compute_step_stats(step: int, table: Any, k: int = 20) -> StepStats:
         f_base = int(f_off[0])
         inf_rel = inf[f_base : int(f_off[-1])]
         rel_f = f_off - f_base
-        ok = inf_rel[np.isfinite(inf_rel)]
+        ok = inf_rel[np.isfinite(inf_rel)].astype(np.float64)
         n_inf = len(ok)
+        row_tokens = len(inf_rel)
         if n_inf:
             a = np.abs(ok)
             absmax, abs95 = float(a.max()), float(np.percentile(a, 95))
+            mass = float(a.sum())
+            pos_share = float(ok[ok > 0].sum() / mass) if mass > 0 else math.nan
         top["influence high"] = hits("influence high", _topk(inf_rel, k, True), rel_f, inf_rel)
         top["influence low"] = hits("influence low", _topk(inf_rel, k, False), rel_f, inf_rel)
     if len(finite):
@@ -117,7 +137,56 @@ def compute_step_stats(step: int, table: Any, k: int = 20) -> StepStats:
         e_min, e_max = float(finite.min()), float(finite.max())
     else:
         p05 = p95 = e_min = e_max = math.nan
-    return StepStats(step, len(ent_rel), e_min, e_max, float(p05), float(p95), n_inf, absmax, abs95, top)
+    return StepStats(
+        step,
+        len(ent_rel),
+        e_min,
+        e_max,
+        float(p05),
+        float(p95),
+        n_inf,
+        absmax,
+        abs95,
+        top,
+        influence_positive_share=pos_share,
+        influence_row_tokens=row_tokens,
+    )
+
+
+def step_auc(table: Any) -> tuple[float, int]:
+    """(mean within-group AUC, groups) of a step's ResponseTable: accepted vs rejected responses of
+    one prompt ranked by mean influence (the same definition as `archer collect`'s auc column)."""
+    acc = table.cols["accepted"]
+    accepted = [None if math.isnan(v) else bool(v) for v in acc.tolist()]
+    aucs = within_group_aucs(table.uid, accepted, table.cols["influence_mean"].tolist())
+    return (float(np.mean(aucs)) if aucs else math.nan), len(aucs)
+
+
+def fidelity_notes(summary: dict[str, Any]) -> list[str]:
+    """What makes this trace's influence an approximation, from summary.json's influence settings
+    (nothing when influence was off or the trace does not record its settings)."""
+    s = summary.get("influence_settings") or {}
+    if not s:
+        return []
+    notes = []
+    mode = s.get("hessian_mode")
+    if mode:
+        notes.append(f"hessian {mode}" + (f" from {s['hessian_source']}" if s.get("hessian_source") else ""))
+    if s.get("output_function"):
+        notes.append(f"output {s['output_function']}")
+    if s.get("projection"):
+        factor = s.get("projection_dim_factor")
+        notes.append(f"{s['projection']} projection" + (f" (dim factor {factor})" if factor else ""))
+    if s.get("max_modules"):
+        notes.append(f"at most {s['max_modules']} modules matching {s.get('module_name_filter', '?')}")
+    cap = s.get("max_tokens_per_response")
+    notes.append(f"≤ {cap} tokens per response captured (others NaN)" if cap else "every token captured")
+    prompts = s.get("max_prompts_per_step")
+    if prompts:
+        notes.append(f"≤ {prompts} prompts per step")
+    if s.get("storage_dtype"):
+        notes.append(f"stored as {s['storage_dtype']}")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -127,6 +196,7 @@ class EntropyMap:
     steps: list[int]
     bin_size: int
     means: np.ndarray  # [len(steps), n_bins] float32
+    auc: np.ndarray | None = None  # [len(steps)] within-group influence AUC per step (NaN: none)
 
     @property
     def n_bins(self) -> int:

@@ -12,7 +12,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -22,7 +22,7 @@ from archer.core.trace import TraceReader
 from archer.core.trace.schema import TOKEN_ROLE_COLUMN
 
 from .responses import ResponseTable
-from .stats import EntropyMap, StepStats, compute_step_stats, entropy_by_position
+from .stats import EntropyMap, StepStats, compute_step_stats, entropy_by_position, step_auc
 from .tokens import ResponseTokens
 
 K = TypeVar("K")
@@ -158,6 +158,8 @@ class TraceData:
             table = self.reader.read_step(step, columns=["response_ids", "entropy", "influence"])
             s = compute_step_stats(step, table, k)
             del table
+            auc, groups = step_auc(self.step_table(step))
+            s = replace(s, auc=auc, auc_groups=groups)
             self._stats.put(step, s)
         return s
 
@@ -179,13 +181,16 @@ class TraceData:
         bin_size = max(1, math.ceil(max_len / n_bins))
         n_bins = max(1, math.ceil(max_len / bin_size))
         means = np.full((len(rows), n_bins), np.nan, dtype=np.float32)
+        auc = np.full(len(rows), np.nan)
         for i, r in enumerate(rows):
             table = self.reader.read_step(r.step, columns=["entropy"])
             means[i] = entropy_by_position(table, bin_size, n_bins)
             del table
+            if r.influence_rows:  # summary columns only (not cached: this runs in a worker)
+                auc[i] = step_auc(ResponseTable(r.step, self.reader.step_overview(r.step)))[0]
             if progress is not None and progress(i + 1, len(rows)) is False:
                 break
-        return EntropyMap([r.step for r in rows], bin_size, means)
+        return EntropyMap([r.step for r in rows], bin_size, means, auc)
 
     def cached_steps(self) -> list[int]:
         return self._tables.keys()
