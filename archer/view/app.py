@@ -284,16 +284,21 @@ class ArcherViewer(App[None]):
         try:
             stats = self.data.step_stats(step)
             dec = self.decoder
-            texts = {}
-            for hits in stats.top.values():
-                for h in hits:  # decoded in one window, so a character split over tokens stays whole
-                    parts = dec.token_texts(list(h.context) + list(h.after))
-                    k = len(h.context)
-                    texts[(h.row, h.pos)] = ("".join(parts[: k - 1]), parts[k - 1], "".join(parts[k:]))
+            texts = hit_texts(dec, [h for hits in stats.top.values() for h in hits])
         except Exception as e:  # noqa: BLE001
             self._post(msg.StatsFailed(step, error_text(e)))
             return
         self._post(msg.StatsLoaded(step, stats, texts))
+
+    @work(thread=True, exclusive=True, group="find")
+    def search_step(self, step: int, query: str) -> None:
+        try:
+            hits, total = self.data.search_step(step, query, self.decoder)
+            texts = hit_texts(self.decoder, hits)
+        except Exception as e:  # noqa: BLE001
+            self._post(msg.WorkFailed("find in step", error_text(e)))
+            return
+        self._post(msg.StepSearchDone(step, query, hits, total, texts))
 
     @work(thread=True, exclusive=True, group="group")
     def load_group(self, step: int, uid: str) -> None:
@@ -438,6 +443,8 @@ class ArcherViewer(App[None]):
         self.tokens_tab.set_loading(True)
         self.tokens_tab.set_stats(None)
         self.topk_tab.clear()
+        if self.topk_tab.find_text():  # a step search follows the step
+            self.post_message(msg.StepSearchWanted(self.topk_tab.find_text()))
         self.set_status("")
         self.load_step(step)
         if self.active_tab() == "topk" or self.tokens_tab.scale_mode != "response":
@@ -563,6 +570,24 @@ class ArcherViewer(App[None]):
         self.stats = m.stats
         self.topk_tab.show_stats(m.stats, m.texts, fidelity_notes(self.data.summary) if self.data else [])
         self.tokens_tab.set_stats(m.stats)
+
+    @on(msg.StepSearchWanted)
+    @guarded
+    def on_step_search_wanted(self, m: msg.StepSearchWanted) -> None:
+        if self.step is None or self.data is None:
+            return
+        if not m.query:
+            self.topk_tab.show_extremes()
+            return
+        self.topk_tab.set_searching(m.query)
+        self.search_step(self.step, m.query)
+
+    @on(msg.StepSearchDone)
+    @guarded
+    def on_step_search_done(self, m: msg.StepSearchDone) -> None:
+        if m.step == self.step:
+            self.topk_tab.show_matches(m.step, m.query, m.hits, m.total, m.texts)
+            self.topk_tab.table.focus()
 
     @on(msg.StatsFailed)
     @guarded
@@ -703,6 +728,9 @@ class ArcherViewer(App[None]):
         self.set_status()
 
     def action_search(self) -> None:
+        if self.active_tab() == "topk":  # the top-K tab searches every response of the step
+            self.topk_tab.focus_find()
+            return
         self.action_tab("tokens")
         self.tokens_tab.focus_search()
 
@@ -773,3 +801,18 @@ class ArcherViewer(App[None]):
         records = [response_record(table.record(int(r))) for r in self.responses_tab.order]
         path = self.export_dir / f"archer_step{self.step:06d}_responses.csv"
         self.export(path, records, RESPONSE_EXPORT_COLUMNS, "responses")
+
+
+def hit_texts(dec, hits) -> dict[tuple[int, int], tuple[str, str, str]]:
+    """(text before, hit text, text after) of each TokenHit, decoded as one window so a character
+    split over tokens stays whole."""
+    out = {}
+    for h in hits:
+        parts = dec.token_texts(list(h.context) + list(h.after))
+        k = len(h.context)
+        out[(h.row, h.pos)] = (
+            "".join(parts[: k - h.length]),
+            "".join(parts[k - h.length : k]),
+            "".join(parts[k:]),
+        )
+    return out

@@ -142,6 +142,22 @@ class StatsWanted(Message):
 
 
 @dataclass
+class StepSearchWanted(Message):
+    """Find `query` in every response of the current step (the top-K tab's search)."""
+
+    query: str
+
+
+@dataclass
+class StepSearchDone(Message):
+    step: int
+    query: str
+    hits: list  # TokenHit, kind "match"
+    total: int  # matches in all (hits stops at a limit)
+    texts: dict  # (row, pos) -> (text before, match text, text after)
+
+
+@dataclass
 class JumpTo(Message):
     """Show `row` of `step` in the tokens tab, cursor on `pos` (from top-K, group, palette)."""
 

@@ -788,3 +788,36 @@ async def test_topk_tab_shows_influence_statistics_and_each_hit_in_its_text(run_
                 break
             await settle(pilot)
         assert f"step 2: {fmt(s.auc)}" in static_text(app, "#range-auc")
+
+
+async def test_find_in_step_lists_matches_in_every_response_and_jumps(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "4", "slash")  # on the top-K tab, / searches the whole step
+        assert app.focused is app.query_one("#step-find")
+        await press(pilot, "1", "enter")
+        table = app.query_one("#topk-table")
+        # "1" in STEP2: "19" (rows 0, 2), "18" (1), "21\n x" (3), "12", "12!", "13" (4, 5, 6)
+        expected = [(r, t.find("1")) for r, t in enumerate(STEP2) if "1" in t]
+        assert [(h.row, h.pos) for h in table.hits.values()] == expected
+        assert set(k.split(":")[0] for k in table.hits) == {"match"}
+        assert "7 matches in 7 responses" in static_text(app, "#step-find-count")
+        assert app.focused is table
+        row = table.rows[table.get_row_index("match:4")]  # row 3: "21\n x", the "1" at position 1
+        assert str(row[-1]) == "21↵·x"
+        await press(pilot, "end", "enter")  # the last match: row 6, "13"
+        assert app.active_tab() == "tokens" and (app.row, app.query_one("#token-view").model.cursor) == (6, 0)
+        await press(pilot, "4", "slash")  # a match spanning tokens, smart case
+        app.query_one("#step-find").value = "9 Y"
+        await press(pilot, "enter")
+        assert "no match" in static_text(app, "#step-find-count")  # a capital: case-sensitive
+        await press(pilot, "slash")
+        app.query_one("#step-find").value = "9 y"
+        await press(pilot, "enter")
+        hits = list(table.hits.values())
+        assert [(h.row, h.pos, h.length) for h in hits] == [(2, 1, 3)]  # "9", " ", "y" of "19 yes"
+        await press(pilot, "left_square_bracket")  # the search follows the step: step 1 has none
+        assert app.step == 1 and "no match" in static_text(app, "#step-find-count")
+        await press(pilot, "slash")
+        app.query_one("#step-find").value = ""
+        await press(pilot, "enter")  # empty: the extremes again
+        assert any(k.startswith("entropy high") for k in table.hits)

@@ -174,6 +174,23 @@ def test_step_influence_statistics_by_hand(bare_trace):
     assert math.isnan(emap.auc[emap.steps.index(1)])
 
 
+def test_search_step_finds_a_text_in_every_response_with_a_cap(bare_trace, tok_dir):
+    d = TraceData(bare_trace)
+    hits, total = d.search_step(2, "1", load_decoder(tok_dir), limit=3)
+    assert total == sum("1" in t for t in STEP2) == 7  # one "1" in each of 7 responses
+    assert [(h.row, h.pos, h.kind, h.rank) for h in hits] == [
+        (0, 0, "match", 1),
+        (1, 0, "match", 2),
+        (2, 0, "match", 3),
+    ]
+    assert hits[0].context == tuple(char_ids("1")) and hits[0].after == tuple(char_ids("9"))
+    # without a tokenizer the ids are searched
+    nine = char_ids("9")[0]
+    hits, total = d.search_step(2, str(nine), IdDecoder())
+    assert total == 2 and [(h.row, h.pos) for h in hits] == [(0, 1), (2, 1)]
+    assert d.search_step(4, "1", IdDecoder()) == ([], 0)  # a step without responses
+
+
 def test_fidelity_notes_say_what_the_influence_settings_approximate():
     from archer.view.model import fidelity_notes
 

@@ -25,6 +25,7 @@ class TokenHit:
     value: float
     context: tuple[int, ...] = ()  # the ids up to and including it (for decoding in context)
     after: tuple[int, ...] = ()  # the ids that follow it (the window shown around a hit)
+    length: int = 1  # tokens the hit spans (a text match may cover several): the last of `context`
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,20 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from archer.core.trace import TraceReader
+from archer.core.trace import TraceReader, list_values
 from archer.core.trace.schema import TOKEN_ROLE_COLUMN
 
 from .responses import ResponseTable
-from .stats import EntropyMap, StepStats, compute_step_stats, entropy_by_position, step_auc
-from .tokens import ResponseTokens
+from .stats import (
+    CONTEXT_TOKENS,
+    EntropyMap,
+    StepStats,
+    TokenHit,
+    compute_step_stats,
+    entropy_by_position,
+    step_auc,
+)
+from .tokens import ResponseTokens, search_ids, search_tokens
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -162,6 +170,43 @@ class TraceData:
             s = replace(s, auc=auc, auc_groups=groups)
             self._stats.put(step, s)
         return s
+
+    def search_step(
+        self, step: int, query: str, decoder: Any, limit: int = 200
+    ) -> tuple[list[TokenHit], int]:
+        """Matches of `query` in every response of a step, in row order: at most `limit` hits
+        (kind "match", each with the text window around it) and how many there are in all.
+
+        Each response is decoded with `decoder` and searched like the tokens tab searches one
+        (smart case, matches may span tokens); a decoder without text searches token ids.
+        Reads the step's `response_ids` column once; nothing is cached.
+        """
+        t = self.reader.read_step(step, columns=["response_ids"])
+        ids, off = list_values(t.column("response_ids"))
+        hits: list[TokenHit] = []
+        total = 0
+        for r in range(t.num_rows):
+            rid = ids[off[r] : off[r + 1]]
+            if decoder.is_text:
+                spans = search_tokens(decoder.token_texts(rid), query)
+            else:
+                spans = search_ids(rid, query)
+            total += len(spans)
+            for first, last in spans[: max(0, limit - len(hits))]:
+                hits.append(
+                    TokenHit(
+                        "match",
+                        len(hits) + 1,
+                        r,
+                        first,
+                        int(rid[first]),
+                        math.nan,
+                        tuple(int(x) for x in rid[max(0, first - CONTEXT_TOKENS) : last + 1]),
+                        tuple(int(x) for x in rid[last + 1 : last + 1 + CONTEXT_TOKENS]),
+                        last - first + 1,
+                    )
+                )
+        return hits, total
 
     def entropy_map(
         self,

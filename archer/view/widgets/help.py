@@ -15,7 +15,7 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("anywhere", ",  .", "previous / next response (in the table's order)"),
     ("anywhere", "g", "group view of the current response's prompt"),
     ("anywhere", "c", "colour scale: per response → per step → step percentile (5–95)"),
-    ("anywhere", "/", "search token text (Enter: first match after the cursor)"),
+    ("anywhere", "/", "search the response's text (Enter: first match); on top-K: the whole step"),
     ("anywhere", "n  N", "next / previous search match"),
     ("anywhere", "f", "filters: reward range (responses tab) or entropy/influence range (tokens)"),
     ("anywhere", "a", "cycle accepted filter: all → accepted → rejected → unknown"),
