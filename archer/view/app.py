@@ -47,6 +47,7 @@ from archer.view.widgets.help import HelpScreen
 
 TABS = ("responses", "tokens", "token-table", "topk", "group", "across")
 PREVIEW_TOKENS = 160
+COMPARE_TOKENS = 4000  # tokens of each response the group tab's side-by-side shows
 
 
 class ArcherViewer(App[None]):
@@ -306,16 +307,18 @@ class ArcherViewer(App[None]):
             table = self.data.step_table(step)
             rows = [int(r) for r in table.group_rows(uid)]
             dec = self.decoder
-            previews, prompt = {}, ""
+            previews, prompt, tokens = {}, "", {}
             for r in rows:
                 tok = self.data.response(step, r)
                 previews[r] = visible(dec.decode(tok.ids[:PREVIEW_TOKENS]))
+                infl = None if tok.influence is None else tok.influence[:COMPARE_TOKENS]
+                tokens[r] = (dec.token_texts(tok.ids[:COMPARE_TOKENS]), infl, tok.n)
                 if not prompt:
                     prompt = dec.decode(tok.prompt_ids)
         except Exception as e:  # noqa: BLE001
             self._post(msg.WorkFailed("group", error_text(e)))
             return
-        self._post(msg.GroupLoaded(step, uid, rows, prompt, previews))
+        self._post(msg.GroupLoaded(step, uid, rows, prompt, previews, tokens))
 
     @work(thread=True, exclusive=True, group="across")
     def load_across(self) -> None:

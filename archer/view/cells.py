@@ -17,6 +17,14 @@ def visible(text: str) -> str:
     return text.translate(_VISIBLE)
 
 
+_CONTROLS = {c: v for c, v in _VISIBLE.items() if c not in (ord(" "), ord("\t"), ord("\n"))}
+
+
+def printable(text: str) -> str:
+    """Running text for a pane: spaces, tabs and newlines kept, other control characters visible."""
+    return text.translate(_CONTROLS)
+
+
 def cell_text(raw: str) -> str:
     """What a heatmap cell shows for a token's raw text: visible whitespace, never empty."""
     if raw == "":

@@ -85,6 +85,7 @@ class GroupLoaded(Message):
     rows: list  # response rows of the group
     prompt: str
     previews: dict  # row -> decoded response preview
+    tokens: dict | None = None  # row -> (token texts, influence or None, length): the first tokens
 
 
 @dataclass

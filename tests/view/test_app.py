@@ -821,3 +821,35 @@ async def test_find_in_step_lists_matches_in_every_response_and_jumps(run_dir):
         app.query_one("#step-find").value = ""
         await press(pilot, "enter")  # empty: the extremes again
         assert any(k.startswith("entropy high") for k in table.hits)
+
+
+async def test_group_tab_shows_an_accepted_and_a_rejected_response_side_by_side(run_dir):
+    from archer.view.colors import NAN_STYLE
+
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "g")  # group p0: rows 0..3 accepted T T F F, rewards 1 0 1 0
+        a, b = static_text(app, "#compare-a"), static_text(app, "#compare-b")
+        assert a.startswith("accepted  row 0 ") and a.endswith(STEP2[0])  # current row, accepted
+        assert b.startswith("rejected  row 3 ") and b.endswith(STEP2[3])  # lowest-reward rejected
+        # one influence scale for both: row 3's third token was not captured (NaN): neutral
+        content = app.query_one("#compare-b").content
+        nan_spans = [sp for sp in content.spans if sp.style == NAN_STYLE]
+        assert [content.plain[sp.start : sp.end] for sp in nan_spans] == [STEP2[3][2]]
+        assert "the pair" in static_text(app, "#compare-legend")
+        table = app.query_one("#group-table")
+        table.focus()
+        table.move_cursor(row=table.get_row_index("2"))  # a rejected row goes to the right
+        await settle(pilot)
+        assert static_text(app, "#compare-b").startswith("rejected  row 2 ")
+        assert static_text(app, "#compare-a").startswith("accepted  row 0 ")
+        table.move_cursor(row=table.get_row_index("1"))  # an accepted row to the left
+        await settle(pilot)
+        assert static_text(app, "#compare-a").startswith("accepted  row 1 ")
+        app.select_response(7)  # group p1: row 7 has no verdict, so the default pair shows
+        await settle(pilot)
+        assert static_text(app, "#compare-a").startswith("accepted  row 4 ")
+        assert static_text(app, "#compare-b").startswith("rejected  row 5 ")
+    async with opened(run_dir, step=1) as (app, pilot):  # no accepted flags, no influence
+        await press(pilot, "g")
+        assert "no accepted response" in static_text(app, "#compare-a")
+        assert "influence not computed" in static_text(app, "#compare-legend")
