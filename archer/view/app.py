@@ -33,7 +33,7 @@ from archer.core.trace.export import (
 )
 from archer.errors import ArcherError
 from archer.view import messages as msg
-from archer.view.cells import visible
+from archer.view.cells import printable, visible
 from archer.view.guard import error_text, guarded
 from archer.view.model import ResponseTable, ResponseTokens, StepRow, StepStats, TraceData, fidelity_notes
 from archer.view.palette import ViewerCommands
@@ -81,6 +81,7 @@ class ArcherViewer(App[None]):
         Binding("escape", "leave_input", "leave input", show=False),
         Binding("r", "refresh_steps", "reload steps", show=False),
         Binding("t", "toggle_steps", "step list"),
+        Binding("p", "follow_prompt", "follow prompt", show=False),
     ]
 
     def __init__(
@@ -201,6 +202,11 @@ class ArcherViewer(App[None]):
                 "highest and lowest entropy and influence of the step",
                 lambda: self.action_tab("topk"),
             ),
+            (
+                "Follow prompt across steps",
+                "every step that sampled the current response's prompt",
+                self.action_follow_prompt,
+            ),
             ("Keys", "the help screen", self.action_help),
         ]
 
@@ -319,6 +325,16 @@ class ArcherViewer(App[None]):
             self._post(msg.WorkFailed("group", error_text(e)))
             return
         self._post(msg.GroupLoaded(step, uid, rows, prompt, previews, tokens))
+
+    @work(thread=True, exclusive=True, group="prompt")
+    def load_prompt_history(self, prompt_ids: Any, prompt: str) -> None:
+        worker = get_current_worker()
+        try:
+            history = self.data.prompt_history(prompt_ids, lambda done, total: not worker.is_cancelled)
+        except Exception as e:  # noqa: BLE001
+            self._post(msg.WorkFailed("follow prompt", error_text(e)))
+            return
+        self._post(msg.PromptHistoryLoaded(prompt, history))
 
     @work(thread=True, exclusive=True, group="across")
     def load_across(self) -> None:
@@ -525,6 +541,8 @@ class ArcherViewer(App[None]):
         tab.show_response(m.tokens, m.texts, m.prompt, self.ids_mode, pos or 0)
         self.token_table_tab.set_response(m.tokens, m.texts, self.ids_mode, tab.keep(), tab.cursor)
         self.set_status("")
+        if self.focused is None and self.active_tab() == "tokens":  # after a jump to another step
+            self.query_one(self._FOCUS["tokens"]).focus()
 
     @on(msg.ResponseFailed)
     @guarded
@@ -619,6 +637,13 @@ class ArcherViewer(App[None]):
     def on_across_loaded(self, m: msg.AcrossLoaded) -> None:
         self.across_tab.set_map(m.emap)
 
+    @on(msg.PromptHistoryLoaded)
+    @guarded
+    def on_prompt_history_loaded(self, m: msg.PromptHistoryLoaded) -> None:
+        self.across_tab.show_prompt(m.prompt, m.history)
+        if self.active_tab() == "across":
+            self.query_one("#prompt-steps").focus()
+
     @on(msg.ExportDone)
     def on_export_done(self, m: msg.ExportDone) -> None:
         self.notify(f"exported {m.count} {m.what} to {m.path}", title="exported", markup=False, timeout=8)
@@ -672,6 +697,9 @@ class ArcherViewer(App[None]):
         self.action_tab("tokens")
         if step != self.step or self.table is None:
             self.select_step(step, row, pos)
+            # the token view is loading (not focusable): hold the keys nowhere rather than let focus
+            # fall into the tab we came from (which would switch back to it); they return on load
+            self.set_focus(None)
         elif row is not None and row == self.row and self.tokens is not None and self.tokens.row == row:
             if pos is not None:
                 self.tokens_tab.move_to(pos)
@@ -768,6 +796,17 @@ class ArcherViewer(App[None]):
     def action_refresh_steps(self) -> None:
         if self.data is not None:
             self.refresh_steps()
+
+    def action_follow_prompt(self) -> None:
+        """The current response's prompt in every step that sampled it (the across-steps tab)."""
+        if self.tokens is None or self.data is None:
+            self.notify("select a response first", severity="warning")
+            return
+        prompt = self.decoder.decode(self.tokens.prompt_ids) if self.decoder is not None else ""
+        self.action_tab("across")
+        prompt = printable(prompt).replace("\n", " ")
+        self.across_tab.show_prompt_loading(prompt)
+        self.load_prompt_history(self.tokens.prompt_ids.copy(), prompt)
 
     def action_toggle_steps(self) -> None:
         shown = self.responses_tab.toggle_steps()

@@ -100,6 +100,12 @@ class AcrossLoaded(Message):
 
 
 @dataclass
+class PromptHistoryLoaded(Message):
+    prompt: str  # decoded, for the heading
+    history: list  # PromptStep, in step order
+
+
+@dataclass
 class ExportDone(Message):
     path: Any  # Path
     count: int

@@ -853,3 +853,29 @@ async def test_group_tab_shows_an_accepted_and_a_rejected_response_side_by_side(
         await press(pilot, "g")
         assert "no accepted response" in static_text(app, "#compare-a")
         assert "influence not computed" in static_text(app, "#compare-legend")
+
+
+async def test_follow_a_prompt_across_steps_and_jump_back(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        app.select_response(5)  # group p1 ("What is 3*4?") at step 2
+        await settle(pilot)
+        await press(pilot, "p")
+        assert app.active_tab() == "across"
+        table = app.query_one("#prompt-steps")
+        for _ in range(50):  # a worker reads each step's prompt column
+            if table.row_count:
+                break
+            await settle(pilot)
+        # p1 is sampled in steps 1..3 (rows 4..7); step 4 has no responses
+        assert list(table.keys) == ["1", "2", "3"]
+        h = table.history["2"]
+        assert h.rows == (4, 5, 6, 7) and (h.accepted, h.rejected) == (2, 1)
+        assert h.reward_mean == pytest.approx(0.5) and h.accuracy == pytest.approx(0.5)
+        assert math.isfinite(h.influence_mean) and math.isnan(table.history["1"].influence_mean)
+        head = static_text(app, "#prompt-head")
+        assert "What is 3*4?" in head and "sampled in 3 steps" in head
+        assert app.focused is table
+        table.move_cursor(row=table.get_row_index("3"))
+        await press(pilot, "enter")  # to step 3, the prompt's first response there
+        assert app.step == 3 and app.row == 4 and app.active_tab() == "tokens"
+        assert app.focused is app.query_one("#token-view")  # the keys follow to the tokens tab

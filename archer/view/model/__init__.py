@@ -1,6 +1,7 @@
 """The viewer's model: what to read from a trace, when, and what to keep (no Textual here).
 
-- `trace_data`: `TraceData`, the trace opened for viewing, with small LRU caches per step/response;
+- `trace_data`: `TraceData`, the trace opened for viewing, with small LRU caches per step/response
+  (and `PromptStep`: one prompt followed across steps);
 - `responses`: `ResponseTable`, one step's summary columns with sorting, filtering and groups;
 - `tokens`: `ResponseTokens`, one response's token arrays, with the token filter, order and search;
 - `stats`: numbers reduced from a step's token columns (top-K, scale percentiles, influence
@@ -30,7 +31,7 @@ from .tokens import (
     token_filter_mask,
     token_order,
 )
-from .trace_data import LRU, StepRow, TraceData
+from .trace_data import LRU, PromptStep, StepRow, TraceData
 
 __all__ = [
     "ACCEPT_FILTERS",
@@ -40,6 +41,7 @@ __all__ = [
     "TOKEN_SORTS",
     "TOPK_KINDS",
     "EntropyMap",
+    "PromptStep",
     "ResponseTable",
     "ResponseTokens",
     "StepRow",

@@ -86,6 +86,24 @@ class StepRow:
     bytes: int
 
 
+@dataclass(frozen=True)
+class PromptStep:
+    """One step in which a prompt was sampled: its responses there and how they did."""
+
+    step: int
+    rows: tuple[int, ...]
+    reward_mean: float
+    accuracy: float  # mean of `correct` (NaN: not graded)
+    accepted: int
+    rejected: int
+    influence_mean: float  # mean of the responses' mean influence (NaN: none)
+
+
+def _mean(values: np.ndarray) -> float:
+    ok = values[np.isfinite(values)]
+    return float(ok.mean()) if len(ok) else math.nan
+
+
 class TraceData:
     """A trace opened for viewing: manifest-level step rows and cached per-step reads.
 
@@ -207,6 +225,43 @@ class TraceData:
                     )
                 )
         return hits, total
+
+    def prompt_history(
+        self, prompt_ids: Any, progress: Callable[[int, int], bool] | None = None
+    ) -> list[PromptStep]:
+        """Every step in which this exact prompt (token ids) was sampled, with its responses' rows
+        and aggregates. uids are not compared: engines may give a prompt a new uid every step.
+        Reads each step's `prompt_ids` column once (summary columns where it matches); `progress`
+        as in `entropy_map`."""
+        p = np.asarray(prompt_ids, dtype=np.int64)
+        rows = self.steps()
+        out: list[PromptStep] = []
+        for i, r in enumerate(rows):
+            t = self.reader.read_step(r.step, columns=["prompt_ids"])
+            vals, off = list_values(t.column("prompt_ids"))
+            same = [
+                int(k)
+                for k in np.flatnonzero(np.diff(off) == len(p))
+                if np.array_equal(vals[off[k] : off[k + 1]], p)
+            ]
+            del t, vals
+            if same:
+                c = ResponseTable(r.step, self.reader.step_overview(r.step)).cols
+                idx = np.array(same)
+                out.append(
+                    PromptStep(
+                        r.step,
+                        tuple(same),
+                        _mean(c["reward"][idx]),
+                        _mean(c["correct"][idx]),
+                        int((c["accepted"][idx] == 1).sum()),
+                        int((c["accepted"][idx] == 0).sum()),
+                        _mean(c["influence_mean"][idx]),
+                    )
+                )
+            if progress is not None and progress(i + 1, len(rows)) is False:
+                break
+        return out
 
     def entropy_map(
         self,

@@ -21,6 +21,7 @@ KEYS: tuple[tuple[str, str, str], ...] = (
     ("anywhere", "a", "cycle accepted filter: all → accepted → rejected → unknown"),
     ("anywhere", "e", "export the current view's tokens to CSV"),
     ("anywhere", "E", "export the step's response table to CSV"),
+    ("anywhere", "p", "follow the current response's prompt across steps (across-steps tab)"),
     ("anywhere", "t", "show / hide the step list (hidden below 100 columns until toggled)"),
     ("anywhere", "r", "reload the step list from the manifest (follow a running training)"),
     ("anywhere", "ctrl+p", "command palette: jump to step N, uid X, commands"),

@@ -19,7 +19,7 @@ from textual.message import Message
 
 from archer.view.cells import EMPTY_CELL, quote, visible
 from archer.view.colors import fmt
-from archer.view.model import RESPONSE_COLUMNS, ResponseTable, StepRow, TokenHit
+from archer.view.model import RESPONSE_COLUMNS, PromptStep, ResponseTable, StepRow, TokenHit
 from archer.view.widgets.linetable import LineTable
 
 YES = Text("✓", style="green")
@@ -261,6 +261,34 @@ class TopKTable(ArcherTable):
         t.append(visible(text) or EMPTY_CELL, style="reverse bold")
         t.append((right[:w] + "…") if len(right) > w else right, style="dim")
         return t
+
+
+class PromptStepsTable(ArcherTable):
+    """One prompt across the steps that sampled it; Enter opens its responses at that step."""
+
+    COLUMNS = ("step", "resp", "reward", "acc", "accepted", "rejected", "I mean")
+
+    def on_mount(self) -> None:
+        self.show([])
+
+    def show(self, history: Sequence[PromptStep]) -> None:
+        self.history = {str(h.step): h for h in history}
+        rows = [
+            (
+                str(h.step),
+                [
+                    str(h.step),
+                    str(len(h.rows)),
+                    num(h.reward_mean),
+                    num(h.accuracy),
+                    str(h.accepted),
+                    str(h.rejected),
+                    num(h.influence_mean),
+                ],
+            )
+            for h in history
+        ]
+        self.replace([(c, c) for c in self.COLUMNS], rows)
 
 
 class GroupTable(ArcherTable):
