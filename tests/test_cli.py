@@ -170,7 +170,7 @@ def test_env_json_reports_engines():
 
 
 def test_unexpected_errors_are_short_unless_debug(monkeypatch):
-    import archer.cli.env as env_cmd
+    import archer.core.environment as env_cmd
 
     def boom():
         raise RuntimeError("kaboom")
@@ -193,7 +193,7 @@ def test_group_help(args):
 
 def test_env_hints_keep_their_brackets(monkeypatch):
     """Install hints such as pip install -e '.[verl,vllm]' must not be eaten as Rich markup."""
-    import archer.cli.env as env_cmd
+    import archer.core.environment as env_cmd
 
     real = env_cmd.collect
 

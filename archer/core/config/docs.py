@@ -38,4 +38,38 @@ def render_markdown() -> str:
             esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
             lines.append(f"| `{key}` | {esc(kind)} | `{esc(default)}` | {esc(doc)} |")
         lines.append("")
+    lines += _metadata_section()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _metadata_section() -> list[str]:
+    """The two top-level keys of a preset file that are metadata, not config."""
+    import dataclasses
+    import typing
+
+    from archer.core.config.compose import type_name
+    from archer.core.config.schema import PresetSource, SourceDifference
+
+    lines = [
+        "## Preset metadata: `extends` and `source`",
+        "",
+        "Two top-level keys of a preset file are not config keys: they are read from the file and "
+        "never merged into the config, overridden on the command line or saved with a run.",
+        "",
+        "- `extends: NAME` (or a path): the parent preset; this file's keys are merged onto it.",
+        "- `source:` the public run the preset reproduces, shown by `archer presets ls` and "
+        "`archer presets show NAME` (a preset without one shows its nearest parent's, marked as "
+        "such); docs/recipes.md lists every preset's.",
+        "",
+    ]
+    for cls, title in ((PresetSource, "source"), (SourceDifference, "source.differences[]")):
+        lines += [f"`{title}`:", "", "| field | type | required | meaning |", "| --- | --- | --- | --- |"]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            kind = type_name(hints[f.name]).replace("list of section", "list of mappings").replace("|", "\\|")
+            lines.append(
+                f"| `{f.name}` | {kind} | {'yes' if required else 'no'} | {f.metadata.get('help', '')} |"
+            )
+        lines.append("")
+    return lines

@@ -69,6 +69,11 @@ class ArcherTrainer(PPOTrainerSync):
         for role in ACTOR_ROLES:
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(ArcherActorRolloutRefWorker)
+        from archer.core.engines.verl.cpu_platform import active, check_cpu_resources
+
+        if active():  # verl counts GPUs only; on CPUs a "GPU" of the pool is one Ray CPU
+            manager = self.resource_pool_manager
+            manager._check_resource_available = lambda: check_cpu_resources(manager.resource_pool_spec)
 
     def _setup(self):
         super()._setup()
@@ -131,6 +136,13 @@ class ArcherTrainer(PPOTrainerSync):
                 self.archer_trace.close()
             if getattr(self, "archer_metrics", None) is not None:
                 self.archer_metrics.close()
+
+    def _save_checkpoint(self):
+        """Flush the trace first: a step verl has checkpointed (and a resume starts after) must
+        already be on disk, or a crash right after the checkpoint loses it for good."""
+        if getattr(self, "archer_trace", None) is not None:
+            self.archer_trace.flush()
+        return super()._save_checkpoint()
 
     def _validate(self, *args, **kwargs):
         val_metrics = super()._validate(*args, **kwargs)
