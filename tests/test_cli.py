@@ -205,4 +205,5 @@ def test_env_hints_keep_their_brackets(monkeypatch):
     monkeypatch.setattr(env_cmd, "collect", gaps)
     r = runner.invoke(app, ["env"])
     assert r.exit_code == 0, r.output
-    assert "pip install -e '.[verl,vllm]'" in r.stdout.replace("\n", "")
+    text = r.stdout.replace("\n", "")
+    assert "pip install -e '.[verl]'" in text and "'.[verl,vllm]'" in text

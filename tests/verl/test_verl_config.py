@@ -151,13 +151,13 @@ def test_unknown_verl_key_exits_2_before_anything_starts(tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["warmup.enable=true"], "local-engine feature"),
+        (["warmup.enable=true"], "warms up archer's tiny model only"),
         (
             ["influence.enable=true", "verl.actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"],
             "ulysses_sequence_parallel_size=1",
         ),
         (["verl.trainer.v1.trainer_mode=archer_sync"], "must stay 'sync'"),
-        (["trainer.device=cpu"], "rollout.backend=hf"),
+        (["trainer.device=cpu"], "rolls out with archer's hf backend"),
     ],
 )
 def test_settings_verl_cannot_honour_are_refused(overrides, message):

@@ -70,6 +70,7 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
             "trainer.total_steps=3",
             "trainer.save_every=1",
             "trainer.val_every=3",
+            "warmup.steps=100",
             *common,
         ],
         tmp_path / "first.log",
@@ -87,8 +88,12 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
     finally:
         _kill_group(second)
 
-    # checkpoints: verl's latest is step 3
+    # checkpoints: verl's latest is step 3; verl ran its sync paths (no TransferQueue dump, which
+    # its async modes write into every checkpoint)
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    for step in (1, 2, 3):
+        assert (ckpt / f"global_step_{step}" / "actor").is_dir()
+        assert not (ckpt / f"global_step_{step}" / "transfer_queue").exists()
     # metrics: one line per step, the killed run's step(s) after the checkpoint cut back
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     trained = [s for s in steps if s > 0]

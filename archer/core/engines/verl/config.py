@@ -114,11 +114,14 @@ def base_config() -> Any:
         GlobalHydra.instance().clear()
 
 
-def _no_verl_for(cfg: Any) -> None:
+def _no_verl_for(cfg: Any, run_dir: Path) -> None:
     """archer settings the verl engine cannot honour: refuse them instead of ignoring them.
     (A required value still `???` is left to `Composed.require_complete`.)"""
+    from archer.core.engines.verl.inputs import check_supported
+
     # an empty data.train_files (the synthetic task) and model.path null (the tiny model) are
-    # written for verl before this runs (inputs.py, which checks them)
+    # written for verl before the run starts (inputs.py)
+    check_supported(cfg, run_dir)
     if cfg.data.answer_key != "reward_model.ground_truth":
         raise ConfigError(
             f"engine: verl reads the answer from reward_model.ground_truth, not {cfg.data.answer_key!r}",
@@ -390,7 +393,7 @@ class VerlConfig:
 def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlConfig:
     """archer's composed config -> verl's (defaults, archer's mapping, verl.* pass-through)."""
     cfg = composed.cfg
-    _no_verl_for(cfg)
+    _no_verl_for(cfg, run_dir)
     mapped = mapped_values(cfg, run_dir, resume=resume, preset=composed.preset)
     verl_cfg = base_config()
     defaults = copy.deepcopy(verl_cfg)  # which mappings verl leaves open is decided on its own defaults

@@ -49,15 +49,20 @@ def _set(cfg: Any, key: str, value: Any) -> None:
     OmegaConf.update(cfg, key, value, merge=False)
 
 
-def check_supported(cfg: Any) -> None:
-    """archer's inputs for verl: the arithmetic task and the tiny model; warm-up only for it."""
+def check_supported(cfg: Any, run_dir: Path) -> None:
+    """archer's inputs for verl: the arithmetic task and the tiny model; warm-up only for it (a
+    resumed run's config names the run's own warm-up, which is that)."""
+    from archer.core.warmup import WARMUP_DIR
+
     if not _given(cfg, "data", "train_files") and cfg.data.synth.task != "arithmetic":
         raise ConfigError(
             "engine: verl writes only the arithmetic synthetic task, "
             f"not data.synth.task={cfg.data.synth.task}",
             hint="the tool tasks run on the local engine (agent.enable); or give data.train_files",
         )
-    if cfg.warmup.enable and _given(cfg, "model", "path"):
+    own = str((Path(run_dir) / WARMUP_DIR).resolve())
+    path = None if _missing(cfg, "model", "path") else cfg.model.path
+    if cfg.warmup.enable and path is not None and path != own:
         raise ConfigError(
             "warmup.enable on engine: verl warms up archer's tiny model only (model.path is set)",
             hint="set warmup.enable=false, or fine-tune the model before the run",
@@ -69,8 +74,8 @@ def plan_inputs(cfg: Any, run_dir: Path) -> Inputs:
     from archer.core.data import TRAIN_FILE, VAL_FILE
     from archer.core.warmup import WARMUP_DIR
 
-    check_supported(cfg)
     run_dir = Path(run_dir).resolve()
+    check_supported(cfg, run_dir)
     made = []
     train = [] if _missing(cfg, "data", "train_files") else list(cfg.data.train_files)
     val = [] if _missing(cfg, "data", "val_files") else list(cfg.data.val_files)
@@ -147,7 +152,15 @@ def _make_model(cfg: Any, run_dir: Path, cache_dir: Path, on_warmup_step: Any) -
     if cfg.warmup.enable:
         tokenizer = load_tokenizer(cfg.model)
         train, _, _ = load_datasets(cfg, tokenizer, run_dir)
-        result = prepare_warmup(cfg, run_dir, cache_dir, train, device="cpu", on_step=on_warmup_step)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # before Ray: the GPU is still free
+        result = prepare_warmup(cfg, run_dir, cache_dir, train, device=device, on_step=on_warmup_step)
+        if device == "cuda":  # hand the memory back before verl's workers take the GPU
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
         if not (result.path / TOKENIZER_DIR).is_dir():
             fit_tokenizer_for_verl(result.path)
         return str(result.path)
