@@ -694,7 +694,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
         for ids_, rr in zip(resp, roles)
     ]
     assert any(x.startswith("<result>") and x.endswith("</result>") for x in tool_texts)
-    from archer.view.data import TraceData
+    from archer.view.model import TraceData
     from archer.view.widgets.heatmap import TokenView
 
     tokens = TraceData(out).response(1, 0)  # the viewer reads the roles and dims tool results

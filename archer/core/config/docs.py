@@ -1,6 +1,7 @@
-"""Render docs/config.md from the schema, so the reference can never drift from the code.
+"""The text of docs/config.md, rendered from the schema, so the reference can never drift from the
+code. Core returns the text; the entry point that writes it is archer/cli/config_docs.py:
 
-Regenerate with:  python -m archer.core.config.docs > docs/config.md
+    python -m archer.cli.config_docs > docs/config.md
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from archer.core.config.compose import explain_rows, schema_keys
 HEADER = """# Configuration reference
 
 Every key of archer's config, generated from `archer/core/config/schema.py`
-(`python -m archer.core.config.docs > docs/config.md`; a test fails when this file is stale).
+(`python -m archer.cli.config_docs > docs/config.md`; a test fails when this file is stale).
 Set keys in a preset YAML or on the command line as `key=value`; `~key` drops a preset's value.
 `archer presets show NAME --explain` prints the same list with a preset's values.
 """
@@ -72,7 +73,3 @@ def _metadata_section() -> list[str]:
             )
         lines.append("")
     return lines
-
-
-if __name__ == "__main__":
-    print(render_markdown(), end="")
