@@ -261,6 +261,42 @@ def pack(items: list[tuple[str, int]], cap: int) -> list[list[tuple[str, int]]]:
     return bins
 
 
+PART = re.compile(r"^(?P<wheel>.+\.whl)\.part(?P<k>\d+)-of-(?P<n>\d+)$")
+
+
+def write_batches(wheels: list[Path], cap: int, out: Path) -> list[dict]:
+    """out/batch-NN folders of at most cap bytes of wheels and parts (NAME.whl.partKK-of-NN, cap bytes
+    each) plus the sha256 manifest of all wheels, which install.sh checks; old batch folders go."""
+    items, sources = [], {}
+    for path in sorted(wheels, key=lambda p: p.name):
+        size, n = path.stat().st_size, math.ceil(path.stat().st_size / cap)
+        names = [path.name] if n == 1 else [f"{path.name}.part{i + 1:02d}-of-{n:02d}" for i in range(n)]
+        items += [(name, min(cap, size - i * cap)) for i, name in enumerate(names)]
+        sources[path.name] = path
+    manifest = "".join(f"{sha256(p)}  {p.name}\n" for p in sorted(wheels, key=lambda p: p.name))
+    for old in out.glob("batch-*"):
+        shutil.rmtree(old)
+    batches = []
+    for i, content in enumerate(pack(items, cap), 1):
+        folder = out / f"batch-{i:02d}"
+        folder.mkdir(parents=True)
+        for item, _ in content:
+            part = PART.match(item)
+            if part:
+                with sources[part["wheel"]].open("rb") as f:
+                    f.seek((int(part["k"]) - 1) * cap)
+                    (folder / item).write_bytes(f.read(cap))
+            else:
+                try:
+                    os.link(sources[item], folder / item)
+                except OSError:
+                    shutil.copy2(sources[item], folder / item)
+        (folder / "archer-wheels.sha256").write_text(manifest)
+        files = sorted(item for item, _ in content)
+        batches.append({"batch": i, "folder": folder, "bytes": sum(s for _, s in content), "files": files})
+    return batches
+
+
 def tree_bytes() -> int:
     """Bytes of what every call copies anyway: tracked files and untracked ones git does not ignore."""
     out = subprocess.run(
@@ -313,54 +349,17 @@ def stage(args) -> dict:
             f"warning: a {args.batch_mib} MiB batch plus the {tree / MIB:.1f} MiB tree"
             f" exceeds what one call carries ({CALL_LIMIT_MIB} MiB)"
         )
-    records, items = [], []
+    batches = write_batches(list(wheels.values()), cap, out)
+    for b in batches:
+        rel = b.pop("folder").relative_to(ROOT).as_posix()
+        b |= {"carry": [rel], "command": f"bash bench/device/install.sh {rel}"}
+    records = []
     for name, path in sorted(wheels.items()):
-        size = path.stat().st_size
-        n = math.ceil(size / cap)
-        parts = [path.name] if n == 1 else [f"{path.name}.part{i + 1:02d}-of-{n:02d}" for i in range(n)]
-        items += [(p, min(cap, size - i * cap)) for i, p in enumerate(parts)]
         c = carried[name]
         records.append(
-            {
-                "name": name,
-                "version": c["version"],
-                "file": path.name,
-                "bytes": size,
-                "sha256": sha256(path),
-                "parts": n,
-                "required_by": sorted(set(c["required_by"])),
-            }  # fmt: skip
-        )
-    for old in out.glob("batch-*"):
-        shutil.rmtree(old)
-    manifest = "".join(f"{r['sha256']}  {r['file']}\n" for r in records)
-    batches = []
-    for i, content in enumerate(pack(items, cap), 1):
-        folder = out / f"batch-{i:02d}"
-        folder.mkdir(parents=True)
-        for item, _ in content:
-            src = out / "dl" / item.split(".part")[0]
-            if ".part" in item:
-                k = int(item.rsplit(".part", 1)[1][:2]) - 1
-                with src.open("rb") as f:
-                    f.seek(k * cap)
-                    (folder / item).write_bytes(f.read(cap))
-            else:
-                try:
-                    os.link(src, folder / item)
-                except OSError:
-                    shutil.copy2(src, folder / item)
-        (folder / "archer-wheels.sha256").write_text(manifest)
-        rel = folder.relative_to(ROOT).as_posix()
-        batches.append(
-            {
-                "batch": i,
-                "carry": [rel],
-                "bytes": sum(s for _, s in content),
-                "files": sorted(it for it, _ in content),
-                "command": f"bash bench/device/install.sh {rel}",
-            }  # fmt: skip
-        )
+            {"name": name, "version": c["version"], "file": path.name, "bytes": path.stat().st_size,
+             "parts": math.ceil(path.stat().st_size / cap), "required_by": sorted(set(c["required_by"]))}
+        )  # fmt: skip
     return {
         "target": "CPython 3.12, manylinux x86-64 (cp312)",
         "device_packages": "--device-freeze " + str(args.device_freeze)
