@@ -14,6 +14,13 @@ py=${PYTHON:-python3}
 manifest=archer-wheels.sha256
 
 [ $# -ge 1 ] || { echo "usage: bash bench/device/install.sh BATCH_FOLDER..." >&2; exit 2; }
+# what the device's python has, for `stage.py --device-freeze` (returned from the call's $OUT)
+freeze=${ARCHER_FREEZE_OUT:-${OUT:+$OUT/device-freeze.txt}}
+if [ -n "$freeze" ]; then
+  PYTHONPATH= "$py" -c 'import importlib.metadata as m, sys
+print(f"# python {sys.version.split()[0]}")
+print("\n".join(sorted(f"{d.name}=={d.version}" for d in m.distributions())))' > "$freeze"
+fi
 mkdir -p "$wheels"
 for batch in "$@"; do
   if [ ! -f "$batch/$manifest" ]; then
