@@ -87,7 +87,10 @@ TF_CARRY = (
     " on PYTHONPATH first, it shadows the device's 5.17"
 )
 TF_DEVICE = "the device's 5.17: outside verl 0.9.1's and archer's pin <5.11 (installed --no-deps: unchecked)"
-AFTER_INSTALL = "export PYTHONPATH=/tmp/archer-site:$PWD; python3 -m archer train --preset quickstart-verl"
+AFTER_INSTALL = (
+    "export PYTHONPATH=/tmp/archer-site:$PWD PATH=/tmp/archer-site/bin:$PATH;"
+    " python3 -m archer train --preset quickstart-verl"
+)
 
 
 def archer_requirements() -> list[Requirement]:
