@@ -15,6 +15,7 @@ what="${1:-all}"
 out="${OUT:-$PWD/device-out}"
 mkdir -p "$out"
 export PYTHONPATH="/tmp/archer-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="/tmp/archer-site/bin:$PATH"
 export RAY_AUTH_MODE=disabled
 export ARCHER_DEBUG=1
 cache="$out/cache"
