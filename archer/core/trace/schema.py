@@ -76,8 +76,8 @@ def influence_contrast(summary: Mapping[str, Any]) -> str | None:
     `influence.contrast` setting), from its summary.json; None for a trace without influence.
     Traces written before the setting existed used `include`, the only contrast there was."""
     recorded = summary.get(SUMMARY_INFLUENCE_SETTINGS)
-    if isinstance(recorded, Mapping) and recorded.get("contrast"):
-        return str(recorded["contrast"])
+    if isinstance(recorded, Mapping) and recorded:
+        return str(recorded.get("contrast") or "include")
     return "include" if summary.get("influence") else None
 
 
