@@ -404,6 +404,9 @@ def render(plan: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RECORDED_FREEZE = HERE / "device-freeze-h100-2026-12-07.txt"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -411,7 +414,11 @@ def main() -> None:
     )
     p.add_argument("--batch-mib", type=float, default=60.0, help="most MiB of wheels carried in one call")
     p.add_argument(
-        "--device-freeze", type=Path, help="`python3 -m pip list --format=freeze` taken on the device"
+        "--device-freeze",
+        type=Path,
+        default=RECORDED_FREEZE if RECORDED_FREEZE.exists() else None,
+        help="the device's package list (install.sh writes it to $OUT/device-freeze.txt); default: the "
+        "one recorded on the lent H100 on 2026-12-07",
     )
     p.add_argument("--transformers", choices=["carry", "device"], default="carry")
     p.add_argument("--carry", action="append", default=[], help="carry a package the device has (repeatable)")

@@ -18,7 +18,7 @@ export PYTHONPATH="/tmp/archer-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="/tmp/archer-site/bin:$PATH"
 export RAY_AUTH_MODE=disabled
 export ARCHER_DEBUG=1
-cache="$out/cache"
+cache="${CACHE:-/tmp/archer-cache}"
 gpu1=(verl.trainer.n_gpus_per_node=1 "trainer.cache_dir=$cache")
 
 run() {  # name, args...
@@ -53,18 +53,23 @@ half=(
 )
 
 if [[ "$what" == tiny || "$what" == all ]]; then
-  r="$out/runs/tiny"
+  r="${RUNS:-/tmp/archer-runs}/tiny"
   run tiny-a train --preset quickstart-verl --out "$r" trainer.total_steps=2 trainer.save_every=2 "${gpu1[@]}" &&
     run tiny-b train --resume --out "$r" trainer.total_steps=3 &&
     copy_run tiny "$r"
 fi
-if [[ "$what" == half || "$what" == all ]]; then
-  r="$out/runs/half-fsdp2"
+runs="${RUNS:-/tmp/archer-runs}"
+if [[ "$what" == half || "$what" == half2 || "$what" == all ]]; then
+  r="$runs/half-fsdp2"
   run half-fsdp2 train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" && copy_run half-fsdp2 "$r"
-  r="$out/runs/half-fsdp2-noinfl"
+fi
+if [[ "$what" == half || "$what" == half2n || "$what" == all ]]; then
+  r="$runs/half-fsdp2-noinfl"
   run half-fsdp2-noinfl train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" influence.enable=false &&
     copy_run half-fsdp2-noinfl "$r"
-  r="$out/runs/half-fsdp1"
+fi
+if [[ "$what" == half || "$what" == half1 || "$what" == all ]]; then
+  r="$runs/half-fsdp1"
   run half-fsdp1 train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
     verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp && copy_run half-fsdp1 "$r"
 fi
