@@ -245,3 +245,45 @@ def test_merge_refuses_a_row_from_two_ranks():
     }
     with pytest.raises(RuntimeError, match="two data-parallel ranks"):
         merge_influence([a, a])
+
+
+def test_the_trace_is_flushed_before_verl_saves_a_checkpoint(monkeypatch):
+    """A step verl checkpoints (and a resume starts after) must already be on disk."""
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from archer.core.engines.verl.trainer import ArcherTrainer
+
+    order = []
+
+    class Writer:
+        def flush(self):
+            order.append("flush")
+
+    monkeypatch.setattr(PPOTrainerSync, "_save_checkpoint", lambda self: order.append("checkpoint"))
+    trainer = ArcherTrainer.__new__(ArcherTrainer)
+    trainer.archer_trace = Writer()
+    trainer._save_checkpoint()
+    assert order == ["flush", "checkpoint"]
+
+
+def test_verl_sees_its_sync_mode_and_a_fast_replay_buffer_poll():
+    """archer's trainer is chosen by archer's runner; verl's own code must take its sync paths
+    (the async replay buffer, TransferQueue dumps in checkpoints and a forced gen batch of 1 follow
+    any other mode string)."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    from archer.core.config.compose import compose
+    from archer.core.engines.verl.config import compose_verl
+    from archer.core.engines.verl.trainer import POLL_INTERVAL_S, ArcherTrainer
+
+    composed = compose(
+        "quickstart-verl", ["model.path=/m", "data.train_files=[/d.parquet]", "warmup.enable=false"]
+    )
+    cfg = compose_verl(composed, __import__("pathlib").Path("/runs/r")).cfg
+    assert cfg.trainer.v1.trainer_mode == "sync"
+    trainer = ArcherTrainer.__new__(ArcherTrainer)
+    trainer.config = cfg
+    trainer.trainer_mode = cfg.trainer.v1.trainer_mode
+    buffer = trainer._build_replay_buffer()
+    assert isinstance(buffer, ReplayBuffer) and not isinstance(buffer, ReplayBufferAsync)
+    assert buffer.poll_interval == POLL_INTERVAL_S
