@@ -15,6 +15,31 @@ from typing import Any
 
 from archer.core.progress import Reporter, RunInfo
 
+
+def progress_bar(label: str, field: str, console: Any) -> Any:
+    """The one bar layout of training and warm-up: label, bar, n/total, elapsed, eta, `field`."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{label}[/bold]"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn(f"{{task.fields[{field}]}}"),
+        console=console,
+        transient=False,
+    )
+
+
 # (metric key, label, format)
 STEP_FIELDS = [
     ("reward/mean", "reward", "{:.3f}"),
@@ -79,26 +104,7 @@ class TrainingProgress:
 
     def __enter__(self) -> TrainingProgress:
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]train[/bold]"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"),
-                console=self.console,
-                transient=False,
-            )
+            self._progress = progress_bar("train", "stats", self.console)
             self._progress.start()
             self._task = self._progress.add_task(
                 "train", total=self.total, completed=self.start, stats="starting…"
@@ -167,25 +173,7 @@ class ConsoleReporter(Reporter):
     def warmup_progress(self, done: int, total: int, loss: float) -> None:
         if self.live:
             if self._warm is None:
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeElapsedColumn,
-                    TimeRemainingColumn,
-                )
-
-                self._warm = Progress(
-                    TextColumn("[bold]warm-up[/bold]"),
-                    BarColumn(bar_width=24),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    TextColumn("eta"),
-                    TimeRemainingColumn(),
-                    TextColumn("{task.fields[loss]}"),
-                    console=self.console,
-                )
+                self._warm = progress_bar("warm-up", "loss", self.console)
                 self._warm_task = self._warm.add_task("warm-up", total=total, loss="")
                 self._warm.start()
             self._warm.update(self._warm_task, completed=done, loss=f"loss {loss:.3f}")
