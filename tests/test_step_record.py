@@ -1,0 +1,102 @@
+"""One step -> trace path for every engine (archer/core/rollout/record.py): the same rollout through
+the local engine's step code and the verl driver's step code gives the same trace table, column by
+column; the stored per-response advantage is the mean over the tokens that receive gradient, so in
+agent mode tool-result tokens do not dilute it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from archer.core.engines.local.trainer import StepBatch
+from archer.core.engines.verl.steps import step_record
+from archer.core.rollout.batch import Rollout, left_pad, right_pad
+from archer.core.rollout.prompts import Prompt
+from archer.core.trace.schema import ROLE_MODEL, ROLE_TOOL_RESULT
+
+PAD = 0
+
+
+def make_step(loss_mask: torch.Tensor | None = None) -> tuple[StepBatch, torch.Tensor, torch.Tensor]:
+    """Two prompts x 2 samples with responses of different lengths, their entropy and advantages."""
+    prompts = [Prompt([5, 6, 7], "1", "arith", 10), Prompt([8, 9], "2", "arith", 11)]
+    responses = [[20, 21, 1], [22, 1], [23, 24, 25, 26], [1]]  # row 2 hits the 4-token limit
+    pids, pmask = left_pad([prompts[g].ids for g in (0, 0, 1, 1)], PAD)
+    rids = right_pad([torch.tensor(r) for r in responses], PAD)
+    rmask = (torch.arange(rids.shape[1])[None] < torch.tensor([len(r) for r in responses])[:, None]).long()
+    ro = Rollout(
+        pids, pmask, rids, rmask, torch.tensor([False, False, True, False]), [0, 0, 1, 1], [0, 1, 0, 1]
+    )
+    ro.loss_mask = loss_mask
+    gen = torch.Generator().manual_seed(0)
+    entropy = torch.rand(rids.shape, generator=gen) * rmask
+    seq_adv = torch.tensor([0.5, -0.5, 1.0, -1.0])
+    advantages = seq_adv[:, None] * ro.train_mask  # GRPO: the response's advantage on every trained token
+    batch = StepBatch(
+        ro, prompts, torch.tensor([1.0, 0.0, 1.0, 0.0]), [True, False, True, False], ["1", "0", "2", "x"]
+    )
+    return batch, entropy, advantages
+
+
+def test_local_and_verl_step_code_write_the_same_table():
+    batch, entropy, advantages = make_step()
+    influence = [np.array([0.1, -0.2, 0.3], np.float32), None, np.array([1, 2, 3, 4], np.float32), None]
+    local = batch.record(entropy, advantages, influence=influence, accepted=[True, False, True, False]).table(
+        3
+    )
+
+    # the same rows as verl's driver reads them from TransferQueue: keyed "{uid}_{session}_{index}",
+    # in a shuffled (balanced) order, one padding row appended
+    ro, lengths = batch.rollout, batch.rollout.response_lengths.tolist()
+    uids = batch.uids()
+    rows = [2, 0, 3, 1]
+    keys = [f"{uids[i]}_{ro.sample[i]}_0" for i in rows] + ["pad_0_0"]
+    trimmed = lambda t: [t[i, : lengths[i]] for i in rows] + [t[0, :1]]  # noqa: E731
+    data = {
+        "prompts": [ro.prompt_ids[i][ro.prompt_mask[i].bool()] for i in rows] + [ro.prompt_ids[0]],
+        "responses": trimmed(ro.response_ids),
+        "response_mask": trimmed(ro.train_mask),
+        "entropy": trimmed(entropy),
+        "advantages": trimmed(advantages),
+        "rm_scores": [
+            torch.zeros(lengths[i]).index_fill_(0, torch.tensor([lengths[i] - 1]), float(batch.rewards[i]))
+            for i in rows
+        ]
+        + [torch.zeros(1)],
+        "data_source": ["arith"] * 5,
+        "extra_fields": [{"reward_extra_info": {"acc": float(batch.correct[i])}} for i in rows] + [{}],
+    }
+    padding = np.array([False] * 4 + [True])
+    verl = step_record(
+        keys,
+        padding,
+        data,
+        max_response_length=4,
+        influence={k: influence[i] for k, i in enumerate(rows) if influence[i] is not None},
+        accepted=[[True, False, True, False][i] for i in rows] + [None],
+    ).table(3)
+
+    assert local.column_names == verl.column_names
+    for name in local.column_names:
+        if name == "group_index":  # the local engine numbers groups in batch order, verl by first uid seen
+            continue
+        assert local.column(name).to_pylist() == verl.column(name).to_pylist() or np.allclose(
+            np.asarray(local.column(name).to_pylist(), dtype=object).astype(float),
+            np.asarray(verl.column(name).to_pylist(), dtype=object).astype(float),
+        ), name
+
+
+def test_agent_mode_advantage_is_the_mean_over_trained_tokens_only():
+    # response 0: tokens 0-1 model, token 2 a tool result (attended to, not trained)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 1], [1, 0, 0, 0]])
+    batch, entropy, advantages = make_step(loss_mask=mask)
+    batch.token_role = [
+        np.array([ROLE_MODEL, ROLE_MODEL, ROLE_TOOL_RESULT], np.int8),
+        np.array([ROLE_MODEL, ROLE_MODEL], np.int8),
+        np.array([ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_MODEL, ROLE_MODEL], np.int8),
+        np.array([ROLE_MODEL], np.int8),
+    ]
+    table = batch.record(entropy, advantages).table(1)
+    assert np.allclose(table.column("advantage").to_numpy(), [0.5, -0.5, 1.0, -1.0])  # not diluted
+    assert isinstance(table, pa.Table)
