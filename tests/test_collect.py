@@ -451,10 +451,10 @@ def test_columns_and_sort_choose_what_the_screen_shows(sweep3, runs):
     body = [x.split() for x in text.splitlines() if x.split() and x.split()[0].startswith(("b", "i"))]
     assert [r[0] for r in body] == ["identity-e788a03a", "inverse-ef5c5e7a", "baseline"]  # none last
     assert body[0] == ["identity-e788a03a", "0.833", "0.75"]
-    text = screen(str(sweep3), "-c", "default", "-c", "*_s", width=200)  # a glob adds what it matches
+    text = screen(str(sweep3), "-c", "default", "-c", "*_s", width=300)  # a glob adds what it matches
     head = next(x for x in text.splitlines() if x.lstrip().startswith("run")).split()
     assert head[-5:] == ["spearman", "rollout_s", "update_s", "influence_s", "infl_solve_s"]
-    wide = screen(str(sweep3), "--columns", "all", width=400)
+    wide = screen(str(sweep3), "--columns", "all", width=1000)
     assert "reward_best" in wide and "infl_solve_s" in wide
     # runs that did not finish get a status column and a line saying why
     text = screen(*map(str, paths(runs)), width=160)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import sys
-from functools import cache
 from typing import Any
 
 
-@cache
 def out() -> Any:
+    """A console on stdout, made per use: Rich reads the width (COLUMNS, the terminal) when a
+    console is made, so a cached one keeps the first caller's width."""
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=False)
 
 
-@cache
 def err() -> Any:
     from rich.console import Console
 

@@ -35,19 +35,16 @@ def accelerator_present() -> bool:
 
 
 def resolve_device(composed: Any) -> str | None:
-    """`trainer.device=auto` becomes cpu (with the hf rollout) on a machine without a GPU, so
-    `archer train` runs verl here; returns a note saying so, or None."""
+    """`trainer.device=auto` with the hf rollout becomes cpu on a machine without a GPU, so
+    `archer train` runs verl here; returns a note saying so, or None. (A vLLM or SGLang preset is
+    not moved to the CPU: a cluster config on a laptop is refused before Ray starts instead.)"""
     from omegaconf import OmegaConf
 
     cfg = composed.cfg
-    if cfg.trainer.device != "auto" or accelerator_present():
+    if cfg.trainer.device != "auto" or cfg.rollout.backend != "hf" or accelerator_present():
         return None
     OmegaConf.update(cfg, "trainer.device", "cpu", merge=False)
-    note = "no GPU here: verl runs on this machine's CPUs (trainer.device=cpu, archer's CPU platform)"
-    if cfg.rollout.backend != "hf":
-        OmegaConf.update(cfg, "rollout.backend", "hf", merge=False)
-        note += "; rollout.backend=hf"
-    return note
+    return "no GPU here: verl runs on this machine's CPUs (trainer.device=cpu, archer's CPU platform)"
 
 
 def prepare(composed: Any, run_dir: Path, *, resume: bool = False) -> Any:
@@ -217,10 +214,12 @@ def dry_run(composed: Any, run_dir: Path) -> DryRun:
         OmegaConf.update(composed.cfg, "model.path", inputs.model_path, merge=False)
     vc = prepare(composed, run_dir)
     warnings = influence_warnings(vc)
-    if composed.cfg.trainer.device == "auto" and not accelerator_present():
-        warnings.append(
-            "no GPU here: 'archer train' would run this on the CPUs (trainer.device=cpu, rollout.backend=hf)"
-        )
+    if (
+        composed.cfg.trainer.device == "auto"
+        and composed.cfg.rollout.backend == "hf"
+        and not accelerator_present()
+    ):
+        warnings.append("no GPU here: 'archer train' would run this on the CPUs (trainer.device=cpu)")
     if composed.cfg.agent.enable:
         warnings.append(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
     return DryRun(vc.to_yaml(), plan_rows(vc, run_dir, plugin.status(), inputs), warnings + not_set)
@@ -240,7 +239,8 @@ def _preflight(vc: Any) -> None:
     if not rollout_installed(engine):
         raise ArcherError(
             f"the verl engine rolls out with {engine}, which is not installed here",
-            hint="run on a GPU node with pip install -e '.[verl,vllm]'; "
+            hint="run on a GPU node with pip install -e '.[verl,vllm]', or here with archer's own "
+            "rollout: rollout.backend=hf (add trainer.device=cpu without a GPU); "
             "'archer train ... --dry-run' checks the config on any machine",
         )
 
