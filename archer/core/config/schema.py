@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from archer.core.config.fields import opt, section
+from archer.core.rewards import REWARD_FUNCTIONS  # one list of names: the registry's
 
 ENGINES = ("local", "verl")
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
 POLICY_LOSSES = ("vanilla", "archer", "aspo", "aepo")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 KL_TYPES = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
-REWARD_FUNCTIONS = ("arithmetic", "math", "code")
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -54,16 +54,19 @@ class SynthConfig:
 
     task: str = opt(
         "arithmetic",
-        "synthetic task; the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
+        "synthetic task: arithmetic (`23+45=` → `68`), chain (`7+5-3=` → `12-3=9`, worked step by "
+        "step); the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
         "products too large to do in the head), the search tool (corpus_qa: facts in a generated corpus) or "
         "both",
-        choices=("arithmetic", "tool_arithmetic", "corpus_qa", "tool_mix"),
+        choices=("arithmetic", "chain", "tool_arithmetic", "corpus_qa", "tool_mix"),
     )
     n: int = opt(10000, "number of training problems to generate", ge=1)
     val_n: int = opt(256, "number of held-out validation problems", ge=0)
     difficulty: str = opt("easy", "difficulty preset", choices=("easy", "medium", "hard"))
     max_operand: int = opt(0, "largest operand; 0 takes the difficulty's value", ge=0)
     ops: str = opt("", "operators to use, e.g. '+-' or '+-*'; empty takes the difficulty's value")
+    terms: int = opt(4, "chain task: terms per chain (the longest chains)", ge=2)
+    min_terms: int = opt(0, "chain task: the shortest chains (0 = all chains have `terms` terms)", ge=0)
 
 
 @dataclass

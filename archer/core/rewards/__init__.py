@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from archer.errors import UsageError
 
-REWARD_FUNCTIONS = ("arithmetic", "math", "code")
+REWARD_FUNCTIONS = ("arithmetic", "chain", "math", "code")
 
 
 @dataclass
@@ -41,6 +41,10 @@ def get_reward_fn(name: str) -> Callable[[str, str], Score]:
         from archer.core.rewards.arithmetic import score_arithmetic
 
         return score_arithmetic
+    if name == "chain":
+        from archer.core.rewards.chain import score_chain
+
+        return score_chain
     if name == "code":
         from archer.core.rewards.code import score_code
 
@@ -70,6 +74,10 @@ def score_batch(
         from archer.core.rewards.arithmetic import score_arithmetic
 
         return [score_arithmetic(r, g) for r, g in zip(responses, ground_truths)]
+    if name == "chain":
+        from archer.core.rewards.chain import score_chain
+
+        return [score_chain(r, g) for r, g in zip(responses, ground_truths)]
     if name == "code":
         from archer.core.rewards.code import score_code_batch
 
