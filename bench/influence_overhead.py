@@ -62,7 +62,7 @@ def build_model(name: str, dtype, device, seed: int, checkpointing: bool):
 def build_batch(B: int, P: int, R: int, vocab: int, group_size: int, seed: int):
     import torch
 
-    from archer.core.engines.local.rollout import Rollout
+    from archer.core.rollout.batch import Rollout
 
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(R // 2, R + 1, (B,), generator=g)

@@ -83,7 +83,7 @@ def archer_trainer(model_dir: Path, data_file: Path, out: Path, args) -> object:
         f"rollout.compile_decode={str(args.compile_decode).lower()}",
     ]
     c = compose("quickstart", overrides)
-    t = LocalTrainer(c, out, live=False)
+    t = LocalTrainer(c, out)
     t.setup()
     return t
 

@@ -357,7 +357,12 @@ def test_aepo_clipping_keeps_the_gradient_of_clipped_positive_tokens():
 
 
 def test_entropy_aware_advantage_scales_by_z_scored_entropy_and_is_never_silently_off():
-    from archer.core.algorithms import PolicyLossConfig, entropy_aware_advantages, get_policy_loss
+    from archer.core.algorithms import (
+        PolicyLossConfig,
+        entropy_aware_advantages,
+        get_policy_loss,
+        loss_needs_entropy,
+    )
 
     adv = torch.tensor([[1.0, 1.0, 1.0, 5.0]])
     ent = torch.tensor([[0.0, 1.0, 2.0, 9.0]])
@@ -368,14 +373,14 @@ def test_entropy_aware_advantage_scales_by_z_scored_entropy_and_is_never_silentl
     cfg = PolicyLossConfig(aepo_entropy_advantage=0.2)
     with pytest.raises(ValueError, match="entropy"):
         get_policy_loss("aepo")(torch.zeros(1, 4), torch.zeros(1, 4), adv, mask, config=cfg, entropy=None)
-    assert getattr(get_policy_loss("aepo"), "needs_entropy", False)
+    assert loss_needs_entropy("aepo")
 
 
 # ---------------------------------------------------------------------------------------- warm-up
 def test_warmup_demonstrations_carry_no_loss_on_tool_results():
     from archer.core.agent.protocol import demonstration
-    from archer.core.engines.local.prompts import Prompt
     from archer.core.engines.local.warmup import supervised_batch
+    from archer.core.rollout.prompts import Prompt
 
     p = Prompt(ids=ids("315*570="), answer="179550", data_source="tool_arithmetic", index=0)
     _, spans = demonstration("python", "315*570", "179550", "179550")
@@ -427,7 +432,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
             "actor.aepo_entropy_advantage=0.2",
         ],
     )
-    t = LocalTrainer(c, out, live=False)
+    t = LocalTrainer(c, out)
     try:
         t.setup()
         t.fit()
@@ -448,7 +453,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
             assert k in r
     assert sum(r["agent/tool_calls"] for r in rows) > 0
     reader = TraceReader(out)
-    assert reader.summary["agent"]["python_sandbox"]["isolation"] in ("namespaces", "audit-hook")
+    assert reader.summary["agent"]["python_sandbox"]["isolation"] == "bwrap"
     roles, resp = [], []
     for step in (1, 2):
         table = reader.read_step(step)
@@ -472,7 +477,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
 
 
 def test_progress_line_reports_branches_and_tool_calls_only_in_agent_mode():
-    from archer.core.progress import format_step
+    from archer.cli.progress import format_step
 
     base = {"reward/mean": 0.5, "time/step": 1.0}
     line = format_step(3, 40, {**base, "agent/branches": 15.0, "agent/tool_calls": 62.0})
@@ -507,7 +512,7 @@ def test_influence_in_agent_mode_covers_every_token_of_the_traced_groups(tmp_pat
             "influence.enable=true",
         ],
     )
-    t = LocalTrainer(c, out, live=False)
+    t = LocalTrainer(c, out)
     try:
         t.setup()
         t.fit()

@@ -138,7 +138,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("eval")
     out = tmp / "run"
-    t = LocalTrainer(compose("quickstart", [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out, live=False)
+    t = LocalTrainer(compose("quickstart", [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out)
     try:
         t.setup()
         t.fit()
@@ -435,9 +435,9 @@ def test_training_validation_uses_the_same_estimator(run_dir):
     import torch
 
     from archer.core.engines.local.evaluation import evaluate
-    from archer.core.engines.local.prompts import Prompt
     from archer.core.evaluation import samplers
     from archer.core.export.checkpoints import load_model, load_tokenizer
+    from archer.core.rollout.prompts import Prompt
 
     ck = run_dir / "checkpoints" / "step_000002"
     model, tok = load_model(ck), load_tokenizer(ck)

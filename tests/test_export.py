@@ -67,7 +67,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("export")
     out = tmp / "run"
-    t = LocalTrainer(compose("quickstart", [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out, live=False)
+    t = LocalTrainer(compose("quickstart", [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out)
     try:
         t.setup()
         t.fit()

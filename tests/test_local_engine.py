@@ -47,7 +47,7 @@ def run_local(tmp_path: Path, out: Path, *overrides: str, resume: bool = False):
 
     source = str(out / "config.yaml") if resume else "quickstart"
     c = compose(source, small(tmp_path, *overrides))
-    t = LocalTrainer(c, out, resume=resume, live=False)
+    t = LocalTrainer(c, out, resume=resume)
     try:
         t.setup()
         result = t.fit()

@@ -91,3 +91,82 @@ def test_a_reader_picks_up_entries_written_by_another_process(tmp_path):
 
 def test_normalise_query_strips_quotes_case_and_spaces():
     assert normalise_query(' "Fizono"   KEYS ') == "fizono keys"
+
+
+def _corpus(folder: Path, docs: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+DOCS = {
+    "a.txt": "kebozi has 8687 towers and a long history of tower building in the north.",
+    "b.txt": "the towers of kebozi are tall; kebozi keeps 12 bridges as well.",
+    "c.txt": "fizono has 5650 keys.",
+}
+
+
+def test_cache_key_holds_every_setting_that_changes_the_result(tmp_path):
+    """An ablation over top_k / max_chars must compare different outputs, not one cached text."""
+    corpus = _corpus(tmp_path / "docs", DOCS)
+    cache = tmp_path / "cache.json"
+    outputs = {}
+    for top_k, max_chars in ((1, 200), (2, 200), (2, 30), (1, 20)):
+        tool = SearchTool(corpus, top_k=top_k, max_chars=max_chars, cache_path=cache)
+        text, cached = tool.search("kebozi towers")
+        assert not cached, f"top_k={top_k} max_chars={max_chars} was served another setting's result"
+        assert text == SearchTool(corpus, top_k=top_k, max_chars=max_chars).search("kebozi towers")[0]
+        assert tool.search("kebozi towers") == (text, True)  # its own entry is reused
+        outputs[(top_k, max_chars)] = text
+    assert len(set(outputs.values())) == 4
+    assert outputs[(2, 200)].count("Page ") == 2 and len(outputs[(1, 20)]) == 20
+    assert len(json.loads(cache.read_text())["entries"]) == 4
+
+
+def test_cache_key_holds_the_corpus_identity(tmp_path):
+    one = _corpus(tmp_path / "one", {"a.txt": "kebozi has 8687 towers."})
+    two = _corpus(tmp_path / "two", {"a.txt": "kebozi has 1 tower."})
+    cache = tmp_path / "shared.json"
+    assert SearchTool(one, cache_path=cache).search("kebozi") == ("kebozi has 8687 towers.", False)
+    assert SearchTool(two, cache_path=cache).search("kebozi") == ("kebozi has 1 tower.", False)
+    (one / "a.txt").write_text("kebozi has 9 towers now.")  # an edited corpus never reads stale results
+    assert SearchTool(one, cache_path=cache).search("kebozi") == ("kebozi has 9 towers now.", False)
+    copy = _corpus(tmp_path / "copy", {"a.txt": "kebozi has 1 tower."})  # same documents elsewhere: shared
+    assert SearchTool(copy, cache_path=cache).search("kebozi") == ("kebozi has 1 tower.", True)
+
+
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        ('{"version": 1, "entries": {"q": "r"}}', "has version 1"),
+        ('{"entries": {}}', "has version None"),
+        ("[]", "holds a JSON list"),
+        ('"text"', "holds a JSON str"),
+        ('{"version": 2, "entries": []}', '"entries" of type list'),
+        ('{"version": 2, "entries": {"q": 5}}', "malformed entry 'q': int"),
+        ('{"version": 2, "entries": {"q": ', "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+    ],
+)
+def test_a_cache_of_another_version_or_shape_is_an_error_naming_the_file(tmp_path, content, phrase):
+    path = tmp_path / "cache.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    tool = SearchTool(_corpus(tmp_path / "docs", DOCS), cache_path=path)
+    for action in (lambda: tool.search("kebozi"), lambda: SearchCache(path).put("q", "r")):
+        with pytest.raises(DataError) as e:
+            action()
+        assert str(path) in e.value.message and phrase in e.value.message, e.value.message
+        assert "delete it" in e.value.hint
+    assert path.read_bytes() == (content if isinstance(content, bytes) else content.encode())  # left as found
+
+
+def test_default_cache_file_is_per_version_and_corpus(tmp_path):
+    from archer.core.tools.search import CACHE_VERSION, default_cache_path
+
+    corpus = _corpus(tmp_path / "docs", DOCS)
+    p = default_cache_path(tmp_path / "cache", corpus)
+    assert p.parent == tmp_path / "cache" / "search" and p.name.startswith(f"cache-v{CACHE_VERSION}-")

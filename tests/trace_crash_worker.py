@@ -1,9 +1,12 @@
 """Helper for tests/test_trace_crash.py: writes trace steps as fast as it can until it is killed.
 
-Run as `python trace_crash_worker.py TRACE_DIR FSYNC(0|1) RESUME_AFTER(-1 = fresh)`. It prints
-"ready" once imports are done and before the writer opens (and repairs) the directory, so a kill
-can land anywhere from the repair to the middle of a step write. Step contents are a pure
-function of the step number (`expected_table`), so the test can check every byte it reads back.
+Run as `python trace_crash_worker.py TRACE_DIR FSYNC(0|1) RESUME_AFTER(-1 = fresh)`. It reports
+its progress on stdout, one line each: "ready" once imports are done and before the writer opens
+(and repairs) the directory, "open" once it did, and "submitted STEP" after handing each step to
+the writer's background thread. The test kills it at points chosen by this progress and by the
+manifest's length, never by a delay, so where the kills land does not depend on the machine's
+speed. Step contents are a pure function of the step number (`expected_table`), so the test can
+check every byte it reads back.
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ def main(argv: list[str]) -> None:
         row_group_size=16,
         resume_after_step=None if resume_after < 0 else resume_after,
     )
+    print("open", flush=True)
     step = max(resume_after, 0) + 1
     while True:  # until SIGKILL
         w.submit(step, expected_table(step))
+        print(f"submitted {step}", flush=True)
         step += 1
 
 

@@ -7,8 +7,10 @@ to stderr.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -110,6 +112,7 @@ def eval_cmd(
     """Sample K responses per problem, grade them, and report avg@K and pass@k."""
     from archer.cli._console import err, note, warn
     from archer.cli._console import out as console
+    from archer.cli.progress import ConsoleTaskProgress
     from archer.errors import UsageError
 
     reward_name = reward.value if reward is not None else None
@@ -131,7 +134,7 @@ def eval_cmd(
             )
         from archer.core.evaluation.runner import regrade as run_regrade
 
-        result = run_regrade(regrade, reward=reward_name, ks=ks, console=err())
+        result = run_regrade(regrade, reward=reward_name, ks=ks, progress=ConsoleTaskProgress(err()))
         note(f"re-graded {result.results['problems_sampled']} problems with reward {result.spec['reward']!r}")
     else:
         if model is None:
@@ -158,7 +161,7 @@ def eval_cmd(
             overwrite=overwrite,
             trust_remote_code=trust_remote_code,
         )
-        result = run_eval(opts, console=err(), note=note)
+        result = run_eval(opts, progress=ConsoleTaskProgress(err()), note=note)
     _print(result, console())
     if not result.results["complete"]:
         warn(
@@ -171,8 +174,6 @@ def eval_cmd(
 
 def _print(result: object, console: object) -> None:
     from rich.markup import escape
-
-    from archer.core.evaluation.results import render_table
 
     r = result.results  # type: ignore[attr-defined]
     spec = result.spec  # type: ignore[attr-defined]
@@ -194,3 +195,56 @@ def _print(result: object, console: object) -> None:
         need = Measurement.get(console, console.options.update_width(1000), table).maximum  # type: ignore[attr-defined]
         width, crop = max(console.width, need), False  # type: ignore[attr-defined]
     console.print(table, width=width, crop=crop)  # type: ignore[attr-defined]
+
+
+def render_table(
+    summary: dict[str, dict[str, Any]], *, n: int, ks: Sequence[int], title: str | None = None
+) -> Any:
+    """A Rich table: one row per data source, then "all"; rates in %."""
+    import math
+
+    from rich import box
+    from rich.table import Table
+
+    from archer.core.evaluation.results import ALL
+
+    t = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    names = [s for s in summary if s != ALL] + [ALL]
+    t.add_column("source", no_wrap=True, overflow="ellipsis", min_width=min(24, max(len(x) for x in names)))
+    t.add_column("problems", min_width=len("problems"), justify="right", no_wrap=True)
+    t.add_column(f"avg@{n}", min_width=len(f"avg@{n}"), justify="right", no_wrap=True)
+    t.add_column("± se", min_width=len("± se"), justify="right", style="dim", no_wrap=True)
+    for k in ks:
+        t.add_column(f"pass@{k}", min_width=len(f"pass@{k}"), justify="right", no_wrap=True)
+    t.add_column("len", min_width=len("len"), justify="right", no_wrap=True)
+    t.add_column("trunc", min_width=len("trunc"), justify="right", no_wrap=True)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+    for i, name in enumerate(names):
+        s = summary[name]
+        t.add_row(
+            name,
+            str(s["problems"]),
+            pct(s[f"avg@{n}"]),
+            pct(s.get("avg_stderr")),
+            *[pct(s.get(f"pass@{k}")) for k in ks],
+            f"{s['response_length_mean']:.1f}",
+            pct(s["truncated_frac"]),
+            end_section=(i == len(names) - 2),
+            style="bold" if name == ALL else None,
+        )
+    t.caption = (
+        "rates in %; ± se: standard error of avg over problems; pass@k = mean of 1 - C(n-c,k)/C(n,k); "
+        "len: mean response tokens; trunc: share cut at --max-new-tokens"
+    )
+    t.caption_justify = "left"
+    return t

@@ -75,7 +75,7 @@ def train(
     if dry_run and composed.cfg.engine == "verl":  # verl's composed config and the plan; no Ray
         from archer.core.engines.verl.launch import dry_run as verl_dry_run
 
-        verl_dry_run(composed, run_dir)
+        _print_verl_dry_run(verl_dry_run(composed, run_dir))
         console().print("[dim]dry run: nothing was trained[/dim]")
         return
     if dry_run:
@@ -91,6 +91,54 @@ def train(
 
     composed.require_complete()
     check_new_run_dir(run_dir, resume)
+    from archer.cli.progress import ConsoleReporter
     from archer.core.engines import run_engine
 
-    run_engine(composed, run_dir, resume=resume)
+    reporter = ConsoleReporter(console())
+    result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
+    if result is not None:
+        print_summary(result, traced=bool(composed.cfg.trace.enable))
+
+
+def _print_verl_dry_run(plan) -> None:
+    from rich.markup import escape
+
+    from archer.cli._console import out, print_yaml, warn
+
+    print_yaml(plan.config_yaml)
+    if plan.plan:
+        out().print("[bold]verl engine plan[/bold] (dry run: nothing was started)")
+        for label, value in plan.plan:
+            out().print(f"  [bold]{label:<15}[/bold] {escape(value)}", soft_wrap=True)
+    for w in plan.warnings:
+        warn(w)
+
+
+def print_summary(result, *, traced: bool) -> None:
+    """The closing lines of a local run: time, reward and validation before -> after, the trace."""
+    from rich.markup import escape
+
+    from archer.cli._console import out
+    from archer.core.metrics import read_metrics
+
+    console = out()
+    run_dir = result.run_dir
+    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
+    console.print(
+        f"[bold green]done[/bold green] in {result.setup_seconds + result.train_seconds:.0f}s "
+        f"(set-up and warm-up {result.setup_seconds:.0f}s, training {result.train_seconds:.0f}s) · "
+        f"run {escape(str(run_dir))}"
+    )
+    if rows:
+        k = min(5, len(rows))
+        first = sum(r["reward/mean"] for r in rows[:k]) / k
+        last = sum(r["reward/mean"] for r in rows[-k:]) / k
+        console.print(
+            f"reward (mean of first {k} steps → last {k}): {first:.3f} → {last:.3f} ({last - first:+.3f})"
+        )
+    before, after = result.first_val.get("val/accuracy"), result.last_val.get("val/accuracy")
+    if before is not None and after is not None:
+        console.print(f"validation accuracy before → after: {before:.3f} → {after:.3f}")
+    if traced and result.trace_dir is not None:
+        console.print(f"trace: {escape(str(result.trace_dir))}")
+        console.print(f"explore it: [bold]archer view {escape(str(run_dir))}[/bold]")

@@ -36,6 +36,9 @@ def view(
             f"no trace at {p}: the path does not exist",
             hint="pass a run directory (one with trace/) or a trace directory",
         )
+    from archer.core.trace.reader import check_not_npz_trace
+
+    check_not_npz_trace(p)  # an old .npz trace: name the converter, not "truncated or corrupt"
     if not p.is_dir() or not any((p / m).exists() for m in TRACE_MARKERS):
         raise TraceError(
             f"{p} holds no trace (no trace/, manifest.jsonl or summary.json)",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from archer.influence.capture import CapturedFactors, ModuleFactors
+from archer.influence.groups import group_values, has_contrast
 from archer.influence.settings import InfluenceSettings
 
 # elements of one chunk of materialised outer products (only for dense token Hessians / response sums)
@@ -146,16 +147,13 @@ def contrast_weights(metas: Sequence[ResponseMeta], agg: str) -> list[float]:
 def scope_units(metas: Sequence[ResponseMeta], scope: str) -> tuple[list[list[ResponseMeta]], int]:
     """Scoring units (lists of responses) and the number of groups skipped for being all
     accepted or all rejected."""
-    groups: dict[Hashable, list[ResponseMeta]] = {}
-    for m in metas:
-        groups.setdefault(m.group, []).append(m)
+    groups = group_values([m.group for m in metas], list(metas))
     good, skipped = [], 0
     for members in groups.values():
-        n_acc = sum(1 for m in members if m.accepted)
-        if n_acc == 0 or n_acc == len(members):
-            skipped += 1
-        else:
+        if has_contrast(m.accepted for m in members):
             good.append(members)
+        else:
+            skipped += 1
     if scope == "all_selected":
         union = [m for g in good for m in g]
         return ([union] if union else []), skipped

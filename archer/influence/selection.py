@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+from archer.influence.groups import group_values, has_contrast
+
 
 def accepted_mask(
     rewards: Sequence[float], groups: Sequence[Hashable], *, rule: str = "group_max", threshold: float = 0.5
@@ -28,10 +30,8 @@ def select_groups(
     groups: Sequence[Hashable], accepted: Sequence[bool], *, max_prompts: int = 0
 ) -> tuple[list[Hashable], int]:
     """(groups to trace in order of first appearance, number of constant groups left out)."""
-    seen: dict[Hashable, list[bool]] = {}
-    for g, a in zip(groups, accepted):
-        seen.setdefault(g, []).append(bool(a))
-    mixed = [g for g, acc in seen.items() if any(acc) and not all(acc)]
+    seen = group_values(groups, [bool(a) for a in accepted])
+    mixed = [g for g, acc in seen.items() if has_contrast(acc)]
     constant = len(seen) - len(mixed)
     if max_prompts > 0:
         mixed = mixed[:max_prompts]
@@ -41,10 +41,9 @@ def select_groups(
 def trace_accepted(groups: Sequence[Hashable], accepted: Sequence[bool]) -> list[bool | None]:
     """The trace's `accepted` column: the flag within groups that have both kinds, None in groups
     whose responses are all accepted or all rejected (they have no contrast)."""
-    kinds: dict[Hashable, set] = {}
-    for g, a in zip(groups, accepted):
-        kinds.setdefault(g, set()).add(bool(a))
-    return [bool(a) if len(kinds[g]) == 2 else None for g, a in zip(groups, accepted)]
+    flags = [bool(a) for a in accepted]
+    mixed = {g for g, acc in group_values(groups, flags).items() if has_contrast(acc)}
+    return [a if g in mixed else None for g, a in zip(groups, flags)]
 
 
 def plan_step(
@@ -55,8 +54,8 @@ def plan_step(
 
     `advantages` are per-response (sequence-level) values; `settings` is an InfluenceSettings."""
     from archer.influence.scoring import ResponseMeta
-    from archer.influence.tracer import response_sign
 
+    output = settings.output
     accepted = accepted_mask(rewards, groups, rule=settings.accept_rule, threshold=settings.accept_threshold)
     chosen, constant = select_groups(groups, accepted, max_prompts=settings.max_prompts_per_step)
     keep = set(chosen)
@@ -65,7 +64,7 @@ def plan_step(
             row=i,
             group=g,
             accepted=accepted[i],
-            sign=response_sign(settings.output_function, float(advantages[i]), float(rewards[i])),
+            sign=output.sign(float(advantages[i]), float(rewards[i])),
         )
         for i, g in enumerate(groups)
         if g in keep

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from archer.influence.outputs import OUTPUT_FUNCTIONS as _OUTPUT_FUNCTIONS
+
 HESSIAN_MODES = ("inverse", "identity")
 HESSIAN_SOURCES = ("response", "token")
-OUTPUT_FUNCTIONS = ("training_loss", "log_prob_advantage", "log_prob", "log_prob_reward")
+OUTPUT_FUNCTIONS = tuple(_OUTPUT_FUNCTIONS)  # the objects live in archer.influence.outputs
 SCOPES = ("per_prompt", "all_selected")
 CONTRASTIVE_AGGS = ("sum", "mean")
 RESPONSE_GRADS = ("sum", "mean")
@@ -46,6 +48,13 @@ class InfluenceSettings:
     profile_timing: bool = False
     accept_rule: str = "group_max"
     accept_threshold: float = 0.5
+
+    @property
+    def output(self) -> Any:
+        """The `OutputFunction` object named by `output_function`."""
+        from archer.influence.outputs import get_output_function
+
+        return get_output_function(self.output_function)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> InfluenceSettings:

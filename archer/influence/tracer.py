@@ -24,19 +24,14 @@ import torch
 from torch import nn
 
 from archer.influence.capture import InfluenceRecorder
+from archer.influence.outputs import get_output_function
 from archer.influence.scoring import ResponseMeta, scatter_to_rows, score_tokens
 from archer.influence.settings import InfluenceSettings
 
-# σ_r, the sign each output function puts on a response (see scoring.py)
-SIGNED_BY_ADVANTAGE = ("training_loss", "log_prob_advantage")
-
 
 def response_sign(output_function: str, advantage: float, reward: float) -> float:
-    if output_function in SIGNED_BY_ADVANTAGE:
-        return float((advantage > 0) - (advantage < 0))
-    if output_function == "log_prob_reward":
-        return float((reward > 0) - (reward < 0))
-    return 1.0
+    """σ_r, the sign an output function puts on a response (see scoring.py and outputs.py)."""
+    return get_output_function(output_function).sign(advantage, reward)
 
 
 def token_subsample(length: int, cap: int) -> torch.Tensor:

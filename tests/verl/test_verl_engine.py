@@ -160,6 +160,32 @@ def test_dual_token_losses_match_local_engine(model_dir, step, loss, mode, rtol)
     _assert_same_influence(rows, ref["influence"], selected, rtol)
 
 
+@pytest.mark.parametrize("output_function", ["log_prob", "log_prob_advantage", "log_prob_reward"])
+def test_other_output_functions_match_local_engine(model_dir, step, output_function):
+    """The output functions captured by an extra forward+backward (archer.influence.outputs): on
+    verl it runs through the engine's own forward_backward_batch before the update, packed and with
+    dynamic batching; per-token scores equal the local engine's extra pass, and the update that
+    follows is the same as without influence (its gradients are zeroed before the real step)."""
+    settings = H.influence_settings(output_function=output_function)
+    ref = H.local_reference(model_dir, step, settings)
+    order = [int(i) for i in np.random.default_rng(11).permutation(step.size)]
+    worker, rows, metrics, seen = _run_verl(model_dir, step, ref, settings, order, dynamic=True)
+    selected = step.traced_rows()
+    _assert_same_influence(rows, ref["influence"], selected)
+    assert metrics["influence/tokens_captured"] == sum(len(step.responses[r]) for r in selected)
+    # two passes over every row: the capture pass, then the update
+    assert sorted(r for mb in seen for r in mb) == sorted(list(range(step.size)) * 2)
+    plain = H.training_worker(model_dir, None, dynamic=True)
+    td = H.update_meta(
+        H.v1_rows(step, ref["old"], ref["advantages"], None, order),
+        mini_batch_size=step.size,
+        influence=False,
+    )
+    plain.train_mini_batch(td)
+    for (name, p), q in zip(worker.engine.module.named_parameters(), plain.engine.module.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6, msg=name)
+
+
 def test_without_archer_fields_the_worker_refuses(model_dir, step):
     settings = H.influence_settings()
     ref = H.local_reference(model_dir, step, settings)

@@ -105,8 +105,8 @@ def local_reference(
     from archer.core.config.compose import compose_dict
     from archer.core.engines.local.forward import batch_logprobs
     from archer.core.engines.local.influence_step import LocalInfluence
-    from archer.core.engines.local.rollout import Rollout, left_pad, right_pad
     from archer.core.engines.local.update import UpdateBatch, ppo_update
+    from archer.core.rollout.batch import Rollout, left_pad, right_pad
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -152,6 +152,10 @@ def local_reference(
     influence = LocalInfluence(model, settings)
     seq_adv = adv.sum(-1) / rmask.sum(-1)
     influence.begin(ro, rewards, seq_adv, step.uids)
+    hook = influence.micro_hook
+    if not settings.output.in_training_backward:  # log_prob*: one extra pass before the update
+        influence.separate_backward(adv, rewards, micro_batch_size=micro, temperature=1.0, device="cpu")
+        hook = None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     ppo_update(
         model,
@@ -162,7 +166,7 @@ def local_reference(
         group_size=n,
         temperature=1.0,
         device="cpu",
-        micro_hook=influence.micro_hook,
+        micro_hook=hook,
     )
     rows, _ = influence.finish()
     return {"old": old, "entropy": entropy, "advantages": adv, "influence": rows}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from archer.core.engines.local.rollout import left_pad
+from archer.core.rollout.batch import left_pad
 
 
 class HFDecoder:

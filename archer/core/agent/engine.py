@@ -7,8 +7,7 @@ stores as `token_role`), for validation, and for the tool-use demonstrations of 
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +91,7 @@ class AgentRunner:
 
         check_config(cfg)
         self.cfg = cfg
+        self.note: Callable[[str], None] = lambda text: None  # the trainer's reporter.note
         self.tokenizer = tokenizer
         self.device = device
         a = cfg.agent
@@ -107,7 +107,7 @@ class AgentRunner:
                     max_file_mb=int(p.max_file_mb),
                     max_output_chars=int(p.max_output_chars),
                 ),
-                namespaces=bool(p.namespaces),
+                isolation=str(p.isolation),
                 cache_size=int(p.cache_size),
             )
         search = None
@@ -140,7 +140,13 @@ class AgentRunner:
         tools = ", ".join(self.toolbox.available)
         iso = self.isolation.get("isolation", "n/a")
         mech = "+".join(self.isolation.get("mechanisms", []))
-        return f"agent: {self.cfg.agent.algorithm} · tools {tools} · python sandbox {iso} ({mech})"
+        line = f"agent: {self.cfg.agent.algorithm} · tools {tools} · python sandbox {iso} ({mech})"
+        if self.isolation.get("unsafe"):  # the user's opt-in, repeated at every start
+            line += (
+                "\n[bold red]warning: agent.tools.python.isolation=none: model-written code runs "
+                "WITHOUT isolation, with your user's rights (docs/security.md)[/bold red]"
+            )
+        return line
 
     def branch_settings(self, *, n: int | None = None, validation: bool = False) -> BranchSettings:
         a = self.cfg.agent
@@ -175,7 +181,7 @@ class AgentRunner:
         """Run the agent on `prompts`; returns (Rollout, roles, texts, answers, AgentBatch)."""
         from archer.core.agent.decoder import HFDecoder
         from archer.core.agent.rollout import AgentRollout, SamplingSettings, response_texts, to_rollout
-        from archer.core.engines.local.rollout import eos_token_ids
+        from archer.core.rollout.generation import eos_token_ids
 
         r = self.cfg.rollout
         sampling = SamplingSettings(
@@ -265,9 +271,8 @@ class AgentRunner:
             out.append(demonstration(calls[i][0], calls[i][1], result.text, p.answer)[1])
         self.toolbox.take_counts()
         if failed:
-            print(
-                f"warm-up: {failed} demonstration tool call(s) failed; their results are shown as they came",
-                file=sys.stderr,
+            self.note(
+                f"warm-up: {failed} demonstration tool call(s) failed; their results are shown as they came"
             )
         return out
 

@@ -451,7 +451,7 @@ def to_rollout(
     batch: AgentBatch, prompts: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[Any, list[np.ndarray]]:
     """The engine's `Rollout` (response_mask: real tokens; loss_mask: 0 on tool results) and roles."""
-    from archer.core.engines.local.rollout import Rollout, left_pad, right_pad
+    from archer.core.rollout.batch import Rollout, left_pad, right_pad
 
     trajs = batch.trajectories
     prompt_ids, prompt_mask = left_pad([list(prompts[t.group]) for t in trajs], pad_id)

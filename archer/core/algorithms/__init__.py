@@ -29,6 +29,7 @@ from archer.core.algorithms.policy_losses import (
     available_policy_losses,
     get_policy_loss,
     high_entropy_mask,
+    loss_needs_entropy,
     masked_quantile,
     register_policy_loss,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "high_entropy_mask",
     "informative_groups",
     "kl_penalty",
+    "loss_needs_entropy",
     "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_mean",

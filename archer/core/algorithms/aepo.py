@@ -42,7 +42,7 @@ def entropy_aware_advantages(
     return advantages * (1.0 + alpha * z).to(advantages.dtype)
 
 
-@register_policy_loss("aepo")
+@register_policy_loss("aepo", needs_entropy=True)
 def aepo(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,
@@ -102,6 +102,3 @@ def aepo(
         }
     )
     return PolicyLossOutput(loss=loss, metrics=metrics, kl_token_scale=None)
-
-
-aepo.needs_entropy = True  # type: ignore[attr-defined]  # ppo_update computes entropy for losses that say so

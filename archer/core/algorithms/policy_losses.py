@@ -104,19 +104,34 @@ class PolicyLossOutput:
 PolicyLossFn = Callable[..., PolicyLossOutput]
 
 POLICY_LOSS_REGISTRY: dict[str, PolicyLossFn] = {}
+# Losses that read the per-token entropy of the training forward (declared at registration).
+_NEEDS_ENTROPY: set[str] = set()
 
 
-def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
-    """Register a loss under `name`; registering a different function twice is a bug."""
+def register_policy_loss(name: str, *, needs_entropy: bool = False) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Register a loss under `name`; registering a different function twice is a bug.
+
+    `needs_entropy`: the loss reads the entropy of the training forward (`inputs.entropy`), so
+    every engine computes it in the update (the one place this fact is stated)."""
 
     def decorator(fn: PolicyLossFn) -> PolicyLossFn:
         existing = POLICY_LOSS_REGISTRY.get(name)
         if existing is not None and existing is not fn:
             raise ValueError(f"policy loss {name!r} is already registered to {existing.__qualname__}")
         POLICY_LOSS_REGISTRY[name] = fn
+        if needs_entropy:
+            _NEEDS_ENTROPY.add(name)
+        else:
+            _NEEDS_ENTROPY.discard(name)
         return fn
 
     return decorator
+
+
+def loss_needs_entropy(name: str) -> bool:
+    """Whether the registered loss `name` reads the training forward's entropy."""
+    get_policy_loss(name)  # an unknown name is a config error
+    return name in _NEEDS_ENTROPY
 
 
 def get_policy_loss(name: str) -> PolicyLossFn:
@@ -290,7 +305,7 @@ def vanilla(
     return PolicyLossOutput(loss=loss, metrics=metrics, kl_token_scale=None)
 
 
-@register_policy_loss("archer")
+@register_policy_loss("archer", needs_entropy=True)
 def archer(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,
@@ -332,7 +347,7 @@ def archer(
     return PolicyLossOutput(loss=loss, metrics=metrics, kl_token_scale=_kl_scale(high, config, ratio))
 
 
-@register_policy_loss("aspo")
+@register_policy_loss("aspo", needs_entropy=True)
 def aspo(
     old_log_prob: torch.Tensor,
     log_prob: torch.Tensor,

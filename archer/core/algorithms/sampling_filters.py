@@ -19,6 +19,11 @@ from typing import Any
 import torch
 
 from archer.errors import ConfigError
+from archer.influence.groups import (
+    group_values,
+    has_contrast,
+    informative_groups,  # noqa: F401  (re-exported)
+)
 
 
 def overlong_penalty(
@@ -50,30 +55,6 @@ def overlong_penalty(
     return torch.clamp(penalty, max=0.0)
 
 
-def _as_list(values: Any) -> list[Any]:
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _group_values(group_ids: Sequence[Hashable], values: Sequence[float]) -> dict[Hashable, list[float]]:
-    ids = _as_list(group_ids)
-    vals = _as_list(values)
-    if len(ids) != len(vals):
-        raise ValueError(f"{len(ids)} group ids but {len(vals)} values")
-    grouped: dict[Hashable, list[float]] = {}
-    for gid, value in zip(ids, vals):
-        grouped.setdefault(gid, []).append(value)
-    return grouped
-
-
-def informative_groups(group_ids: Sequence[Hashable], values: Sequence[float]) -> set[Hashable]:
-    """Ids of groups whose per-sample values (accuracy or reward) are not all equal.
-
-    A group of one is never informative (no peer to differ from; its group advantage is 0).
-    verl's DAPO trainer keeps singletons instead, because its GRPO gives them the raw score.
-    """
-    return {gid for gid, vals in _group_values(group_ids, values).items() if any(v != vals[0] for v in vals)}
-
-
 class GroupAccumulator:
     """Collects the informative groups of successive generation rounds for one training step.
 
@@ -95,13 +76,13 @@ class GroupAccumulator:
 
     def add(self, groups: list[Any], group_ids: Sequence[Hashable], values: Sequence[float]) -> int:
         """Record one generation round; returns how many of its groups were kept."""
-        grouped = _group_values(group_ids, values)
+        grouped = group_values(group_ids, values)
         if len(groups) != len(grouped):
             raise ValueError(
                 f"{len(groups)} group payloads for {len(grouped)} distinct group ids; "
                 "pass one payload per group, in order of first appearance"
             )
-        informative = {gid for gid, vals in grouped.items() if any(v != vals[0] for v in vals)}
+        informative = {gid for gid, vals in grouped.items() if has_contrast(vals)}
         kept = [payload for payload, gid in zip(groups, grouped) if gid in informative]
         self._kept.extend(kept)
         self.rounds += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, field
 from functools import cache
@@ -44,7 +45,8 @@ class KeyInfo:
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) is typing.Union:
+    # Optional[X] (typing.Union) and X | None (types.UnionType) are the same key type.
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
             return args[0], True
@@ -62,7 +64,7 @@ def schema_keys(cls: type = ArcherConfig) -> dict[str, KeyInfo]:
             tp, _ = _strip_optional(hints[f.name])
             key = prefix + f.name
             is_section = dataclasses.is_dataclass(tp)
-            is_free = typing.get_origin(tp) in (dict, dict) or tp is dict
+            is_free = typing.get_origin(tp) is dict or tp is dict
             out[key] = KeyInfo(key, hints[f.name], f, is_section, is_free)
             if is_section:
                 walk(tp, key + ".")
@@ -74,10 +76,10 @@ def schema_keys(cls: type = ArcherConfig) -> dict[str, KeyInfo]:
 def type_name(tp: Any) -> str:
     base, optional = _strip_optional(tp)
     origin = typing.get_origin(base)
-    if origin in (list, list):
+    if origin is list:
         (arg,) = typing.get_args(base) or (Any,)
         name = f"list of {type_name(arg)}"
-    elif origin in (dict, dict):
+    elif origin is dict:
         name = "mapping"
     elif dataclasses.is_dataclass(base):
         name = "section"
@@ -216,7 +218,7 @@ def _coerce_lists(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
             continue
         if info is not None and not info.is_section:
             base, _ = _strip_optional(info.type)
-            is_list = typing.get_origin(base) in (list, list)
+            is_list = typing.get_origin(base) is list
             if is_list and v is not None and v != "???" and not isinstance(v, list):
                 v = [v]
         out[k] = v

@@ -326,10 +326,12 @@ class PythonToolConfig:
         16, "largest file the code may write (RLIMIT_FSIZE); the work dir holds 4x that", ge=1
     )
     max_output_chars: int = opt(200, "output kept per call (the rest is cut, with a note)", ge=1)
-    namespaces: bool = opt(
-        True,
-        "isolate with Linux namespaces where available (else an audit hook refuses "
-        "sockets, outside writes and process creation)",
+    isolation: str = opt(
+        "bwrap",
+        "bwrap: run code inside bubblewrap (own mounts, pid, network; seccomp), refused where it "
+        "cannot; none: no isolation at all (UNSAFE: the code gets your user's rights; warned at "
+        "every start; docs/security.md)",
+        choices=("bwrap", "none"),
     )
     cache_size: int = opt(
         1024, "results of identical code kept per run (the tool is stateless; 0 = off)", ge=0

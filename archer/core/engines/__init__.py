@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
-def run_engine(composed: Any, run_dir: Path, resume: bool = False) -> Any:
+def run_engine(composed: Any, run_dir: Path, resume: bool = False, reporter: Any = None) -> Any:
+    """Train on the config's engine; events go to `reporter` (archer.core.progress.Reporter).
+    Returns the engine's result (the local engine's `TrainResult`; None for verl)."""
     engine = composed.cfg.engine
     if engine == "local":
         from archer.core.engines.local.trainer import train
 
-        return train(composed, run_dir, resume=resume)
+        return train(composed, run_dir, resume=resume, reporter=reporter)
     if engine == "verl":
         from archer.core.engines.verl.launch import train as verl_train
 
-        return verl_train(composed, run_dir, resume=resume)
+        return verl_train(composed, run_dir, resume=resume, reporter=reporter)
     raise ValueError(f"unknown engine {engine!r}")  # unreachable: the schema validates choices

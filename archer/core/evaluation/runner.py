@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,67 +149,28 @@ def sample_rows(
 # --------------------------------------------------------------------------- progress
 
 
-class EvalProgress:
-    """A Rich bar over problems on a terminal; one plain line per batch otherwise (logs, CI)."""
+class TaskProgress:
+    """Progress of a long task over `total` units (`start`, `advance`, `stop`). This default says
+    nothing; `archer.cli.progress.ConsoleTaskProgress` draws it (core never prints)."""
 
-    def __init__(
-        self,
-        total: int,
-        done: int,
-        *,
-        console: Any,
-        live: bool | None = None,
-        label: str = "eval",
-        unit: str = "problems",
-    ):
-        self.total, self.done, self.console, self.label, self.unit = total, done, console, label, unit
-        self.live = console.is_terminal if live is None else live
-        self._progress = None
-        self._task = None
-        self._t0 = time.time()
-
-    def __enter__(self) -> EvalProgress:
-        if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn(f"[bold]{self.label}[/bold]"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TextColumn(self.unit),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"),
-                console=self.console,
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(self.label, total=self.total, completed=self.done, stats="")
-        return self
+    def start(self, total: int, done: int, *, label: str, unit: str) -> None:
+        """The task starts with `done` of `total` units already done (resumed)."""
 
     def advance(self, k: int, stats: str) -> None:
-        self.done += k
-        if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, stats=stats)
-        else:
-            print(
-                f"{self.label} {self.done}/{self.total} {self.unit}  {stats}  "
-                f"({time.time() - self._t0:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+        """`k` more units are done; `stats` is a short status text."""
 
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+    def stop(self) -> None:
+        """The task ended (finished, interrupted or failed)."""
+
+
+@contextmanager
+def _running(progress: TaskProgress | None, total: int, done: int, *, label: str, unit: str):
+    p = progress or TaskProgress()
+    p.start(total, done, label=label, unit=unit)
+    try:
+        yield p
+    finally:
+        p.stop()
 
 
 # --------------------------------------------------------------------------- resolving inputs
@@ -259,7 +219,7 @@ def load_problems(
     limit: int | None,
 ) -> list[Problem]:
     from archer.core.data.loading import load_prompts
-    from archer.core.engines.local.prompts import encode_prompt
+    from archer.core.rollout.prompts import encode_prompt
 
     records = load_prompts(list(files), prompt_key=prompt_key, answer_key=answer_key)
     if limit is not None:
@@ -332,7 +292,7 @@ def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool) -> Store:
 
 
 def run_eval(
-    opts: EvalOptions, *, console: Any, live: bool | None = None, note: Callable[[str], None] | None = None
+    opts: EvalOptions, *, progress: TaskProgress | None = None, note: Callable[[str], None] | None = None
 ) -> EvalResult:
     """Sample what is missing, grade it, write results.json; returns the summary.
 
@@ -462,7 +422,7 @@ def run_eval(
     if todo:
         sampler = _make_sampler(opts, ckpt.path, tok_dir, tokenizer, problems, max_new_tokens, say)
         correct = total = 0
-        with EvalProgress(len(problems), len(done.problems), console=console, live=live) as progress:
+        with _running(progress, len(problems), len(done.problems), label="eval", unit="problems") as bar:
             try:
                 for start in range(0, len(todo), opts.batch_size):
                     batch = todo[start : start + opts.batch_size]
@@ -483,7 +443,7 @@ def run_eval(
                     sampled += len(batch)
                     correct += sum(r["correct"] for r in rows)
                     total += len(rows)
-                    progress.advance(len(batch), f"accuracy so far {correct / total:.3f}")
+                    bar.advance(len(batch), f"accuracy so far {correct / total:.3f}")
             except KeyboardInterrupt:
                 raise ArcherError(
                     f"evaluation interrupted after {len(done.problems) + sampled} of {len(problems)} "
@@ -580,7 +540,7 @@ def regrade(
     reward: str | None = None,
     ks: str | None = None,
     timeout_s: float | None = None,
-    console: Any = None,
+    progress: TaskProgress | None = None,
 ) -> EvalResult:
     """Grade saved samples again (another reward function, a fixed grader) and rewrite results.json."""
     import pyarrow as pa
@@ -602,14 +562,7 @@ def regrade(
         raise DataError(f"no samples in {store.samples_dir}", hint="run 'archer eval' with this --out first")
     store.clean_temps()
     new: dict[Path, Any] = {}
-    with EvalProgress(
-        len(shards),
-        0,
-        console=console,
-        live=None if console is not None else False,
-        label="regrade",
-        unit="shards",
-    ) as progress:
+    with _running(progress, len(shards), 0, label="regrade", unit="shards") as bar:
         for path in shards:
             t = pq.read_table(path)
             scores = score_batch(
@@ -625,7 +578,7 @@ def regrade(
             for name, arr in cols.items():
                 t = t.set_column(t.schema.get_field_index(name), name, arr)
             new[path] = t
-            progress.advance(1, f"{t.num_rows} samples")
+            bar.advance(1, f"{t.num_rows} samples")
     store.rewrite(new)
     spec.update(reward=reward, timeout_s=timeout_s, ks=k_list, regraded=now())
     store.write_spec()

@@ -66,7 +66,7 @@ class LocalSampler:
     ) -> list[list[Completion]]:
         import torch
 
-        from archer.core.engines.local.rollout import decode_responses, generate
+        from archer.core.rollout.generation import decode_responses, generate
 
         if seed is not None:
             torch.manual_seed(seed)

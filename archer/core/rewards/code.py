@@ -39,9 +39,7 @@ class CodeLimits:
     cpu_s: int = 5
     memory_mb: int = 1024
     max_output_chars: int = 1 << 20
-    namespaces: bool = (
-        True  # False: skip Linux namespaces, rely on rlimits and the socket-refusing audit hook
-    )
+    isolation: str = "bwrap"  # "none": no isolation at all (unsafe; see docs/security.md)
 
 
 @dataclass
@@ -136,7 +134,7 @@ def _run(program: str, limits: CodeLimits) -> Any:
             memory_mb=limits.memory_mb,
             max_output_chars=limits.max_output_chars,
         ),
-        namespaces=limits.namespaces,
+        isolation=limits.isolation,
     )
     return sandbox.run(program)
 

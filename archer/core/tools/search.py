@@ -8,6 +8,12 @@ and run) with its races closed: a writer takes an exclusive `flock` on `<file>.l
 file, merges its own entries into what is on disk, writes a temporary file in the same folder and
 renames it over the old one, so readers only ever see a complete JSON file and no writer loses
 another's entries. Readers reload when the file's mtime (or size) changes.
+
+An entry's key is the normalised query prefixed by its scope (`SearchTool.scope`): the corpus
+identity, every setting that changes the text (top_k, max_chars) and the ranker, so one file can
+serve several tools, an ablation over top_k compares different outputs, and a changed corpus
+never reads stale results. The file carries `version`; another version, or a file that is not
+`{"version": 2, "entries": {str: str}}`, is an error naming it (it is only a cache: delete it).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 
 from archer.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 1: keys were the bare query (results of one top_k/max_chars served for another)
+RANKER = "bm25s/en-stopwords"  # changes with the tokenizer or scoring below
 
 
 @dataclass
@@ -86,6 +93,17 @@ def corpus_fingerprint(path: str | os.PathLike) -> str:
     return h.hexdigest()[:16]
 
 
+def corpus_digest(docs: list[Document]) -> str:
+    """The corpus's identity for cache keys: a hash of what was indexed (ids, titles, texts), so
+    the same documents share results wherever they live and an edited one never does."""
+    h = hashlib.sha256()
+    for d in docs:
+        for part in (d.id, d.title, d.text):
+            b = part.encode()
+            h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()[:32]
+
+
 def normalise_query(query: str) -> str:
     """ARPO strips quotes; also fold case and whitespace so trivial variants share an entry."""
     return " ".join(query.replace('"', " ").replace("'", " ").lower().split())
@@ -114,11 +132,28 @@ class SearchCache:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
-        except ValueError as e:  # never written by us: atomic renames leave no partial file
-            raise DataError(
-                f"search cache {self.path} is not valid JSON ({e})", hint="delete it to start a new cache"
-            ) from e
-        return dict(data.get("entries", {})) if isinstance(data, dict) else {}
+        except (ValueError, UnicodeDecodeError) as e:  # never written by us: renames leave no partial file
+            raise self._bad(f"is not valid JSON ({e})") from e
+        except OSError as e:
+            raise DataError(f"cannot read search cache {self.path}: {e}") from e
+        if not isinstance(data, dict):
+            raise self._bad(f'holds a JSON {type(data).__name__}, not {{"version", "entries"}}')
+        version = data.get("version")
+        if version != CACHE_VERSION:
+            raise self._bad(f"has version {version!r}; this archer reads and writes version {CACHE_VERSION}")
+        entries = data.get("entries")
+        if not isinstance(entries, dict):
+            raise self._bad(f'has "entries" of type {type(entries).__name__}, not an object')
+        for k, v in entries.items():
+            if not isinstance(v, str):
+                raise self._bad(f"has a malformed entry {k[:80]!r}: {type(v).__name__}, not text")
+        return dict(entries)
+
+    def _bad(self, what: str) -> DataError:
+        return DataError(
+            f"search cache {self.path} {what}",
+            hint="it is only a cache: delete it, or set agent.tools.search.cache_path to another file",
+        )
 
     def refresh(self) -> None:
         """Reload when another writer changed the file."""
@@ -185,6 +220,16 @@ class SearchTool:
         self.top_k = max(1, int(top_k))
         self.max_chars = int(max_chars)
         self.cache = SearchCache(cache_path) if cache_path else None
+        #: every input of a result but the query: cache entries are keyed by it
+        self.scope = json.dumps(
+            {
+                "corpus": corpus_digest(self.docs),
+                "top_k": self.top_k,
+                "max_chars": self.max_chars,
+                "ranker": RANKER,
+            },
+            sort_keys=True,
+        )
         self._index_lock = threading.Lock()
         self._retriever: Any = None
 
@@ -206,13 +251,14 @@ class SearchTool:
         key = normalise_query(query)
         if not key:
             return "no results (empty query)", False
+        entry = f"{self.scope}\n{key}"
         if self.cache is not None:
-            hit = self.cache.get(key)
+            hit = self.cache.get(entry)
             if hit is not None:
                 return hit, True
         text = self._search(key)
         if self.cache is not None:
-            self.cache.put(key, text)
+            self.cache.put(entry, text)
         return text, False
 
     def _search(self, key: str) -> str:
@@ -235,4 +281,5 @@ class SearchTool:
 
 
 def default_cache_path(cache_dir: str | os.PathLike, corpus: str | os.PathLike) -> Path:
-    return Path(cache_dir) / "search" / f"cache-{corpus_fingerprint(corpus)}.json"
+    """One file per corpus (and cache version, so an older archer's file is left alone)."""
+    return Path(cache_dir) / "search" / f"cache-v{CACHE_VERSION}-{corpus_fingerprint(corpus)}.json"

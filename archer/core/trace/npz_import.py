@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import re
+import shutil
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,9 +57,20 @@ def _reconstruct() -> Any:
     return f
 
 
+def _scalar() -> Any:
+    try:
+        from numpy._core.multiarray import scalar as f  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar as f
+    return f
+
+
 _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    # a numpy scalar (np.int64(3) inside an object array) is rebuilt from its dtype and raw bytes
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
 }
@@ -71,7 +85,8 @@ class RefusedPickle(Exception):
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles numpy object arrays of lists/ints/strings; refuses every other global."""
+    """Unpickles numpy object arrays of lists, numbers, strings and numpy scalars; refuses every
+    other global."""
 
     def find_class(self, module: str, name: str) -> Any:
         make = _ALLOWED.get((module, name))
@@ -107,7 +122,7 @@ def _read_member(fp: IO[bytes], path: Path, field: str) -> np.ndarray:
     except RefusedPickle as e:
         raise TraceError(
             f"{path}: field {field!r} holds a pickle that needs {e.what}, which is refused "
-            "(only numpy arrays of lists, numbers and strings are allowed)",
+            "(only numpy arrays of lists, numbers, strings and numpy scalars are allowed)",
             hint="this file was not written by the original trace writer, or was tampered with; "
             "convert only traces you trust",
         ) from None
@@ -244,6 +259,7 @@ _INFLUENCE_FIELDS = (
     "reward",
     "accepted",
     "group_id",
+    "uid_hash",
     "prompt_ids",
     "uid",
 )
@@ -308,10 +324,22 @@ class StepConversion:
     table: pa.Table
     influence_rows: int
     warnings: list[str] = field(default_factory=list)
+    eos_id: int | None = None  # the EOS (= pad) id this step's padding showed, if any
 
 
-def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> StepConversion:
-    """One archer step table from the old step file(s) of `step` (either may be None)."""
+def pad_id(responses: np.ndarray, mask: np.ndarray) -> int | None:
+    """The id in every padded cell (the old writer padded with EOS), None if no padding or mixed."""
+    pads = np.unique(responses[~mask])
+    return int(pads[0]) if len(pads) == 1 else None
+
+
+def convert_step(
+    step: int, ent_path: Path | None, inf_path: Path | None, eos_id: int | None = None
+) -> StepConversion:
+    """One archer step table from the old step file(s) of `step` (either may be None).
+
+    A response that fills every column is truncated unless its last token is EOS; the EOS id is
+    the step's padding id, else `eos_id` (known from an earlier step or the summary)."""
     warnings: list[str] = []
     ent = inf = None
     if ent_path is not None:
@@ -326,7 +354,7 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
         inf = load_npz(inf_path, _INFLUENCE_FIELDS)
         _require(inf, inf_path, ("entropies", "influence", "response_mask", "responses", "selected_row_id"))
         n_i, _ = _check_2d(inf, inf_path, ("entropies", "influence", "response_mask", "responses"))
-        for name in ("selected_row_id", "reward", "accepted", "group_id", "prompt_ids", "uid"):
+        for name in ("selected_row_id", "reward", "accepted", "group_id", "uid_hash", "prompt_ids", "uid"):
             _check_1d(inf, inf_path, name, n_i)
 
     # The rows of the new step: the entropy trace's (all responses), else the influence trace's.
@@ -341,6 +369,24 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
     prompts: list[list[int] | None] = []
     dataset_index: list[int | None] = []
     group_id: list[int | None] = []
+
+    prompt_length: list[int | None] = []
+    uid_hash: list[int | None] = []
+    seen_eos = None
+    if ent is not None:
+        seen_eos = pad_id(ent["responses"], ent["response_mask"].astype(bool))
+    if seen_eos is None and inf is not None:
+        seen_eos = pad_id(inf["responses"], inf["response_mask"].astype(bool))
+    eos = seen_eos if seen_eos is not None else eos_id
+    full_width_rows = 0
+
+    def is_truncated(ids: np.ndarray, width: int) -> bool:
+        """Filled every column without ending in EOS (an EOS in the last column finished)."""
+        nonlocal full_width_rows
+        if len(ids) < width:
+            return False
+        full_width_rows += 1
+        return eos is None or int(ids[-1]) != eos
 
     inf_row_of: dict[int, int] = {}
     if inf is not None:
@@ -372,10 +418,12 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
         src_ids = [int(x) for x in ent["response_index"].tolist()]
         e_uid = ent.get("uid")
         e_sidx = ent.get("sample_index")
+        e_plen = ent.get("prompt_length")
         for i in range(n):
             rid = src_ids[i]
             j = inf_row_of.get(rid)
-            truncated.append(bool(lengths[i] == width))
+            truncated.append(is_truncated(resp[i], width))
+            prompt_length.append(_as_int(e_plen[i]) if e_plen is not None else None)
             uids.append(str(e_uid[i]) if e_uid is not None else None)
             dataset_index.append(_as_int(e_sidx[i]) if e_sidx is not None else None)
             if j is None:
@@ -384,12 +432,14 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
                 accepted.append(None)
                 prompts.append(None)
                 group_id.append(None)
+                uid_hash.append(None)
             else:
                 add_influence(j, int(lengths[i]), f"response {rid}")
                 reward.append(float(inf["reward"][j]) if "reward" in inf else math.nan)
                 accepted.append(bool(inf["accepted"][j]) if "accepted" in inf else None)
                 prompts.append(inf_prompts[j] if inf_prompts is not None else None)
                 group_id.append(int(inf["group_id"][j]) if "group_id" in inf else None)
+                uid_hash.append(_as_int(inf["uid_hash"][j]) if "uid_hash" in inf else None)
                 if uids[-1] is None and "uid" in inf:
                     uids[-1] = str(inf["uid"][j])
         have = set(src_ids)
@@ -410,7 +460,9 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
         resp.append(inf["responses"][j][m])
         entr.append(inf["entropies"][j][m])
         add_influence(j, None, f"response {rid}")
-        truncated.append(bool(m.all()))
+        truncated.append(is_truncated(resp[-1], m.shape[0]))
+        prompt_length.append(None)
+        uid_hash.append(_as_int(inf["uid_hash"][j]) if "uid_hash" in inf else None)
         uids.append(str(inf["uid"][j]) if "uid" in inf else None)
         dataset_index.append(None)
         reward.append(float(inf["reward"][j]) if "reward" in inf else math.nan)
@@ -436,6 +488,18 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
     extra = {"source_row": pa.array(np.asarray(src_ids, dtype=np.int32), type=pa.int32())}
     if any(d is not None for d in dataset_index):
         extra["dataset_index"] = pa.array(dataset_index, type=pa.int64())
+    for name, values, typ in (  # legacy per-row fields, kept under their names (null where absent)
+        ("prompt_length", prompt_length, pa.int32()),
+        ("group_id", group_id, pa.int64()),
+        ("uid_hash", uid_hash, pa.int64()),
+    ):
+        if any(v is not None for v in values):
+            extra[name] = pa.array(values, type=typ)
+    if eos is None and full_width_rows:
+        warnings.append(
+            f"step {step}: the EOS id is unknown (no padding to learn it from); {full_width_rows} "
+            "response(s) that fill every column are marked truncated"
+        )
     table = build_step_table(
         step,
         uid=uids,
@@ -452,7 +516,7 @@ def convert_step(step: int, ent_path: Path | None, inf_path: Path | None) -> Ste
         influence=infl if any(x is not None for x in infl) else None,
         extra=extra,
     )
-    return StepConversion(step, table, sum(x is not None for x in infl), warnings)
+    return StepConversion(step, table, sum(x is not None for x in infl), warnings, eos)
 
 
 def _as_int(v: Any) -> int | None:
@@ -507,13 +571,17 @@ def import_npz(
 
     `progress(done, total, step)` is called after each step. Raises TraceError on anything it
     cannot convert faithfully (unknown format_version, corrupt file, refused pickle); problems it
-    can work around are listed in `report.warnings`.
+    can work around are listed in `report.warnings`. The trace is built in a hidden sibling
+    directory and renamed to `new_dir` only when every step converted, so a refused import leaves
+    nothing behind (`new_dir` may exist if it is empty).
     """
     warnings: list[str] = []
     old = open_old_traces(old_dir, warnings)
+    target = Path(new_dir).expanduser()
+    _check_target(target)
     ent, inf = old.get(ENTROPY_DIR), old.get(INFLUENCE_DIR)
     steps = sorted(set(ent.files if ent else {}) | set(inf.files if inf else {}))
-    report = ImportReport(Path(new_dir), versions={k: t.version for k, t in old.items()}, warnings=warnings)
+    report = ImportReport(target, versions={k: t.version for k, t in old.items()}, warnings=warnings)
     first = (ent or inf).summary  # type: ignore[union-attr]
     summary: dict[str, Any] = {
         "engine": "archer2.0 (imported)",
@@ -525,21 +593,81 @@ def import_npz(
     }
     if tokenizer_path:
         summary["tokenizer_path"] = str(Path(tokenizer_path).expanduser().resolve())
-    with TraceWriter(new_dir, summary) as writer:
-        for k, step in enumerate(steps, 1):
-            conv = convert_step(
-                step,
-                ent.files.get(step) if ent else None,
-                inf.files.get(step) if inf else None,
-            )
-            warnings.extend(conv.warnings)
-            writer.submit(step, conv.table)
-            report.steps += 1
-            report.responses += conv.table.num_rows
-            report.influence_rows += conv.influence_rows
-            report.tokens += int(sum(conv.table.column("response_length").to_pylist()))
-            if progress is not None:
-                progress(k, len(steps), step)
-        writer.flush()
-        report.bytes = writer.stats().bytes_written
+    eos = next(
+        (
+            _as_int(t.summary.get(k))
+            for t in old.values()
+            for k in ("eos_token_id", "pad_token_id")
+            if _as_int(t.summary.get(k)) is not None
+        ),
+        None,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.importing-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        with TraceWriter(staging, summary) as writer:
+            for k, step in enumerate(steps, 1):
+                conv = convert_step(
+                    step,
+                    ent.files.get(step) if ent else None,
+                    inf.files.get(step) if inf else None,
+                    eos_id=eos,
+                )
+                eos = conv.eos_id if conv.eos_id is not None else eos
+                warnings.extend(conv.warnings)
+                writer.submit(step, conv.table)
+                report.steps += 1
+                report.responses += conv.table.num_rows
+                report.influence_rows += conv.influence_rows
+                report.tokens += int(sum(conv.table.column("response_length").to_pylist()))
+                if progress is not None:
+                    progress(k, len(steps), step)
+            writer.flush()
+            report.bytes = writer.stats().bytes_written
+        _check_target(target)  # still free (or empty) now that the work is done
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return report
+
+
+def _check_target(target: Path) -> None:
+    """`target` must not exist, or be an empty directory."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise TraceError(f"{target} exists and is not a directory", hint="pass a new directory for the trace")
+    entries = sorted(p.name for p in target.iterdir())
+    if entries:
+        what = "already holds steps" if {"manifest.jsonl", "steps"} & set(entries) else "is not empty"
+        raise TraceError(
+            f"{target} {what} ({', '.join(entries[:4])}{', ...' if len(entries) > 4 else ''})",
+            hint="import into a new or empty directory",
+        )
+
+
+def looks_like_npz_trace(path: str | Path) -> Path | None:
+    """The directory holding an old .npz trace at `path` (itself, or the parent of its
+    entropy_trace/ or influence_trace/), or None; cheap, for readers that must say "convert it"."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    if any(
+        (p / kind / "steps").is_dir() or (p / kind / "manifest.jsonl").is_file() for kind in KNOWN_VERSIONS
+    ):
+        return p
+    if (p / "steps").is_dir() and any((p / "steps").glob("step_*.npz")):
+        return p
+    summary = p / "summary.json"
+    if summary.is_file():
+        try:
+            data = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict) and "format" not in data and "format_version" in data:
+            return p
+    return None

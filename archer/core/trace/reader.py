@@ -101,6 +101,19 @@ def row_dict(table: pa.Table, row: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def check_not_npz_trace(p: Path) -> None:
+    """An old .npz trace (at `p` or `p/trace`) is not "truncated or corrupt": say how to convert it."""
+    from .npz_import import looks_like_npz_trace
+
+    old = looks_like_npz_trace(p) or looks_like_npz_trace(p / "trace")
+    if old is not None:
+        raise TraceError(
+            f"{old} holds a trace of the original .npz layout (Archer2.0), which archer reads "
+            "only after converting it",
+            hint=f"convert it: archer trace import-npz {old} NEW_DIR, then open NEW_DIR",
+        )
+
+
 class TraceReader:
     """Read a trace directory, or the `trace/` of a run directory; safe on a live run.
 
@@ -115,6 +128,7 @@ class TraceReader:
                 f"no trace at {p}: the directory does not exist",
                 hint="pass a run directory (one with trace/) or a trace directory",
             )
+        check_not_npz_trace(p)
         if (p / MANIFEST_FILE).exists() or (p / SUMMARY_FILE).exists():
             self.dir = p
         elif (p / "trace").is_dir():

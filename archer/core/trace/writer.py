@@ -195,19 +195,29 @@ class TraceWriter:
         *,
         resume_after_step: int | None = None,
     ) -> TraceWriter:
-        """A writer set up from a `TraceConfig` (`trace.dir` null means `<run>/trace`).
+        """A writer set up from the `trace` settings (a `TraceConfig`, or a mapping such as the one
+        the verl engine carries; absent keys take the `TraceConfig` defaults). `dir` null means
+        `<run>/trace`. The caller checks `enable` first; this only maps the settings."""
+        from archer.core.config.schema import TraceConfig
 
-        The caller checks `trace_cfg.enable` first; this only maps the settings.
-        """
-        trace_dir = Path(trace_cfg.dir).expanduser() if trace_cfg.dir else Path(run_dir) / "trace"
+        defaults = TraceConfig()
+
+        def get(key: str) -> Any:
+            if isinstance(trace_cfg, Mapping):
+                value = trace_cfg.get(key, getattr(defaults, key))
+            else:
+                value = getattr(trace_cfg, key, getattr(defaults, key))
+            return getattr(defaults, key) if value is None and key != "dir" else value
+
+        trace_dir = Path(str(get("dir"))).expanduser() if get("dir") else Path(run_dir) / "trace"
         return cls(
             trace_dir,
             summary,
-            write_every=trace_cfg.write_every,
-            fsync=trace_cfg.fsync,
-            row_group_size=trace_cfg.row_group_size,
-            compression_level=trace_cfg.compression_level,
-            max_queue=trace_cfg.max_queue,
+            write_every=int(get("write_every")),
+            fsync=bool(get("fsync")),
+            row_group_size=int(get("row_group_size")),
+            compression_level=int(get("compression_level")),
+            max_queue=int(get("max_queue")),
             resume_after_step=resume_after_step,
         )
 

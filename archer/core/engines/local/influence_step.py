@@ -89,7 +89,7 @@ class LocalInfluence:
         device: Any,
     ) -> None:
         """One extra forward+backward of Σ w·log p over the selected rows (before the update)."""
-        fn = self.settings.output_function
+        fn = self.settings.output
         rows = sorted(self.selected)
         for start in range(0, len(rows), micro_batch_size):
             part = torch.as_tensor(rows[start : start + micro_batch_size], dtype=torch.long)
@@ -99,14 +99,8 @@ class LocalInfluence:
 
             def objective(mb=mb, part=part, w=w) -> torch.Tensor:
                 logp, _ = response_logprobs(self.model, mb, temperature=temperature, with_entropy=False)
-                mask = self.rollout.response_mask[part, :w].to(logp.device, logp.dtype)
-                if fn == "log_prob_advantage":
-                    weight = advantages[part, :w].to(logp.device, logp.dtype)
-                elif fn == "log_prob_reward":
-                    weight = rewards[part].to(logp.device, logp.dtype)[:, None]
-                else:
-                    weight = torch.ones_like(logp)
-                return (logp * mask * weight).sum()
+                mask = self.rollout.response_mask[part, :w]
+                return fn.objective(logp, mask, advantages[part], rewards[part])
 
             self.tracer.separate_backward(objective, pos, rid, tok)
 

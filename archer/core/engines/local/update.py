@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from archer.core.algorithms import PolicyLossConfig, agg_loss, get_policy_loss, kl_penalty
+from archer.core.algorithms import PolicyLossConfig, agg_loss, get_policy_loss, kl_penalty, loss_needs_entropy
 from archer.core.engines.local.forward import make_micro_batch, response_logprobs
 
 
@@ -59,12 +59,7 @@ def ppo_update(
     loss_cfg = PolicyLossConfig.from_actor(actor_cfg)
     mode = actor_cfg.loss_agg_mode
     on_policy = batch.old_log_prob is None
-    needs_entropy = (
-        on_policy
-        or actor_cfg.policy_loss in ("archer", "aspo")
-        or actor_cfg.entropy_coeff > 0
-        or bool(getattr(loss_fn, "needs_entropy", False))
-    )
+    needs_entropy = on_policy or actor_cfg.entropy_coeff > 0 or loss_needs_entropy(actor_cfg.policy_loss)
     use_kl = bool(actor_cfg.use_kl_loss) and batch.ref_log_prob is not None
     B = batch.rollout.size
     mini = actor_cfg.ppo_mini_batch_size * group_size

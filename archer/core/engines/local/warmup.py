@@ -1,20 +1,24 @@
 """The supervised warm-up: a few hundred steps of teacher forcing on (prompt, answer) pairs, so
 RL starts from a model that is right some of the time (tiny models learn nothing from a reward
-they never receive). The result is cached by a hash of everything that determines it."""
+they never receive). The result is cached by a hash of everything that determines it
+(`prepare_warmup` decides whether to train, reuse the run's own, or copy the cached one)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import shutil
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from archer.core.engines.local.rollout import left_pad
+from archer.core.rollout.batch import left_pad
 
 # Modules whose code decides what the warm-up trains on, or how: the synthetic task generators, the
 # teacher and the training loop (this module), prompt encoding, the tiny model and its tokenizer;
@@ -264,3 +268,81 @@ def run_warmup(
 
 def cached_warmup_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"warmup-{key}"
+
+
+WARMUP_DIR = "warmup"  # <run>/warmup: the weights RL starts from
+DONE_MARKER = ".complete"
+
+
+@dataclass
+class WarmupResult:
+    """Where RL starts from, and how that folder came to be."""
+
+    path: Path | None  # None: no warm-up (model.path or the tiny model's init)
+    source: str  # "off", "run" (this run's own, from an earlier start), "cache" or "trained"
+    stats: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def copy_dir(src: Path, dst: Path) -> None:
+    """Copy a folder into place through a temporary sibling, so `dst` is whole or absent."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+
+
+def prepare_warmup(
+    cfg: Any,
+    run_dir: Path,
+    cache_dir: Path,
+    prompts: Sequence[Any],
+    *,
+    device: torch.device | str,
+    demos: Callable[[], Sequence[Sequence[tuple[str, int]]] | None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> WarmupResult:
+    """Run the supervised warm-up into `<run>/warmup`, or reuse this run's or the cache's.
+
+    The cache (`trainer.cache_dir`, keyed by `warmup_key`) holds finished warm-ups only; a folder
+    becomes visible there or in the run by a rename, so a crash never leaves half a warm-up."""
+    if not cfg.warmup.enable or cfg.warmup.steps == 0:
+        return WarmupResult(None, "off")
+    target = Path(run_dir) / WARMUP_DIR
+    if (target / DONE_MARKER).exists():
+        return WarmupResult(target, "run")
+    cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts)))
+    if cfg.warmup.cache and (cached / DONE_MARKER).exists():
+        copy_dir(cached, target)
+        return WarmupResult(target, "cache")
+    from archer.core.models.loading import load_policy
+
+    model, tok = load_policy(cfg)
+    model.to(device)
+    t0 = time.time()
+    stats = run_warmup(
+        model,
+        tok,
+        prompts,
+        cfg.warmup,
+        seed=int(cfg.seed),
+        device=device,
+        on_step=on_step,
+        demos=demos() if demos is not None else None,
+    )
+    tmp = target.with_name(f".{WARMUP_DIR}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / DONE_MARKER).write_text(f"{stats}\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    if cfg.warmup.cache:
+        copy_dir(target, cached)
+    return WarmupResult(target, "trained", stats, time.time() - t0)

@@ -12,8 +12,11 @@ Per `train_mini_batch`:
   3. `end_mini_batch()` after each mini-batch; capture stops after the first epoch.
   4. `finish()`: scores (all ranks, collectively) -> per-row float32 arrays and metrics.
 
-Only `training_loss` is supported here: the other output functions need one extra backward that
-does not touch `.grad`, which verl's engine does not expose (use the local engine for those).
+`training_loss` is captured inside the update itself. The other output functions
+(archer.influence.outputs) are captured by `separate_backward` before the update: one extra
+forward+backward of O = Σ w·log p over this rank's rows through verl's own engine
+(`forward_backward_batch`, so FSDP, packing and dynamic batching are verl's), whose parameter
+gradients the update's `train_batch` then zeroes before its own.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from archer.influence.scoring import ResponseMeta
 from archer.influence.settings import InfluenceSettings
 from archer.influence.tracer import InfluenceTracer, packed_positions
 
-ROW_FIELDS = ("archer_row", "archer_group", "archer_accepted", "archer_sign")
+ROW_FIELDS = ("archer_row", "archer_group", "archer_accepted", "archer_sign", "archer_reward")
 PG_TIMEOUT_ENV = "ARCHER_PG_TIMEOUT_SECONDS"
 DEFAULT_PG_TIMEOUT_S = 1800
 
@@ -119,13 +122,8 @@ class WorkerInfluence:
         loss_scale_factor: float | None,
         group: Any = None,
     ):
-        if settings.output_function != "training_loss":
-            raise ValueError(
-                f"influence.output_function={settings.output_function!r} needs an extra backward that verl's "
-                "engine does not expose; the verl engine captures training_loss (use engine: local for the "
-                "others)"
-            )
         self.settings = settings
+        self.output = settings.output
         self.tracer = InfluenceTracer(module, settings)
         self.loss_agg_mode = loss_agg_mode
         self.loss_scale_factor = loss_scale_factor
@@ -133,6 +131,7 @@ class WorkerInfluence:
         self.active = False
         self._open = False
         self._minis_left = 0
+        self._separate = False
 
     # ------------------------------------------------------------------ one train_mini_batch
     def begin(self, data: Any, mini_batches_per_epoch: int) -> None:
@@ -162,6 +161,8 @@ class WorkerInfluence:
         self._close()
         if self._minis_left <= 0:
             return
+        if not self._separate and not self.output.in_training_backward:
+            return  # captured by separate_backward; the update itself is not traced
         starts, P, R = sequence_layout(micro_batch)
         pos, rid, tok = packed_positions(
             micro_batch["archer_row"].tolist(),
@@ -171,9 +172,41 @@ class WorkerInfluence:
             selected=self.tracer.selected(),
             max_tokens=self.settings.max_tokens_per_response,
         )
-        scale = -loss_normaliser(micro_batch, self.loss_agg_mode, self.loss_scale_factor)
+        if self._separate:  # the pass backpropagates -O: flip it back to the gradient of O
+            scale = -1.0
+        else:  # the update backpropagates L/N: the captured gradient becomes that of -L
+            scale = -loss_normaliser(micro_batch, self.loss_agg_mode, self.loss_scale_factor)
         self.tracer.recorder.begin_micro(pos, rid, tok, grad_scale=scale)
         self._open = True
+
+    def separate_backward(self, engine: Any, data: Any) -> None:
+        """Capture an output function other than the training loss: one forward+backward of
+        −O over this rank's rows (every rank takes part: verl's engine reduces across them), with
+        O = Σ_t w_t·log p_t over the tokens that receive gradient of the traced rows (others
+        weigh 0). The parameters' gradients it leaves are zeroed by the update's `train_batch`."""
+        if not self.active or self.output.in_training_backward:
+            return
+        self._separate = True
+        self._minis_left = 1
+        try:
+            with engine.train_mode():
+                engine.forward_backward_batch(data, loss_function=self._objective_loss, forward_only=False)
+            self._close()
+        finally:
+            self._separate = False
+            self._minis_left = 0
+        engine.optimizer_zero_grad()
+
+    def _objective_loss(self, model_output: dict, data: Any, dp_group: Any = None):
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        log_probs = no_padding_2_padding(model_output["log_probs"], data)
+        padded = data.select("response_mask", "advantages").to_padded_tensor()
+        traced = (data["archer_group"] >= 0).to(log_probs.device, log_probs.dtype)[:, None]
+        mask = padded["response_mask"].to(log_probs.dtype) * traced
+        rewards = data["archer_reward"].to(log_probs.device, log_probs.dtype)
+        objective = self.output.objective(log_probs, mask, padded["advantages"], rewards)
+        return -objective, {}
 
     def end_mini_batch(self) -> None:
         self._close()

@@ -24,8 +24,6 @@ from typing import Any
 
 from archer.errors import ConfigError
 
-# archer's policy losses registered in verl; every one reads the training forward's entropy
-ENTROPY_LOSSES = ("archer", "aspo", "aepo")
 REWARD_MODULE = "pkg://archer.core.rewards.verl_reward"
 REWARD_FUNCTION = "compute_score"
 ARCHER_TRAINER = "archer_sync"
@@ -120,13 +118,6 @@ def _no_verl_for(cfg: Any) -> None:
         )
     if cfg.trainer.device == "cpu":
         raise ConfigError("engine: verl runs on GPUs (trainer.device=cpu)", hint="use engine: local on a CPU")
-    if cfg.influence.enable and cfg.influence.output_function != "training_loss":
-        raise ConfigError(
-            f"influence.output_function={cfg.influence.output_function} needs an extra backward that verl's "
-            "engine "
-            "does not expose",
-            hint="use influence.output_function=training_loss, or engine: local",
-        )
 
 
 def _steps_or_end(every: int, total: int) -> int:
@@ -142,7 +133,9 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
     arr, act = "actor_rollout_ref", "actor_rollout_ref.actor"
     total = int(t["total_steps"])
     has_val = bool(d["val_files"])
-    entropy_loss = a["policy_loss"] in ENTROPY_LOSSES
+    from archer.core.algorithms import loss_needs_entropy
+
+    entropy_loss = loss_needs_entropy(a["policy_loss"])
     logger = (
         ["console"]
         + (["tensorboard"] if t["logging"]["tensorboard"] else [])
@@ -410,7 +403,9 @@ def _cross_checks(cfg: Any) -> None:
             "algorithm.rollout_correction.bypass_mode=true skips",
             hint="set trace.enable=false",
         )
-    if sel("actor_rollout_ref.actor.policy_loss.loss_mode") in ENTROPY_LOSSES and sel(
+    from archer.core.engines.verl.losses import archer_losses
+
+    if sel("actor_rollout_ref.actor.policy_loss.loss_mode") in archer_losses() and sel(
         "actor_rollout_ref.actor.loss_agg_mode"
     ) not in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"):
         raise ConfigError(

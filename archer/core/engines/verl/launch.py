@@ -1,5 +1,6 @@
 """`archer train` for `engine: verl`: compose and check verl's config, then run it on Ray with
-archer's task runner; `--dry-run` prints the composed verl config and the plan without Ray.
+archer's task runner; `--dry-run` returns the composed verl config and the plan (the CLI prints
+them) without Ray.
 
 Everything that can be wrong with the config fails here, before Ray starts: archer's schema
 (compose), the mapping and every `verl.*` key (config.compose_verl), verl's own checks
@@ -9,9 +10,11 @@ Everything that can be wrong with the config fails here, before Ray starts: arch
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archer.core.progress import Reporter
 from archer.errors import ArcherError
 
 VERL_CONFIG_FILE = "verl_config.yaml"
@@ -150,32 +153,37 @@ def influence_warnings(vc: Any) -> list[str]:
     return out
 
 
-def dry_run(composed: Any, run_dir: Path) -> None:
-    """Print the composed verl config and the plan; start nothing (no Ray)."""
-    from rich.markup import escape
+@dataclass
+class DryRun:
+    """What `archer train --dry-run` shows for a verl preset (rendered by the CLI)."""
 
-    from archer.cli._console import out, print_yaml, warn
+    config_yaml: str  # the composed verl config (archer's own config when verl is absent)
+    plan: list[tuple[str, str]] = field(default_factory=list)  # (label, value) lines
+    warnings: list[str] = field(default_factory=list)
+    verl_installed: bool = True
 
+
+def dry_run(composed: Any, run_dir: Path) -> DryRun:
+    """The composed verl config, the plan and what would stop or worry a real run; starts
+    nothing (no Ray)."""
+    missing = composed.missing()
+    not_set = [f"not set yet (required before training): {', '.join(missing)}"] if missing else []
     if importlib.util.find_spec("verl") is None:  # still useful: archer's side of the config
-        print_yaml(composed.to_yaml(resolve=True))
-        warn("verl is not installed, so its config cannot be composed: pip install -e '.[verl]'")
-        if composed.missing():
-            warn(f"not set yet (required before training): {', '.join(composed.missing())}")
-        return
+        return DryRun(
+            composed.to_yaml(resolve=True),
+            warnings=[
+                "verl is not installed, so its config cannot be composed: pip install -e '.[verl]'",
+                *not_set,
+            ],
+            verl_installed=False,
+        )
     from archer.core.engines.verl import plugin
 
     vc = prepare(composed, run_dir)
-    print_yaml(vc.to_yaml())
-    out().print("[bold]verl engine plan[/bold] (dry run: nothing was started)")
-    for label, value in plan_rows(vc, run_dir, plugin.status()):
-        out().print(f"  [bold]{label:<15}[/bold] {escape(value)}", soft_wrap=True)
-    for w in influence_warnings(vc):
-        warn(w)
+    warnings = influence_warnings(vc)
     if composed.cfg.agent.enable:
-        warn(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
-    missing = composed.missing()
-    if missing:
-        warn(f"not set yet (required before training): {', '.join(missing)}")
+        warnings.append(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
+    return DryRun(vc.to_yaml(), plan_rows(vc, run_dir, plugin.status()), warnings + not_set)
 
 
 def _preflight(vc: Any) -> None:
@@ -197,20 +205,20 @@ def _preflight(vc: Any) -> None:
         )
 
 
-def train(composed: Any, run_dir: Path, resume: bool = False) -> None:
+def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> None:
     """Run the composed config on verl: Ray (local, or the cluster `ray start` made), archer's
     task runner pinned to this node, `archer_sync` inside."""
-    from archer.cli._console import note, warn
     from archer.core.run import atomic_write_text, write_run_files
 
+    reporter = reporter or Reporter()
     refuse_agent(composed)
     vc = prepare(composed, run_dir, resume=resume)
     _preflight(vc)
     for w in influence_warnings(vc):
-        warn(w)
+        reporter.note(f"warning: {w}")
     write_run_files(run_dir, composed, resumed=resume)
     atomic_write_text(Path(run_dir) / VERL_CONFIG_FILE, vc.to_yaml())
-    note(f"verl config: {Path(run_dir) / VERL_CONFIG_FILE}")
+    reporter.note(f"verl config: {Path(run_dir) / VERL_CONFIG_FILE}")
 
     from verl.trainer.main_ppo import run_ppo
     from verl.utils.device import auto_set_device

@@ -24,8 +24,22 @@ from typing import Any
 
 import torch
 
-from archer.core.algorithms import PolicyLossConfig, get_policy_loss
-from archer.core.engines.verl.config import ENTROPY_LOSSES
+from archer.core.algorithms import (
+    PolicyLossConfig,
+    available_policy_losses,
+    get_policy_loss,
+    loss_needs_entropy,
+)
+
+# archer's "vanilla" is verl's own vanilla loss (tested equal); every other archer loss is
+# registered into verl's registry by the plugin.
+VERL_NATIVE_LOSSES = ("vanilla",)
+
+
+def archer_losses() -> list[str]:
+    """The policy losses archer adds to verl."""
+    return [n for n in available_policy_losses() if n not in VERL_NATIVE_LOSSES]
+
 
 ARCHER_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
 
@@ -153,7 +167,7 @@ class ArcherLoss:
 
     @property
     def needs_entropy(self) -> bool:
-        return self.loss_mode in ENTROPY_LOSSES
+        return self.loss_mode in archer_losses() and loss_needs_entropy(self.loss_mode)
 
     def __call__(self, *args: Any, **kwargs: Any):
         if (

@@ -17,12 +17,9 @@ import logging
 import os
 from typing import Any
 
-from archer.core.engines.verl.config import ENTROPY_LOSSES
-
 ENTRY_POINT_GROUP = "verl.plugins"
 ENTRY_POINT_NAME = "archer"
 MODULE = "archer.core.engines.verl.plugin"
-POLICY_LOSSES = ENTROPY_LOSSES  # archer, aspo, aepo
 TRAINER = "archer_sync"
 
 log = logging.getLogger("archer.verl")
@@ -44,9 +41,9 @@ def _register() -> None:
     from verl.trainer.ppo import core_algos
 
     from archer.core.engines.verl.estimators import all_estimators
-    from archer.core.engines.verl.losses import verl_policy_loss
+    from archer.core.engines.verl.losses import archer_losses, verl_policy_loss
 
-    for name in POLICY_LOSSES:
+    for name in archer_losses():
         _install(core_algos.POLICY_LOSS_REGISTRY, name, verl_policy_loss(name), "policy loss")
     for name, fn in all_estimators().items():
         _install(core_algos.ADV_ESTIMATOR_REGISTRY, name, fn, "advantage estimator")
@@ -107,10 +104,13 @@ def status() -> dict[str, Any]:
         from verl.trainer.ppo import core_algos
         from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 
-        info["policy_losses"] = [n for n in POLICY_LOSSES if n in core_algos.POLICY_LOSS_REGISTRY]
+        from archer.core.engines.verl.losses import archer_losses
+
+        ours = archer_losses()
+        info["policy_losses"] = [n for n in ours if n in core_algos.POLICY_LOSS_REGISTRY]
         info["estimators"] = sorted(n for n in core_algos.ADV_ESTIMATOR_REGISTRY if n.startswith("archer_"))
         info["trainer"] = TRAINER in TRAINER_REGISTRY
-        info["registered"] = bool(info["trainer"] and len(info["policy_losses"]) == len(POLICY_LOSSES))
+        info["registered"] = bool(info["trainer"] and len(info["policy_losses"]) == len(ours))
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         info["error"] = f"{type(e).__name__}: {e}"
     return info

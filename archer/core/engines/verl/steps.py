@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from archer.core.rollout.record import StepRecord
 from archer.influence.selection import plan_step, trace_accepted
 from archer.influence.settings import InfluenceSettings
 
@@ -89,6 +90,7 @@ def plan_influence(
         "archer_group": np.full(n, -1, dtype=np.int64),
         "archer_accepted": np.zeros(n, dtype=np.int64),
         "archer_sign": np.zeros(n, dtype=np.float32),
+        "archer_reward": np.asarray(rewards, dtype=np.float32).copy(),  # O = Σ reward·log p needs it
     }
     for m in metas:
         i = int(real[m.row])
@@ -127,15 +129,6 @@ def merge_influence(results: Sequence[Any]) -> tuple[dict[int, np.ndarray], dict
     return rows, metrics
 
 
-def sequence_advantages(advantages: list[np.ndarray], response_mask: list[np.ndarray]) -> np.ndarray:
-    """One advantage per response: the mean over its masked tokens (GRPO broadcasts one value)."""
-    out = np.zeros(len(advantages), dtype=np.float64)
-    for i, (a, m) in enumerate(zip(advantages, response_mask)):
-        m = np.asarray(m, dtype=np.float64)
-        out[i] = float((np.asarray(a, dtype=np.float64) * m).sum() / max(1.0, m.sum()))
-    return out
-
-
 def correct_flags(extra_fields: Sequence[Any] | None, n: int) -> list[bool | None] | None:
     """The reward function's `acc` per row (from reward_extra_info), None where it is absent."""
     if not extra_fields:
@@ -148,8 +141,7 @@ def correct_flags(extra_fields: Sequence[Any] | None, n: int) -> list[bool | Non
     return out if len(out) == n and any(a is not None for a in out) else None
 
 
-def step_table(
-    step: int,
+def step_record(
     keys: Sequence[str],
     padding: np.ndarray,
     data: Any,
@@ -157,19 +149,17 @@ def step_table(
     max_response_length: int,
     influence: dict[int, np.ndarray] | None = None,
     accepted: Sequence[bool | None] | None = None,
-):
-    """The schema-v1 trace table of a step (same columns as the local engine's), one row per real
-    response, grouped by prompt uid and ordered by session. `data` holds the step's rows in key
-    order: prompts, responses, response_mask, entropy (response-aligned), advantages, rm_scores,
-    and optionally data_source and extra_fields."""
-    from archer.core.trace import build_step_table
-
+) -> StepRecord:
+    """The step's trace record (archer.core.rollout.record, the local engine's too), one entry
+    per real response, grouped by prompt uid and ordered by session. `data` holds the step's rows
+    in key order: prompts, responses, response_mask (the tokens that receive gradient), entropy
+    (response-aligned), advantages, rm_scores, and optionally data_source and extra_fields."""
     prompts = nested_rows(data["prompts"])
     responses = nested_rows(data["responses"])
     mask = nested_rows(data["response_mask"])
     entropy = nested_rows(data["entropy"])
+    advantages = nested_rows(data["advantages"])
     rewards = np.array([float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])])
-    seq_adv = sequence_advantages(nested_rows(data["advantages"]), mask)
     keys_in = data.keys() if hasattr(data, "keys") else []
     sources = as_list(data["data_source"]) if "data_source" in keys_in else None
     correct = correct_flags(as_list(data["extra_fields"]) if "extra_fields" in keys_in else None, len(keys))
@@ -177,17 +167,20 @@ def step_table(
     parsed = [parse_key(k) for k in keys]
     order = sorted((i for i in range(len(keys)) if not padding[i]), key=lambda i: parsed[i])
     group_of = {u: g for g, u in enumerate(dict.fromkeys(parsed[i][0] for i in order))}
-    pick = lambda seq: [seq[i] for i in order]  # noqa: E731
-    return build_step_table(
-        step,
+
+    def pick(seq: Sequence[Any]) -> list[Any]:
+        return [seq[i] for i in order]
+
+    return StepRecord(
         uid=[parsed[i][0] for i in order],
         group_index=[group_of[parsed[i][0]] for i in order],
         sample_index=[parsed[i][1] for i in order],
-        prompt_ids=[prompts[i].astype(np.int32) for i in order],
-        response_ids=[responses[i].astype(np.int32) for i in order],
-        entropy=[entropy[i].astype(np.float16) for i in order],
+        prompt_ids=pick(prompts),
+        response_ids=pick(responses),
+        entropy=pick(entropy),
+        advantages=pick(advantages),
+        loss_mask=pick(mask),
         reward=rewards[order] if order else np.zeros(0),
-        advantage=seq_adv[order] if order else np.zeros(0),
         truncated=np.array([len(responses[i]) >= max_response_length for i in order], dtype=bool),
         correct=pick(correct) if correct is not None else None,
         accepted=pick(accepted) if accepted is not None else None,

@@ -37,9 +37,9 @@ from archer.core.engines.verl.steps import (
     nested_rows,
     padding_mask,
     plan_influence,
-    sequence_advantages,
-    step_table,
+    step_record,
 )
+from archer.core.rollout.record import TOKENIZER_DIR, open_trace, sequence_advantages, trace_summary
 
 log = logging.getLogger("archer.verl")
 
@@ -101,37 +101,27 @@ class ArcherTrainer(PPOTrainerSync):
         return MetricsLog(run_dir)
 
     def _open_trace(self):
-        from archer.core.run import git_commit
-        from archer.core.trace import TraceWriter
-
+        """The trace writer, with the same summary fields as the local engine (the tokenizer is
+        saved to `<run>/tokenizer` so the viewer decodes the trace from the run alone)."""
         tcfg = self.archer["trace"]
         if not tcfg.get("enable", True):
             return None
         run_dir = self.archer["run_dir"]
-        trace_dir = tcfg.get("dir") or os.path.join(run_dir, "trace")
+        tok_dir = os.path.join(run_dir, TOKENIZER_DIR)
+        if getattr(self, "tokenizer", None) is not None and not os.path.isdir(tok_dir):
+            self.tokenizer.save_pretrained(tok_dir)
         resumed = self.config.trainer.resume_mode != "disable"
-        summary = {
-            "engine": "verl",
-            "preset": self.archer.get("preset"),
-            "run_dir": os.path.abspath(run_dir),
-            "model_path": self.config.actor_rollout_ref.model.path,
-            "tokenizer_path": self.config.actor_rollout_ref.model.get("tokenizer_path")
-            or self.config.actor_rollout_ref.model.path,
-            "git_commit": git_commit(),
-            "rollout_n": int(self.config.actor_rollout_ref.rollout.n),
-            "influence": self.archer_influence is not None,
-        }
-        log.warning("archer: writing the per-token trace to %s", trace_dir)
-        return TraceWriter(
-            trace_dir,
-            summary,
-            write_every=int(tcfg.get("write_every", 1)),
-            fsync=bool(tcfg.get("fsync", False)),
-            row_group_size=int(tcfg.get("row_group_size", 64)),
-            compression_level=int(tcfg.get("compression_level", 3)),
-            max_queue=int(tcfg.get("max_queue", 4)),
-            resume_after_step=self.global_steps if resumed else None,
+        summary = trace_summary(
+            engine="verl",
+            preset=self.archer.get("preset"),
+            run_dir=run_dir,
+            model_path=self.config.actor_rollout_ref.model.path,
+            rollout_n=int(self.config.actor_rollout_ref.rollout.n),
+            influence=self.archer["influence"] if self.archer_influence is not None else None,
         )
+        writer = open_trace(tcfg, run_dir, summary, resume_after_step=self.global_steps if resumed else None)
+        log.warning("archer: writing the per-token trace to %s", writer.dir)
+        return writer
 
     def fit(self, agent_loop_manager):
         try:
@@ -210,8 +200,7 @@ class ArcherTrainer(PPOTrainerSync):
             except Exception as e:  # noqa: BLE001 - the column is optional; say once why it stays empty
                 missing.add(name)
                 log.warning("archer: the rows carry no %r (%s); the trace leaves that column empty", name, e)
-        table = step_table(
-            step,
+        record = step_record(
             batch.keys,
             padding_mask(batch.keys, batch.tags),
             data,
@@ -219,4 +208,4 @@ class ArcherTrainer(PPOTrainerSync):
             influence=influence if plan is not None else None,
             accepted=plan.accepted if plan is not None else None,
         )
-        writer.submit(step, table)
+        writer.submit(step, record.table(step))

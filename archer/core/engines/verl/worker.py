@@ -80,6 +80,9 @@ class ArcherTrainingWorker(TrainingWorker):
             return super().train_mini_batch(data)
         capture.begin(data, self._mini_batches_per_epoch(data))
         try:
+            if not capture.output.in_training_backward:  # other output functions than training_loss
+                self._inject_engine_defaults(data)
+                capture.separate_backward(self.engine, data)
             output = super().train_mini_batch(data)
         except BaseException:
             capture.abort()
@@ -94,6 +97,20 @@ class ArcherTrainingWorker(TrainingWorker):
         finally:
             if self._archer_influence is not None and self._archer_influence.active:
                 self._archer_influence.end_mini_batch()
+
+    def _inject_engine_defaults(self, data) -> None:
+        """The engine keys verl's `train_batch` sets before it runs the engine (same values), so the
+        separate pass batches its micro-batches as the update will."""
+        defaults = dict(
+            use_remove_padding=self.model_config.get("use_remove_padding", False),
+            use_dynamic_bsz=self.engine_config.use_dynamic_bsz,
+            max_token_len_per_gpu=self.engine_config.max_token_len_per_gpu,
+            micro_batch_size_per_gpu=self.engine_config.micro_batch_size_per_gpu,
+            use_fused_kernels=self.engine_config.use_fused_kernels,
+        )
+        for key, val in defaults.items():
+            if key not in data.keys():
+                tu.assign_non_tensor(data, **{key: val})
 
     def _mini_batches_per_epoch(self, data) -> int:
         size = int(data.shape[0])

@@ -1,0 +1,138 @@
+"""The environment probe behind `archer env`: installed versions, visible GPUs, what each engine
+still lacks, and how the installed GPU stack compares with the one verl 0.9.1 was released with.
+
+Pins are read from archer's own package metadata (pyproject.toml's extras), never restated here.
+Returns data only; `archer.cli.env` renders it.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, requires, version
+from typing import Any
+
+# (distribution name, import name, needed by)
+PACKAGES = [
+    ("archer", "archer", "all"),
+    ("torch", "torch", "local, verl"),
+    ("transformers", "transformers", "local, verl"),
+    ("tokenizers", "tokenizers", "local, verl"),
+    ("pyarrow", "pyarrow", "all"),
+    ("omegaconf", "omegaconf", "all"),
+    ("math-verify", "math_verify", "math rewards"),
+    ("textual", "textual", "archer view"),
+    ("verl", "verl", "verl"),
+    ("ray", "ray", "verl"),
+    ("fastapi", "fastapi", "verl"),
+    ("uvicorn", "uvicorn", "verl"),
+    ("vllm", "vllm", "verl (GPU rollouts)"),
+    ("flash-attn", "flash_attn", "verl (flash_attention_2)"),
+    ("tensorboard", "tensorboard", "logging (optional)"),
+    ("wandb", "wandb", "logging (optional)"),
+    ("matplotlib", "matplotlib", "collect --plot (optional)"),
+    ("plotext", "plotext", "collect --plot-terminal (optional)"),
+    ("trl", "trl", "bench"),
+]
+
+REQUIREMENTS = {
+    "local": ["torch", "transformers", "tokenizers", "pyarrow", "omegaconf"],
+    "verl": ["torch", "transformers", "verl", "ray", "fastapi", "uvicorn"],
+    "view": ["textual", "pyarrow"],
+}
+INSTALL_HINTS = {
+    "local": "pip install torch==2.13.0 && pip install -e .",
+    "verl": "pip install -e '.[verl]' (CPU or GPU); '.[verl,vllm]' for vLLM rollouts on a GPU node "
+    "(docs/install.md)",
+    "view": "pip install -e .",
+}
+
+
+def installed_version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def declared_pins(extra: str) -> dict[str, str]:
+    """`name -> version` for the `==` requirements archer declares under an extra (pyproject)."""
+    from packaging.requirements import Requirement
+
+    pins: dict[str, str] = {}
+    for line in requires("archer") or []:
+        req = Requirement(line)
+        if req.marker is None or not req.marker.evaluate({"extra": extra}):
+            continue
+        for spec in req.specifier:
+            if spec.operator == "==":
+                pins[req.name.lower()] = spec.version
+    return pins
+
+
+def _base(v: str | None) -> str | None:
+    """A version without its local build tag (2.11.0+cu130 -> 2.11.0)."""
+    return None if v is None else v.split("+", 1)[0]
+
+
+def stack_warnings(versions: dict[str, str | None]) -> list[str]:
+    """Where the installed vLLM stack differs from the one archer pins for verl 0.9.1 (its `vllm`
+    extra: the versions verl 0.9.1 itself declares). Only checked where vLLM is installed."""
+    if not versions.get("vllm"):
+        return []
+    pins = declared_pins("vllm")
+    off = [
+        f"{name} {versions.get(name) or 'missing'} (pinned {pin})"
+        for name, pin in sorted(pins.items())
+        if _base(versions.get(name)) != pin
+    ]
+    if not off:
+        return []
+    stack = ", ".join(f"{n} {v}" for n, v in sorted(pins.items()))
+    return [
+        f"the GPU stack differs from the one verl 0.9.1 was released with ({stack}): {'; '.join(off)}; "
+        "pip install -e '.[verl,vllm]' installs the pinned set"
+    ]
+
+
+def collect(*, probe_plugin: bool = True) -> dict[str, Any]:
+    """Everything `archer env` shows, as plain data (JSON-ready)."""
+    versions = {dist: installed_version(dist) for dist, _, _ in PACKAGES}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "packages": versions,
+        "cuda": {"available": False, "devices": []},
+    }
+    if versions.get("torch"):
+        import torch
+
+        info["torch_build"] = torch.__version__
+        info["cuda"]["version"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["cuda"]["available"] = True
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                info["cuda"]["devices"].append(
+                    {"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1)}
+                )
+    pins = declared_pins("verl")
+    missing: dict[str, list[str]] = {}
+    for engine, needs in REQUIREMENTS.items():
+        gaps = []
+        for dist in needs:
+            v = versions.get(dist)
+            if v is None:
+                gaps.append(dist)
+            elif dist in pins and _base(v) != pins[dist]:
+                gaps.append(f"{dist}=={pins[dist]} (found {v})")
+        missing[engine] = gaps
+    info["missing"] = missing
+    info["hints"] = INSTALL_HINTS
+    info["warnings"] = stack_warnings(versions)
+    if probe_plugin and versions.get("verl"):  # imports verl (seconds): known to load only once it did
+        from archer.core.engines.verl.plugin import status
+
+        info["verl_plugin"] = status()
+    return info
