@@ -28,7 +28,7 @@ WARMUP_CODE = (
     "archer.core.data.synth",
     "archer.core.data.chain",
     "archer.core.engines.local.warmup",
-    "archer.core.engines.local.prompts",
+    "archer.core.rollout.prompts",
     "archer.core.models.tiny",
     "archer.core.models.loading",
 )
