@@ -205,7 +205,8 @@ class WarmupConfig:
     lr: float = opt(3e-3, "supervised learning rate", gt=0.0)
     label_noise: float = opt(
         0.0,
-        "fraction of warm-up answers replaced by a near miss (integer answers ±1), like a weak teacher",
+        "fraction of warm-up answers replaced by a weak teacher's slip (integer answers: +1; worked "
+        "chains: the first carry or borrow forgotten)",
         ge=0.0,
         le=1.0,
     )
