@@ -18,7 +18,7 @@ def test_outcome_of_averages_the_first_and_last_steps_and_reads_validation():
 def test_verdict_says_learned_memorised_or_unchanged():
     learned = Outcome(0.4, 0.7, 5, 0.43, 0.71)
     assert learned.verdict() == (
-        "held-out accuracy 0.43 → 0.71: the model learned the task, not just the training set"
+        "held-out accuracy 0.430 → 0.710: the model learned the task, not just the training set"
     )
     assert not learned.val_fell
     memorised = Outcome(0.42, 0.64, 5, 0.43, 0.37)
@@ -54,9 +54,9 @@ def test_run_summary_prints_the_verdict_warns_on_a_fall_and_names_the_warmup_sou
     text = summary(0.71, "cache")
     assert "reward (mean of first 5 steps → last 5): 0.430 → 0.580 (+0.150)" in text
     assert "validation accuracy before → after: 0.430 → 0.710" in text
-    assert "held-out accuracy 0.43 → 0.71: the model learned the task, not just the training set" in text
+    assert "held-out accuracy 0.430 → 0.710: the model learned the task, not just the training set" in text
     assert "warning" not in text and "warm-up: taken from the cache" in text
     fell = summary(0.37, "trained")
-    assert "warning: held-out accuracy 0.43 → 0.37 while the training reward rose" in fell
+    assert "warning: held-out accuracy 0.430 → 0.370 while the training reward rose" in fell
     assert "warm-up: trained in this run" in fell
     assert "warm-up:" not in summary(0.43, "off")

@@ -49,7 +49,7 @@ class Outcome:
         vg, rg = self.val_gain, self.reward_gain
         if vg is None:
             return None
-        acc = f"held-out accuracy {self.val_before:.2f} → {self.val_after:.2f}"
+        acc = f"held-out accuracy {self.val_before:.3f} → {self.val_after:.3f}"
         if vg > VAL_TOLERANCE:
             return f"{acc}: the model learned the task, not just the training set"
         if vg < -VAL_TOLERANCE:
