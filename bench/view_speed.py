@@ -110,7 +110,7 @@ def main() -> None:
 
 def visit_all(trace: Path, steps: list[int]) -> list[tuple[str, str]]:
     """RSS while visiting every step twice as the app does (table, first response, top-K)."""
-    from archer.view.data import TraceData
+    from archer.view.model import TraceData
 
     d = TraceData(trace)
     d.step_stats(steps[0])  # warm up imports and numpy/pyarrow pools before the baseline
@@ -136,9 +136,9 @@ def visit_all(trace: Path, steps: list[int]) -> list[tuple[str, str]]:
 
 def bench(trace: Path, args: argparse.Namespace) -> None:
     from archer.core.models.tiny import build_char_tokenizer
+    from archer.core.trace.decode import HFDecoder
     from archer.view.colors import diverging_scale, finite_range, sequential_scale
-    from archer.view.data import TraceData
-    from archer.view.decode import HFDecoder
+    from archer.view.model import TraceData
     from archer.view.widgets.heatmap import HeatmapModel, render_screen
     from archer.view.widgets.tables import response_cells
 

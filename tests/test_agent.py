@@ -12,6 +12,7 @@ import torch
 
 from archer.core.agent.branching import (
     BranchSettings,
+    ConsecutiveCounter,
     aepo_branches,
     arpo_branches,
     dynamic_global_rollouts,
@@ -136,6 +137,32 @@ def test_aepo_rule_and_dynamic_rollouts():
     assert aepo_branches(0.45, 0.5, 0.5, 0.2, 0)  # a rising entropy makes branching likelier
     assert dynamic_global_rollouts(16, 1.0, 1.0) == 9  # σ(0)·16 + 1
     assert dynamic_global_rollouts(16, 10.0, 0.0) == 16 and dynamic_global_rollouts(16, -10.0, 0.0) == 1
+    # AEPO clips the score to [0, 1] before comparing (vllm_rollout_with_tools.py:964-966): at α = 0 a
+    # negative score still branches
+    assert aepo_branches(0.1, -1.0, 0.0, 0.2, 0)
+
+
+def test_aepo_consecutive_counter_counts_iterations_including_refills():
+    """AEPO's c (vllm_rollout_with_tools.py:1025-1036): +1 for every prompt that gained a rollout in
+    the iteration (a branch or a fresh refill), 0 for the others; untouched when nobody gained."""
+    c = ConsecutiveCounter(3, "iteration")
+    c.iteration_done({0})
+    c.iteration_done({0, 2})  # prompt 2 gained a fresh rollout: that counts too
+    assert c.c == [2, 0, 1]
+    c.iteration_done(set())  # an iteration in which no prompt gained: nothing moves
+    assert c.c == [2, 0, 1]
+    c.iteration_done({1})
+    assert c.c == [0, 1, 0]
+    c.decided(1, False)  # decisions do not move an iteration counter
+    assert c.c == [0, 1, 0]
+    d = ConsecutiveCounter(2, "decision")  # archer's earlier rule: per decision, reset on any "no"
+    d.decided(0, True)
+    d.decided(0, True)
+    d.decided(1, True)
+    d.iteration_done({0})
+    assert d.c == [2, 1]
+    d.decided(0, False)
+    assert d.c == [0, 1]
 
 
 # ---------------------------------------------------------------------------------------- budget
@@ -207,6 +234,207 @@ def test_base_entropy_is_per_trajectory_and_reset_for_every_prompt():
         t = traj[tid]
         if t.base_h is not None:
             assert abs(delta) < 0.05
+
+
+# ---------------------------------------------------------------------------------------- AEPO loop
+def aepo_source_loop(p_call, n, initial, beam, alpha, max_turns, penalty, rng):
+    """AEPO's lock-step rollout loop (wangevan6/ARPO adacf0c = upstream 30efc15,
+    AEPO/verl_aepo_entropy/verl/workers/rollout/vllm_rollout/vllm_rollout_with_tools.py) transcribed
+    for the scripted process with β = 0: at each decision point a row calls a tool with probability
+    p_call[prompt] or answers. Returns per prompt (branches, fresh rollouts) and (decisions, branched)."""
+    G = len(p_call)
+    rows = [[g, 0] for g in range(G) for _ in range(initial)]  # (prompt, tool calls)
+    active = list(range(len(rows)))
+    count, c = [initial] * G, [0] * G  # :678-680 c reset per step
+    branches, fresh, decisions, branched = [0] * G, [0] * G, 0, 0
+    while active:
+        going = []
+        for i in active:  # each active row generates one segment: a call it may make, or its end
+            g, calls = rows[i]
+            if rng.random() < p_call[g] and calls < max_turns:  # :771-781 (over the limit: EOS, :785-791)
+                rows[i][1] += 1
+                going.append(i)
+        by_prompt: dict[int, list[int]] = {}
+        for i in going:
+            by_prompt.setdefault(rows[i][0], []).append(i)
+        new = []
+        for g, idxs in by_prompt.items():  # :934-995
+            room = n - count[g]
+            if room <= 0:
+                continue
+            made = 0
+            for i in idxs:
+                k = min(beam - 1, room - made)
+                if k <= 0:
+                    break
+                for _ in range(k):  # one draw per copy
+                    decisions += 1
+                    score = rng.random() * max(0.0, 1.0 - penalty * c[g])  # β = 0: no ΔH term
+                    if min(1.0, max(0.0, score)) < alpha:
+                        continue
+                    branched += 1
+                    branches[g] += 1
+                    made += 1
+                    count[g] += 1
+                    new.append((g, rows[i][1]))
+        for g in range(G):  # :997-1013: one fresh rollout for a prompt with nothing active
+            if g not in by_prompt and count[g] < n:
+                fresh[g] += 1
+                count[g] += 1
+                new.append((g, 0))
+        if new:  # :1025-1036
+            gained = {g for g, _ in new}
+            c = [c[g] + 1 if g in gained else 0 for g in range(G)]
+            for g, calls in new:
+                rows.append([g, calls])
+                going.append(len(rows) - 1)
+        active = going
+    return branches, fresh, decisions, branched
+
+
+def aepo_run(prompts, p_call, settings, seed, max_turns):
+    dec = ScriptedDecoder(p_call)
+    runner = AgentRollout(
+        dec,
+        TOK,
+        InstantTools(),
+        settings,
+        SamplingSettings(max_response_tokens=400, max_turns=max_turns),  # the length never binds
+        eos_ids=[EOS],
+        seed=seed,
+        vocab_size=len(TOK),
+    )
+    return runner, runner.run([ids(p) for p in prompts])
+
+
+@pytest.mark.slow
+def test_aepo_branching_matches_the_sources_lockstep_loop_over_many_seeds():
+    """archer's real decode loop against a transcription of AEPO's: branches per prompt, fresh
+    rollouts and the branch rate agree within 4 standard errors over many seeds. The counter per
+    decision (archer's earlier rule) resets after every "no", so it branches far more: the control."""
+    import random
+
+    prompts, p = ["1+1=", "2+2="], 0.9
+    n, initial, max_turns, penalty = 8, 1, 4, 0.25  # a strong penalty makes the counting rule visible
+    rng = random.Random(0)
+    ref = [aepo_source_loop([p, p], n, initial, 2, 0.5, max_turns, penalty, rng) for _ in range(4000)]
+    ref_branches = np.array([sum(r[0]) for r in ref], dtype=float)
+    ref_fresh = np.mean([sum(r[1]) for r in ref])
+    ref_rate = sum(r[3] for r in ref) / sum(r[2] for r in ref)
+
+    def sample(rule: str, seeds: int):
+        s = BranchSettings(
+            n=n,
+            initial_rollouts=initial,
+            beam_size=2,
+            branch_probability=0.5,
+            entropy_weight=0.0,
+            mode="aepo",
+            consecutive_penalty=penalty,
+            consecutive_count=rule,
+        )
+        branches, fresh, decisions = [], [], []
+        for seed in range(seeds):
+            _, batch = aepo_run(prompts, dict.fromkeys(prompts, p), s, seed, max_turns)
+            assert len(batch.trajectories) == n * len(prompts)
+            branches.append(batch.stats["agent/branches"])
+            fresh.append(batch.stats["agent/fresh_rollouts"])
+            decisions += [d[2] for d in batch.decisions]
+        return np.array(branches), float(np.mean(fresh)), float(np.mean(decisions)), len(decisions)
+
+    branches, fresh, rate, k = sample("iteration", 24)
+    se = max(branches.std(ddof=1), ref_branches.std()) / np.sqrt(len(branches))
+    assert abs(branches.mean() - ref_branches.mean()) < 4 * se, (branches.mean(), ref_branches.mean(), se)
+    assert abs(fresh - ref_fresh) < 4 * se  # n·G = branches + fresh + initial: the same spread
+    assert abs(rate - ref_rate) < 4 * np.sqrt(ref_rate * (1 - ref_rate) / k), (rate, ref_rate)
+    old, _, old_rate, _ = sample("decision", 12)
+    assert old.mean() - ref_branches.mean() > 6 * se and old_rate > ref_rate + 0.1, (old.mean(), old_rate)
+
+
+class EntropyScriptedDecoder(ScriptedDecoder):
+    """Entropies that differ by segment: the decision after the prompt calls with probability
+    `p_first`, after a tool result with `p_after`; an answer is '7' or '8' (probability `q`)."""
+
+    def __init__(self, p_first: float, p_after: float, q: float):
+        super().__init__({})
+        self.p_first, self.p_after, self.q = p_first, p_after, q
+        self.eight = TOK.convert_tokens_to_ids("8")
+
+    def _logits(self, text: str) -> torch.Tensor:
+        out = torch.full((self.V,), -30.0)
+        if "=" not in text:
+            return out
+        _, _, tail = text.partition("=")
+        since = tail.rsplit("</result>", 1)[-1]
+        if since == "":
+            p = self.p_first if tail == "" else self.p_after
+            out[self.lt] = math.log(p)
+            out[self.seven] = math.log((1 - p) * self.q)
+            out[self.eight] = math.log((1 - p) * (1 - self.q))
+        elif since in ("7", "8") or len(since) >= len(CALL):
+            out[EOS] = 0.0
+        else:
+            out[self.call_ids[len(since)]] = 0.0
+        return out
+
+
+def segment_entropies(dec: EntropyScriptedDecoder, prompt: str, t, k: int, topk: int) -> list[float]:
+    """Each segment's entropy recomputed from the trajectory's tokens: the truncated entropies of
+    its first k generated tokens (tool results excluded), summed, / ln |V| (ARPO/AEPO's measure)."""
+    from archer.core.agent.branching import token_entropies
+
+    out, text, seg = [], prompt, []
+    for tok, role in zip(t.tokens, t.roles):
+        if role == ROLE_TOOL_RESULT:
+            if seg:
+                out.append(seg)
+                seg = []
+        else:
+            seg.append(dec._logits(text))
+        text += TOK.decode([tok], skip_special_tokens=True)
+    if seg:
+        out.append(seg)
+    hs = []
+    for logits in out:
+        _, trunc = token_entropies(torch.stack(logits[:k]), 1.0, topk)
+        hs.append(float(trunc.sum()) / math.log(len(TOK)))
+    return hs
+
+
+def test_aepo_dynamic_rollouts_use_a_root_sample_and_every_monitor_segment():
+    """AEPO's code (vllm_rollout_with_tools.py:259-299, 382-402, 525-550): H_root is the entropy of
+    a separate short sample from the prompt, H̄_tool the mean over *all* segments of one monitoring
+    tool rollout (the first and the answer included); both are discarded and m initial rollouts
+    start. With a one-call monitor ΔH = H_root − H̄_tool is no longer 0 by construction (archer's
+    earlier rule used the monitor's own first segment and only its between-call segments)."""
+    prompts = ["1+1=", "2+2=", "3+3="]
+    s = BranchSettings(n=8, initial_rollouts=2, mode="aepo", dynamic_rollouts=True)
+    one_call_deltas = []
+    for seed in range(4):
+        dec = EntropyScriptedDecoder(p_first=0.5, p_after=0.02, q=0.98)
+        runner = AgentRollout(
+            dec,
+            TOK,
+            InstantTools(),
+            s,
+            SamplingSettings(max_response_tokens=200, max_turns=3),
+            eos_ids=[EOS],
+            seed=seed,
+            vocab_size=len(TOK),
+        )
+        batch = runner.run([ids(p) for p in prompts])
+        assert all(t.origin in ("initial", "branch", "fresh") for t in batch.trajectories)  # probes dropped
+        for g, prompt in enumerate(prompts):
+            root, monitor = runner.probes[2 * g], runner.probes[2 * g + 1]
+            h_root = segment_entropies(dec, prompt, root, s.entropy_tokens, s.entropy_topk)[0]
+            h_tool = np.mean(segment_entropies(dec, prompt, monitor, s.entropy_tokens, s.entropy_topk))
+            got_root, got_tool, m = runner.dynamic[g]
+            assert got_root == pytest.approx(h_root, abs=1e-6) and got_tool == pytest.approx(h_tool, abs=1e-6)
+            assert m == dynamic_global_rollouts(s.n, h_root, h_tool)
+            assert sum(t.origin == "initial" and t.group == g for t in batch.trajectories) == m
+            if monitor.turns == 1:
+                one_call_deltas.append(got_root - got_tool)
+    assert one_call_deltas and max(abs(d) for d in one_call_deltas) > 0.01
 
 
 # ---------------------------------------------------------------------------------------- decoder
@@ -379,8 +607,8 @@ def test_entropy_aware_advantage_scales_by_z_scored_entropy_and_is_never_silentl
 # ---------------------------------------------------------------------------------------- warm-up
 def test_warmup_demonstrations_carry_no_loss_on_tool_results():
     from archer.core.agent.protocol import demonstration
-    from archer.core.engines.local.warmup import supervised_batch
     from archer.core.rollout.prompts import Prompt
+    from archer.core.warmup import supervised_batch
 
     p = Prompt(ids=ids("315*570="), answer="179550", data_source="tool_arithmetic", index=0)
     _, spans = demonstration("python", "315*570", "179550", "179550")
@@ -466,7 +694,7 @@ def test_arpo_quickstart_style_run_writes_tool_turns_roles_and_branch_metrics(tm
         for ids_, rr in zip(resp, roles)
     ]
     assert any(x.startswith("<result>") and x.endswith("</result>") for x in tool_texts)
-    from archer.view.data import TraceData
+    from archer.view.model import TraceData
     from archer.view.widgets.heatmap import TokenView
 
     tokens = TraceData(out).response(1, 0)  # the viewer reads the roles and dims tool results

@@ -340,3 +340,136 @@ def test_missing_plot_libraries_fail_with_one_line_hint(runs, tmp_path, monkeypa
     assert r.exit_code == 1
     assert f"plotting needs {module}" in r.output and "pip install -e '.[plot]'" in r.output
     assert not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------- reading on screen
+@pytest.fixture(scope="module")
+def sweep3(tmp_path_factory, runs) -> Path:
+    """A 3-case sweep as `archer ablate` leaves it: baseline, inverse and identity (done)."""
+    import shutil
+
+    from collect_fixtures import INVERSE, identity_influence
+
+    sw = tmp_path_factory.mktemp("sweep3") / "abl"
+    sw.mkdir()
+    cases = (
+        ("baseline", {"influence.enable": False}, ["influence.enable=false"], None, 1.0),
+        ("inverse-ef5c5e7a", {"influence.hessian_mode": "inverse"}, [], INVERSE, 2.0),
+        (
+            "identity-e788a03a",
+            {"influence.hessian_mode": "identity"},
+            ["influence.hessian_mode=identity"],
+            identity_influence(),
+            1.5,
+        ),
+    )
+    recs = []
+    for cid, settings, overrides, influence, scale in cases:
+        write_run(sw / cid, overrides, metrics_rows(scale, influence=influence is not None), influence)
+        c = Case(settings=settings)
+        rec = CaseRecord(id=cid, settings=c.settings, overrides=c.overrides, run_dir=cid, status="done")
+        rec.attempts = [Attempt(n=1, started="t", command=["x"])]
+        recs.append(rec)
+    Sweep(
+        dir=sw,
+        preset="quickstart-influence",
+        preset_path="quickstart-influence",
+        grid={},
+        grid_file=None,
+        overrides=[],
+        engine="local",
+        cases=recs,
+    ).save()
+    assert shutil.which  # (the runs above are real run directories: config.yaml, metrics, trace)
+    return sw
+
+
+def screen(*args: str, width: int = 120) -> str:
+    """What `archer collect` prints in a terminal `width` columns wide (colours stripped)."""
+    import re
+
+    r = runner.invoke(
+        app, ["collect", *args], catch_exceptions=False, env={"COLUMNS": str(width), "FORCE_COLOR": "1"}
+    )
+    assert r.exit_code == 0, r.output
+    return re.sub(r"\x1b\[[0-9;]*m", "", r.stdout)
+
+
+def test_sweep_table_is_readable_at_120_columns(sweep3):
+    text = screen(str(sweep3))
+    lines = text.splitlines()
+    assert max(len(x) for x in lines) <= 120
+    assert "…" not in text  # nothing cut
+    head = next(x for x in lines if x.lstrip().startswith("run"))
+    assert head.split() == [
+        "run",
+        "influence.enable",
+        "hessian_mode",
+        "reward",
+        "val",
+        "acc",
+        "s/step",
+        "auc",
+        "spearman",
+    ]
+    rows = {
+        x.split()[0]: x.split()
+        for x in lines
+        if x.split() and x.split()[0] in ("baseline", "inverse-ef5c5e7a", "identity-e788a03a")
+    }
+    assert list(rows) == ["baseline", "inverse-ef5c5e7a", "identity-e788a03a"]  # sweep order
+    # every cell whole: settings, reward start→end, val accuracy start→end, s/step, quality
+    assert rows["baseline"] == ["baseline", "false", "-", "0.5→0.625", "0.25→0.5", "2", "-", "-"]
+    assert rows["inverse-ef5c5e7a"] == [
+        "inverse-ef5c5e7a",
+        "true",
+        "inverse",
+        "0.5→0.625",
+        "0.25→0.5",
+        "4",
+        "0.792",
+        "-",
+    ]
+    assert rows["identity-e788a03a"] == [
+        "identity-e788a03a",
+        "true",
+        "identity",
+        "0.5→0.625",
+        "0.25→0.5",
+        "3",
+        "0.833",
+        "0.982",
+    ]
+    assert "spearman vs inverse-ef5c5e7a" in text
+    assert "status" not in head  # every run finished: no status column, no reasons
+
+
+def test_columns_and_sort_choose_what_the_screen_shows(sweep3, runs):
+    text = screen(str(sweep3), "--columns", "run,auc,rollout_s", "--sort=-auc")
+    body = [x.split() for x in text.splitlines() if x.split() and x.split()[0].startswith(("b", "i"))]
+    assert [r[0] for r in body] == ["identity-e788a03a", "inverse-ef5c5e7a", "baseline"]  # none last
+    assert body[0] == ["identity-e788a03a", "0.833", "0.75"]
+    text = screen(str(sweep3), "-c", "default", "-c", "*_s", width=200)  # a glob adds what it matches
+    head = next(x for x in text.splitlines() if x.lstrip().startswith("run")).split()
+    assert head[-5:] == ["spearman", "rollout_s", "update_s", "influence_s", "infl_solve_s"]
+    wide = screen(str(sweep3), "--columns", "all", width=400)
+    assert "reward_best" in wide and "infl_solve_s" in wide
+    # runs that did not finish get a status column and a line saying why
+    text = screen(*map(str, paths(runs)), width=160)
+    assert "status" in text and "crashed: failed, unexpected error: RuntimeError: CUDA error" in text
+    # files keep every column unless asked; --columns and --sort apply to them too
+    r = invoke(str(sweep3), "--format", "csv", "--columns", "run,reward,auc", "--sort", "auc")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert list(rows[0]) == ["run", "reward_start", "reward_final", "auc"]
+    assert [x["run"] for x in rows] == ["inverse-ef5c5e7a", "identity-e788a03a", "baseline"]
+    r = invoke(str(sweep3), "--format", "json")
+    assert {"reward_start", "reward_final", "val_acc_start", "step_s", "path"} <= set(json.loads(r.stdout)[0])
+
+
+def test_unknown_columns_and_sort_keys_are_usage_errors(sweep3):
+    r = runner.invoke(app, ["collect", str(sweep3), "--columns", "run,aucc"])
+    assert r.exit_code == 2 and "no such column" in r.output and "did you mean auc" in r.output
+    r = runner.invoke(app, ["collect", str(sweep3), "--sort", "-rewrd"])
+    assert r.exit_code == 2 and "--sort -rewrd" in r.output and "reward" in r.output
+    r = runner.invoke(app, ["collect", str(sweep3), "--columns", "zz*"])
+    assert r.exit_code == 2 and "no column matches" in r.output

@@ -162,5 +162,18 @@ def test_config_reference_is_up_to_date():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert doc.read_text() == render_markdown(), (
-        "regenerate: python -m archer.core.config.docs > docs/config.md"
+        "regenerate: python -m archer.cli.config_docs > docs/config.md"
     )
+
+
+def test_config_reference_entry_point_writes_the_reference():
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "archer.cli.config_docs"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    from archer.core.config.docs import render_markdown
+
+    assert r.stdout == render_markdown() and r.stdout.startswith("# Configuration reference")

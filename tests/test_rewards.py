@@ -99,6 +99,36 @@ CASES = [
     ("math", "x" * 500_000, "7", False, None, None),
     ("math", "(" * 200_000, "1", False, None, None),
     ("math", "{" * 100_000 + "\\boxed{3}", "3", True, "3", None),
+    # -- math: an escaped dollar is a currency sign, not a math delimiter -----------------------------
+    ("math", "The total is \\boxed{\\$16{,}386.20}.", "16386.20", True, "\\$16{,}386.20", None),
+    ("math", "\\boxed{16386.2}", "\\$16{,}386.20", True, "16386.2", None),
+    ("math", "\\boxed{\\$5}", "5", True, "\\$5", None),
+    ("math", "Answer: \\$1{,}000", "1000", True, "\\$1{,}000", None),
+    ("math", "\\boxed{\\$16{,}386.20}", "16386.02", False, "\\$16{,}386.20", None),
+    # -- math: boxes written one after the other are the answer set when the truth has several values --
+    ("math", "The solutions are $\\boxed{2}$ and $\\boxed{3}$.", "2, 3", True, "2, 3", None),
+    ("math", "The solutions are $\\boxed{2}$ and $\\boxed{3}$.", "\\{2, 3\\}", True, "2, 3", None),
+    ("math", "x = \\boxed{-1} or x = \\boxed{4}", "4, -1", True, "-1, 4", None),
+    ("math", "The solutions are $\\boxed{2}$ and $\\boxed{3}$.", "3", True, "3", None),
+    ("math", "The solutions are $\\boxed{2}$ and $\\boxed{3}$.", "2", False, "3", None),
+    ("math", "\\boxed{2}, \\boxed{5}", "2, 3", False, "5", None),
+    ("math", "first \\boxed{2}\n\nthen, after checking, \\boxed{3}", "2, 3", False, "3", None),
+    # -- math: a truth (or answer) that math-verify reads only in part is not compared as that part ----
+    ("math", "\\boxed{1}", "1 - \\frac{1}{\\mathrm{e}}", False, "1", None),
+    ("math", "\\boxed{1 - \\frac{1}{e}}", "1 - \\frac{1}{\\mathrm{e}}", True, "1 - \\frac{1}{e}", None),
+    ("math", "\\boxed{1 - e^{-1}}", "1 - \\frac{1}{\\mathrm{e}}", True, "1 - e^{-1}", None),
+    ("math", "\\boxed{3}", "3 + \\frac{1}{\\mathrm{ab}}", False, "3", None),
+    ("math", "\\boxed{1}", "1 - \\mathrm{x}^{-1}", False, "1", None),
+    ("math", "\\boxed{3 + \\frac{1}{\\mathrm{ab}}}", "3", False, ANY, None),
+    ("math", "\\boxed{5\\text{ cm}}", "5", True, "5\\text{ cm}", None),  # dropped units are fine
+    # -- math: Archer2.0's edge cases: the answer is what follows </think> ----------------------------
+    ("math", "<think>maybe \\boxed{3}?</think>The answer is 5.", "5", True, "5", None),
+    ("math", "<think>maybe \\boxed{3}?</think>The answer is 5.", "3", False, "5", None),
+    ("math", "<think>maybe \\boxed{3}</think>So \\boxed{5}.", "5", True, "5", None),
+    ("math", "<think>maybe \\boxed{3}</think>So \\boxed{5}.", "3", False, "5", None),
+    ("math", "<think>a</think>\nAnswer: 12", "12", True, "12", None),
+    ("math", "<think>\\boxed{5}</think>", "5", False, None, None),  # nothing after the thinking
+    ("math", "<think>cut off by the length limit at \\boxed{5}", "5", True, "5", None),  # no </think>
 ]
 
 
@@ -133,6 +163,147 @@ def test_score_batch_matches_single_grades(name):
         _check(score, correct, extracted, error)
 
 
+# ARPO/AEPO's deep_research.compute_score (RUC-NLPIR/ARPO a95cd08,
+# ARPO/verl_arpo_entropy/verl/utils/reward_score/deep_research.py): -1 on a bad format, else token F1.
+THINK = "<think>reasoning</think>"
+SEARCH = "<search>capital of France</search><result>Paris is the capital.</result>"
+PYTHON = "<python>print(6*7)</python><result>42</result>"
+# (response, ground truth, reward, correct, extracted, error substring or None)
+F1_CASES = [
+    (f"{THINK}<answer>\\boxed{{Paris}}</answer>", "Paris", 1.0, True, "Paris", None),
+    (f"{THINK}<answer>It is \\boxed{{the Eiffel Tower}}.</answer>", "Eiffel Tower", 1.0, True, ANY, None),
+    (f"{THINK}<answer>\\boxed{{Vienna Austria}}</answer>", "Vienna, Austria", 1.0, True, ANY, None),
+    (f"{THINK}<answer>\\boxed{{Vienna}}</answer>", "Vienna, Austria", 2 / 3, False, "Vienna", None),
+    (f"{THINK}<answer>\\boxed{{New York}}</answer>", ["NYC", "New York City"], 0.8, False, ANY, None),
+    (f"{THINK}<answer>\\boxed{{New York City}}</answer>", ["NYC", "New York City"], 1.0, True, ANY, None),
+    (f"{THINK}<answer>\\boxed{{yes}}</answer>", "no", 0.0, False, "yes", None),
+    (f"{THINK}<answer>\\boxed{{no}}</answer>", "no", 1.0, True, "no", None),
+    (f"{THINK}<answer>\\boxed{{Lyon}}</answer>", "Paris", 0.0, False, "Lyon", None),
+    (f"{THINK}<answer>\\boxed{{}}</answer>", "Paris", 0.0, False, "", None),  # empty box: F1 0, not -1
+    (f"{THINK}<answer>\\boxed{{12}}</answer>", "12", 1.0, True, "12", None),
+    (f"{THINK}<answer>\\boxed{{\\frac{{1}}{{2}}}}</answer>", "0.5", 0.0, False, ANY, None),  # strings only
+    (f"{THINK}<answer>\\boxed{{1}} or rather \\boxed{{2}}</answer>", "2", 1.0, True, "2", None),
+    # both tools used and F1 > 0: +0.1
+    (
+        f"{THINK}{SEARCH}<think>now compute</think>{PYTHON}<answer>\\boxed{{Paris}}</answer>",
+        "Paris",
+        1.1,
+        True,
+        ANY,
+        None,
+    ),
+    (
+        f"{THINK}{SEARCH}<think>now compute</think>{PYTHON}<answer>\\boxed{{Lyon}}</answer>",
+        "Paris",
+        0.0,
+        False,
+        ANY,
+        None,
+    ),
+    (f"{THINK}{SEARCH}<answer>\\boxed{{Paris}}</answer>", "Paris", 1.0, True, ANY, None),
+    # bad format: -1
+    ("<answer>\\boxed{Paris}</answer>", "Paris", -1.0, False, None, "<think> or </think> not found"),
+    (f"<think>{THINK}<answer>\\boxed{{Paris}}</answer>", "Paris", -1.0, False, None, "not paired"),
+    (f"{THINK}Paris", "Paris", -1.0, False, None, "<answer> or </answer> not found"),
+    (
+        f"{THINK}<answer>\\boxed{{a}}</answer><answer>\\boxed{{b}}</answer>",
+        "b",
+        -1.0,
+        False,
+        None,
+        "<answer>",
+    ),
+    (f"{THINK}<answer>Paris</answer>", "Paris", -1.0, False, None, "missing \\boxed{}"),
+    (f"{THINK}</answer>\\boxed{{Paris}}<answer>", "Paris", -1.0, False, None, "must be before"),
+    (
+        f"{THINK}<search>q</search><answer>\\boxed{{Paris}}</answer>",
+        "Paris",
+        -1.0,
+        False,
+        None,
+        "search/result",
+    ),
+    (
+        f"{THINK}<python>1<result>1</result></python><answer>\\boxed{{1}}</answer>",
+        "1",
+        -1.0,
+        False,
+        None,
+        "wrong order",
+    ),
+    (f"{THINK}<answer>\\boxed{{a}} then \\boxed{{Paris</answer>", "Paris", -1.0, False, None, "not closed"),
+]
+
+
+@pytest.mark.parametrize("response,gt,reward,correct,extracted,error", F1_CASES)
+def test_f1_reward_table(response, gt, reward, correct, extracted, error):
+    score = get_reward_fn("f1")(response, gt)
+    assert score.reward == pytest.approx(reward) and score.correct is correct
+    if extracted is not ANY:
+        assert score.extracted == extracted
+    assert (score.error is None) if error is None else (error in score.error)
+
+
+def test_f1_reward_on_a_full_arpo_style_response():
+    """A response in the shape ARPO's own example has (tools, results, a boxed answer inside prose)."""
+    response = (
+        "<think> Let me compute it and double-check with a search. </think>"
+        "<python>\nimport math\nprint(math.comb(4, 2) * 2)\n</python><result>\n12\n</result>"
+        "<search> number of ways to choose 2 of 4 times 2 </search><result> 12 </result>"
+        "<answer>The value of \\( n \\) is \\(\\boxed{12}\\). Both checks agree.</answer>"
+    )
+    assert score_batch("f1", [response], ["12"]) == [Score(pytest.approx(1.1), True, "12")]
+
+
+def test_reward_is_chosen_by_data_source_the_same_way_on_both_engines():
+    """`reward.by_source` picks the function per row (exact name, then glob patterns, else the
+    default); verl's entry point and the local engine's score_batch give the same scores."""
+    from archer.core.rewards import resolve_reward_function
+    from archer.core.rewards.verl_reward import compute_score
+
+    by_source = {"hotpotqa": "f1", "aime*": "math", "code*": "code"}
+    assert resolve_reward_function("math", by_source, "hotpotqa") == "f1"
+    assert resolve_reward_function("f1", by_source, "aime2025") == "math"
+    assert resolve_reward_function("f1", by_source, "musique") == "f1"
+    assert resolve_reward_function("math", by_source, None) == "math"
+    assert resolve_reward_function("math", {"a*": "f1", "ab*": "code"}, "abc") == "f1"  # first match wins
+    rows = [
+        ("hotpotqa", f"{THINK}<answer>\\boxed{{Paris}}</answer>", "Paris", 1.0),
+        ("hotpotqa", "The answer is \\boxed{Paris}", "Paris", -1.0),  # f1: no <think>/<answer>
+        ("aime2025", f"{THINK}<answer>\\boxed{{\\frac{{1}}{{2}}}}</answer>", "0.5", 1.0),  # math
+        ("musique", f"{THINK}<answer>\\boxed{{two words}}</answer>", "two", 2 / 3),  # the default: f1
+    ]
+    sources, responses, truths, expected = (list(x) for x in zip(*rows))
+    local = score_batch("f1", responses, truths, data_sources=sources, by_source=by_source)
+    assert [s.reward for s in local] == pytest.approx(expected)
+    verl = [
+        compute_score(src, resp, truth, {}, function="f1", by_source=by_source)
+        for src, resp, truth in zip(sources, responses, truths)
+    ]
+    assert [v["score"] for v in verl] == pytest.approx(expected)
+    assert [v["acc"] for v in verl] == [s.correct for s in local]
+    with pytest.raises(UsageError, match="reward.by_source.aime"):
+        score_batch("math", ["x"], ["y"], data_sources=["aime"], by_source={"aime": "poetry"})
+    with pytest.raises(ValueError, match="unknown reward function"):
+        compute_score("aime", "x", "y", function="math", by_source={"aime": "poetry"})
+
+
+def test_agent_answers_go_to_final_answer_functions_and_whole_responses_to_f1():
+    """Agent mode passes the text after the last tool result as `answers`: math grades it, f1 (which
+    checks the tool tags) grades the whole response."""
+    from archer.core.rewards import reads_whole_response
+
+    whole = f"{THINK}{PYTHON}<answer>\\boxed{{42}}</answer>"
+    answer = "<answer>\\boxed{42}</answer>"
+    assert reads_whole_response("f1") and not reads_whole_response("math")
+    [math] = score_batch("math", [whole], ["42"], answers=["\\boxed{41}"])
+    assert math.correct is False and math.extracted == "41"
+    [f1] = score_batch("f1", [whole], ["42"], answers=[answer])
+    assert f1.correct is True and f1.reward == 1.0
+    with pytest.raises(ValueError, match="1 responses but 2 answers"):
+        score_batch("math", [whole], ["42"], answers=["a", "b"])
+
+
 def test_score_batch_handles_repeats_and_empty_batches():
     # a GRPO group: the same answers many times (graded once, reported for each)
     responses = ["\\boxed{0.5}", "\\boxed{1/3}", "Answer: 1/2"] * 20
@@ -145,7 +316,7 @@ def test_score_batch_handles_repeats_and_empty_batches():
 def test_unknown_reward_function_is_a_usage_error():
     with pytest.raises(UsageError) as e:
         get_reward_fn("chess")
-    assert "arithmetic" in e.value.message and "math" in e.value.message and "code" in e.value.message
+    assert all(name in e.value.message for name in ("arithmetic", "math", "code", "f1"))
     assert e.value.exit_code == 2 and e.value.hint
     with pytest.raises(UsageError):
         score_batch("chess", ["x"], ["y"])

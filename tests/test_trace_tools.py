@@ -13,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 from view.tracegen import (
     OLD_TEXTS,
+    PROMPTS,
+    STEP1,
     STEP2,
     char_ids,
     entropy_for,
@@ -26,9 +28,9 @@ from view.tracegen import (
 
 from archer.cli.main import app
 from archer.core.trace import TraceReader
+from archer.core.trace.export import RESPONSE_EXPORT_COLUMNS, RESPONSE_TEXT_COLUMNS, TOKEN_EXPORT_COLUMNS
 from archer.core.trace.npz_import import load_npz
 from archer.errors import TraceError
-from archer.view.data import RESPONSE_EXPORT_COLUMNS, TOKEN_EXPORT_COLUMNS
 
 runner = CliRunner()
 
@@ -104,7 +106,10 @@ def test_export_responses_csv_to_stdout(run):
     r = invoke("trace", "export", str(run), "--step", "2")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert list(rows[0]) == list(RESPONSE_EXPORT_COLUMNS)
+    assert list(rows[0]) == list(RESPONSE_EXPORT_COLUMNS + RESPONSE_TEXT_COLUMNS)
+    # decoded with the run's own tokenizer (summary.json's tokenizer_path), no --tokenizer given
+    assert [x["response_text"] for x in rows] == STEP2  # newlines kept (CSV-quoted), "" for 0 tokens
+    assert [x["prompt_text"] for x in rows] == [PROMPTS["p0"]] * 4 + [PROMPTS["p1"]] * 4
     assert [int(x["row"]) for x in rows] == list(range(8))
     assert [float(x["reward"]) for x in rows] == [1, 0, 1, 0, 1, 1, 0, 0]
     assert rows[7]["accepted"] == "" and rows[7]["entropy_mean"] == ""  # unknown / NaN -> empty
@@ -139,8 +144,26 @@ def test_export_tokens_jsonl_to_file_with_text(run, tok, tmp_path):
     assert row3[1]["entropy"] == pytest.approx(float(np.float16(entropy_for(5, 3, 2)[1])), rel=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically
     r = invoke("trace", "export", str(run), "--step", "1", "--tokens")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))  # the run's tokenizer, found without --tokenizer
+    assert "".join(x["text"] for x in rows if x["row"] == "1") == STEP1[1]
+    assert rows[0]["influence"] == ""  # step 1 has no influence
+    r = invoke("trace", "export", str(run), "--step", "1", "--tokens", "--no-decode")
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert rows[0]["text"] == "" and rows[0]["influence"] == ""  # no tokenizer, no influence
+    assert r.exit_code == 0 and rows[0]["text"] == "" and "text columns" not in r.output
+
+
+def test_export_without_a_tokenizer_leaves_text_empty_and_says_why(tmp_path, tok):
+    """A trace whose run recorded no tokenizer (and has no <run>/tokenizer): ids and numbers are
+    exported, the text columns are empty, and one warning names the flag; --tokenizer fills them."""
+    trace = write_trace(tmp_path / "bare" / "trace")
+    r = invoke("trace", "export", str(trace), "--step", "2", "--format", "jsonl")
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(recs) == 8 and all(x["prompt_text"] is None and x["response_text"] is None for x in recs)
+    assert "text columns left empty" in r.stderr and "--tokenizer DIR" in r.stderr
+    r = invoke("trace", "export", str(trace), "--step", "2", "--format", "jsonl", "--tokenizer", str(tok))
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [x["response_text"] for x in recs] == STEP2 and recs[4]["prompt_text"] == PROMPTS["p1"]
 
 
 def test_export_errors(run, tmp_path):
@@ -150,11 +173,13 @@ def test_export_errors(run, tmp_path):
     assert r.exit_code == 2
     r = invoke("trace", "export", str(run), "--step", "2", "--out", str(tmp_path / "no" / "x.csv"))
     assert r.exit_code == 2 and "does not exist" in r.output
-    r = invoke("trace", "export", str(run), "--step", "2", "--tokenizer", str(tmp_path))
-    assert r.exit_code == 2 and "--tokens" in r.output
+    r = invoke("trace", "export", str(run), "--step", "2", "--tokenizer", str(tmp_path / "nope"))
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = invoke("trace", "export", str(run), "--step", "2", "--tokenizer", str(tmp_path), "--no-decode")
+    assert r.exit_code == 2 and "exclude each other" in r.output
     r = invoke("trace", "export", str(run), "--step", "4")
     assert r.exit_code == 0 and r.stdout.strip() == ",".join(
-        RESPONSE_EXPORT_COLUMNS
+        RESPONSE_EXPORT_COLUMNS + RESPONSE_TEXT_COLUMNS
     )  # empty step: header only
 
 
@@ -251,3 +276,25 @@ def test_corrupt_npz_is_a_trace_error(old, tmp_path):
     f.write_bytes(f.read_bytes()[:100])
     r = invoke("trace", "import-npz", str(old), str(tmp_path / "new"))
     assert r.exit_code == 1 and "step_000001.npz" in r.output and "Traceback" not in r.output
+
+
+def test_info_and_export_are_headless_they_import_neither_the_viewer_nor_textual(run, tok):
+    """Trace statistics, export records and decoding live in archer.core.trace (issue 13 item 5)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from archer.cli.main import app\n"
+        "r = CliRunner()\n"
+        f"assert r.invoke(app, ['trace', 'info', {str(run)!r}]).exit_code == 0\n"
+        f"assert r.invoke(app, ['trace', 'export', {str(run)!r}, '--step', '2']).exit_code == 0\n"
+        f"x = r.invoke(app, ['trace', 'export', {str(run)!r}, '--step', '2', '--tokens',"
+        f" '--tokenizer', {str(tok)!r}])\n"
+        "assert x.exit_code == 0, x.output\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('archer.view', 'textual'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

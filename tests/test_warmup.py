@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from archer.core import warmup
 from archer.core.config import compose
-from archer.core.engines.local import warmup
-from archer.core.engines.local.warmup import teacher_answers, warmup_key, warmup_key_parts
 from archer.core.models.tiny import build_char_tokenizer
 from archer.core.rollout.prompts import Prompt
+from archer.core.warmup import teacher_answers, warmup_key, warmup_key_parts
 
 
 def test_teacher_works_chains_step_by_step_and_slips_on_the_first_carry():
@@ -44,3 +44,11 @@ def test_warmup_key_changes_with_settings_tokenizer_and_code(monkeypatch, tmp_pa
     assert warmup_key(cfg, 100, tok) != before
     parts = warmup_key_parts(cfg, 100, tok)
     assert parts["device"] in ("cpu", "cuda") and "torch" in parts["versions"]
+
+
+def test_every_module_the_key_hashes_exists():
+    """A renamed module would hash as missing and silently stop keying the cache."""
+    import importlib.util
+
+    for name in (*warmup.WARMUP_CODE, *warmup.AGENT_CODE):
+        assert importlib.util.find_spec(name) is not None, name

@@ -42,3 +42,16 @@ def note(message: str) -> None:
     from rich.markup import escape
 
     err().print(f"[dim]{escape(message)}[/dim]")
+
+
+def render_text(renderable: Any) -> str:
+    """A Rich renderable as plain text at its natural width, for files and pipes (a fixed 80
+    columns would fold every table row into several lines)."""
+    import io
+
+    from rich.console import Console
+
+    width = max(80, Console(width=10_000, file=io.StringIO()).measure(renderable).maximum)
+    console = Console(record=True, width=width, file=io.StringIO(), highlight=False)
+    console.print(renderable)
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"

@@ -40,9 +40,9 @@ def ablate(
     ),
 ) -> None:
     """Sweep a grid of settings (influence ablations) with a baseline, each case in its own run."""
-    from archer.cli._console import note, warn
+    from archer.cli._console import note, render_text, warn
     from archer.cli._console import out as console
-    from archer.core.sweep.display import SweepDisplay, case_table, render_text
+    from archer.cli.sweep_display import SweepDisplay, case_table
     from archer.core.sweep.plan import check_new_sweep_dir, load_and_plan
     from archer.core.sweep.runner import SweepRunner, cases_to_run, check_no_orphans
     from archer.core.sweep.state import sweep_lock

@@ -11,10 +11,14 @@ import typer
 EPILOG = (
     "Examples:\n\n"
     "  archer collect runs/abl\n\n"
+    "  archer collect runs/abl --sort=-auc --columns default,rollout_s,update_s\n\n"
+    "  archer collect runs/abl --columns all          (every column, as in the files)\n\n"
     "  archer collect runs/abl --format markdown --out results.md\n\n"
     "  archer collect runs/ --format csv --metrics 'actor/*' --metrics rollout/entropy_mean\n\n"
     "  archer collect runs/abl --plot plots/ --plot-terminal\n\n"
     "PATHs are run directories, sweep directories (with sweep.json) or folders holding them. "
+    "On screen a short set of columns (run, the settings that differ, reward and val accuracy "
+    "start→end, s/step, influence quality); CSV, Markdown and JSON hold every column. "
     "Columns and quality metrics: docs/ablate-collect.md"
 )
 
@@ -58,14 +62,31 @@ def collect(
     reference: str | None = typer.Option(
         None, "--reference", help="Run to correlate influence with (default: the first run with influence)."
     ),
+    columns: list[str] | None = typer.Option(
+        None,
+        "--columns",
+        "-c",
+        metavar="COLS",
+        help="Columns to show: names or globs, comma-separated or repeated; 'default' is the short "
+        "screen set, 'all' every column. Default: short on screen, all in csv/markdown/json.",
+    ),
+    sort: str | None = typer.Option(
+        None,
+        "--sort",
+        "-s",
+        metavar="COL",
+        help="Sort runs by this column; -COL sorts descending (--sort=-auc).",
+    ),
 ) -> None:
     """Collect runs into one result table: differing settings, timings, memory, rewards, influence quality."""
     from rich.markup import escape
 
     from archer.cli._console import out as console
     from archer.cli._console import warn
+    from archer.cli.collect_table import to_rich
     from archer.core.collect import build_table
-    from archer.core.collect.formats import render, to_rich
+    from archer.core.collect.columns import project, resolve, sort_rows
+    from archer.core.collect.formats import render
     from archer.core.run import atomic_write_text
     from archer.errors import UsageError
 
@@ -90,12 +111,21 @@ def collect(
             ),
         )
 
-    if chosen is Format.table:
+    screen = chosen is Format.table
+    full = sort_rows(t, sort)
+    t = project(full, resolve(full, columns, screen), screen)
+    if screen:
         title = f"{len(t.rows)} run(s)" + (f" · spearman vs {t.reference}" if t.reference else "")
         table = to_rich(t, title=title)
+        notes = _reasons(full) if "reason" not in t.columns else []
+        if notes:
+            from rich.console import Group
+            from rich.text import Text
+
+            table = Group(table, *(Text(n, overflow="fold") for n in notes))
         if out is not None or not console().is_terminal:
             # a file or a pipe gets every row on one line, however wide (a terminal wraps instead)
-            from archer.core.sweep.display import render_text
+            from archer.cli._console import render_text
 
             text = render_text(table)
             if out is not None:
@@ -116,13 +146,18 @@ def collect(
     if plot is not None:
         from archer.core.collect.plots import write_pngs
 
-        files = write_pngs(t, plot)
+        files = write_pngs(full, plot)
         if files:
             console().print("plots: " + ", ".join(escape(str(f)) for f in files))
         else:
             warn("nothing to plot: no run has per-step metrics")
     if plot_terminal:
-        from archer.core.collect.plots import terminal_plots
+        from archer.cli.collect_plots import terminal_plots
 
-        if not terminal_plots(t, console()):
+        if not terminal_plots(full, console()):
             warn("nothing to plot in the terminal: no run has per-step metrics")
+
+
+def _reasons(t) -> list[str]:
+    """One line per run that did not finish, saying why (the short view has no reason column)."""
+    return [f"  {r['run']}: {r['status']}, {r['reason']}" for r in t.rows if r.get("reason")]

@@ -20,11 +20,23 @@ app = typer.Typer(
 )
 
 
+def _source_label(c) -> str:
+    """'NAME · owner/repo@commit', marked when the block is a parent preset's."""
+    src = c.source
+    if not src:
+        return ""
+    label = f"{src['name']} · {src['repository']}@{src['commit']}"
+    if c.source_path is not None and c.preset_path is not None and c.source_path != c.preset_path:
+        label += f" (via {c.source_path.stem})"
+    return label
+
+
 def _summary(name: str, path: Path) -> dict:
     from archer.core.config import compose
 
     try:
-        c = compose(str(path)).to_dict()
+        composed = compose(str(path))
+        c = composed.to_dict()
     except Exception as e:  # a broken user preset must not break the listing
         return {
             "name": name,
@@ -32,6 +44,7 @@ def _summary(name: str, path: Path) -> dict:
             "model": "?",
             "algorithm": "?",
             "description": f"(invalid: {e})",
+            "source": None,
             "path": str(path),
         }
     model = c["model"]["path"]
@@ -41,12 +54,22 @@ def _summary(name: str, path: Path) -> dict:
     elif model == "???":
         model = "(set model.path)"
     algo = f"{c['algorithm']['adv_estimator']} / {c['actor']['policy_loss']}"
+    source = None
+    if composed.source:
+        source = {
+            "name": composed.source["name"],
+            "repository": composed.source["repository"],
+            "commit": composed.source["commit"],
+            "from_preset": composed.source_path.stem if composed.source_path else None,
+            "label": _source_label(composed),
+        }
     return {
         "name": name,
         "engine": c["engine"],
         "model": model,
         "algorithm": algo,
         "description": c["description"],
+        "source": source,
         "path": str(path),
     }
 
@@ -60,23 +83,32 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="archer presets", title_justify="left")
-    for col in ("name", "engine", "model", "algorithm", "description"):
+    for col in ("name", "engine", "algorithm", "reproduces", "description"):
         table.add_column(col, overflow="fold", style="bold cyan" if col == "name" else None)
     for r in rows:
-        table.add_row(r["name"], r["engine"], r["model"], r["algorithm"], r["description"])
+        source = r["source"]["label"] if r["source"] else "[dim]archer's own[/dim]"
+        table.add_row(
+            r["name"],
+            r["engine"],
+            r["algorithm"],
+            escape(source) if r["source"] else source,
+            escape(r["description"]),
+        )
     out().print(table)
     out().print(
-        "[dim]Show one: archer presets show NAME --resolved  ·  run one: archer train --preset NAME[/dim]"
+        "[dim]Show one (with its source and the differences kept on purpose): archer presets show NAME"
+        "  ·  run one: archer train --preset NAME  ·  docs/recipes.md[/dim]"
     )
 
 
 @app.command(
     "show",
-    epilog="Examples:  archer presets show quickstart  ·  archer presets show math model.path=/m --resolved "
-    " ·  archer presets show quickstart --explain",
+    epilog="Examples:  archer presets show math  ·  archer presets show math --source  ·  "
+    "archer presets show math model.path=/m --resolved  ·  archer presets show quickstart --explain",
 )
 def show(
     name: str = typer.Argument(..., help="Preset name or path to a YAML file."),
@@ -87,22 +119,101 @@ def show(
     explain: bool = typer.Option(
         False, "--explain", help="List every key with its type, value and doc line."
     ),
+    source: bool = typer.Option(
+        False,
+        "--source",
+        help="Print only the preset's source block: the run it reproduces and the differences kept "
+        "on purpose, each with archer's value and how to switch it back.",
+    ),
 ) -> None:
-    """Print a preset: the file as written, or the fully resolved config."""
+    """Print a preset: the file as written (with the source run it reproduces), or the fully
+    resolved config."""
     from archer.core.config import compose
-    from archer.core.config.presets import resolve_preset
 
     if explain:
         _explain(compose(name, overrides or []))
         return
-    if not resolved and not overrides:
-        print_yaml(resolve_preset(name).read_text())
-        return
     c = compose(name, overrides or [])
-    print_yaml(c.to_yaml(resolve=True))
+    if source:
+        _print_source(c, only=True)
+        return
+    raw = not resolved and not overrides
+    print_yaml(c.preset_path.read_text() if raw else c.to_yaml(resolve=True))
+    _print_source(c, only=False, file_printed=raw)
     missing = c.missing()
-    if missing:
+    if missing and (resolved or overrides):
         warn(f"not set yet (required before training): {', '.join(missing)}")
+
+
+def _differences(c) -> list[dict]:
+    """The source block's differences, each with archer's current value(s) of its keys."""
+    from archer.core.config.compose import _get, schema_keys
+
+    values = c.to_dict()
+    rows = []
+    for d in c.source.get("differences") or []:
+        shown = []
+        for key in (k.strip() for k in d["key"].split(",")):
+            if key in schema_keys() or key.startswith("verl."):
+                v = _get(values, key)
+                shown.append(f"{key}={'null' if v is None else v}")
+            else:
+                shown.append(key)
+        rows.append({**d, "archer": ", ".join(shown)})
+    return rows
+
+
+def _print_source(c, *, only: bool, file_printed: bool = False) -> None:
+    """The source block: a table on a terminal; YAML when piped (as comments after a config, so
+    `show --resolved > x.yaml` stays loadable; nothing when the printed file holds the block)."""
+    import sys
+
+    import yaml
+
+    if not c.source:
+        if only:
+            out().print(f"preset '{c.preset}' has no source block: it is archer's own (docs/recipes.md)")
+        return
+    inherited = c.source_path is not None and c.source_path != c.preset_path
+    src = dict(c.source)
+    rows = _differences(c)
+    if not sys.stdout.isatty():
+        if only:
+            block = {"source": {**src, "differences": rows}}
+            if inherited:
+                block["source"]["from_preset"] = c.source_path.stem
+            typer.echo(yaml.safe_dump(block, sort_keys=False, allow_unicode=True, width=110), nl=False)
+        elif inherited or not file_printed:
+            text = yaml.safe_dump({"source": {**src, "differences": rows}}, sort_keys=False, width=106)
+            origin = f"; from preset {c.source_path.stem}" if inherited else ""
+            header = f"# the preset's source (metadata, not config{origin}):"
+            typer.echo("\n".join([header, *("# " + line for line in text.splitlines())]))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    via = f" [dim](from preset {c.source_path.stem}, which {c.preset} extends)[/dim]" if inherited else ""
+    out().print(f"\n[bold]Reproduces[/bold] {escape(src['name'])}{via}")
+    where = f"{src['repository']} @ {src['commit']}: {', '.join(src['script'])}"
+    out().print(f"  {escape(where)}")
+    if src.get("paper"):
+        out().print(f"  paper: {escape(src['paper'])}")
+    for line in src.get("notes") or []:
+        out().print(f"  [dim]{escape(line)}[/dim]")
+    if not rows:
+        out().print("  [green]no differences kept on purpose[/green]")
+        return
+    table = Table(title="differences kept on purpose", title_justify="left")
+    for col in ("archer", "source", "why", "switch back"):
+        table.add_column(col, overflow="fold")
+    for d in rows:
+        table.add_row(
+            escape(d["archer"]),
+            escape(d["source"]),
+            escape(d["why"]),
+            escape(" ".join(d.get("revert") or []) or "—"),
+        )
+    out().print(table)
 
 
 def _explain(c) -> None:

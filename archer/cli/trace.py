@@ -6,7 +6,6 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -36,40 +35,6 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"  # pragma: no cover
 
 
-def describe(path: Path) -> dict[str, Any]:
-    """Everything `trace info` shows, as a JSON-able dict."""
-    from archer.core.trace import TraceReader
-
-    r = TraceReader(path)
-    entries = r.manifest()
-    steps = r.steps()
-    present = set(steps)
-    listed = [e for e in entries if int(e["step"]) in present]
-    step_bytes = sum((r.dir / e["file"]).stat().st_size for e in listed)
-    total = sum(p.stat().st_size for p in r.dir.rglob("*") if p.is_file())
-    columns: list[dict[str, str]] = []
-    if steps:
-        schema = r.schema(steps[-1])
-        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
-    return {
-        "trace": str(r.dir),
-        "format": r.summary.get("format"),
-        "schema_version": r.schema_version,
-        "steps": len(steps),
-        "first_step": steps[0] if steps else None,
-        "last_step": steps[-1] if steps else None,
-        "latest_step_file": r.latest_step(),
-        "responses": sum(int(e.get("n_responses") or 0) for e in listed),
-        "tokens": sum(int(e.get("n_tokens") or 0) for e in listed),
-        "influence_rows": sum(int(e.get("influence_rows") or 0) for e in listed),
-        "bytes_steps": step_bytes,
-        "bytes_total": total,
-        "columns": columns,
-        "summary": r.summary,
-        "warnings": list(r.warnings),
-    }
-
-
 @app.command(
     "info", epilog="Examples:  archer trace info runs/quickstart  ·  archer trace info runs/x/trace --json"
 )
@@ -78,6 +43,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Steps, rows, tokens, columns, sizes on disk, schema version and run metadata of a trace."""
+    from archer.core.trace.stats import describe
+
     d = describe(path)
     if as_json:
         typer.echo(json.dumps(d, indent=2, default=str))
@@ -112,7 +79,9 @@ def info(
 @app.command(
     "export",
     epilog="Examples:  archer trace export runs/x --step 3 --out step3.csv  ·  "
-    "archer trace export runs/x --step 3 --tokens --format jsonl --tokenizer runs/x/tokenizer > tokens.jsonl",
+    "archer trace export runs/x --step 3 --tokens --format jsonl > tokens.jsonl  ·  "
+    "archer trace export old/trace --step 3 --tokenizer ~/models/Qwen2.5-1.5B  ·  "
+    "archer trace export runs/x --step 3 --no-decode   (ids only, no tokenizer loaded)",
 )
 def export(
     path: Path = typer.Argument(..., help="A run directory (with trace/) or a trace directory."),
@@ -120,45 +89,56 @@ def export(
     fmt: Format = typer.Option(Format.csv, "--format", help="csv or jsonl.", case_sensitive=False),
     out_file: Path | None = typer.Option(None, "--out", help="File to write (atomically); default: stdout."),
     tokens: bool = typer.Option(False, "--tokens", help="One row per token instead of one per response."),
-    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="With --tokens: add decoded token text."),
+    tokenizer: Path | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="Tokenizer folder for the text columns (default: the run's, from summary.json or "
+        "<run>/tokenizer).",
+    ),
+    no_decode: bool = typer.Option(
+        False, "--no-decode", help="Leave the text columns empty (no tokenizer is loaded)."
+    ),
 ) -> None:
-    """One step's responses (summary columns) or tokens (id, entropy, influence) as CSV or JSON lines."""
+    """One step's responses (summary columns, prompt and response text) or tokens (id, text, entropy,
+    influence) as CSV or JSON lines."""
     from archer.core.trace import TraceReader
-    from archer.errors import UsageError
-    from archer.view.data import (
+    from archer.core.trace.export import (
         RESPONSE_EXPORT_COLUMNS,
+        RESPONSE_TEXT_COLUMNS,
         TOKEN_EXPORT_COLUMNS,
-        ResponseTable,
-        response_records,
+        export_file,
+        step_response_records,
         step_token_records,
+        write_records,
     )
-    from archer.view.export import export_file, write_records
+    from archer.errors import UsageError
 
-    if tokenizer is not None and not tokens:
-        raise UsageError("--tokenizer only applies with --tokens")
+    if tokenizer is not None and no_decode:
+        raise UsageError("--tokenizer and --no-decode exclude each other", hint="pass one of them")
+    if tokenizer is not None and not tokenizer.expanduser().is_dir():
+        raise UsageError(f"tokenizer folder {tokenizer} does not exist")
     if out_file is not None and not out_file.expanduser().parent.is_dir():
         raise UsageError(
             f"directory {out_file.parent} does not exist", hint=f"create it: mkdir -p {out_file.parent}"
         )
     reader = TraceReader(path)
     reader.step_info(step)  # a step not in the trace -> TraceError naming the span
-    if tokens:
-        decoder = None
-        if tokenizer is not None:
-            from archer.view.decode import load_decoder
+    decoder = None
+    if not no_decode:
+        from archer.core.trace.decode import load_decoder, resolve_tokenizer
 
-            if not tokenizer.expanduser().is_dir():
-                raise UsageError(f"tokenizer folder {tokenizer} does not exist")
-            decoder = load_decoder(tokenizer)
-            if not decoder.is_text:
-                warn(f"no text column: {decoder.note}")
-                decoder = None
+        where, why = resolve_tokenizer(tokenizer, reader.summary, reader.dir)
+        decoder = load_decoder(where, note=why)
+        if not decoder.is_text:
+            warn(f"text columns left empty: {decoder.note} (or --no-decode)")
+            decoder = None
+    if tokens:
         records = step_token_records(reader, step, decoder)
         columns = TOKEN_EXPORT_COLUMNS
         what = "tokens"
     else:
-        records = response_records(ResponseTable(step, reader.step_overview(step)))
-        columns = RESPONSE_EXPORT_COLUMNS
+        records = step_response_records(reader, step, decoder)
+        columns = RESPONSE_EXPORT_COLUMNS + RESPONSE_TEXT_COLUMNS
         what = "responses"
     if out_file is None:
         write_records(sys.stdout, records, columns, fmt.value)

@@ -1,96 +1,53 @@
-"""The `archer view` app: tabs over one trace, workers for every read, messages for every result.
+"""The `archer view` app: the selection (trace, step, response), the workers that read, and routing.
 
-Reads (open the trace, a step, a response, a step's top-K, a group, the across-steps map, the
-tokenizer) run in `@work(thread=True, exclusive=True)` workers that post dataclass messages
-(`archer.view.messages`); handlers update the widgets and drop answers for a step or response
-the user has already left. Problems the user can meet (a corrupt step, no tokenizer, an empty
-response) are shown as text in the app; handlers never let an exception through.
+Every read (the trace, a step, a response, a step's top-K, a group, the across-steps map, the
+tokenizer) runs in a `@work(thread=True, exclusive=True)` worker that posts a dataclass message
+(`archer.view.messages`); the app's handlers hand the result to the tab that shows it
+(`archer.view.tabs`) and drop answers for a step or response the user has already left. Each tab
+owns its own state (sorts, filters, scales, search) and asks for a new selection with a message.
+Problems the user can meet (a corrupt step, no tokenizer, an empty response) are shown as text in
+the app; handlers never let an exception through.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Input, Label, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent
 from textual.worker import get_current_worker
 
-from archer.errors import ArcherError
-from archer.view import messages as msg
-from archer.view.colors import SCALE_MODES, diverging_scale, finite_range, sequential_scale
-from archer.view.data import (
-    ACCEPT_FILTERS,
+from archer.core.trace.decode import Decoder, IdDecoder, load_decoder, resolve_tokenizer
+from archer.core.trace.export import (
     RESPONSE_EXPORT_COLUMNS,
     TOKEN_EXPORT_COLUMNS,
-    ResponseTable,
-    ResponseTokens,
-    StepRow,
-    StepStats,
-    TraceData,
-    response_records,
-    search_ids,
-    search_tokens,
-    token_filter_mask,
-    token_order,
+    export_file,
+    response_record,
     token_records,
 )
-from archer.view.decode import Decoder, IdDecoder, load_decoder, resolve_tokenizer, visible
-from archer.view.export import export_file
+from archer.errors import ArcherError
+from archer.view import messages as msg
+from archer.view.cells import printable, visible
+from archer.view.guard import error_text, guarded
+from archer.view.model import ResponseTable, ResponseTokens, StepRow, StepStats, TraceData, fidelity_notes
 from archer.view.palette import ViewerCommands
-from archer.view.widgets.across import AcrossSteps
-from archer.view.widgets.filters import ResponseFilterBar, TokenFilterBar
-from archer.view.widgets.heatmap import TokenView
+from archer.view.tabs.across import AcrossTab
+from archer.view.tabs.group import GroupTab
+from archer.view.tabs.responses import ResponsesTab
+from archer.view.tabs.token_table import TokenTableTab
+from archer.view.tabs.tokens import TokensTab
+from archer.view.tabs.topk import TopKTab
 from archer.view.widgets.help import HelpScreen
-from archer.view.widgets.linetable import LineTable
-from archer.view.widgets.prompt import PromptPanel
-from archer.view.widgets.tables import (
-    GroupTable,
-    ResponsesTable,
-    SortableTable,
-    StepsTable,
-    TokenTable,
-    TopKTable,
-)
 
 TABS = ("responses", "tokens", "token-table", "topk", "group", "across")
 PREVIEW_TOKENS = 160
-
-
-def _error_text(e: BaseException) -> str:
-    if isinstance(e, ArcherError):
-        return e.message + (f" ({e.hint})" if e.hint else "")
-    return f"{type(e).__name__}: {e}"
-
-
-def guarded(fn: Callable) -> Callable:
-    """Run a handler; an unexpected error becomes an in-app message instead of a crash."""
-
-    @functools.wraps(fn)
-    def wrapper(self: ArcherViewer, *args: Any, **kw: Any) -> Any:
-        try:
-            return fn(self, *args, **kw)
-        except Exception as e:  # noqa: BLE001 - the app must stay up; say what went wrong
-            self.log.error(f"{fn.__name__} failed", e)
-            self.notify(
-                f"{fn.__name__}: {_error_text(e)}",
-                title="something went wrong",
-                severity="error",
-                markup=False,
-                timeout=8,
-            )
-            return None
-
-    return wrapper
+COMPARE_TOKENS = 4000  # tokens of each response the group tab's side-by-side shows
 
 
 class ArcherViewer(App[None]):
@@ -123,6 +80,8 @@ class ArcherViewer(App[None]):
         Binding("E", "export_responses", "export responses", show=False),
         Binding("escape", "leave_input", "leave input", show=False),
         Binding("r", "refresh_steps", "reload steps", show=False),
+        Binding("t", "toggle_steps", "step list"),
+        Binding("p", "follow_prompt", "follow prompt", show=False),
     ]
 
     def __init__(
@@ -141,75 +100,79 @@ class ArcherViewer(App[None]):
         self.no_decode = no_decode
         self.export_dir = Path(export_dir).expanduser() if export_dir else Path.cwd()
         self.max_cached_steps = max_cached_steps
+        #: the opened trace (None until the open worker answers)
         self.data: TraceData | None = None
+        #: the step list, from the manifest
         self.steps: list[StepRow] = []
+        #: turns ids into text; ids until the tokenizer has loaded (or for good, without one)
         self.decoder: Decoder = (
             IdDecoder("loading the tokenizer…") if not no_decode else IdDecoder("--no-decode")
         )
         self.decoder_pending = not no_decode
+        #: the selection: step, its responses, the response and its tokens as decoded
         self.step: int | None = None
         self.table: ResponseTable | None = None
-        self.order: np.ndarray = np.zeros(0, dtype=np.int64)
         self.row: int | None = None
         self.tokens: ResponseTokens | None = None
         self.texts: list[str] = []
         self.ids_mode = True
-        self.stats: StepStats | None = None
-        self.stats_texts: dict[tuple[int, int], str] = {}
-        self.stats_pending: int | None = None
+        #: (row, token position) to show once the step or response on its way arrives
         self.pending: tuple[int | None, int | None] = (None, None)
-        self.response_sort: tuple[str, bool] = ("row", False)
-        self.response_filter = ResponseFilterBar.Changed("all", None, None)
-        self.token_sort: tuple[str, bool] = ("position", False)
-        self.entropy_range: tuple[float | None, float | None] = (None, None)
-        self.influence_range: tuple[float | None, float | None] = (None, None)
-        self.query = ""
-        self.matches: list[tuple[int, int]] = []
-        self.scale_index = 0
-        self.group_key: tuple[int, str] | None = None
-        self.group_msg: msg.GroupLoaded | None = None
-        self.across_loaded = False
-        self.token_table_stale = True
+        #: the current step's top-K and percentiles, and the step whose read is on its way
+        self.stats: StepStats | None = None
+        self.stats_pending: int | None = None
         self.status_note = ""
+        #: why the trace could not be opened (the app then shows only that)
         self.error: str | None = None
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(initial="responses", id="tabs"):
-            with TabPane("1 Responses", id="responses"):
-                with Horizontal():
-                    with Vertical(id="steps-box"):
-                        yield Label("steps", classes="box-title")
-                        yield StepsTable(id="steps")
-                    with Vertical(id="responses-box"):
-                        yield ResponseFilterBar(id="response-filter")
-                        yield Static(id="responses-message")
-                        yield ResponsesTable(id="responses-table")
-            with TabPane("2 Tokens", id="tokens"):
-                yield PromptPanel(id="prompt")
-                yield TokenFilterBar(id="token-filter")
-                yield TokenView(id="token-view")
-            with TabPane("3 Token table", id="token-table"):
-                yield Static(id="token-table-note")
-                yield TokenTable(id="token-table-view")
-            with TabPane("4 Top-K", id="topk"):
-                yield Static(id="topk-note")
-                yield TopKTable(id="topk-table")
-            with TabPane("5 Group", id="group"):
-                yield Static(id="group-head")
-                yield GroupTable(id="group-table")
-            with TabPane("6 Across steps", id="across"):
-                yield AcrossSteps(id="across-view")
+            yield ResponsesTab("1 Responses", id="responses")
+            yield TokensTab("2 Tokens", id="tokens")
+            yield TokenTableTab("3 Token table", id="token-table")
+            yield TopKTab("4 Top-K", id="topk")
+            yield GroupTab("5 Group", id="group")
+            yield AcrossTab("6 Across steps", id="across")
         yield Static(id="error-panel")
         yield Static(id="status")
         yield Footer()
 
+    @property
+    def responses_tab(self) -> ResponsesTab:
+        return self.query_one(ResponsesTab)
+
+    @property
+    def tokens_tab(self) -> TokensTab:
+        return self.query_one(TokensTab)
+
+    @property
+    def token_table_tab(self) -> TokenTableTab:
+        return self.query_one(TokenTableTab)
+
+    @property
+    def topk_tab(self) -> TopKTab:
+        return self.query_one(TopKTab)
+
+    @property
+    def group_tab(self) -> GroupTab:
+        return self.query_one(GroupTab)
+
+    @property
+    def across_tab(self) -> AcrossTab:
+        return self.query_one(AcrossTab)
+
+    def on_resize(self, event) -> None:
+        for tab in self.query(ResponsesTab):  # (none yet on the first resize, before compose)
+            tab.fit(event.size.width)
+
     def on_mount(self) -> None:
+        self.responses_tab.fit(self.size.width)
         self.sub_title = str(self.path)
         self.query_one("#error-panel").display = False
         self.set_status(f"opening {self.path} …")
-        self.query_one("#token-view", TokenView).clear("loading…")
+        self.tokens_tab.view.clear("loading…")
         self.open_trace()
 
     # ------------------------------------------------------------------ helpers used by the palette
@@ -239,6 +202,11 @@ class ArcherViewer(App[None]):
                 "highest and lowest entropy and influence of the step",
                 lambda: self.action_tab("topk"),
             ),
+            (
+                "Follow prompt across steps",
+                "every step that sampled the current response's prompt",
+                self.action_follow_prompt,
+            ),
             ("Keys", "the help screen", self.action_help),
         ]
 
@@ -259,7 +227,7 @@ class ArcherViewer(App[None]):
             t.append(f"text: {self.decoder.label}")
         else:
             t.append(f"showing {self.decoder.label}", style="yellow")
-        t.append(f" · scale: {SCALE_MODES[self.scale_index]}")
+        t.append(f" · scale: {self.tokens_tab.scale_mode}")
         if self.data is not None and self.data.warnings:
             t.append(f" · {len(self.data.warnings)} warning(s)", style="yellow")
         if self.status_note:
@@ -280,7 +248,7 @@ class ArcherViewer(App[None]):
             self._post(msg.TraceFailed(e.message, e.hint))
             return
         except Exception as e:  # noqa: BLE001
-            self._post(msg.TraceFailed(_error_text(e)))
+            self._post(msg.TraceFailed(error_text(e)))
             return
         self._post(msg.TraceOpened(data, steps))
 
@@ -289,7 +257,7 @@ class ArcherViewer(App[None]):
         try:
             steps = self.data.steps()
         except Exception as e:  # noqa: BLE001 - the manifest vanished or became unreadable
-            self._post(msg.WorkFailed("reload", _error_text(e)))
+            self._post(msg.WorkFailed("reload", error_text(e)))
             return
         self._post(msg.StepsRefreshed(steps))
 
@@ -302,7 +270,7 @@ class ArcherViewer(App[None]):
         try:
             table = self.data.step_table(step)
         except Exception as e:  # noqa: BLE001 - a corrupt or missing file: say so in the app
-            self._post(msg.StepFailed(step, _error_text(e)))
+            self._post(msg.StepFailed(step, error_text(e)))
             return
         self._post(msg.StepLoaded(step, table))
 
@@ -314,7 +282,7 @@ class ArcherViewer(App[None]):
             texts = dec.token_texts(tokens.ids)
             prompt = dec.decode(tokens.prompt_ids)
         except Exception as e:  # noqa: BLE001
-            self._post(msg.ResponseFailed(step, row, _error_text(e)))
+            self._post(msg.ResponseFailed(step, row, error_text(e)))
             return
         self._post(msg.ResponseLoaded(step, row, tokens, texts, prompt, dec))
 
@@ -323,13 +291,21 @@ class ArcherViewer(App[None]):
         try:
             stats = self.data.step_stats(step)
             dec = self.decoder
-            texts = {
-                (h.row, h.pos): dec.token_in_context(h.context) for hits in stats.top.values() for h in hits
-            }
+            texts = hit_texts(dec, [h for hits in stats.top.values() for h in hits])
         except Exception as e:  # noqa: BLE001
-            self._post(msg.StatsFailed(step, _error_text(e)))
+            self._post(msg.StatsFailed(step, error_text(e)))
             return
         self._post(msg.StatsLoaded(step, stats, texts))
+
+    @work(thread=True, exclusive=True, group="find")
+    def search_step(self, step: int, query: str) -> None:
+        try:
+            hits, total = self.data.search_step(step, query, self.decoder)
+            texts = hit_texts(self.decoder, hits)
+        except Exception as e:  # noqa: BLE001
+            self._post(msg.WorkFailed("find in step", error_text(e)))
+            return
+        self._post(msg.StepSearchDone(step, query, hits, total, texts))
 
     @work(thread=True, exclusive=True, group="group")
     def load_group(self, step: int, uid: str) -> None:
@@ -337,16 +313,28 @@ class ArcherViewer(App[None]):
             table = self.data.step_table(step)
             rows = [int(r) for r in table.group_rows(uid)]
             dec = self.decoder
-            previews, prompt = {}, ""
+            previews, prompt, tokens = {}, "", {}
             for r in rows:
                 tok = self.data.response(step, r)
                 previews[r] = visible(dec.decode(tok.ids[:PREVIEW_TOKENS]))
+                infl = None if tok.influence is None else tok.influence[:COMPARE_TOKENS]
+                tokens[r] = (dec.token_texts(tok.ids[:COMPARE_TOKENS]), infl, tok.n)
                 if not prompt:
                     prompt = dec.decode(tok.prompt_ids)
         except Exception as e:  # noqa: BLE001
-            self._post(msg.WorkFailed("group", _error_text(e)))
+            self._post(msg.WorkFailed("group", error_text(e)))
             return
-        self._post(msg.GroupLoaded(step, uid, rows, prompt, previews))
+        self._post(msg.GroupLoaded(step, uid, rows, prompt, previews, tokens))
+
+    @work(thread=True, exclusive=True, group="prompt")
+    def load_prompt_history(self, prompt_ids: Any, prompt: str) -> None:
+        worker = get_current_worker()
+        try:
+            history = self.data.prompt_history(prompt_ids, lambda done, total: not worker.is_cancelled)
+        except Exception as e:  # noqa: BLE001
+            self._post(msg.WorkFailed("follow prompt", error_text(e)))
+            return
+        self._post(msg.PromptHistoryLoaded(prompt, history))
 
     @work(thread=True, exclusive=True, group="across")
     def load_across(self) -> None:
@@ -361,7 +349,7 @@ class ArcherViewer(App[None]):
         try:
             emap = self.data.entropy_map(progress=progress)
         except Exception as e:  # noqa: BLE001
-            self._post(msg.WorkFailed("across", _error_text(e)))
+            self._post(msg.WorkFailed("across", error_text(e)))
             return
         self._post(msg.AcrossLoaded(emap))
 
@@ -370,7 +358,7 @@ class ArcherViewer(App[None]):
         try:
             n = export_file(path, records, columns, "csv")
         except Exception as e:  # noqa: BLE001 - a read-only directory, a full disk
-            self.post_message(msg.WorkFailed("export", f"cannot write {path}: {_error_text(e)}"))
+            self.post_message(msg.WorkFailed("export", f"cannot write {path}: {error_text(e)}"))
             return
         self.post_message(msg.ExportDone(path, n, what))
 
@@ -399,13 +387,13 @@ class ArcherViewer(App[None]):
             self.decoder_pending = False
         else:
             self.load_decoder(path, note)
-        self.query_one("#across-view", AcrossSteps).set_steps(self.steps)
+        self.across_tab.set_steps(self.steps)
         for w in self.data.warnings:
             self.notify(w, title="trace warning", severity="warning", markup=False, timeout=8)
         if not self.steps:
-            self.query_one("#steps", StepsTable).fill([], None)
-            self._responses_message("this trace has no steps yet (is the run still starting?)")
-            self.query_one("#token-view", TokenView).clear("no steps in this trace")
+            self.responses_tab.set_steps([], None)
+            self.responses_tab.message("this trace has no steps yet (is the run still starting?)")
+            self.tokens_tab.view.clear("no steps in this trace")
             self.set_status("")
             return
         numbers = self.step_numbers()
@@ -421,18 +409,17 @@ class ArcherViewer(App[None]):
                     markup=False,
                     timeout=8,
                 )
-        self.query_one("#steps", StepsTable).fill(self.steps, step)
+        self.responses_tab.set_steps(self.steps, step)
         self.select_step(step)
-        self.query_one("#responses-table").focus()
+        self.responses_tab.responses.focus()
 
     @on(msg.StepsRefreshed)
     @guarded
     def on_steps_refreshed(self, m: msg.StepsRefreshed) -> None:
         new = len(m.steps) - len(self.steps)
         self.steps = m.steps
-        self.query_one("#steps", StepsTable).fill(self.steps, self.step)
-        self.query_one("#across-view", AcrossSteps).set_steps(self.steps)
-        self.across_loaded = False
+        self.responses_tab.set_steps(self.steps, self.step)
+        self.across_tab.set_steps(self.steps)
         self.set_status()
         said = f"{new} new step{'s' if new != 1 else ''}" if new > 0 else "no new steps"
         self.notify(f"{said}; {len(self.steps)} in the trace", title="reloaded", markup=False)
@@ -453,12 +440,11 @@ class ArcherViewer(App[None]):
                 timeout=6,
             )
         if self.step is not None and self.row is not None:
-            cur = self.query_one("#token-view", TokenView).model.cursor
-            self.pending = (self.row, cur)
+            self.pending = (self.row, self.tokens_tab.cursor)
             self.load_response(self.step, self.row)
         if self.stats is not None and self.step is not None:
-            self._request_stats(force=True)  # top-K texts in the new decoding
-        self.group_key = None
+            self.request_stats(force=True)  # top-K texts in the new decoding
+        self.group_tab.forget()
         if self.active_tab() == "group":
             self.action_group(switch=False)
 
@@ -471,23 +457,23 @@ class ArcherViewer(App[None]):
         self.stats = None
         self.row = None
         self.pending = (row, pos)
-        self.group_key = None
-        self.query_one("#steps", StepsTable).select_step(step)
-        self.query_one("#responses-table").loading = True
-        self.query_one("#token-view").loading = True
-        topk = self.query_one("#topk-table", TopKTable)
-        topk.clear()
-        topk.loading = False
-        self.query_one("#topk-note", Static).update("")
+        self.group_tab.forget()
+        self.responses_tab.select_step(step)
+        self.tokens_tab.set_loading(True)
+        self.tokens_tab.set_stats(None)
+        self.topk_tab.clear()
+        if self.topk_tab.find_text():  # a step search follows the step
+            self.post_message(msg.StepSearchWanted(self.topk_tab.find_text()))
         self.set_status("")
         self.load_step(step)
-        if self.active_tab() == "topk" or SCALE_MODES[self.scale_index] != "response":
-            self._request_stats()
+        if self.active_tab() == "topk" or self.tokens_tab.scale_mode != "response":
+            self.request_stats()
 
-    def _responses_message(self, text: str, style: str = "dim") -> None:
-        w = self.query_one("#responses-message", Static)
-        w.update(Text(text, style=style))
-        w.display = bool(text)
+    @on(msg.StepChosen)
+    @guarded
+    def on_step_chosen(self, m: msg.StepChosen) -> None:
+        if m.step != self.step:
+            self.select_step(m.step)
 
     @on(msg.StepLoaded)
     @guarded
@@ -495,24 +481,17 @@ class ArcherViewer(App[None]):
         if m.step != self.step:
             return
         self.table = m.table
-        self.query_one("#responses-table").loading = False
         row, pos = self.pending
+        self.responses_tab.show_table(m.table, keep_row=row)
         if m.table.n == 0:
-            self.order = np.zeros(0, dtype=np.int64)
-            self.query_one("#responses-table", ResponsesTable).show(m.table, self.order, None)
-            self._responses_message(f"step {m.step} has no responses (0 rows)", "yellow")
-            self.query_one("#token-view").loading = False
-            self.query_one("#token-view", TokenView).clear(f"step {m.step} has no responses")
-            self.query_one("#prompt", PromptPanel).clear(f"step {m.step} has no responses")
+            self.tokens_tab.clear(f"step {m.step} has no responses", prompt=f"step {m.step} has no responses")
             self.tokens = None
-            self._refresh_token_table()
+            self.token_table_tab.set_response(None, [], True, None, 0)
             return
-        self._apply_response_filter(keep_row=row)
         if row is None or not 0 <= row < m.table.n:
-            row = int(self.order[0]) if len(self.order) else None
+            row = self.responses_tab.first_row()
         if row is None:
-            self.query_one("#token-view").loading = False
-            self.query_one("#token-view", TokenView).clear("no response passes the filters")
+            self.tokens_tab.clear("no response passes the filters")
             return
         self.select_response(row, pos)
 
@@ -521,49 +500,30 @@ class ArcherViewer(App[None]):
     def on_step_failed(self, m: msg.StepFailed) -> None:
         if m.step != self.step:
             return
-        for wid in ("#responses-table", "#token-view"):
-            self.query_one(wid).loading = False
-        self.query_one("#responses-table", ResponsesTable).clear()
-        self._responses_message(f"cannot read step {m.step}: {m.message}", "red")
-        self.query_one("#token-view", TokenView).clear(
-            f"step {m.step} could not be read (see the responses tab)"
-        )
-        self.query_one("#prompt", PromptPanel).clear("")
+        self.responses_tab.show_failed(m.step, m.message)
+        self.tokens_tab.clear(f"step {m.step} could not be read (see the responses tab)", prompt="")
         self.tokens = None
         self.notify(m.message, title=f"step {m.step}", severity="error", markup=False, timeout=8)
 
     # ------------------------------------------------------------------ responses
-    def _apply_response_filter(self, keep_row: int | None = None) -> None:
-        t = self.table
-        if t is None:
-            return
-        f = self.response_filter
-        key, desc = self.response_sort
-        self.order = t.order(key, desc, f.accepted, f.reward_min, f.reward_max)
-        table = self.query_one("#responses-table", ResponsesTable)
-        table.set_sort(key, desc)
-        table.show(t, self.order, keep_row if keep_row is not None else self.row)
-        shown = f"{len(self.order)} of {t.n} responses"
-        self.query_one("#response-count", Label).update(shown)
-        if len(self.order) == 0:
-            self._responses_message("no response passes the filters", "yellow")
-        else:
-            self._responses_message("")
-
     def select_response(self, row: int, pos: int | None = None) -> None:
         if self.table is None or self.step is None:
             return
         self.row = row
         self.pending = (row, pos)
-        self.query_one("#token-view").loading = True
+        self.tokens_tab.set_loading(True)
         self.load_response(self.step, row)
-        table = self.query_one("#responses-table", ResponsesTable)
-        try:
-            table.move_cursor(row=table.get_row_index(str(row)))
-        except KeyError:  # filtered out of the table: still shown in the tokens tab
-            pass
+        self.responses_tab.select_row(row)
         if self.active_tab() == "group":
             self.action_group(switch=False)
+
+    @on(msg.ResponseChosen)
+    @guarded
+    def on_response_chosen(self, m: msg.ResponseChosen) -> None:
+        if m.row != self.row:
+            self.select_response(m.row)
+        if m.open:
+            self.action_tab("tokens")
 
     @on(msg.ResponseLoaded)
     @guarded
@@ -573,101 +533,38 @@ class ArcherViewer(App[None]):
         if m.decoder is not self.decoder and not self.decoder_pending:
             self.load_response(m.step, m.row)  # decoded with an older tokenizer: redo
             return
-        view = self.query_one("#token-view", TokenView)
-        view.loading = False
         self.tokens, self.texts = m.tokens, m.texts
         self.ids_mode = not m.decoder.is_text
         _, pos = self.pending
         self.pending = (None, None)
-        self.query_one("#prompt", PromptPanel).show(m.tokens.meta, m.tokens.n, m.prompt, self.ids_mode)
-        view.show(m.tokens, m.texts, self.ids_mode, pos or 0)
-        self._apply_scales()
-        self._apply_token_filter(refresh_table=False)
-        self._apply_search()
-        self._refresh_token_table()
+        tab = self.tokens_tab
+        tab.show_response(m.tokens, m.texts, m.prompt, self.ids_mode, pos or 0)
+        self.token_table_tab.set_response(m.tokens, m.texts, self.ids_mode, tab.keep(), tab.cursor)
         self.set_status("")
+        if self.focused is None and self.active_tab() == "tokens":  # after a jump to another step
+            self.query_one(self._FOCUS["tokens"]).focus()
 
     @on(msg.ResponseFailed)
     @guarded
     def on_response_failed(self, m: msg.ResponseFailed) -> None:
         if (m.step, m.row) != (self.step, self.row):
             return
-        view = self.query_one("#token-view", TokenView)
-        view.loading = False
-        view.clear(f"cannot read response {m.row} of step {m.step}: {m.message}")
+        self.tokens_tab.clear(f"cannot read response {m.row} of step {m.step}: {m.message}")
         self.tokens = None
         self.notify(m.message, title=f"step {m.step} row {m.row}", severity="error", markup=False, timeout=8)
 
-    @on(LineTable.Highlighted, "#steps")
+    # ------------------------------------------------------------------ tokens
+    @on(msg.TokenKeepChanged)
     @guarded
-    def on_step_highlighted(self, event: LineTable.Highlighted) -> None:
-        if event.index != event.table.cursor_row:
-            return  # a stale event: the cursor has moved on since
-        step = int(event.key)
-        if step != self.step:
-            self.select_step(step)
+    def on_token_keep_changed(self, m: msg.TokenKeepChanged) -> None:
+        self.token_table_tab.set_keep(m.keep)
 
-    @on(LineTable.Selected, "#steps")
-    def on_step_selected(self, event: LineTable.Selected) -> None:
-        self.query_one("#responses-table").focus()
+    @on(msg.CursorMoved)
+    def on_cursor_moved(self, m: msg.CursorMoved) -> None:
+        self.token_table_tab.cursor = m.pos
 
-    @on(LineTable.Highlighted, "#responses-table")
-    @guarded
-    def on_response_highlighted(self, event: LineTable.Highlighted) -> None:
-        if event.index != event.table.cursor_row:
-            return
-        row = int(event.key)
-        if row != self.row:
-            self.select_response(row)
-
-    @on(LineTable.Selected, "#responses-table")
-    @guarded
-    def on_response_selected(self, event: LineTable.Selected) -> None:
-        row = int(event.key)
-        if row != self.row:
-            self.select_response(row)
-        self.action_tab("tokens")
-
-    @on(SortableTable.SortChanged, "#responses-table")
-    @guarded
-    def on_response_sort(self, event: SortableTable.SortChanged) -> None:
-        self.response_sort = (event.key, event.descending)
-        self._apply_response_filter()
-
-    @on(ResponseFilterBar.Changed)
-    @guarded
-    def on_response_filter(self, event: ResponseFilterBar.Changed) -> None:
-        self.response_filter = event
-        self._apply_response_filter()
-
-    # ------------------------------------------------------------------ tokens: scales, filters, search
-    def _apply_scales(self) -> None:
-        tok = self.tokens
-        if tok is None:
-            return
-        mode = SCALE_MODES[self.scale_index]
-        view = self.query_one("#token-view", TokenView)
-        st = self.stats if self.stats is not None and self.stats.step == self.step else None
-        if mode == "response" or st is None:
-            lo, hi = finite_range(tok.entropy)
-            ilo, ihi = finite_range(tok.influence)
-            label = mode if mode == "response" else f"{mode} (loading…)"
-            lim = max(abs(ilo), abs(ihi)) if math.isfinite(ilo) else math.nan
-            view.set_scales(sequential_scale(lo, hi, label), diverging_scale(lim, label))
-            if mode != "response":
-                self._request_stats()
-        elif mode == "step":
-            view.set_scales(
-                sequential_scale(st.entropy_min, st.entropy_max, mode),
-                diverging_scale(st.influence_absmax, mode),
-            )
-        else:
-            view.set_scales(
-                sequential_scale(st.entropy_p05, st.entropy_p95, mode),
-                diverging_scale(st.influence_abs_p95, mode),
-            )
-
-    def _request_stats(self, force: bool = False) -> None:
+    # ------------------------------------------------------------------ step statistics (top-K, scales)
+    def request_stats(self, force: bool = False) -> None:
         """Start reading the step's top-K/percentiles unless they are loaded or on their way
         (restarting a half-second read on every keypress would never let it finish)."""
         if self.step is None or self.data is None:
@@ -676,94 +573,14 @@ class ArcherViewer(App[None]):
         if not force and (have or self.stats_pending == self.step):
             return
         self.stats_pending = self.step
-        self.query_one("#topk-table").loading = True
+        self.topk_tab.set_loading()
         self.load_stats(self.step)
 
-    def token_keep(self) -> np.ndarray | None:
-        if self.tokens is None:
-            return None
-        return token_filter_mask(
-            self.tokens.entropy, self.tokens.influence, self.entropy_range, self.influence_range
-        )
-
-    def _apply_token_filter(self, refresh_table: bool = True) -> None:
-        self.query_one("#token-view", TokenView).set_keep(self.token_keep())
-        if refresh_table:
-            self._refresh_token_table()
-
-    def _apply_search(self) -> None:
-        tok = self.tokens
-        if tok is None:
-            self.matches = []
-        elif self.ids_mode:
-            self.matches = search_ids(tok.ids, self.query)
-        else:
-            self.matches = search_tokens(self.texts, self.query)
-        self.query_one("#token-view", TokenView).set_matches(self.matches)
-        label = "" if not self.query else f"{len(self.matches)} match{'es' if len(self.matches) != 1 else ''}"
-        self.query_one("#search-count", Label).update(label)
-
-    @on(TokenFilterBar.Changed)
+    @on(msg.StatsWanted)
     @guarded
-    def on_token_filter(self, event: TokenFilterBar.Changed) -> None:
-        self.entropy_range, self.influence_range = event.entropy, event.influence
-        self._apply_token_filter()
+    def on_stats_wanted(self, m: msg.StatsWanted) -> None:
+        self.request_stats()
 
-    @on(TokenFilterBar.SearchChanged)
-    @guarded
-    def on_search(self, event: TokenFilterBar.SearchChanged) -> None:
-        self.query = event.query
-        self._apply_search()
-        if event.submitted:
-            view = self.query_one("#token-view", TokenView)
-            view.focus()
-            if self.matches:
-                cur = view.model.cursor
-                first = next((a for a, _ in self.matches if a >= cur), self.matches[0][0])
-                view.move_to(first, force=True)
-
-    # ------------------------------------------------------------------ token table
-    def _refresh_token_table(self, force: bool = False) -> None:
-        """Refill the token table now if its tab is showing, else when it is next shown."""
-        if not force and self.active_tab() != "token-table":
-            self.token_table_stale = True
-            return
-        self.token_table_stale = False
-        table = self.query_one("#token-table-view", TokenTable)
-        note = self.query_one("#token-table-note", Static)
-        tok = self.tokens
-        if tok is None:
-            table.clear()
-            note.update(Text("no response selected", style="dim"))
-            return
-        key, desc = self.token_sort
-        keep = self.token_keep()
-        positions = token_order(tok, key, desc, keep)
-        table.set_sort(key, desc)
-        cur = self.query_one("#token-view", TokenView).model.cursor
-        table.show(tok, self.texts, positions, self.ids_mode, cur)
-        t = Text(
-            f"step {tok.step} row {tok.row}: {len(positions)} of {tok.n} tokens "
-            f"sorted by {key} {'descending' if desc else 'ascending'}"
-        )
-        if keep is not None and not keep.all():
-            t.append("  (entropy/influence filters on)", style="yellow")
-        note.update(t)
-
-    @on(SortableTable.SortChanged, "#token-table-view")
-    @guarded
-    def on_token_sort(self, event: SortableTable.SortChanged) -> None:
-        self.token_sort = (event.key, event.descending)
-        self._refresh_token_table()
-
-    @on(LineTable.Selected, "#token-table-view")
-    @guarded
-    def on_token_row_selected(self, event: LineTable.Selected) -> None:
-        pos = int(event.key)
-        self.action_tab("tokens")
-        self.query_one("#token-view", TokenView).move_to(pos, force=True)
-
-    # ------------------------------------------------------------------ top-K
     @on(msg.StatsLoaded)
     @guarded
     def on_stats_loaded(self, m: msg.StatsLoaded) -> None:
@@ -771,22 +588,27 @@ class ArcherViewer(App[None]):
             self.stats_pending = None
         if m.step != self.step:
             return
-        self.stats, self.stats_texts = m.stats, m.texts
-        table = self.query_one("#topk-table", TopKTable)
-        table.loading = False
-        table.show(m.stats.top, m.texts)
-        s = m.stats
-        note = Text(f"step {s.step}: {s.tokens} tokens; ")
-        if s.tokens == 0:
-            note = Text(f"step {s.step} has no tokens: nothing to rank", style="yellow")
-        elif s.influence_tokens == 0:
-            note.append("no influence captured in this step (entropy only)", style="dim")
-        else:
-            note.append(f"influence captured for {s.influence_tokens} tokens")
-        note.append("   enter: open the token", style="dim")
-        self.query_one("#topk-note", Static).update(note)
-        if SCALE_MODES[self.scale_index] != "response":
-            self._apply_scales()
+        self.stats = m.stats
+        self.topk_tab.show_stats(m.stats, m.texts, fidelity_notes(self.data.summary) if self.data else [])
+        self.tokens_tab.set_stats(m.stats)
+
+    @on(msg.StepSearchWanted)
+    @guarded
+    def on_step_search_wanted(self, m: msg.StepSearchWanted) -> None:
+        if self.step is None or self.data is None:
+            return
+        if not m.query:
+            self.topk_tab.show_extremes()
+            return
+        self.topk_tab.set_searching(m.query)
+        self.search_step(self.step, m.query)
+
+    @on(msg.StepSearchDone)
+    @guarded
+    def on_step_search_done(self, m: msg.StepSearchDone) -> None:
+        if m.step == self.step:
+            self.topk_tab.show_matches(m.step, m.query, m.hits, m.total, m.texts)
+            self.topk_tab.table.focus()
 
     @on(msg.StatsFailed)
     @guarded
@@ -795,17 +617,7 @@ class ArcherViewer(App[None]):
             self.stats_pending = None
         if m.step != self.step:
             return
-        self.query_one("#topk-table").loading = False
-        self.query_one("#topk-note", Static).update(
-            Text(f"cannot rank step {m.step}: {m.message}", style="red")
-        )
-
-    @on(LineTable.Selected, "#topk-table")
-    @guarded
-    def on_topk_selected(self, event: LineTable.Selected) -> None:
-        hit = self.query_one("#topk-table", TopKTable).hits.get(event.key)
-        if hit is not None and self.step is not None:
-            self.jump(self.step, hit.row, hit.pos)
+        self.topk_tab.show_failed(m.step, m.message)
 
     # ------------------------------------------------------------------ group
     @on(msg.GroupLoaded)
@@ -813,36 +625,24 @@ class ArcherViewer(App[None]):
     def on_group_loaded(self, m: msg.GroupLoaded) -> None:
         if m.step != self.step or self.table is None:
             return
-        self.group_key = (m.step, m.uid)
-        self.group_msg = m
-        acc = self.table.cols["accepted"][m.rows] if m.rows else np.zeros(0)
-        head = Text()
-        head.append("group ", style="bold")
-        head.append(m.uid, style="bold cyan")
-        head.append(
-            f"  step {m.step} · {len(m.rows)} responses · {int((acc == 1).sum())} accepted, "
-            f"{int((acc == 0).sum())} rejected, {int(np.isnan(acc).sum())} not filtered\n"
-        )
-        head.append("prompt ", style="bold")
-        head.append(m.prompt or "(empty)")
-        self.query_one("#group-head", Static).update(head)
-        self.query_one("#group-table", GroupTable).show(self.table, m.rows, m.previews, self.row)
-
-    @on(LineTable.Selected, "#group-table")
-    @guarded
-    def on_group_selected(self, event: LineTable.Selected) -> None:
-        if self.step is not None:
-            self.jump(self.step, int(event.key), None)
+        self.group_tab.show_group(self.table, m, self.row)
 
     # ------------------------------------------------------------------ across steps
     @on(msg.AcrossProgress)
     def on_across_progress(self, m: msg.AcrossProgress) -> None:
-        self.query_one("#across-view", AcrossSteps).set_progress(m.done, m.total)
+        self.across_tab.set_progress(m.done, m.total)
 
     @on(msg.AcrossLoaded)
     @guarded
     def on_across_loaded(self, m: msg.AcrossLoaded) -> None:
-        self.query_one("#across-view", AcrossSteps).set_map(m.emap)
+        self.across_tab.set_map(m.emap)
+
+    @on(msg.PromptHistoryLoaded)
+    @guarded
+    def on_prompt_history_loaded(self, m: msg.PromptHistoryLoaded) -> None:
+        self.across_tab.show_prompt(m.prompt, m.history)
+        if self.active_tab() == "across":
+            self.query_one("#prompt-steps").focus()
 
     @on(msg.ExportDone)
     def on_export_done(self, m: msg.ExportDone) -> None:
@@ -851,8 +651,7 @@ class ArcherViewer(App[None]):
     @on(msg.WorkFailed)
     def on_work_failed(self, m: msg.WorkFailed) -> None:
         if m.what == "across":
-            self.across_loaded = False
-            self.query_one("#across-view", AcrossSteps).set_error(m.message)
+            self.across_tab.set_error(m.message)
         self.notify(m.message, title=m.what, severity="error", markup=False, timeout=8)
 
     # ------------------------------------------------------------------ tabs
@@ -864,14 +663,13 @@ class ArcherViewer(App[None]):
     def on_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         tab = self.active_tab()
         if tab == "topk":
-            self._request_stats()
+            self.request_stats()
         elif tab == "group":
             self.action_group(switch=False)
-        elif tab == "across" and not self.across_loaded and self.data is not None and self.steps:
-            self.across_loaded = True
+        elif tab == "across" and self.data is not None and self.steps and self.across_tab.wanted():
             self.load_across()
-        elif tab == "token-table" and self.token_table_stale:
-            self._refresh_token_table(force=True)
+        elif tab == "token-table" and self.token_table_tab.stale:
+            self.token_table_tab.refresh_table(force=True)
 
     _FOCUS = {
         "responses": "#responses-table",
@@ -888,15 +686,23 @@ class ArcherViewer(App[None]):
         self.query_one("#tabs", TabbedContent).active = tab
         self.query_one(self._FOCUS[tab]).focus()
 
-    # ------------------------------------------------------------------ navigation actions
+    # ------------------------------------------------------------------ navigation
+    @on(msg.JumpTo)
+    @guarded
+    def on_jump_to(self, m: msg.JumpTo) -> None:
+        self.jump(m.step, m.row, m.pos)
+
     def jump(self, step: int, row: int | None, pos: int | None) -> None:
         """Open `row` of `step` in the tokens tab with the cursor on `pos`."""
         self.action_tab("tokens")
         if step != self.step or self.table is None:
             self.select_step(step, row, pos)
+            # the token view is loading (not focusable): hold the keys nowhere rather than let focus
+            # fall into the tab we came from (which would switch back to it); they return on load
+            self.set_focus(None)
         elif row is not None and row == self.row and self.tokens is not None and self.tokens.row == row:
             if pos is not None:
-                self.query_one("#token-view", TokenView).move_to(pos, force=True)
+                self.tokens_tab.move_to(pos)
         elif row is not None:
             self.select_response(row, pos)
 
@@ -930,13 +736,9 @@ class ArcherViewer(App[None]):
             self.select_step(numbers[j])
 
     def action_response(self, delta: int) -> None:
-        if self.table is None or not len(self.order):
-            return
-        where = np.flatnonzero(self.order == self.row)
-        i = int(where[0]) if len(where) else -1
-        j = min(max(0, i + delta), len(self.order) - 1)
-        if int(self.order[j]) != self.row:
-            self.select_response(int(self.order[j]))
+        row = self.responses_tab.neighbour(self.row, delta)
+        if row is not None and row != self.row:
+            self.select_response(row)
 
     def action_group(self, switch: bool = True) -> None:
         if self.table is None or self.row is None or self.step is None:
@@ -946,49 +748,46 @@ class ArcherViewer(App[None]):
         uid = str(self.table.uid[self.row])
         if switch:
             self.action_tab("group")
-        if self.group_key == (self.step, uid) and self.group_msg is not None:
-            g = self.group_msg  # already loaded: only move the cursor to the current response
-            self.query_one("#group-table", GroupTable).show(self.table, g.rows, g.previews, self.row)
+        if self.group_tab.has(self.step, uid):
+            self.group_tab.select_row(self.table, self.row)  # already loaded: only move the cursor
             return
-        self.query_one("#group-head", Static).update(Text(f"loading group {uid} …", style="dim"))
+        self.group_tab.show_loading(uid)
         self.load_group(self.step, uid)
 
     def action_scale(self) -> None:
-        self.scale_index = (self.scale_index + 1) % len(SCALE_MODES)
-        self._apply_scales()
+        self.tokens_tab.cycle_scale()
         self.set_status()
 
     def action_search(self) -> None:
+        if self.active_tab() == "topk":  # the top-K tab searches every response of the step
+            self.topk_tab.focus_find()
+            return
         self.action_tab("tokens")
-        self.query_one("#search", Input).focus()
+        self.tokens_tab.focus_search()
 
     def action_match(self, delta: int) -> None:
-        if not self.matches:
-            if self.query:
-                self.notify(f"no match for {self.query!r}", severity="warning", markup=False)
-            return
-        view = self.query_one("#token-view", TokenView)
-        cur = view.model.cursor
-        starts = [a for a, _ in self.matches]
-        if delta > 0:
-            nxt = next((a for a in starts if a > cur), starts[0])
-        else:
-            nxt = next((a for a in reversed(starts) if a < cur), starts[-1])
-        if self.active_tab() != "tokens":
+        tab = self.tokens_tab
+        if tab.matches and self.active_tab() != "tokens":
             self.action_tab("tokens")
-        view.move_to(nxt, force=True)
+        tab.next_match(delta)
 
     def action_filters(self) -> None:
         if self.active_tab() == "responses":
-            self.query_one("#reward-min", Input).focus()
+            self.responses_tab.focus_filters()
         else:
             self.action_tab("tokens")
-            self.query_one("#ent-min", Input).focus()
+            self.tokens_tab.focus_filters()
 
     def action_accepted(self) -> None:
-        cur = self.response_filter.accepted
-        nxt = ACCEPT_FILTERS[(ACCEPT_FILTERS.index(cur) + 1) % len(ACCEPT_FILTERS)]
-        self.query_one("#response-filter", ResponseFilterBar).set_accepted(nxt)
+        self.responses_tab.cycle_accepted()
+
+    @on(Input.Submitted)
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a filter bound applies it (it already is) and hands the keys back to the view,
+        so `[ ] , .` typed next move steps and responses instead of landing in the field."""
+        if event.input.has_class("bound"):
+            event.stop()
+            self.action_leave_input()
 
     def action_leave_input(self) -> None:
         if isinstance(self.focused, Input):
@@ -997,6 +796,24 @@ class ArcherViewer(App[None]):
     def action_refresh_steps(self) -> None:
         if self.data is not None:
             self.refresh_steps()
+
+    def action_follow_prompt(self) -> None:
+        """The current response's prompt in every step that sampled it (the across-steps tab)."""
+        if self.tokens is None or self.data is None:
+            self.notify("select a response first", severity="warning")
+            return
+        prompt = self.decoder.decode(self.tokens.prompt_ids) if self.decoder is not None else ""
+        self.action_tab("across")
+        prompt = printable(prompt).replace("\n", " ")
+        self.across_tab.show_prompt_loading(prompt)
+        self.load_prompt_history(self.tokens.prompt_ids.copy(), prompt)
+
+    def action_toggle_steps(self) -> None:
+        shown = self.responses_tab.toggle_steps()
+        if self.active_tab() != "responses":
+            self.action_tab("responses")
+        if shown:
+            self.responses_tab.steps.focus()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -1008,9 +825,13 @@ class ArcherViewer(App[None]):
         if tok is None:
             self.notify("no response selected: nothing to export", severity="warning")
             return
-        key, desc = self.token_sort
-        positions = token_order(tok, key, desc, self.token_keep())
-        records = list(token_records(tok, None if self.ids_mode else self.texts, positions))
+        positions = self.token_table_tab.positions()
+        texts = None if self.ids_mode else self.texts
+        records = list(
+            token_records(
+                tok.step, tok.row, tok.meta.get("uid"), tok.ids, tok.entropy, tok.influence, texts, positions
+            )
+        )
         path = self.export_dir / f"archer_step{tok.step:06d}_row{tok.row}_tokens.csv"
         self.export(path, records, TOKEN_EXPORT_COLUMNS, "tokens")
 
@@ -1018,6 +839,22 @@ class ArcherViewer(App[None]):
         if self.table is None or self.step is None:
             self.notify("no step loaded: nothing to export", severity="warning")
             return
-        records = list(response_records(self.table, self.order))
+        table = self.table
+        records = [response_record(table.record(int(r))) for r in self.responses_tab.order]
         path = self.export_dir / f"archer_step{self.step:06d}_responses.csv"
         self.export(path, records, RESPONSE_EXPORT_COLUMNS, "responses")
+
+
+def hit_texts(dec, hits) -> dict[tuple[int, int], tuple[str, str, str]]:
+    """(text before, hit text, text after) of each TokenHit, decoded as one window so a character
+    split over tokens stays whole."""
+    out = {}
+    for h in hits:
+        parts = dec.token_texts(list(h.context) + list(h.after))
+        k = len(h.context)
+        out[(h.row, h.pos)] = (
+            "".join(parts[: k - h.length]),
+            "".join(parts[k - h.length : k]),
+            "".join(parts[k:]),
+        )
+    return out

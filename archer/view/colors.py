@@ -140,19 +140,41 @@ def fmt(x: float) -> str:
     return f"{x:.3f}" if a < 10 else f"{x:.1f}"
 
 
-def legend(scale: Scale, title: str, width: int = 16, nan_note: bool = False) -> Text:
-    """`title  lo ▕gradient▏ hi  (mode)`; with `nan_note` also the NaN swatch."""
+def legend(scale: Scale, title: str, width: int = 16, nan_note: bool = False, fit: int | None = None) -> Text:
+    """`title  lo ▕gradient▏ hi  (mode)`; with `nan_note` also the NaN swatch.
+
+    With `fit` (the cells available) the gradient narrows, then the notes shorten, so the numbers
+    at both ends are never cut on a narrow terminal."""
+    lo, hi = fmt(scale.lo), fmt(scale.hi)
+    fixed = len(title) + 1 + len(lo) + 1 + 1 + len(hi)
+    # (label after the numbers, text after the NaN swatch), longest first
+    notes = [
+        (f"  {scale.label()}", " NaN: not captured"),
+        (f"  {scale.label()}", " NaN"),
+        ("", " NaN"),
+        ("", ""),
+    ]
+    label, nan = notes[0]
+    if fit is not None:
+        for label, nan in notes:
+            extra = len(label) + (5 + len(nan) if nan_note and nan else 0)
+            if fixed + extra + 6 <= fit:
+                width = max(6, min(width, fit - fixed - extra))
+                break
+        else:
+            width = max(3, min(width, fit - fixed))
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{title} ", style="bold")
-    text.append(fmt(scale.lo) + " ")
+    text.append(lo + " ")
     luts = style_lut(scale.cmap)
     for i in range(width):
         q = int(round(i * 255 / max(1, width - 1)))
         text.append(" ", style=Style(bgcolor=luts[q].bgcolor))
-    text.append(" " + fmt(scale.hi))
-    text.append(f"  {scale.label()}", style="dim")
-    if nan_note:
+    text.append(" " + hi)
+    if label:
+        text.append(label, style="dim")
+    if nan_note and nan:
         text.append("  ")
         text.append(" ∙ ", style=NAN_STYLE)
-        text.append(" NaN: not captured", style="dim")
+        text.append(nan, style="dim")
     return text

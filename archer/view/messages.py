@@ -1,8 +1,9 @@
-"""Messages the viewer's workers and widgets post (dataclasses, as harlequin does).
+"""Messages the viewer's workers and tabs post (dataclasses, as harlequin does).
 
 Workers never touch widgets: they read, compute and post one of these; the app's handlers
 update the screen. Every result carries the step/row it is for, so a late answer for a step the
-user has already left is recognised and dropped.
+user has already left is recognised and dropped. Tabs ask the app for a new selection with the
+requests at the end (StepChosen, ResponseChosen, JumpTo, ...).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class ResponseFailed(Message):
 class StatsLoaded(Message):
     step: int
     stats: Any  # StepStats
-    texts: dict  # (row, pos) -> token text, for the top-K table
+    texts: dict  # (row, pos) -> (text before, token text, text after), for the top-K table
 
 
 @dataclass
@@ -84,6 +85,7 @@ class GroupLoaded(Message):
     rows: list  # response rows of the group
     prompt: str
     previews: dict  # row -> decoded response preview
+    tokens: dict | None = None  # row -> (token texts, influence or None, length): the first tokens
 
 
 @dataclass
@@ -98,6 +100,12 @@ class AcrossLoaded(Message):
 
 
 @dataclass
+class PromptHistoryLoaded(Message):
+    prompt: str  # decoded, for the heading
+    history: list  # PromptStep, in step order
+
+
+@dataclass
 class ExportDone(Message):
     path: Any  # Path
     count: int
@@ -108,6 +116,52 @@ class ExportDone(Message):
 class WorkFailed(Message):
     what: str
     message: str
+
+
+# ---- requests from the tabs to the app ------------------------------------------------------
+
+
+@dataclass
+class StepChosen(Message):
+    """The user moved to `step` in the step list."""
+
+    step: int
+
+
+@dataclass
+class ResponseChosen(Message):
+    """The user moved to `row` in the response table (`open`: and asked to see its tokens)."""
+
+    row: int
+    open: bool = False
+
+
+@dataclass
+class TokenKeepChanged(Message):
+    """The entropy/influence filter changed: `keep` marks the tokens inside (None = all)."""
+
+    keep: Any  # np.ndarray | None
+
+
+@dataclass
+class StatsWanted(Message):
+    """A tab needs the current step's statistics (top-K, scale percentiles)."""
+
+
+@dataclass
+class StepSearchWanted(Message):
+    """Find `query` in every response of the current step (the top-K tab's search)."""
+
+    query: str
+
+
+@dataclass
+class StepSearchDone(Message):
+    step: int
+    query: str
+    hits: list  # TokenHit, kind "match"
+    total: int  # matches in all (hits stops at a limit)
+    texts: dict  # (row, pos) -> (text before, match text, text after)
 
 
 @dataclass

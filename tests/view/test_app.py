@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from archer.view.app import ArcherViewer
+from archer.view.cells import EMPTY_CELL
 from archer.view.colors import DIM_STYLE, NAN_STYLE
-from archer.view.decode import EMPTY_CELL
 from archer.view.widgets.help import HelpScreen
 
 from .conftest import SIZE, screen_text, settle, static_text
@@ -95,21 +95,21 @@ async def test_response_table_sorts_by_any_column_and_filters(run_dir):
         table.focus()
         assert table_keys(app, "#responses-table") == [str(i) for i in range(8)]
         await press(pilot, "s")  # next column: group
-        assert app.response_sort == ("uid", False)
+        assert app.responses_tab.sort == ("uid", False)
         await press(pilot, "s", "s")  # sample, then reward
-        assert app.response_sort == ("reward", False)
+        assert app.responses_tab.sort == ("reward", False)
         assert table_keys(app, "#responses-table")[:4] == ["1", "3", "6", "7"]  # reward 0 first, stable
         await press(pilot, "S")
-        assert app.response_sort == ("reward", True)
+        assert app.responses_tab.sort == ("reward", True)
         assert table_keys(app, "#responses-table")[:4] == ["0", "2", "4", "5"]
         # a click on a column header sorts by it (ascending first)
         x = sum(w + 2 for w in table.widths[:6]) + 1  # inside the 7th column: length
         await pilot.click("#responses-table", offset=(x, 0))
         await settle(pilot)
-        assert app.response_sort == ("response_length", False)
+        assert app.responses_tab.sort == ("response_length", False)
         await pilot.click("#responses-table", offset=(x, 0))
         await settle(pilot)
-        assert app.response_sort == ("response_length", True)
+        assert app.responses_tab.sort == ("response_length", True)
         # length sort puts the empty response (0 tokens) first
         app.query_one("#responses-table").post_message(
             type(table).SortChanged(table, "response_length", False)
@@ -118,14 +118,14 @@ async def test_response_table_sorts_by_any_column_and_filters(run_dir):
         assert table_keys(app, "#responses-table")[0] == "7"
 
         await press(pilot, "a")  # accepted only
-        assert app.response_filter.accepted == "accepted"
+        assert app.responses_tab.filter.accepted == "accepted"
         assert sorted(table_keys(app, "#responses-table"), key=int) == ["0", "1", "4", "6"]
         await press(pilot, "a")
         assert sorted(table_keys(app, "#responses-table"), key=int) == ["2", "3", "5"]
         await press(pilot, "a")  # unknown: row 7 (no filter verdict)
         assert table_keys(app, "#responses-table") == ["7"]
         await press(pilot, "a")
-        assert app.response_filter.accepted == "all"
+        assert app.responses_tab.filter.accepted == "all"
 
         app.query_one("#reward-min").value = "0.5"
         await settle(pilot)
@@ -286,23 +286,23 @@ async def test_search_matches_across_tokens_with_next_and_previous(run_dir):
         assert app.focused is app.query_one("#search")
         await pilot.press(*"c b")  # spans three tokens: "c", " ", "b"
         await settle(pilot)
-        n = len(app.matches)
+        n = len(app.tokens_tab.matches)
         assert n == 499 and "499 matches" in static_text(app, "#search-count")
         await press(pilot, "enter")
         assert app.focused is app.query_one("#token-view")
-        first = app.matches[0][0]
+        first = app.tokens_tab.matches[0][0]
         assert app.query_one("#token-view").model.cursor == first == 1003
         assert "match 1/499" in readout(app)
         await press(pilot, "n")
-        assert app.query_one("#token-view").model.cursor == app.matches[1][0]
+        assert app.query_one("#token-view").model.cursor == app.tokens_tab.matches[1][0]
         assert "match 2/499" in readout(app)
         await press(pilot, "N", "N")
-        assert app.query_one("#token-view").model.cursor == app.matches[-1][0]  # wraps around
+        assert app.query_one("#token-view").model.cursor == app.tokens_tab.matches[-1][0]  # wraps around
         model = app.query_one("#token-view").model
         assert model.match[1003] and model.match[1005] and not model.match[0]
         app.query_one("#search").value = "zzz"
         await settle(pilot)
-        assert app.matches == [] and "0 matches" in static_text(app, "#search-count")
+        assert app.tokens_tab.matches == [] and "0 matches" in static_text(app, "#search-count")
 
 
 async def test_token_table_sorts_and_jumps_to_the_token(run_dir):
@@ -457,7 +457,7 @@ async def test_exports_write_csv_atomically_and_notify(run_dir, tmp_path):
         )
         # with a filter and a sort, the export follows the view
         app.query_one("#ent-min").value = "1"
-        app.token_sort = ("entropy", True)
+        app.token_table_tab.sort = ("entropy", True)
         await settle(pilot)
         await press(pilot, "e")
         rows = list(csv.DictReader(path.open()))
@@ -466,8 +466,9 @@ async def test_exports_write_csv_atomically_and_notify(run_dir, tmp_path):
         notes = [n.message for n in app._notifications]
         assert any(str(path) in m and "exported" in m for m in notes)
 
-        app.response_filter = type(app.response_filter)("accepted", None, None)
-        app._apply_response_filter()
+        tab = app.responses_tab
+        tab.filter = type(tab.filter)("accepted", None, None)
+        tab.apply()
         await press(pilot, "E")
         rpath = tmp_path / "archer_step000002_responses.csv"
         rrows = list(csv.DictReader(rpath.open()))
@@ -499,7 +500,7 @@ async def test_without_a_tokenizer_ids_are_shown_and_the_status_says_why(bare_tr
         await press(pilot, "slash")
         await pilot.press(*str(ids[1]))
         await settle(pilot)
-        assert app.matches == [(1, 1)]  # in ids mode the search matches ids
+        assert app.tokens_tab.matches == [(1, 1)]  # in ids mode the search matches ids
 
 
 async def test_no_decode_flag_and_tokenizer_that_fails_to_load(run_dir, tmp_path):
@@ -637,3 +638,244 @@ async def test_a_trace_with_no_steps_yet_says_so(tmp_path):
         assert "no steps yet" in static_text(app, "#responses-message")
         await press(pilot, "2", "right_square_bracket", "4", "6", "e", "E")
         assert app.is_running and app.step is None
+
+
+# ---------------------------------------------------------------------------------- terminal sizes
+
+
+async def test_step_list_follows_the_terminal_width_and_shows_the_current_step(tmp_path, tok_dir):
+    from .tracegen import write_long_trace
+
+    trace = write_long_trace(tmp_path / "run" / "trace", tokenizer_dir=tok_dir)
+    app = ArcherViewer(trace)
+    app.animation_level = "none"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        box, steps = app.query_one("#steps-box"), app.query_one("#steps")
+        assert app.step == 60 and steps.cursor_row == 59  # opened at the latest step, which is the cursor
+        visible = steps.scrollable_content_region.height - 1  # rows under the header
+        assert steps.scroll_y <= 59 < steps.scroll_y + visible  # ... and scrolled into view
+        assert box.display and box.outer_size.width == 48  # 2/5 of 120
+        await press(pilot, "left_square_bracket")
+        assert app.step == 59 and steps.cursor_row == 58
+        await pilot.resize_terminal(200, 50)
+        await settle(pilot)
+        assert box.outer_size.width == 58  # at most 58
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert not box.display  # too narrow: the responses take the width
+        assert app.query_one("#responses-box").size.width == 80
+        await press(pilot, "t")  # toggled on, whatever the width
+        assert box.display and box.outer_size.width == 32 and app.focused is steps
+        visible = steps.scrollable_content_region.height - 1
+        assert steps.scroll_y <= 58 < steps.scroll_y + visible
+        await press(pilot, "up", "enter")  # the step list works from here
+        assert app.step == 58 and app.focused is app.query_one("#responses-table")
+        await pilot.resize_terminal(200, 50)
+        await settle(pilot)
+        assert box.display
+        await press(pilot, "t")  # toggled off stays off on a wide terminal
+        assert not box.display
+        await press(pilot, "2", "t")  # from another tab: back to the responses with the list
+        assert app.active_tab() == "responses" and box.display
+
+
+# ---------------------------------------------------------------------------------- focus, keys, mouse
+
+
+async def test_enter_in_a_filter_returns_the_keys_to_the_view(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "f")  # the reward range of the responses tab
+        assert app.focused is app.query_one("#reward-min")
+        await press(pilot, "0", "full_stop", "5", "enter")
+        assert app.query_one("#reward-min").value == "0.5"
+        assert app.focused is app.query_one("#responses-table")
+        assert sorted(table_keys(app, "#responses-table"), key=int) == ["0", "2", "4", "5"]
+        await press(pilot, "left_square_bracket")  # a step key, not a character of the field
+        assert app.step == 1 and app.query_one("#reward-min").value == "0.5"
+        await press(pilot, "right_square_bracket", "2", "f")  # the entropy range of the tokens tab
+        assert app.focused is app.query_one("#ent-min")
+        await press(pilot, "1", "enter")
+        assert app.focused is app.query_one("#token-view")
+        assert app.query_one("#ent-min").value == "1"
+        before = app.row
+        await press(pilot, "full_stop")  # next response, not a "." in the field
+        assert app.row != before and app.query_one("#ent-min").value == "1"
+
+
+async def test_mouse_opens_tabs_and_rows(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await pilot.click("#tabs Tab#--content-tab-group")
+        await settle(pilot)
+        assert app.active_tab() == "group"
+        await pilot.click("#tabs Tab#--content-tab-responses")
+        await settle(pilot)
+        assert app.active_tab() == "responses"
+        await pilot.click("#responses-table", offset=(2, 4))  # header, then rows 0..: row 3
+        await settle(pilot)
+        assert app.row == 3 and app.active_tab() == "responses"
+        await pilot.click("#responses-table", offset=(2, 4))  # a second click opens it
+        await settle(pilot)
+        assert app.active_tab() == "tokens" and app.row == 3
+        await press(pilot, "1")
+        await pilot.click("#steps", offset=(2, 1))  # step 1
+        await settle(pilot)
+        await pilot.click("#steps", offset=(2, 1))
+        await settle(pilot)
+        assert app.step == 1
+
+
+def test_help_lists_every_key_the_viewer_binds():
+    """Each key of the app, the tables and the heatmap is in the help screen (and so in docs)."""
+    from archer.view.widgets.heatmap import TokenView
+    from archer.view.widgets.help import KEYS
+    from archer.view.widgets.linetable import LineTable
+    from archer.view.widgets.tables import SortableTable
+
+    shown = {
+        "question_mark": "?",
+        "left_square_bracket": "[",
+        "right_square_bracket": "]",
+        "comma": ",",
+        "full_stop": ".",
+        "slash": "/",
+        "left": "←",
+        "right": "→",
+        "up": "↑",
+        "down": "↓",
+        "pageup": "pgup",
+        "pagedown": "pgdn",
+    }
+    listed = {k for _, keys, _ in KEYS for k in keys.split()}
+    if "…" in listed:  # "1 … 6"
+        listed |= {"2", "3", "4", "5"}
+    bound = {
+        k
+        for cls in (ArcherViewer, TokenView, LineTable, SortableTable)
+        for b in cls.BINDINGS
+        for k in b.key.split(",")
+    }
+    missing = sorted(k for k in bound if shown.get(k, k) not in listed)
+    assert not missing, missing
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "viewer.md").read_text()
+    undocumented = sorted(k for k in bound - {"2", "3", "4", "5"} if f"`{shown.get(k, k)}`" not in docs)
+    assert not undocumented, undocumented  # (docs write the tabs as `1` … `6`)
+
+
+# ---------------------------------------------------------------------------------- influence analysis
+
+
+async def test_topk_tab_shows_influence_statistics_and_each_hit_in_its_text(run_dir):
+    from archer.view.colors import fmt
+
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "4")
+        note = static_text(app, "#topk-note")
+        s = app.stats
+        assert s.auc_groups == 2 and f"AUC accepted vs rejected {fmt(s.auc)}" in note and "2 groups" in note
+        assert f"positive mass {100 * s.influence_positive_share:.0f}%" in note
+        table = app.query_one("#topk-table")
+        hit = table.hits["entropy high:1"]
+        whole = STEP2[hit.row]
+        lo, hi = max(0, hit.pos - 8), hit.pos + 1 + 8  # CONTEXT_TOKENS before and after the hit
+        row = table.rows[table.get_row_index("entropy high:1")]
+        from archer.view.cells import visible
+
+        assert str(row[-1]) == visible(whole[lo:hi])  # the window around the hit, whitespace visible
+        await press(pilot, "6")
+        for _ in range(50):  # the map (and the AUC per step) is computed by a worker
+            if "step 2:" in static_text(app, "#range-auc"):
+                break
+            await settle(pilot)
+        assert f"step 2: {fmt(s.auc)}" in static_text(app, "#range-auc")
+
+
+async def test_find_in_step_lists_matches_in_every_response_and_jumps(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "4", "slash")  # on the top-K tab, / searches the whole step
+        assert app.focused is app.query_one("#step-find")
+        await press(pilot, "1", "enter")
+        table = app.query_one("#topk-table")
+        # "1" in STEP2: "19" (rows 0, 2), "18" (1), "21\n x" (3), "12", "12!", "13" (4, 5, 6)
+        expected = [(r, t.find("1")) for r, t in enumerate(STEP2) if "1" in t]
+        assert [(h.row, h.pos) for h in table.hits.values()] == expected
+        assert set(k.split(":")[0] for k in table.hits) == {"match"}
+        assert "7 matches in 7 responses" in static_text(app, "#step-find-count")
+        assert app.focused is table
+        row = table.rows[table.get_row_index("match:4")]  # row 3: "21\n x", the "1" at position 1
+        assert str(row[-1]) == "21↵·x"
+        await press(pilot, "end", "enter")  # the last match: row 6, "13"
+        assert app.active_tab() == "tokens" and (app.row, app.query_one("#token-view").model.cursor) == (6, 0)
+        await press(pilot, "4", "slash")  # a match spanning tokens, smart case
+        app.query_one("#step-find").value = "9 Y"
+        await press(pilot, "enter")
+        assert "no match" in static_text(app, "#step-find-count")  # a capital: case-sensitive
+        await press(pilot, "slash")
+        app.query_one("#step-find").value = "9 y"
+        await press(pilot, "enter")
+        hits = list(table.hits.values())
+        assert [(h.row, h.pos, h.length) for h in hits] == [(2, 1, 3)]  # "9", " ", "y" of "19 yes"
+        await press(pilot, "left_square_bracket")  # the search follows the step: step 1 has none
+        assert app.step == 1 and "no match" in static_text(app, "#step-find-count")
+        await press(pilot, "slash")
+        app.query_one("#step-find").value = ""
+        await press(pilot, "enter")  # empty: the extremes again
+        assert any(k.startswith("entropy high") for k in table.hits)
+
+
+async def test_group_tab_shows_an_accepted_and_a_rejected_response_side_by_side(run_dir):
+    from archer.view.colors import NAN_STYLE
+
+    async with opened(run_dir, step=2) as (app, pilot):
+        await press(pilot, "g")  # group p0: rows 0..3 accepted T T F F, rewards 1 0 1 0
+        a, b = static_text(app, "#compare-a"), static_text(app, "#compare-b")
+        assert a.startswith("accepted  row 0 ") and a.endswith(STEP2[0])  # current row, accepted
+        assert b.startswith("rejected  row 3 ") and b.endswith(STEP2[3])  # lowest-reward rejected
+        # one influence scale for both: row 3's third token was not captured (NaN): neutral
+        content = app.query_one("#compare-b").content
+        nan_spans = [sp for sp in content.spans if sp.style == NAN_STYLE]
+        assert [content.plain[sp.start : sp.end] for sp in nan_spans] == [STEP2[3][2]]
+        assert "the pair" in static_text(app, "#compare-legend")
+        table = app.query_one("#group-table")
+        table.focus()
+        table.move_cursor(row=table.get_row_index("2"))  # a rejected row goes to the right
+        await settle(pilot)
+        assert static_text(app, "#compare-b").startswith("rejected  row 2 ")
+        assert static_text(app, "#compare-a").startswith("accepted  row 0 ")
+        table.move_cursor(row=table.get_row_index("1"))  # an accepted row to the left
+        await settle(pilot)
+        assert static_text(app, "#compare-a").startswith("accepted  row 1 ")
+        app.select_response(7)  # group p1: row 7 has no verdict, so the default pair shows
+        await settle(pilot)
+        assert static_text(app, "#compare-a").startswith("accepted  row 4 ")
+        assert static_text(app, "#compare-b").startswith("rejected  row 5 ")
+    async with opened(run_dir, step=1) as (app, pilot):  # no accepted flags, no influence
+        await press(pilot, "g")
+        assert "no accepted response" in static_text(app, "#compare-a")
+        assert "influence not computed" in static_text(app, "#compare-legend")
+
+
+async def test_follow_a_prompt_across_steps_and_jump_back(run_dir):
+    async with opened(run_dir, step=2) as (app, pilot):
+        app.select_response(5)  # group p1 ("What is 3*4?") at step 2
+        await settle(pilot)
+        await press(pilot, "p")
+        assert app.active_tab() == "across"
+        table = app.query_one("#prompt-steps")
+        for _ in range(50):  # a worker reads each step's prompt column
+            if table.row_count:
+                break
+            await settle(pilot)
+        # p1 is sampled in steps 1..3 (rows 4..7); step 4 has no responses
+        assert list(table.keys) == ["1", "2", "3"]
+        h = table.history["2"]
+        assert h.rows == (4, 5, 6, 7) and (h.accepted, h.rejected) == (2, 1)
+        assert h.reward_mean == pytest.approx(0.5) and h.accuracy == pytest.approx(0.5)
+        assert math.isfinite(h.influence_mean) and math.isnan(table.history["1"].influence_mean)
+        head = static_text(app, "#prompt-head")
+        assert "What is 3*4?" in head and "sampled in 3 steps" in head
+        assert app.focused is table
+        table.move_cursor(row=table.get_row_index("3"))
+        await press(pilot, "enter")  # to step 3, the prompt's first response there
+        assert app.step == 3 and app.row == 4 and app.active_tab() == "tokens"
+        assert app.focused is app.query_one("#token-view")  # the keys follow to the tokens tab

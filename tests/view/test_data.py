@@ -8,8 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from archer.core.trace.decode import HFDecoder, IdDecoder, load_decoder, resolve_tokenizer
+from archer.view.cells import EMPTY_CELL, cell_text, visible
 from archer.view.colors import Scale, diverging_scale, legend, sequential_scale, style_lut
-from archer.view.data import (
+from archer.view.layout import layout_tokens
+from archer.view.model import (
+    CONTEXT_TOKENS,
     LRU,
     TraceData,
     search_ids,
@@ -18,16 +22,6 @@ from archer.view.data import (
     token_filter_mask,
     token_order,
 )
-from archer.view.decode import (
-    EMPTY_CELL,
-    HFDecoder,
-    IdDecoder,
-    cell_text,
-    load_decoder,
-    resolve_tokenizer,
-    visible,
-)
-from archer.view.layout import layout_tokens
 
 from .tracegen import STEP2, char_ids, entropy_for, influence_for
 
@@ -38,7 +32,8 @@ def test_data_module_imports_no_textual():
     import subprocess
 
     code = (
-        "import sys, archer.view.data, archer.view.decode, archer.view.colors, archer.view.layout; "
+        "import sys, archer.view.model, archer.view.cells, archer.view.colors, archer.view.layout, "
+        "archer.core.trace.decode, archer.core.trace.export, archer.core.trace.stats; "
         "print([m for m in ('textual', 'torch', 'transformers') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -146,6 +141,85 @@ def test_step_stats_topk_and_scales(bare_trace):
     assert none.influence_tokens == 0 and none.top["influence high"] == []
     empty = d.step_stats(4)
     assert empty.tokens == 0 and empty.top["entropy high"] == [] and math.isnan(empty.entropy_max)
+
+
+def test_step_influence_statistics_by_hand(bare_trace):
+    """AUC, positive mass and coverage of step 2, recomputed here from the fixture's values."""
+    from archer.view.model import step_auc
+
+    d = TraceData(bare_trace)
+    s = d.step_stats(2, k=3)
+    inf = [influence_for(len(t), i).astype(np.float64) for i, t in enumerate(STEP2)]
+    flat = np.concatenate(inf)
+    ok = flat[np.isfinite(flat)]
+    assert s.influence_row_tokens == len(flat) and s.influence_tokens == len(ok)
+    assert s.influence_positive_share == pytest.approx(ok[ok > 0].sum() / np.abs(ok).sum())
+    # accepted [T, T, F, F | T, F, T, ?]; groups p0 = rows 0..3, p1 = rows 4..7 (row 7: 0 tokens)
+    mean = [float(np.nanmean(v)) if len(v) else math.nan for v in inf]
+
+    def auc(pos, neg):
+        pairs = [(mean[a], mean[b]) for a in pos for b in neg]
+        return sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in pairs) / len(pairs)
+
+    expected = (auc([0, 1], [2, 3]) + auc([4, 6], [5])) / 2
+    assert s.auc_groups == 2 and s.auc == pytest.approx(expected, rel=1e-5)
+    assert step_auc(d.step_table(2)) == (pytest.approx(expected, rel=1e-5), 2)
+    assert d.step_stats(1).auc_groups == 0 and math.isnan(d.step_stats(1).auc)  # no accepted flags
+    # each hit carries the tokens after it, within its response
+    for h in s.top["entropy high"] + s.top["influence low"]:
+        ids = d.response(2, h.row).ids.tolist()
+        assert list(h.after) == ids[h.pos + 1 : h.pos + 1 + CONTEXT_TOKENS]
+    emap = d.entropy_map(n_bins=4)
+    assert emap.auc is not None and emap.auc[emap.steps.index(2)] == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(emap.auc[emap.steps.index(1)])
+
+
+def test_search_step_finds_a_text_in_every_response_with_a_cap(bare_trace, tok_dir):
+    d = TraceData(bare_trace)
+    hits, total = d.search_step(2, "1", load_decoder(tok_dir), limit=3)
+    assert total == sum("1" in t for t in STEP2) == 7  # one "1" in each of 7 responses
+    assert [(h.row, h.pos, h.kind, h.rank) for h in hits] == [
+        (0, 0, "match", 1),
+        (1, 0, "match", 2),
+        (2, 0, "match", 3),
+    ]
+    assert hits[0].context == tuple(char_ids("1")) and hits[0].after == tuple(char_ids("9"))
+    # without a tokenizer the ids are searched
+    nine = char_ids("9")[0]
+    hits, total = d.search_step(2, str(nine), IdDecoder())
+    assert total == 2 and [(h.row, h.pos) for h in hits] == [(0, 1), (2, 1)]
+    assert d.search_step(4, "1", IdDecoder()) == ([], 0)  # a step without responses
+
+
+def test_fidelity_notes_say_what_the_influence_settings_approximate():
+    from archer.view.model import fidelity_notes
+
+    assert fidelity_notes({}) == [] and fidelity_notes({"influence_settings": None}) == []
+    notes = fidelity_notes(
+        {
+            "influence_settings": {
+                "hessian_mode": "inverse",
+                "hessian_source": "response",
+                "output_function": "training_loss",
+                "projection": "rademacher",
+                "projection_dim_factor": 32,
+                "max_modules": 4,
+                "module_name_filter": "mlp\\.down_proj$",
+                "max_tokens_per_response": 64,
+                "max_prompts_per_step": 0,
+                "storage_dtype": "bf16",
+            }
+        }
+    )
+    assert notes == [
+        "hessian inverse from response",
+        "output training_loss",
+        "rademacher projection (dim factor 32)",
+        "at most 4 modules matching mlp\\.down_proj$",
+        "≤ 64 tokens per response captured (others NaN)",
+        "stored as bf16",
+    ]
+    assert "every token captured" in fidelity_notes({"influence_settings": {"max_tokens_per_response": 0}})
 
 
 # ---------------------------------------------------------------------------------- decoding

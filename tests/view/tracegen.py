@@ -5,6 +5,7 @@
   2: 2 groups x 4 responses with influence (some NaN), accepted flags, row 7 has 0 tokens
   3: 2 groups x 4 responses, row 0 is 3000 tokens long (longer than any screen)
   4: no responses at all
+`write_long_trace` makes `steps` steps like step 2 (more steps than any screen has rows).
 `write_old_npz_trace` writes the original .npz layout (entropy_trace/ + influence_trace/).
 """
 
@@ -105,6 +106,17 @@ def write_trace(trace_dir: Path, tokenizer_dir: Path | None = None) -> Path:
         w.submit(2, _step_table(2, STEP2, True))
         w.submit(3, _step_table(3, STEP3, False))
         w.submit(4, _empty_table(4))
+    return trace_dir
+
+
+def write_long_trace(trace_dir: Path, steps: int = 60, tokenizer_dir: Path | None = None) -> Path:
+    """`steps` steps, each like step 2 of `write_trace` (entropy shifted per step)."""
+    summary = {"engine": "test", "preset": "long", "run_dir": str(trace_dir.parent)}
+    if tokenizer_dir is not None:
+        summary["tokenizer_path"] = str(tokenizer_dir)
+    with TraceWriter(trace_dir, summary) as w:
+        for step in range(1, steps + 1):
+            w.submit(step, _step_table(step, STEP2, True))
     return trace_dir
 
 

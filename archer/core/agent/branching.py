@@ -11,8 +11,12 @@ at the first tool call ΔH = 0 and P = α. The base lives on the trajectory, so 
 every prompt of every step (the original kept it in a dict keyed by batch index that was never
 cleared, so from step 2 a trajectory compared itself with another prompt's base).
 
-AEPO: `(U + β·ΔH)·max(0, 1 - penalty·c) >= α`, c = consecutive branching decisions of the prompt;
-and a dynamic number of global rollouts m = clip(int(n·σ(0.5·(H_root - H̄_tool))) + 1, 1, n).
+AEPO (its `vllm_rollout_with_tools.py`): branch iff `clip((U + β·ΔH)·max(0, 1 - penalty·c), 0, 1) >= α`.
+c counts, per prompt, the consecutive lock-step iterations in which the prompt gained a rollout (a
+branch or a fresh one); an iteration in which no prompt gained one leaves every c as it was; every
+decision of an iteration reads the c of the iteration before (`ConsecutiveCounter`). A dynamic
+number of global rollouts m = clip(int(n·σ(0.5·(H_root - H̄_tool))) + 1, 1, n), H_root from a short
+root sample and H̄_tool the mean entropy of every segment of one monitoring tool rollout.
 """
 
 from __future__ import annotations
@@ -38,12 +42,20 @@ class BranchSettings:
     refill: str = "one"  # one | all: fresh rollouts added when a prompt has no live trajectory left
     consecutive_penalty: float = 0.05  # AEPO
     dynamic_rollouts: bool = False  # AEPO's entropy-balanced global-rollout count
+    consecutive_count: str = "iteration"  # AEPO's c: per lock-step iteration (the source) or per decision
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_rollouts <= self.n:
             raise ValueError(f"initial_rollouts must be in [1, n={self.n}], got {self.initial_rollouts}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.consecutive_count not in ("iteration", "decision"):
+            raise ValueError(f"consecutive_count: 'iteration' or 'decision', not {self.consecutive_count!r}")
+
+    @property
+    def lockstep(self) -> bool:
+        """AEPO with c counted per iteration: rows wait for each other at their branching decisions."""
+        return self.mode == "aepo" and self.consecutive_count == "iteration"
 
 
 def arpo_branches(u: float, delta_h: float, alpha: float, beta: float) -> bool:
@@ -54,8 +66,31 @@ def arpo_branches(u: float, delta_h: float, alpha: float, beta: float) -> bool:
 def aepo_branches(
     u: float, delta_h: float, alpha: float, beta: float, consecutive: int, penalty: float = 0.05
 ) -> bool:
-    """AEPO's rule as coded: (U + β·ΔH)·max(0, 1 - penalty·c) >= α."""
-    return (u + beta * delta_h) * max(0.0, 1.0 - penalty * consecutive) >= alpha
+    """AEPO's rule as coded: clip((U + β·ΔH)·max(0, 1 - penalty·c), 0, 1) >= α."""
+    score = (u + beta * delta_h) * max(0.0, 1.0 - penalty * consecutive)
+    return min(1.0, max(0.0, score)) >= alpha
+
+
+class ConsecutiveCounter:
+    """AEPO's consecutive-branch counter c, one per prompt, as its rollout loop keeps it.
+
+    `rule="iteration"` (the source, `vllm_rollout_with_tools.py:678-680, 1025-1036`): reset at the
+    start of a step; at the end of each lock-step iteration, if any prompt gained a rollout (a branch
+    or a fresh refill), c += 1 for those prompts and c = 0 for all others; if none did, c stays.
+    `rule="decision"`: c += 1 at each branching decision that branched, 0 after one that did not.
+    """
+
+    def __init__(self, prompts: int, rule: str = "iteration"):
+        self.rule = rule
+        self.c = [0] * prompts
+
+    def decided(self, prompt: int, branched: bool) -> None:
+        if self.rule == "decision":
+            self.c[prompt] = self.c[prompt] + 1 if branched else 0
+
+    def iteration_done(self, gained: set[int]) -> None:
+        if self.rule == "iteration" and gained:
+            self.c = [c + 1 if g in gained else 0 for g, c in enumerate(self.c)]
 
 
 def dynamic_global_rollouts(n: int, h_root: float, h_tool: float) -> int:

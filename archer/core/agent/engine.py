@@ -165,6 +165,7 @@ class AgentRunner:
             refill=str(a.refill),
             consecutive_penalty=float(a.aepo.consecutive_penalty),
             dynamic_rollouts=bool(a.aepo.dynamic_rollouts),
+            consecutive_count=str(a.aepo.consecutive_count),
         )
 
     def rollout(

@@ -10,6 +10,13 @@ When every live row waits for a tool, the loop waits for the first tool to finis
 
 The result is exactly `n` trajectories per prompt: initial + branches + fresh, never more, and
 never fewer, since a prompt with budget left always gets a fresh row once its rows are done.
+
+AEPO with its consecutive-branch counter per iteration (`agent.aepo.consecutive_count=iteration`,
+the default) is lock-step at the decisions, as AEPO's loop is: a row whose tool result has been
+fed waits until every live row has either finished or reached its decision; then the whole
+iteration is decided at once (branches, refills, the counter). ARPO and `decision` counting stay
+asynchronous. AEPO's dynamic rollouts run a first phase per step: a short root sample and one
+monitoring tool rollout per prompt, both discarded, which set each prompt's initial count.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 
 from archer.core.agent.branching import (
     BranchSettings,
+    ConsecutiveCounter,
     aepo_branches,
     arpo_branches,
     dynamic_global_rollouts,
@@ -47,7 +55,7 @@ class Trajectory:
 
     id: int
     group: int
-    origin: str  # initial | branch | fresh | monitor
+    origin: str  # initial | branch | fresh (returned); root | monitor (AEPO's dynamic phase, discarded)
     parent: int | None = None
     forked_at: int = 0  # a branch: response tokens shared with its parent
     tokens: list[int] = field(default_factory=list)
@@ -71,7 +79,12 @@ class Trajectory:
     # entropies (normalised segment entropies, see branching)
     base_h: float | None = None
     last_h: float | None = None
-    post_tool_h: list[float] = field(default_factory=list)
+    seg_hs: list[float] = field(default_factory=list)  # every segment's entropy, in order
+
+    @property
+    def counted(self) -> bool:
+        """Part of the prompt's budget (the dynamic phase's root and monitor rows are not)."""
+        return self.origin not in ("root", "monitor")
 
     @property
     def truncated(self) -> bool:
@@ -169,19 +182,21 @@ class AgentRollout:
         self.all: list[Trajectory] = []
         self.alloc = [0] * G
         self.live = [0] * G
-        self.consecutive = [0] * G
+        self.counter = ConsecutiveCounter(G, b.consecutive_count)
         self.decisions: list[tuple[int, float, bool, int, int]] = []
         self.fresh_added = 0
-        self.monitoring = [False] * G
-        rows: list[Trajectory] = []
-        first = 1 if (b.mode == "aepo" and b.dynamic_rollouts) else b.initial_rollouts
-        for g in range(G):
-            for _ in range(first):
-                t = self._new(
-                    g, "monitor" if first == 1 and b.dynamic_rollouts and b.mode == "aepo" else "initial"
-                )
-                rows.append(t)
-            self.monitoring[g] = b.mode == "aepo" and b.dynamic_rollouts
+        self.iterations = 0
+        self.dynamic: list[tuple[float, float, int]] | None = None  # per prompt (H_root, H̄_tool, m)
+        counts = [b.initial_rollouts] * G
+        if b.mode == "aepo" and b.dynamic_rollouts:
+            self.dynamic = self._dynamic_phase()
+            counts = [m for _, _, m in self.dynamic]
+        rows = [self._new(g, "initial") for g in range(G) for _ in range(counts[g])]
+        self._loop(rows, main=True)
+        return self._finish()
+
+    def _loop(self, rows: list[Trajectory], *, main: bool) -> None:
+        """Decode `rows` (and what they branch into) until every row is done."""
         logits = self.decoder.prefill([self.prompts[t.group] for t in rows])
         for t in rows:
             t.ready = True
@@ -191,9 +206,11 @@ class AgentRollout:
             if steps > self.max_steps:
                 raise RuntimeError(f"agent rollout did not finish within {self.max_steps} decode steps")
             self._harvest(rows)
-            rows, logits = self._decide(rows, logits)
+            if main:
+                rows, logits = self._decide(rows, logits)
             self._sample(rows, logits)
-            rows, logits = self._refill(rows, logits)
+            if main:
+                rows, logits = self._refill(rows, logits)
             rows, logits = self._compact(rows, logits)
             if not rows:
                 break
@@ -215,7 +232,24 @@ class AgentRollout:
                     t.ready = True
                 elif t.status == "feed" and not t.feed:
                     t.status, t.ready, t.feeding_prompt = "gen", True, False
-        return self._finish()
+
+    def _dynamic_phase(self) -> list[tuple[float, float, int]]:
+        """AEPO's entropy-balanced global-rollout count, as its code runs it
+        (`_calculate_initial_rollouts_dynamical`): per prompt, a root sample of `entropy_tokens`
+        tokens gives H_root; one tool rollout without branching gives H̄_tool, the mean entropy of
+        all its segments (the first, from the prompt, and the last, the answer, included); both are
+        discarded. m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n)."""
+        G = len(self.prompts)
+        rows = [Trajectory(id=-1, group=g, origin=o) for g in range(G) for o in ("root", "monitor")]
+        self._loop(rows, main=False)
+        self.probes = rows  # kept until the next run, for inspection (tests, debugging)
+        out = []
+        for g in range(G):
+            root, monitor = rows[2 * g], rows[2 * g + 1]
+            h_root = root.seg_hs[0] if root.seg_hs else 0.0
+            h_tool = float(np.mean(monitor.seg_hs)) if monitor.seg_hs else h_root
+            out.append((h_root, h_tool, dynamic_global_rollouts(self.branch.n, h_root, h_tool)))
+        return out
 
     def _new(self, group: int, origin: str, parent: Trajectory | None = None) -> Trajectory:
         t = Trajectory(id=len(self.all), group=group, origin=origin)
@@ -223,7 +257,6 @@ class AgentRollout:
             t.parent, t.forked_at = parent.id, len(parent.tokens)
             t.tokens, t.roles, t.calls = list(parent.tokens), list(parent.roles), list(parent.calls)
             t.status, t.ready, t.seg_start = parent.status, parent.ready, len(parent.tokens)
-            t.post_tool_h = []
         self.all.append(t)
         self.alloc[group] += 1
         self.live[group] += 1
@@ -255,58 +288,115 @@ class AgentRollout:
                 continue
             t.feed = deque(ids)
             t.status, t.ready = "feed", False
-            t.need_decision = not self.monitoring[t.group]
+            t.need_decision = t.counted  # the dynamic phase's monitor never branches
             self._new_segment(t)
 
     def _new_segment(self, t: Trajectory) -> None:
         t.seg_text, t.seg_chars, t.seg_start, t.seg_n, t.seg_h = "", [], len(t.tokens), 0, 0.0
 
+    def _at_decision(self, t: Trajectory) -> bool:
+        return t.need_decision and t.ready and t.status == "gen"
+
+    def _delta(self, t: Trajectory) -> float:
+        return (t.last_h or 0.0) - (t.base_h if t.base_h is not None else (t.last_h or 0.0))
+
+    def _branches(self, t: Trajectory, u: float) -> bool:
+        b = self.branch
+        delta = self._delta(t)
+        if b.mode == "aepo":
+            c = self.counter.c[t.group]
+            return aepo_branches(u, delta, b.branch_probability, b.entropy_weight, c, b.consecutive_penalty)
+        return arpo_branches(u, delta, b.branch_probability, b.entropy_weight)
+
     def _decide(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
         """Branching decisions of rows whose tool result has been fed (they have fresh logits)."""
+        if self.branch.lockstep:
+            live = [t for t in rows if t.status != "done"]
+            if live and all(self._at_decision(t) for t in live):
+                return self._iteration(rows, logits)
+            return rows, logits
         b = self.branch
         forks: list[int] = []
         planned = [0] * len(self.prompts)  # forks decided this round, not yet allocated
         for i, t in enumerate(rows):
-            if not (t.need_decision and t.ready and t.status == "gen"):
+            if not self._at_decision(t):
                 continue
             t.need_decision = False
             g = t.group
             room = b.n - self.alloc[g] - planned[g]
             if b.mode == "none" or room <= 0 or b.beam_size < 2:
                 continue
-            delta = (t.last_h or 0.0) - (t.base_h if t.base_h is not None else (t.last_h or 0.0))
-            u = self.rng.random()
-            if b.mode == "aepo":
-                go = aepo_branches(
-                    u,
-                    delta,
-                    b.branch_probability,
-                    b.entropy_weight,
-                    self.consecutive[g],
-                    b.consecutive_penalty,
-                )
-            else:
-                go = arpo_branches(u, delta, b.branch_probability, b.entropy_weight)
-            self.decisions.append((g, float(delta), bool(go), t.id, len(t.calls)))
-            self.consecutive[g] = self.consecutive[g] + 1 if go else 0
+            go = self._branches(t, self.rng.random())
+            self.decisions.append((g, float(self._delta(t)), bool(go), t.id, len(t.calls)))
+            self.counter.decided(g, go)
             if not go:
                 continue
             k = min(b.beam_size - 1, room)
             planned[g] += k
             forks += [i] * k
+        return self._fork(rows, logits, forks)
+
+    def _fork(
+        self, rows: list[Trajectory], logits: torch.Tensor, forks: list[int]
+    ) -> tuple[list[Trajectory], torch.Tensor]:
+        """Copy rows `forks` (indices into `rows`, repeats allowed) as branches, cache included."""
         if not forks:
             return rows, logits
         new_rows = list(rows)
         for i in forks:
             src = rows[i]
-            c = self._new(src.group, "branch", parent=src)
-            new_rows.append(c)
+            new_rows.append(self._new(src.group, "branch", parent=src))
         idx = torch.cat([torch.arange(len(rows)), torch.tensor(forks, dtype=torch.long)])
         self.decoder.select(idx)
         return new_rows, logits[idx.to(logits.device)]
 
+    def _iteration(
+        self, rows: list[Trajectory], logits: torch.Tensor
+    ) -> tuple[list[Trajectory], torch.Tensor]:
+        """End of one lock-step iteration, as AEPO's loop ends one (`vllm_rollout_with_tools.py:
+        911-1036`): every live row is at its decision. Per prompt, in row order, each row makes up to
+        beam_size − 1 copies, one draw per copy, while the prompt has room; a prompt with no live
+        row and room gets fresh rollouts; then the counter moves (`ConsecutiveCounter`)."""
+        b = self.branch
+        self.iterations += 1
+        waiting = [i for i, t in enumerate(rows) if self._at_decision(t)]
+        forks: list[int] = []
+        gained: set[int] = set()
+        by_prompt: dict[int, list[int]] = {}
+        for i in waiting:
+            by_prompt.setdefault(rows[i].group, []).append(i)
+        for g, idxs in by_prompt.items():
+            room = b.n - self.alloc[g]
+            if b.mode == "none" or room <= 0 or b.beam_size < 2:
+                continue
+            made = 0
+            for i in idxs:
+                k = min(b.beam_size - 1, room - made)
+                if k <= 0:
+                    break
+                t = rows[i]
+                for _ in range(k):
+                    go = self._branches(t, self.rng.random())
+                    self.decisions.append((g, float(self._delta(t)), bool(go), t.id, len(t.calls)))
+                    if go:
+                        forks.append(i)
+                        made += 1
+            if made:
+                gained.add(g)
+        for i in waiting:
+            rows[i].need_decision = False
+        rows, logits = self._fork(rows, logits, forks)
+        rows, logits, fresh = self._add_fresh(rows, logits, self._refill_plan())
+        gained |= fresh
+        self.counter.iteration_done(gained)
+        return rows, logits
+
     def _sample(self, rows: list[Trajectory], logits: torch.Tensor) -> None:
-        which = [i for i, t in enumerate(rows) if t.status == "gen" and t.ready and t.pending is None]
+        which = [
+            i
+            for i, t in enumerate(rows)
+            if t.status == "gen" and t.ready and t.pending is None and not t.need_decision
+        ]
         if not which:
             return
         idx = torch.tensor(which, dtype=torch.long, device=logits.device)
@@ -327,26 +417,35 @@ class AgentRollout:
             t.tokens.append(int(tok))
             t.roles.append(ROLE_MODEL)
             if int(tok) in self.eos:
+                self._segment_done(t)
                 self._done(t, "eos")
                 continue
             piece = self._piece(int(tok))
             t.seg_text += piece
             t.seg_chars.append(len(t.seg_text))
             call = detect_call(t.seg_text, self.tools) if piece and ">" in piece else None
-            if call is not None:
+            if t.origin == "root" and (call is not None or t.seg_n >= k):
+                self._segment_done(t)  # AEPO's root sample: only its first segment's entropy
+                self._done(t, "root")
+            elif call is not None:
                 self._on_call(t, *call)
             elif len(t.tokens) >= self.s.max_response_tokens:
+                self._segment_done(t)
                 self._done(t, "length")
             else:
                 t.pending = int(tok)
 
-    def _on_call(self, t: Trajectory, tool: str, content: str, start_char: int) -> None:
+    def _segment_done(self, t: Trajectory) -> float:
+        """Record the entropy of the segment that just ended (normalised by ln |V|)."""
         h = t.seg_h / math.log(self.vocab)
+        t.seg_hs.append(h)
+        return h
+
+    def _on_call(self, t: Trajectory, tool: str, content: str, start_char: int) -> None:
+        h = self._segment_done(t)
         t.last_h = h
         if t.base_h is None:
             t.base_h = h
-        if t.calls:  # a segment that followed a tool result: AEPO's tool-call entropy
-            t.post_tool_h.append(h)
         first = next(i for i, c in enumerate(t.seg_chars) if c > start_char)
         for i in range(t.seg_start + first, len(t.tokens)):
             t.roles[i] = ROLE_TOOL_CALL
@@ -360,40 +459,50 @@ class AgentRollout:
 
     def _done(self, t: Trajectory, finish: str) -> None:
         t.status, t.finish, t.pending, t.ready, t.need_decision = "done", finish, None, False, False
-        self.live[t.group] -= 1
-        g = t.group
-        if t.origin == "monitor" and self.monitoring[g]:
-            self.monitoring[g] = False
-            h_root = t.base_h if t.base_h is not None else 0.0
-            h_tool = float(np.mean(t.post_tool_h)) if t.post_tool_h else h_root
-            m = dynamic_global_rollouts(self.branch.n, h_root, h_tool)
-            self._pending_fresh = getattr(self, "_pending_fresh", {})
-            self._pending_fresh[g] = max(0, min(m - 1, self.branch.n - self.alloc[g]))
+        if t.counted:
+            self.live[t.group] -= 1
 
-    def _refill(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
-        """Fresh rollouts for prompts with budget left and nothing live (and AEPO's global ones)."""
+    def _refill_plan(self) -> list[int]:
+        """Prompts (repeated per row) that get fresh rollouts: budget left and nothing live."""
         b = self.branch
-        add: list[tuple[int, str]] = []
-        pending = getattr(self, "_pending_fresh", {})
+        add: list[int] = []
         for g in range(len(self.prompts)):
-            k = pending.pop(g, 0)
-            if k:
-                add += [(g, "initial")] * k
-            elif self.live[g] == 0 and self.alloc[g] < b.n and not self.monitoring[g]:
-                short = b.n - self.alloc[g]
-                add += [(g, "fresh")] * (short if b.refill == "all" else 1)
-                self.fresh_added += short if b.refill == "all" else 1
+            if self.live[g] > 0 or self.alloc[g] >= b.n:
+                continue
+            short = b.n - self.alloc[g]
+            add += [g] * (short if b.refill == "all" else 1)
+        return add
+
+    def _add_fresh(
+        self, rows: list[Trajectory], logits: torch.Tensor, add: list[int]
+    ) -> tuple[list[Trajectory], torch.Tensor, set[int]]:
+        """Fresh rows (their prompt is fed token by token) for the prompts in `add`."""
         if not add:
-            return rows, logits
+            return rows, logits, set()
+        self.fresh_added += len(add)
         self.decoder.add_empty(len(add))
         rows = list(rows)
-        for g, origin in add:
-            t = self._new(g, origin)
+        for g in add:
+            t = self._new(g, "fresh")
             t.status, t.feeding_prompt, t.ready = "feed", True, False
             t.feed = deque(self.prompts[g])
             rows.append(t)
         pad = torch.zeros((len(add), logits.shape[-1]), dtype=logits.dtype, device=logits.device)
-        return rows, torch.cat([logits, pad])
+        return rows, torch.cat([logits, pad]), set(add)
+
+    def _refill(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
+        """Fresh rollouts for prompts with budget left and nothing live. Lock-step: only when no
+        row is live at all (an iteration that ended every row; otherwise `_iteration` refills)."""
+        if self.branch.lockstep:
+            if any(t.status != "done" for t in rows):
+                return rows, logits
+            rows, logits, fresh = self._add_fresh(rows, logits, self._refill_plan())
+            if fresh:  # an iteration that ended every live row, and refilled
+                self.iterations += 1
+                self.counter.iteration_done(fresh)
+            return rows, logits
+        rows, logits, _ = self._add_fresh(rows, logits, self._refill_plan())
+        return rows, logits
 
     def _compact(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
         done = [i for i, t in enumerate(rows) if t.status == "done"]
@@ -419,13 +528,18 @@ class AgentRollout:
         stats: dict[str, float] = {
             "agent/branches": float(sum(t.origin == "branch" for t in trajs)),
             "agent/fresh_rollouts": float(sum(t.origin == "fresh" for t in trajs)),
-            "agent/initial_rollouts": float(sum(t.origin in ("initial", "monitor") for t in trajs))
+            "agent/initial_rollouts": float(sum(t.origin == "initial" for t in trajs))
             / max(1, len(by_group)),
             "agent/trajectories_per_prompt": float(len(trajs)) / max(1, len(by_group)),
             "agent/turns_mean": float(np.mean(turns)) if turns else 0.0,
             "agent/tool_calls": float(sum(turns)),
             "agent/branch_decisions": float(len(self.decisions)),
         }
+        if self.branch.lockstep:
+            stats["agent/iterations"] = float(self.iterations)
+        if self.dynamic is not None:
+            stats["agent/h_root_mean"] = float(np.mean([d[0] for d in self.dynamic]))
+            stats["agent/h_tool_mean"] = float(np.mean([d[1] for d in self.dynamic]))
         for tool in ("python", "search"):
             stats[f"agent/calls_{tool}"] = float(sum(c[0] == tool for t in trajs for c in t.calls))
         stats["agent/tool_errors"] = float(

@@ -1,7 +1,8 @@
-"""The collect table as text: a Rich table, CSV, GitHub Markdown or JSON.
+"""The collect table as text for files and pipes: CSV, GitHub Markdown or JSON (the Rich table
+for the screen is archer/cli/collect_table.py).
 
 Numbers print with 4 significant digits in the table and Markdown (for reading), 6 in CSV and
-JSON (for further work); a value that is not there is blank (`-` in the Rich table). `path` is
+JSON (for further work); a value that is not there is blank. `path` is
 only in CSV and JSON: on screen the run name says enough.
 """
 
@@ -13,6 +14,7 @@ import json
 import math
 from typing import Any
 
+from .columns import Span
 from .table import CollectTable
 
 FORMATS = ("table", "csv", "markdown", "json")
@@ -22,6 +24,10 @@ SCREEN_HIDDEN = ("path",)
 def cell(value: Any, digits: int = 4) -> str:
     if value is None:
         return ""
+    if isinstance(value, Span):
+        if value.start is None and value.end is None:
+            return ""
+        return f"{cell(value.start, digits) or '-'}→{cell(value.end, digits) or '-'}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -66,52 +72,6 @@ def to_markdown(t: CollectTable) -> str:
     for r in t.rows:
         lines.append("| " + " | ".join(_md(cell(r[c])) for c in cols) + " |")
     return "\n".join(lines) + "\n"
-
-
-STATUS_STYLE = {"finished": "green", "failed": "red", "incomplete": "yellow", "missing": "dim"}
-
-
-def screen_headers(t: CollectTable) -> dict[str, str]:
-    """On screen a config column is headed by its last key part when that is unambiguous
-    (`hessian_mode` rather than `influence.hessian_mode`); files keep the full key."""
-    leaves = [c.rsplit(".", 1)[-1] for c in t.config_columns]
-    out = {c: c for c in t.columns}
-    for c, leaf in zip(t.config_columns, leaves):
-        if leaves.count(leaf) == 1 and leaf not in t.columns:
-            out[c] = leaf
-    return out
-
-
-def to_rich(t: CollectTable, title: str | None = None) -> Any:
-    """A compact Rich table: short headers, long texts cut with an ellipsis (files keep them whole)."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
-    cols = [c for c in t.columns if c not in SCREEN_HIDDEN]
-    heads = screen_headers(t)
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for c in cols:
-        numeric = any(isinstance(r[c], (int, float)) and not isinstance(r[c], bool) for r in t.rows)
-        kw: dict[str, Any] = {"justify": "right" if numeric else "left", "no_wrap": True}
-        if c == "reason":
-            kw.update(overflow="ellipsis", max_width=36)
-        elif c in t.config_columns or c == "run":
-            kw.update(overflow="ellipsis", max_width=32)
-        table.add_column(
-            escape(heads[c]), header_style="bold cyan" if c in t.config_columns else "bold", **kw
-        )
-    for r in t.rows:
-        cells = []
-        for c in cols:
-            text = escape(cell(r[c], 3 if c not in ("steps", "auc_groups", "trace_steps", "attempts") else 6))
-            if not text:
-                text = "[dim]-[/dim]"
-            elif c == "status" and STATUS_STYLE.get(r[c]):
-                text = f"[{STATUS_STYLE[r[c]]}]{text}[/]"
-            cells.append(text)
-        table.add_row(*cells)
-    return table
 
 
 def render(t: CollectTable, fmt: str) -> str:

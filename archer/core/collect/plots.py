@@ -1,5 +1,5 @@
-"""Plots of a collect table: PNG files with matplotlib (Agg, no display needed) and small
-terminal plots with plotext. Both libraries are optional (`pip install -e '.[plot]'`).
+"""Plots of a collect table as PNG files with matplotlib (Agg, no display needed; the small
+terminal plots are archer/cli/collect_plots.py). Both libraries are optional (`pip install -e '.[plot]'`).
 
 Files written by `write_pngs` (each atomically, temp file + rename):
   reward.png         reward/mean, reward/accuracy (and val/accuracy when logged) per step, one line per run
@@ -37,7 +37,8 @@ def require(module: str) -> Any:
         ) from None
 
 
-def _series(t: CollectTable) -> list[tuple[str, dict[str, list[tuple[int, float]]]]]:
+def run_series(t: CollectTable) -> list[tuple[str, dict[str, list[tuple[int, float]]]]]:
+    """Per run (missing runs left out): its name and the reward/accuracy curves as (step, value)."""
     out = []
     for e in t.entries:
         if e.status == MISSING:
@@ -65,7 +66,7 @@ def write_pngs(t: CollectTable, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    series = _series(t)
+    series = run_series(t)
 
     present = [(k, label) for k, label, _ in CURVES if any(c[k] for _, c in series)]
     if present:
@@ -125,88 +126,3 @@ def write_pngs(t: CollectTable, out_dir: Path) -> list[Path]:
         _save(fig, out_dir / "influence_auc.png")
         written.append(out_dir / "influence_auc.png")
     return written
-
-
-class _Plotext:
-    """Lines and bars as text with either plotext API: 5.x (module functions, `plt.plot`) or 6.x
-    (`plt.figure.signal(...)`), since the plot extra allows both."""
-
-    def __init__(self, mod: Any, width: int):
-        self.plt = mod
-        self.v5 = hasattr(mod, "plot") and hasattr(mod, "plotsize")
-        self.width = width
-
-    def lines(self, title: str, series: list[tuple[str, list[float], list[float]]], height: int = 14) -> str:
-        plt = self.plt
-        if self.v5:
-            plt.clear_figure()
-            plt.theme("clear")
-            plt.plotsize(self.width, height)
-            for label, xs, ys in series:
-                plt.plot(xs, ys, label=label)
-            plt.title(title)
-            return plt.build()
-        fig = plt.figure
-        fig.clear()
-        fig.plot_size(self.width, height)
-        fig.theme("simple")  # no background colour: reads on dark and light terminals
-        for label, xs, ys in series:
-            fig.draw(fig.signal(xs, ys).label(label).lines())
-        fig.legend(True)
-        fig.title(title)
-        return fig.build().string()
-
-    def bars(self, title: str, values: list[float], height: int = 12) -> str:
-        """Vertical bars numbered 1..n (run names are too long for an axis; a key follows)."""
-        plt = self.plt
-        labels = [str(i) for i in range(1, len(values) + 1)]
-        if self.v5:
-            plt.clear_figure()
-            plt.theme("clear")
-            plt.plotsize(self.width, height)
-            plt.bar(labels, values, width=0.5)
-            plt.title(title)
-            return plt.build()
-        fig = plt.figure
-        fig.clear()
-        fig.plot_size(self.width, height)
-        fig.theme("simple")
-        fig.draw(fig.bar(labels, values, width=0.5))
-        fig.title(title)
-        return fig.build().string()
-
-
-def terminal_plots(t: CollectTable, console: Any) -> int:
-    """Draw small plotext plots (reward per step, step time, AUC) on `console`; returns how many."""
-    from rich.markup import escape
-    from rich.text import Text
-
-    px = _Plotext(require("plotext"), width=max(40, min(100, int(console.width))))
-    drawn = 0
-
-    def show(text: str, names: list[str] | None = None) -> None:
-        nonlocal drawn
-        console.print(Text.from_ansi(text))
-        for i, name in enumerate(names or [], start=1):
-            console.print(f"  [bold]{i}[/bold]  {escape(name)}")
-        drawn += 1
-
-    series = [
-        (n, [float(s) for s, _ in c["reward/mean"]], [v for _, v in c["reward/mean"]])
-        for n, c in _series(t)
-        if c["reward/mean"]
-    ]
-    if series:
-        show(
-            px.lines("reward/mean per step", series, height=max(14, 2 * len(series) + 8))
-        )  # room for the legend
-    timed = [r for r in t.rows if r.get("step_s") is not None]
-    if timed:
-        show(px.bars("median s/step", [float(r["step_s"]) for r in timed]), [r["run"] for r in timed])
-    scored = [r for r in t.rows if r.get("auc") is not None]
-    if scored:
-        show(
-            px.bars("influence AUC (0.5 = chance)", [float(r["auc"]) for r in scored]),
-            [r["run"] for r in scored],
-        )
-    return drawn

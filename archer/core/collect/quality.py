@@ -129,6 +129,25 @@ def _same_responses(a: Any, b: Any) -> bool:
     return True
 
 
+def within_group_aucs(groups: Any, accepted: Any, scores: Any) -> list[float]:
+    """One AUC per group holding both accepted and rejected responses with a finite score: the
+    probability that an accepted response's score exceeds a rejected one's (ties 1/2). `accepted`
+    holds True / False / None (unknown); a None or non-finite score leaves the response out."""
+    group = np.asarray(groups)
+    out = []
+    for g in dict.fromkeys(group.tolist()):  # groups in order of first appearance
+        idx = np.flatnonzero(group == g)
+        pos = [scores[i] for i in idx if accepted[i] is True and _finite(scores[i])]
+        neg = [scores[i] for i in idx if accepted[i] is False and _finite(scores[i])]
+        if pos and neg:
+            out.append(mann_whitney_auc(np.array(pos), np.array(neg)))
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(x)
+
+
 def group_auc(reader: Any, steps: list[int]) -> tuple[float | None, int, dict[int, float]]:
     """Mean within-group AUC of accepted vs rejected responses by mean influence (summary columns only)."""
     values: list[float] = []
@@ -137,16 +156,11 @@ def group_auc(reader: Any, steps: list[int]) -> tuple[float | None, int, dict[in
         t = reader.step_overview(step)
         if t.num_rows == 0 or t.column("influence_mean").null_count == t.num_rows:
             continue
-        group = t.column("group_index").to_numpy(zero_copy_only=False)
-        acc = t.column("accepted").to_pylist()
-        mean = t.column("influence_mean").to_pylist()
-        step_vals = []
-        for g in np.unique(group):
-            idx = np.flatnonzero(group == g)
-            pos = [mean[i] for i in idx if acc[i] is True and mean[i] is not None and math.isfinite(mean[i])]
-            neg = [mean[i] for i in idx if acc[i] is False and mean[i] is not None and math.isfinite(mean[i])]
-            if pos and neg:
-                step_vals.append(mann_whitney_auc(np.array(pos), np.array(neg)))
+        step_vals = within_group_aucs(
+            t.column("group_index").to_numpy(zero_copy_only=False),
+            t.column("accepted").to_pylist(),
+            t.column("influence_mean").to_pylist(),
+        )
         if step_vals:
             by_step[step] = float(np.mean(step_vals))
             values.extend(step_vals)

@@ -32,6 +32,10 @@ def _last(v: list[float]) -> float:
     return v[-1]
 
 
+def _first(v: list[float]) -> float:
+    return v[0]
+
+
 # (column, reducer, metric keys tried in order, training steps only)
 # Fallback keys are verl's names, for runs whose metrics kept them.
 SUMMARIES: list[tuple[str, Callable[[list[float]], float], tuple[str, ...], bool]] = [
@@ -46,10 +50,12 @@ SUMMARIES: list[tuple[str, Callable[[list[float]], float], tuple[str, ...], bool
     ("cpu_mem_gb", max, ("perf/peak_cpu_mem_gb",), True),
     ("groups_selected", statistics.fmean, ("influence/groups_selected",), True),
     ("rows_emitted", statistics.fmean, ("influence/rows_emitted",), True),
+    ("reward_start", _first, ("reward/mean",), True),
     ("reward_final", _last, ("reward/mean",), True),
     ("reward_best", max, ("reward/mean",), True),
     ("acc_final", _last, ("reward/accuracy",), True),
     ("acc_best", max, ("reward/accuracy",), True),
+    ("val_acc_start", _first, ("val/accuracy",), False),
     ("val_acc_final", _last, ("val/accuracy",), False),
     ("val_acc_best", max, ("val/accuracy",), False),
 ]
@@ -67,6 +73,7 @@ class CollectTable:
     quality: dict[str, Quality] = field(default_factory=dict)  # by run name
     warnings: list[str] = field(default_factory=list)
     reference: str | None = None
+    metric_columns: list[str] = field(default_factory=list)  # asked for with --metrics
 
 
 def _finite(v: Any) -> bool:
@@ -248,6 +255,7 @@ def build_table(
         quality=qualities,
         warnings=warnings,
         reference=ref.name if ref else None,
+        metric_columns=extra,
     )
 
 

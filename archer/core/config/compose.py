@@ -7,7 +7,8 @@ Grammar of overrides (OmegaConf/Hydra style, what verl users already paste):
                  (inside a free-form section such as `verl`, the key is removed)
 
 Every failure is a `ConfigError` (exit 2) that names the key, the source (preset file or
-override) and, for unknown keys, the nearest valid keys.
+override) and, for unknown keys, the nearest valid keys. A preset's metadata (`extends`,
+`source`) is read by `presets.py` and never merged into the config.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from archer.core.config.presets import load_preset_chain, resolve_preset
+from archer.core.config.presets import load_preset_chain, preset_source, resolve_preset
 from archer.core.config.schema import ArcherConfig
 from archer.errors import ConfigError
 
@@ -349,6 +350,14 @@ def _cross_checks(c: dict[str, Any]) -> None:
             f"algorithm.overlong_buffer.len ({ob['len']}) must be smaller than rollout.max_new_tokens "
             f"({rollout['max_new_tokens']})"
         )
+    from archer.core.rewards import REWARD_FUNCTIONS
+
+    for pattern, name in (c["reward"].get("by_source") or {}).items():
+        if name not in REWARD_FUNCTIONS:
+            raise ConfigError(
+                f"'reward.by_source.{pattern}' must be one of {', '.join(REWARD_FUNCTIONS)}; got {name!r}",
+                hint="reward.by_source maps a data_source (or a glob pattern) to a reward function",
+            )
     tiny = c["model"]["tiny"]
     if c["model"]["path"] is None and tiny["hidden_size"] % tiny["num_heads"]:
         raise ConfigError(
@@ -369,6 +378,10 @@ class Composed:
     preset_path: Path | None
     chain: list[Path] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    # the preset's `source:` block (schema.PresetSource as a dict) and the file it is in: the
+    # preset's own, or the nearest parent's when the preset has none
+    source: dict[str, Any] | None = None
+    source_path: Path | None = None
 
     def missing(self) -> list[str]:
         from omegaconf import OmegaConf
@@ -437,8 +450,16 @@ def compose(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Compose
     path = resolve_preset(preset)
     raw, chain = load_preset_chain(path)
     cfg = _compose(raw, list(overrides), f"preset {path}")
-    name = path.stem
-    return Composed(cfg=cfg, preset=name, preset_path=path, chain=chain, overrides=list(overrides))
+    source, source_path = preset_source(chain)
+    return Composed(
+        cfg=cfg,
+        preset=path.stem,
+        preset_path=path,
+        chain=chain,
+        overrides=list(overrides),
+        source=source,
+        source_path=source_path,
+    )
 
 
 def explain_rows() -> list[tuple[str, str, str, str]]:

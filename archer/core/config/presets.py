@@ -4,6 +4,10 @@ Built-in presets ship inside the wheel as `archer/presets/*.yaml` (hatch force-i
 repository's `presets/`); in a source checkout they are read from `<repo>/presets`. Extra
 directories can be added with ARCHER_PRESET_PATH (os.pathsep-separated). A name resolves to the
 first directory that has `<name>.yaml`; anything that looks like a path is used as a path.
+
+Two top-level keys of a preset file are metadata, not config: `extends` (the parent preset) and
+`source` (the public run the preset reproduces, `schema.PresetSource`). Both are taken out of the
+file before its keys are merged, so neither is inherited, overridable or saved with a run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from archer.errors import ConfigError, UsageError
 
 PRESET_PATH_ENV = "ARCHER_PRESET_PATH"
 EXTENDS_KEY = "extends"
+SOURCE_KEY = "source"
 
 
 def builtin_preset_dir() -> Path:
@@ -118,6 +123,7 @@ def load_preset_chain(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[st
         cycle = " -> ".join(p.stem for p in (*_seen, path))
         raise ConfigError(f"presets extend each other in a cycle: {cycle}")
     data = read_yaml(path)
+    data.pop(SOURCE_KEY, None)  # metadata (read by `preset_source`), never merged
     parent_ref = data.pop(EXTENDS_KEY, None)
     if parent_ref is None:
         return data, [path]
@@ -126,3 +132,53 @@ def load_preset_chain(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[st
     parent_path = resolve_preset(parent_ref, relative_to=path.parent)
     parent, chain = load_preset_chain(parent_path, (*_seen, path))
     return _deep_merge(parent, data), [*chain, path]
+
+
+def parse_source(raw: Any, where: str) -> dict[str, Any]:
+    """Check a `source:` block against `schema.PresetSource`; returns it as a plain dict."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from archer.core.config.schema import PresetSource, SourceDifference
+
+    fields = ", ".join(PresetSource.__dataclass_fields__)
+    hint = f"a source block has: {fields} (docs/recipes.md)"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'source' must be a mapping, got {type(raw).__name__}", hint=hint)
+    raw = dict(raw)
+    if isinstance(raw.get("script"), str):
+        raw["script"] = [raw["script"]]
+    diffs = raw.get("differences")
+    if isinstance(diffs, list):
+        raw["differences"] = [
+            {**d, "revert": [d["revert"]]} if isinstance(d, dict) and isinstance(d.get("revert"), str) else d
+            for d in diffs
+        ]
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(PresetSource), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if key and "not in" in text:
+            diff_fields = ", ".join(SourceDifference.__dataclass_fields__)
+            raise ConfigError(
+                f"{where}: unknown key 'source.{key}'",
+                hint=f"{hint}; each difference has: {diff_fields}",
+            ) from e
+        raise ConfigError(f"{where}: source: {text}", hint=hint) from e
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(
+            f"{where}: the source block needs {', '.join('source.' + m for m in missing)}", hint=hint
+        )
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
+
+
+def preset_source(chain: list[Path]) -> tuple[dict[str, Any] | None, Path | None]:
+    """The `source:` block of the last preset of `chain` that has one, and that preset's file
+    (a preset without one extends a preset that reproduces something, but is not that run)."""
+    for path in reversed(chain):
+        raw = read_yaml(path).get(SOURCE_KEY)
+        if raw is not None:
+            return parse_source(raw, f"preset {path}"), path
+    return None, None

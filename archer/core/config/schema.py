@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archer.core.config.fields import opt, section
-from archer.core.rewards import REWARD_FUNCTIONS  # one list of names: the registry's
+from archer.core.rewards import REWARD_FUNCTIONS
 
 ENGINES = ("local", "verl")
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
@@ -106,6 +106,12 @@ class RolloutConfig:
         "steps pay the compilation; prompts are padded to data.max_prompt_length)",
     )
     val: ValRolloutConfig = section(ValRolloutConfig, "validation sampling")
+    backend: str = opt(
+        "vllm",
+        "engine: verl only: the rollout server (vllm, sglang, or hf: archer's own HF generation "
+        "inside the training workers, no vLLM needed, for one GPU or a CPU)",
+        choices=("vllm", "sglang", "hf"),
+    )
 
 
 @dataclass
@@ -188,7 +194,17 @@ class ActorConfig:
 
 @dataclass
 class RewardConfig:
-    function: str = opt("arithmetic", "reward function", choices=REWARD_FUNCTIONS)
+    function: str = opt(
+        "arithmetic",
+        "reward function: arithmetic, chain (worked chains: the final result), math (1/0), code "
+        "(unit tests, 1/0), f1 (ARPO's format-gated token F1: -1 on a bad format)",
+        choices=REWARD_FUNCTIONS,
+    )
+    by_source: dict[str, str] = opt(
+        {},
+        "reward function per data_source, overriding reward.function: exact names or glob patterns "
+        "(first match), e.g. {aime*: math, hotpotqa: f1}; the same rule on both engines",
+    )
     timeout_s: float = opt(
         5.0, "grading timeout in seconds: per response (math), per unit test (code)", gt=0.0
     )
@@ -373,11 +389,20 @@ class AepoRolloutConfig:
 
     dynamic_rollouts: bool = opt(
         False,
-        "entropy-balanced global rollouts: one monitoring trajectory per prompt, "
-        "then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) initial ones",
+        "entropy-balanced global rollouts, as AEPO codes them: per prompt a short root sample (H_root, "
+        "its first agent.entropy_tokens tokens) and one monitoring tool rollout (H̄_tool, the mean over "
+        "all its segments), both discarded; then m = clip(int(n·σ(0.5·(H_root − H̄_tool))) + 1, 1, n) "
+        "initial rollouts",
     )
     consecutive_penalty: float = opt(
-        0.05, "branch score × max(0, 1 − penalty·c), c = consecutive branchings of the prompt", ge=0.0
+        0.05, "branch score × max(0, 1 − penalty·c), c = the prompt's consecutive branching count", ge=0.0
+    )
+    consecutive_count: str = opt(
+        "iteration",
+        "how c counts: iteration (AEPO's code: +1 per lock-step iteration in which the prompt gained a "
+        "branch or a fresh rollout, else 0; rows wait for each other at their branching decisions) or "
+        "decision (+1 per branching decision, 0 after any no; asynchronous, a weaker penalty)",
+        choices=("iteration", "decision"),
     )
 
 
@@ -438,3 +463,32 @@ class ArcherConfig:
     verl: dict[str, Any] = opt(
         {}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2"
     )
+
+
+# --------------------------------------------------------------------------- preset metadata
+@dataclass
+class SourceDifference:
+    """One way a preset differs from its source on purpose."""
+
+    key: str = opt(help="the archer key(s) that differ (comma-separated), or the topic when no key holds it")
+    source: str = opt(help="what the source run does, with its file:line")
+    why: str = opt(help="one line: why archer keeps its own value")
+    revert: list[str] = opt([], "overrides that switch back to the source's behaviour (empty: none exists)")
+
+
+@dataclass
+class PresetSource:
+    """A preset's `source:` block: the public run it reproduces and where it deliberately differs.
+
+    Metadata, not a training key: it is read from the preset file, shown by `archer presets ls`
+    and `archer presets show` (a preset without one shows its nearest parent's, marked as the
+    parent's), never overridable, and not part of the composed config or a run's config.yaml.
+    """
+
+    name: str = opt(help="the run reproduced, in words (shown by 'archer presets ls')")
+    repository: str = opt(help="owner/name of the public repository")
+    commit: str = opt(help="the commit the preset was checked against")
+    script: list[str] = opt(help="the run's script and config files (repository paths)")
+    paper: str | None = opt(None, "the paper (arXiv id)")
+    notes: list[str] = opt([], "what a reader of the source needs to know (e.g. effective settings)")
+    differences: list[SourceDifference] = opt([], "settings kept different on purpose")

@@ -33,9 +33,8 @@ from typing import Any
 from archer.errors import DataError, UsageError
 
 DATA_SOURCE = "chain"
-# Bump when the generator, the worked-solution format or the teacher changes: warm-up caches are
-# keyed by it (archer/core/engines/local/warmup.py), so no run reuses a warm-up of other data.
-GENERATOR_VERSION = 1
+# Warm-up caches are keyed by this module's source (archer/core/warmup.py: WARMUP_CODE), so an
+# edit to the generator, the worked-solution format or the teacher never reuses an older warm-up.
 _CHAIN = re.compile(r"[0-9]+(?:[+-][0-9]+)+=")
 _TERM = re.compile(r"([+-]?)([0-9]+)")
 

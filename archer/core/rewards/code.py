@@ -1,6 +1,8 @@
 """The code reward: the response's program must pass every unit test, run in a sandbox.
 
-The program is the last fenced code block of the response (```python, ```py or a bare ```).
+The program is the last fenced code block of the response (```python, ```py or a bare ```), in the
+text after `</think>` when there is one (as Archer2.0 grades: draft code inside the thinking does
+not count).
 The ground truth is one of (the layouts of Archer2.0-Code, LiveCodeBench/TACO and plain tests):
   - JSON {"inputs": [...], "outputs": [...]}: each input goes to stdin, stdout must equal the
     output (trailing whitespace per line and blank lines at the ends ignored);
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archer.core.rewards import Score
+from archer.core.rewards.text import final_text
 
 MAX_TESTS = 64  # a ground truth with more is cut (the first ones are kept)
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -52,8 +55,8 @@ class TestSet:
 
 
 def extract_code(response: str) -> str | None:
-    """The last fenced code block, or None."""
-    blocks = _FENCE.findall(response)
+    """The last fenced code block after `</think>` (of the whole response without one), or None."""
+    blocks = _FENCE.findall(final_text(response))
     return blocks[-1] if blocks else None
 
 

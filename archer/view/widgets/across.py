@@ -1,5 +1,6 @@
 """Across steps: entropy mean, reward and accuracy per step as sparklines (from the manifest),
-and a step x position-bin map of mean entropy (computed by a worker, one step at a time)."""
+the influence AUC per step and a step x position-bin map of mean entropy (both computed by a
+worker, one step at a time)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from archer.view.colors import fmt, legend, sequential_scale, style_lut
-from archer.view.data import EntropyMap, StepRow
+from archer.view.model import EntropyMap, StepRow
 
 SERIES = (("entropy_mean", "entropy mean"), ("reward_mean", "reward mean"), ("accuracy", "accuracy"))
 
@@ -60,12 +61,20 @@ class AcrossSteps(VerticalScroll):
     """The across-steps tab."""
 
     def compose(self):
-        yield Static("Per step (from the manifest)", classes="section-title")
+        yield Static(
+            "Per step (from the manifest; influence AUC, accepted vs rejected within a group by mean "
+            "influence, 0.5 = chance, is read with the map)",
+            classes="section-title",
+        )
         for key, label in SERIES:
             with Horizontal(classes="spark-row"):
                 yield Label(label, classes="spark-label")
                 yield Sparkline([], id=f"spark-{key}", summary_function=max)
                 yield Label("", id=f"range-{key}", classes="spark-range")
+        with Horizontal(classes="spark-row"):
+            yield Label("influence AUC", classes="spark-label")
+            yield Sparkline([], id="spark-auc", summary_function=max)
+            yield Label("", id="range-auc", classes="spark-range")
         yield Static("Mean entropy by token position (steps x position bins)", classes="section-title")
         yield Static("open this tab to compute it", id="entropy-map")
 
@@ -79,6 +88,7 @@ class AcrossSteps(VerticalScroll):
             if unknown and fin:
                 txt += f"  ({unknown} unknown)"
             self.query_one(f"#range-{key}", Label).update(Text(f"{len(rows)} steps  {txt}"))
+        self.query_one("#range-auc", Label).update(Text("computed with the map below", style="dim"))
 
     def set_progress(self, done: int, total: int) -> None:
         self.query_one("#entropy-map", Static).update(
@@ -87,6 +97,23 @@ class AcrossSteps(VerticalScroll):
 
     def set_map(self, emap: EntropyMap) -> None:
         self.query_one("#entropy-map", Static).update(map_text(emap))
+        auc = np.full(len(emap.steps), np.nan) if emap.auc is None else emap.auc
+        ok = np.isfinite(auc)
+        spark = self.query_one("#spark-auc", Sparkline)
+        label = self.query_one("#range-auc", Label)
+        if not ok.any():
+            spark.data = []
+            label.update(Text("no step has accepted and rejected responses with influence", style="dim"))
+            return
+        spark.data = np.where(ok, auc, auc[ok].min()).tolist()
+        last = emap.steps[int(np.flatnonzero(ok)[-1])]
+        n = int(ok.sum())
+        label.update(
+            Text(
+                f"{n} step{'s' if n != 1 else ''}  {fmt(float(auc[ok].min()))} .. "
+                f"{fmt(float(auc[ok].max()))}  step {last}: {fmt(float(auc[ok][-1]))}"
+            )
+        )
 
     def set_error(self, message: str) -> None:
         self.query_one("#entropy-map", Static).update(Text(message, style="red"))

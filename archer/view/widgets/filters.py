@@ -1,7 +1,8 @@
 """Filter bars: which responses the table lists, and which tokens the heatmaps leave undimmed.
 
 They only parse what the user types and post `Changed` with the parsed values; the app applies
-them. A bound that does not parse marks its input invalid and is ignored (never an exception).
+them (and on Enter in a bound gives the focus back to the tab's table or heatmap). A bound that
+does not parse marks its input invalid and is ignored (never an exception).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import Input, Label, Select
 
-from archer.view.data import ACCEPT_FILTERS
+from archer.view.model import ACCEPT_FILTERS
 
 
 def parse_bound(text: str) -> float | None:
@@ -117,6 +118,6 @@ class TokenFilterBar(Horizontal):
             self.post_message(self.current())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        event.stop()
-        if event.input.id == "search":
+        if event.input.id == "search":  # (the bounds' Enter goes on to the app: back to the view)
+            event.stop()
             self.post_message(self.SearchChanged(event.value, True))

@@ -26,6 +26,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
+from archer.core.trace.schema import ROLE_TOOL_CALL, ROLE_TOOL_RESULT
+from archer.view.cells import cell_text, ends_line, quote
 from archer.view.colors import (
     CURSOR_STYLE,
     DIM_STYLE,
@@ -38,7 +40,6 @@ from archer.view.colors import (
     sequential_scale,
     style_lut,
 )
-from archer.view.decode import cell_text, ends_line, quote
 from archer.view.layout import TokenLayout, layout_tokens
 from archer.view.messages import CursorMoved
 
@@ -281,7 +282,9 @@ class TokenView(Widget, can_focus=True):
         key = (tokens.step, tokens.row, ids_mode)
         self.model.set_tokens(key, texts, tokens.entropy, tokens.influence, ids_mode)
         roles = getattr(tokens, "roles", None)
-        self.model.tool = None if roles is None or len(roles) != self.model.n else (roles == 1).tolist()
+        self.model.tool = (
+            None if roles is None or len(roles) != self.model.n else (roles == ROLE_TOOL_RESULT).tolist()
+        )
         self.match_ranges = []
         self._width = 0
         self.relayout()
@@ -394,13 +397,23 @@ class TokenView(Widget, can_focus=True):
         if not self.is_mounted:
             return
         s = self.model.scales
-        self.query_one("#entropy-legend", Static).update(legend(s["entropy"], "H"))
+        ent = self.query_one("#entropy-legend", Static)
+        ent.update(legend(s["entropy"], "H", fit=self._fit(ent)))
+        inf_legend = self.query_one("#influence-legend", Static)
         inf = self.model.values.get("influence")
         if self.tokens is not None and inf is None:
             t = Text("influence not computed for this response", style="dim italic")
         else:
-            t = legend(s["influence"], "I", nan_note=True)
-        self.query_one("#influence-legend", Static).update(t)
+            t = legend(s["influence"], "I", nan_note=True, fit=self._fit(inf_legend))
+        inf_legend.update(t)
+
+    @staticmethod
+    def _fit(w: Static) -> int | None:
+        """Cells a legend has (None before the first layout: then the full legend)."""
+        return w.content_region.width or None
+
+    def on_resize(self) -> None:
+        self._update_legends()
 
     def readout_text(self) -> Text:
         """The cursor line: position, id, text, entropy, influence (and search position)."""
@@ -420,8 +433,11 @@ class TokenView(Widget, can_focus=True):
             t.append("text ")
             t.append(quote(raw), style="bold")
         roles = getattr(tok, "roles", None)
-        if roles is not None and i < len(roles) and int(roles[i]) in (1, 2):
-            t.append(" [tool result: no loss]" if int(roles[i]) == 1 else " [tool call]", style="dim")
+        role = int(roles[i]) if roles is not None and i < len(roles) else None
+        if role == ROLE_TOOL_RESULT:
+            t.append(" [tool result: no loss]", style="dim")
+        elif role == ROLE_TOOL_CALL:
+            t.append(" [tool call]", style="dim")
         t.append(f"  entropy {fmt(float(tok.entropy[i]))}")
         if tok.influence is None:
             t.append("  influence not computed", style="dim")

@@ -162,8 +162,14 @@ class LineTable(ScrollView, can_focus=True):
             return
         self.cursor_row = row
         self._scroll_to_cursor()
+        # rows just replaced change the virtual size only at the next layout, which may clamp the
+        # scroll above; look again once it is done, so the cursor row is always on screen
+        self.call_after_refresh(self._scroll_to_cursor)
         self.refresh()
         self.post_message(self.Highlighted(self, self.keys[row], row))
+
+    def on_resize(self) -> None:
+        self._scroll_to_cursor()
 
     def _scroll_to_cursor(self) -> None:
         visible = max(1, self.scrollable_content_region.height - 1)  # minus the header

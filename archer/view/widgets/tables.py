@@ -17,9 +17,9 @@ from textual import on
 from textual.binding import Binding
 from textual.message import Message
 
+from archer.view.cells import EMPTY_CELL, quote, visible
 from archer.view.colors import fmt
-from archer.view.data import RESPONSE_COLUMNS, ResponseTable, StepRow, TokenHit
-from archer.view.decode import quote
+from archer.view.model import RESPONSE_COLUMNS, PromptStep, ResponseTable, StepRow, TokenHit
 from archer.view.widgets.linetable import LineTable
 
 YES = Text("✓", style="green")
@@ -107,9 +107,10 @@ class SortableTable(ArcherTable):
 
 
 class StepsTable(ArcherTable):
-    """Every step of the manifest with its aggregates (no step file is opened)."""
+    """Every step of the manifest with its aggregates (no step file is opened): responses, mean
+    reward, accuracy, mean entropy, rows with influence. The cursor is the current step."""
 
-    COLUMNS = ("step", "responses", "reward", "accuracy", "H mean", "I rows")
+    COLUMNS = ("step", "resp", "reward", "acc", "H mean", "I rows")
 
     def fill(self, steps: Sequence[StepRow], current: int | None) -> None:
         rows = [
@@ -208,9 +209,12 @@ class TokenTable(SortableTable):
 
 
 class TopKTable(ArcherTable):
-    """The step's highest and lowest entropy and influence tokens; Enter jumps to one."""
+    """The step's highest and lowest entropy and influence tokens, each with a window of the text
+    around it; Enter jumps to one."""
 
-    COLUMNS = ("kind", "rank", "value", "row", "pos", "id", "text")
+    COLUMNS = ("kind", "rank", "value", "row", "pos", "id", "text", "in context")
+    #: characters of text shown on each side of a hit
+    WINDOW = 24
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -219,14 +223,16 @@ class TopKTable(ArcherTable):
     def on_mount(self) -> None:
         self.show({}, {})
 
-    def show(self, groups: dict[str, list[TokenHit]], texts: dict[tuple[int, int], str]) -> None:
+    def show(
+        self, groups: dict[str, list[TokenHit]], texts: dict[tuple[int, int], tuple[str, str, str]]
+    ) -> None:
         self.hits = {}
         rows = []
         for kind, hits in groups.items():
             for h in hits:
                 key = f"{kind}:{h.rank}"
                 self.hits[key] = h
-                text = texts.get((h.row, h.pos))
+                before, text, after = texts.get((h.row, h.pos), ("", None, ""))
                 rows.append(
                     (
                         key,
@@ -238,9 +244,50 @@ class TopKTable(ArcherTable):
                             str(h.pos),
                             str(h.token_id),
                             Text("" if text is None else quote(text), no_wrap=True),
+                            self.window(before, text, after),
                         ],
                     )
                 )
+        self.replace([(c, c) for c in self.COLUMNS], rows)
+
+    def window(self, before: str, text: str | None, after: str) -> Text:
+        """`…before⟨token⟩after…` on one line, whitespace visible, the token reversed."""
+        if text is None:
+            return Text("")
+        w = self.WINDOW
+        t = Text(no_wrap=True)
+        left, right = visible(before), visible(after)
+        t.append(("…" + left[-w:]) if len(left) > w else left, style="dim")
+        t.append(visible(text) or EMPTY_CELL, style="reverse bold")
+        t.append((right[:w] + "…") if len(right) > w else right, style="dim")
+        return t
+
+
+class PromptStepsTable(ArcherTable):
+    """One prompt across the steps that sampled it; Enter opens its responses at that step."""
+
+    COLUMNS = ("step", "resp", "reward", "acc", "accepted", "rejected", "I mean")
+
+    def on_mount(self) -> None:
+        self.show([])
+
+    def show(self, history: Sequence[PromptStep]) -> None:
+        self.history = {str(h.step): h for h in history}
+        rows = [
+            (
+                str(h.step),
+                [
+                    str(h.step),
+                    str(len(h.rows)),
+                    num(h.reward_mean),
+                    num(h.accuracy),
+                    str(h.accepted),
+                    str(h.rejected),
+                    num(h.influence_mean),
+                ],
+            )
+            for h in history
+        ]
         self.replace([(c, c) for c in self.COLUMNS], rows)
 
 

@@ -26,7 +26,6 @@ from archer.core.engines.local import checkpoint as ckpt
 from archer.core.engines.local.evaluation import evaluate
 from archer.core.engines.local.forward import batch_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
-from archer.core.engines.local.warmup import WarmupResult, prepare_warmup
 from archer.core.metrics import MetricsLog
 from archer.core.progress import Reporter, RunInfo
 from archer.core.rollout.batch import Rollout, concat_rollouts
@@ -40,6 +39,7 @@ from archer.core.rollout.record import (
     trace_summary,
 )
 from archer.core.run import write_run_files
+from archer.core.warmup import WarmupResult, prepare_warmup
 from archer.errors import ArcherError
 
 

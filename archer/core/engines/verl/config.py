@@ -26,7 +26,8 @@ from archer.errors import ConfigError
 
 REWARD_MODULE = "pkg://archer.core.rewards.verl_reward"
 REWARD_FUNCTION = "compute_score"
-ARCHER_TRAINER = "archer_sync"
+ARCHER_TRAINER = "archer_sync"  # archer's trainer class (registered in verl under this name)
+VERL_TRAINER_MODE = "sync"  # the mode verl's code paths see: archer's trainer is verl's sync trainer
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MIXED_PRECISION = {
     "fp32": {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
@@ -36,13 +37,36 @@ MIXED_PRECISION = {
 # What archer sets in verl whatever the preset says (a preset's or the command line's verl.* wins).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "trainer.use_v1": True,
-    "trainer.v1.trainer_mode": ARCHER_TRAINER,
+    "trainer.v1.trainer_mode": VERL_TRAINER_MODE,
     "trainer.nnodes": 1,
     "trainer.n_gpus_per_node": 8,
     "trainer.total_epochs": 1_000_000,  # trainer.total_training_steps decides when to stop
-    "actor_rollout_ref.rollout.name": "vllm",
     "actor_rollout_ref.model.use_remove_padding": True,
     "data.filter_overlong_prompts": True,
+}
+
+# verl on CPUs (trainer.device=cpu; archer's CPU platform, cpu_platform.py): one gloo rank, FSDP2,
+# archer's hf rollout in the worker, and Ray/TransferQueue sized to start on a 2-core machine
+# (TransferQueue's default 8 storage units and verl's 8 agent-loop and 8 reward workers each take a
+# Ray CPU; logical CPUs may exceed cores). A preset's or the command line's verl.* still wins.
+CPU_DEFAULTS: dict[str, Any] = {
+    "trainer.device": "cpu",
+    "trainer.nnodes": 1,
+    "trainer.n_gpus_per_node": 1,
+    "actor_rollout_ref.actor.strategy": "fsdp2",
+    "actor_rollout_ref.ref.strategy": "fsdp2",
+    "transfer_queue.backend.SimpleStorage.num_data_storage_units": 1,
+    "ray_kwargs.ray_init.num_cpus": 8,
+    "actor_rollout_ref.rollout.agent.num_workers": 1,
+    "reward.num_workers": 1,
+    "data.dataloader_num_workers": 0,
+}
+
+# archer's hf rollout: one replica per worker rank, its weights resident between steps.
+HF_ROLLOUT_DEFAULTS: dict[str, Any] = {
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+    "actor_rollout_ref.rollout.free_cache_engine": False,
+    "actor_rollout_ref.rollout.load_format": "auto",
 }
 
 # Keys archer's mapping adds although verl's yaml does not declare them.
@@ -90,19 +114,14 @@ def base_config() -> Any:
         GlobalHydra.instance().clear()
 
 
-def _no_verl_for(cfg: Any) -> None:
+def _no_verl_for(cfg: Any, run_dir: Path) -> None:
     """archer settings the verl engine cannot honour: refuse them instead of ignoring them.
     (A required value still `???` is left to `Composed.require_complete`.)"""
-    from omegaconf import OmegaConf
+    from archer.core.engines.verl.inputs import check_supported
 
-    if not OmegaConf.is_missing(cfg.data, "train_files") and not cfg.data.train_files:
-        raise ConfigError(
-            "engine: verl reads its prompts from data.train_files (the synthetic task is local only)",
-            hint=(
-                "archer data prepare dapo-math --input FILE --out DIR, then "
-                "data.train_files=DIR/train.parquet"
-            ),
-        )
+    # an empty data.train_files (the synthetic task) and model.path null (the tiny model) are
+    # written for verl before the run starts (inputs.py)
+    check_supported(cfg, run_dir)
     if cfg.data.answer_key != "reward_model.ground_truth":
         raise ConfigError(
             f"engine: verl reads the answer from reward_model.ground_truth, not {cfg.data.answer_key!r}",
@@ -112,12 +131,11 @@ def _no_verl_for(cfg: Any) -> None:
         raise ConfigError(
             "engine: verl always renders prompts with the chat template (data.apply_chat_template=false)"
         )
-    if cfg.warmup.enable:
+    if cfg.trainer.device == "cpu" and cfg.rollout.backend != "hf":
         raise ConfigError(
-            "warmup.enable is a local-engine feature", hint="set warmup.enable=false for engine: verl"
+            f"engine: verl on CPUs rolls out with archer's hf backend, not {cfg.rollout.backend}",
+            hint="add rollout.backend=hf",
         )
-    if cfg.trainer.device == "cpu":
-        raise ConfigError("engine: verl runs on GPUs (trainer.device=cpu)", hint="use engine: local on a CPU")
 
 
 def _steps_or_end(every: int, total: int) -> int:
@@ -149,6 +167,7 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         f"{arr}.model.trust_remote_code": m["trust_remote_code"],
         "data.trust_remote_code": m["trust_remote_code"],
         f"{arr}.rollout.dtype": DTYPES[m["dtype"]],
+        f"{arr}.rollout.name": r["backend"],
         # data
         "data.train_files": d["train_files"],
         "data.val_files": d["val_files"] if has_val else d["train_files"],
@@ -234,6 +253,8 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
             },
         },
     }
+    if r["backend"] == "hf":
+        out.update(HF_ROLLOUT_DEFAULTS)
     if m["dtype"] in MIXED_PRECISION:
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:
@@ -370,7 +391,7 @@ class VerlConfig:
 def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlConfig:
     """archer's composed config -> verl's (defaults, archer's mapping, verl.* pass-through)."""
     cfg = composed.cfg
-    _no_verl_for(cfg)
+    _no_verl_for(cfg, run_dir)
     mapped = mapped_values(cfg, run_dir, resume=resume, preset=composed.preset)
     verl_cfg = base_config()
     defaults = copy.deepcopy(verl_cfg)  # which mappings verl leaves open is decided on its own defaults
@@ -383,6 +404,11 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
         if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or may_add):
             raise _unknown_verl_key(key, source, verl_cfg)
         _set(verl_cfg, key, value)
+    if cfg.trainer.device == "cpu":  # a preset's verl: block sizes a GPU node; the command line still wins
+        from_cli = {key for key, _, source, _ in overrides if source.startswith("override")}
+        for key, value in CPU_DEFAULTS.items():
+            if key not in from_cli:
+                _set(verl_cfg, key, value)
     _cross_checks(verl_cfg)
     return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides)
 
@@ -411,10 +437,11 @@ def _cross_checks(cfg: Any) -> None:
         raise ConfigError(
             "archer's policy losses support loss_agg_mode token-mean, seq-mean-token-sum, seq-mean-token-mean"
         )
-    if sel("trainer.v1.trainer_mode") != ARCHER_TRAINER:
+    if sel("trainer.v1.trainer_mode") != VERL_TRAINER_MODE:
         raise ConfigError(
-            f"trainer.v1.trainer_mode must stay {ARCHER_TRAINER!r} under archer "
-            "(traces, influence and archer's losses live there)"
+            f"trainer.v1.trainer_mode must stay {VERL_TRAINER_MODE!r} under archer: archer's trainer "
+            f"({ARCHER_TRAINER}, where traces, influence and archer's losses live) is verl's synchronous "
+            "trainer; verl's async modes (replay buffer, partial rollouts) are not supported"
         )
 
 

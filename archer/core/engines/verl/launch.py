@@ -18,13 +18,36 @@ from archer.core.progress import Reporter
 from archer.errors import ArcherError
 
 VERL_CONFIG_FILE = "verl_config.yaml"
-ROLLOUT_MODULES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm"}
+ROLLOUT_MODULES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm", "hf": "transformers"}
 
 
 def rollout_installed(engine: Any) -> bool:
     """Whether the Python package of verl's rollout engine `engine` is importable here."""
     module = ROLLOUT_MODULES.get(str(engine), str(engine))
     return importlib.util.find_spec(module) is not None
+
+
+def accelerator_present() -> bool:
+    """A CUDA device is visible here (imports torch)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(composed: Any) -> str | None:
+    """`trainer.device=auto` becomes cpu (with the hf rollout) on a machine without a GPU, so
+    `archer train` runs verl here; returns a note saying so, or None."""
+    from omegaconf import OmegaConf
+
+    cfg = composed.cfg
+    if cfg.trainer.device != "auto" or accelerator_present():
+        return None
+    OmegaConf.update(cfg, "trainer.device", "cpu", merge=False)
+    note = "no GPU here: verl runs on this machine's CPUs (trainer.device=cpu, archer's CPU platform)"
+    if cfg.rollout.backend != "hf":
+        OmegaConf.update(cfg, "rollout.backend", "hf", merge=False)
+        note += "; rollout.backend=hf"
+    return note
 
 
 def prepare(composed: Any, run_dir: Path, *, resume: bool = False) -> Any:
@@ -37,7 +60,9 @@ def prepare(composed: Any, run_dir: Path, *, resume: bool = False) -> Any:
     return vc
 
 
-def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list[tuple[str, str]]:
+def plan_rows(
+    vc: Any, run_dir: Path, plugin_status: dict | None = None, inputs: Any = None
+) -> list[tuple[str, str]]:
     """(label, value) lines describing where and how the run would go."""
     s = vc.select
     nnodes, per_node = int(s("trainer.nnodes")), int(s("trainer.n_gpus_per_node"))
@@ -48,6 +73,7 @@ def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list
     mini = int(s("actor_rollout_ref.actor.ppo_mini_batch_size"))
     infl = s("archer.influence")
     trace = s("archer.trace")
+    made = [] if inputs is None else inputs.made
     rows = [
         ("nodes", f"{nnodes} (trainer.nnodes; a multi-node run needs a Ray cluster: docs/verl.md)"),
         ("GPUs per node", f"{per_node} ({nnodes * per_node} in total; trainer.n_gpus_per_node)"),
@@ -59,7 +85,7 @@ def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list
         ),
         (
             "trainer",
-            f"{s('trainer.v1.trainer_mode')} (verl V1, TransferQueue), FSDP strategy "
+            f"archer_sync in verl mode {s('trainer.v1.trainer_mode')} (V1, TransferQueue), FSDP strategy "
             f"{s('actor_rollout_ref.actor.strategy')}",
         ),
         (
@@ -93,6 +119,7 @@ def plan_rows(vc: Any, run_dir: Path, plugin_status: dict | None = None) -> list
             f"modules "
             f"/{infl['module_name_filter']}/ (last {infl['max_modules'] or 'all'})",
         ),
+        *[("made by archer", m) for m in made],
         ("output", str(run_dir)),
         ("  checkpoints", str(s("trainer.default_local_dir"))),
         ("  trace", (trace.get("dir") or str(Path(run_dir) / "trace")) if trace["enable"] else "off"),
@@ -177,13 +204,26 @@ def dry_run(composed: Any, run_dir: Path) -> DryRun:
             ],
             verl_installed=False,
         )
-    from archer.core.engines.verl import plugin
+    from omegaconf import OmegaConf
 
+    from archer.core.engines.verl import plugin
+    from archer.core.engines.verl.inputs import plan_inputs
+
+    inputs = plan_inputs(composed.cfg, run_dir)
+    for key, value in (("data.train_files", inputs.train_files), ("data.val_files", inputs.val_files)):
+        if value:
+            OmegaConf.update(composed.cfg, key, value, merge=False)
+    if inputs.model_path is not None:
+        OmegaConf.update(composed.cfg, "model.path", inputs.model_path, merge=False)
     vc = prepare(composed, run_dir)
     warnings = influence_warnings(vc)
+    if composed.cfg.trainer.device == "auto" and not accelerator_present():
+        warnings.append(
+            "no GPU here: 'archer train' would run this on the CPUs (trainer.device=cpu, rollout.backend=hf)"
+        )
     if composed.cfg.agent.enable:
         warnings.append(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
-    return DryRun(vc.to_yaml(), plan_rows(vc, run_dir, plugin.status()), warnings + not_set)
+    return DryRun(vc.to_yaml(), plan_rows(vc, run_dir, plugin.status(), inputs), warnings + not_set)
 
 
 def _preflight(vc: Any) -> None:
@@ -208,10 +248,27 @@ def _preflight(vc: Any) -> None:
 def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> None:
     """Run the composed config on verl: Ray (local, or the cluster `ray start` made), archer's
     task runner pinned to this node, `archer_sync` inside."""
+    from archer.core.engines.verl.inputs import make_inputs
     from archer.core.run import atomic_write_text, write_run_files
 
     reporter = reporter or Reporter()
     refuse_agent(composed)
+    note = resolve_device(composed)
+    if note:
+        reporter.note(note)
+    cache_dir = Path(composed.cfg.trainer.cache_dir or Path(composed.cfg.trainer.out_dir) / ".cache")
+    steps = int(composed.cfg.warmup.steps)
+    try:
+        inputs = make_inputs(
+            composed.cfg,
+            run_dir,
+            cache_dir=cache_dir,
+            on_warmup_step=lambda i, loss: reporter.warmup_progress(i, steps, loss),
+        )
+    finally:
+        reporter.warmup_done()
+    for m in inputs.made:
+        reporter.note(f"made by archer: {m}")
     vc = prepare(composed, run_dir, resume=resume)
     _preflight(vc)
     for w in influence_warnings(vc):

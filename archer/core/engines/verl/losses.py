@@ -118,7 +118,7 @@ def verl_policy_loss(name: str) -> Any:
             raise RuntimeError(
                 f"policy loss {name!r} needs the per-token entropy of the current policy, which verl's "
                 "policy-loss signature does not carry: it runs inside archer's training worker "
-                "(trainer.v1.trainer_mode=archer_sync, started by 'archer train')"
+                "(archer's archer_sync trainer, started by 'archer train')"
             )
         if config is None:
             raise ValueError(f"policy loss {name!r} needs verl's actor config")

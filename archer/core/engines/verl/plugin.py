@@ -1,6 +1,7 @@
 """archer's verl plugin: registers archer's policy losses (`archer`, `aspo`), its advantage
-estimators (`archer_grpo`, `archer_rloo`, `archer_reinforce_plus_plus_baseline`) and the
-`archer_sync` trainer in verl's registries.
+estimators (`archer_grpo`, `archer_rloo`, `archer_reinforce_plus_plus_baseline`), the
+`archer_sync` trainer and the `hf` rollout backend in verl's registries, and, on a machine without
+an accelerator, activates archer's CPU platform for verl (cpu_platform.py).
 
 verl imports this module in every process that imports verl — Ray workers included — through the
 entry point `archer` of the `verl.plugins` group (pyproject.toml) or, as a fallback,
@@ -37,7 +38,29 @@ def _install(registry: dict, name: str, fn: Any, kind: str) -> None:
     registry[name] = fn
 
 
+HF_ROLLOUT_MODULE = "archer.core.engines.verl.rollout_hf"
+
+
+def _load_hf_replica() -> Any:
+    import importlib
+
+    return importlib.import_module(HF_ROLLOUT_MODULE).HFReplica
+
+
+def _register_rollout() -> None:
+    """`rollout.name=hf`: the adapter by name in verl's rollout registry, the replica by a loader
+    (both import archer's module only when verl builds them)."""
+    from verl.workers.rollout import base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    base._ROLLOUT_REGISTRY[("hf", "async")] = f"{HF_ROLLOUT_MODULE}.HFRollout"
+    RolloutReplicaRegistry.register("hf", _load_hf_replica)
+
+
 def _register() -> None:
+    from archer.core.engines.verl.cpu_platform import activate
+
+    activate()  # only where no accelerator is present
     from verl.trainer.ppo import core_algos
 
     from archer.core.engines.verl.estimators import all_estimators
@@ -47,6 +70,7 @@ def _register() -> None:
         _install(core_algos.POLICY_LOSS_REGISTRY, name, verl_policy_loss(name), "policy loss")
     for name, fn in all_estimators().items():
         _install(core_algos.ADV_ESTIMATOR_REGISTRY, name, fn, "advantage estimator")
+    _register_rollout()
     import archer.core.engines.verl.trainer  # noqa: F401  (@register_trainer("archer_sync"))
 
 

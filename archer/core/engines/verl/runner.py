@@ -2,7 +2,9 @@
 
 `TaskRunnerV1` is a Ray ActorClass and cannot be subclassed (Ray raises
 ActorClassInheritanceException), so its ~30 lines are reproduced here. Two differences: the
-trainer is always archer's `archer_sync` (imported, so registered, whatever the plugin route), and
+trainer is always archer's `archer_sync` (imported, so registered, whatever the plugin route),
+while the config's `trainer.v1.trainer_mode` stays `sync`, the mode verl's own code branches on
+(any other value sends verl down its async replay-buffer and checkpoint paths), and
 `pinned_runner` places the actor on the driver's node, where the run directory (and so the trace,
 written by the trainer inside this actor) lives.
 """
@@ -47,7 +49,9 @@ class ArcherTaskRunner:
 
         configure_verl_logging()
         plugin.register()
-        trainer_cls = get_trainer_cls(config.trainer.v1.trainer_mode)
+        from archer.core.engines.verl.config import ARCHER_TRAINER
+
+        trainer_cls = get_trainer_cls(ARCHER_TRAINER)  # the config's mode stays verl's "sync"
         config.transfer_queue.enable = True
         pprint(OmegaConf.to_container(config, resolve=True))
         OmegaConf.resolve(config)

@@ -46,6 +46,7 @@ log = logging.getLogger("archer.verl")
 TRACE_FIELDS = ["prompts", "responses", "response_mask", "entropy", "advantages", "rm_scores"]
 OPTIONAL_TRACE_FIELDS = ["data_source", "extra_fields"]
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
+POLL_INTERVAL_S = 0.25
 
 
 def archer_section(config: Any) -> dict:
@@ -69,6 +70,19 @@ class ArcherTrainer(PPOTrainerSync):
         for role in ACTOR_ROLES:
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(ArcherActorRolloutRefWorker)
+        from archer.core.engines.verl.cpu_platform import active, check_cpu_resources
+
+        if active():  # verl counts GPUs only; on CPUs a "GPU" of the pool is one Ray CPU
+            manager = self.resource_pool_manager
+            manager._check_resource_available = lambda: check_cpu_resources(manager.resource_pool_spec)
+
+    def _build_replay_buffer(self):
+        """verl polls TransferQueue for finished rollouts every 2 s, so a step's generation time is
+        rounded up to 2 s; poll every 0.25 s (small models and the CPU path finish in less)."""
+        buffer = super()._build_replay_buffer()
+        if hasattr(buffer, "poll_interval"):
+            buffer.poll_interval = min(float(buffer.poll_interval), POLL_INTERVAL_S)
+        return buffer
 
     def _setup(self):
         super()._setup()
@@ -131,6 +145,13 @@ class ArcherTrainer(PPOTrainerSync):
                 self.archer_trace.close()
             if getattr(self, "archer_metrics", None) is not None:
                 self.archer_metrics.close()
+
+    def _save_checkpoint(self):
+        """Flush the trace first: a step verl has checkpointed (and a resume starts after) must
+        already be on disk, or a crash right after the checkpoint loses it for good."""
+        if getattr(self, "archer_trace", None) is not None:
+            self.archer_trace.flush()
+        return super()._save_checkpoint()
 
     def _validate(self, *args, **kwargs):
         val_metrics = super()._validate(*args, **kwargs)

@@ -138,3 +138,25 @@ class ArcherActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def archer_take_influence(self) -> Any:
         return self.actor.archer_take_influence() if self.actor is not None else None
+
+    @register(dispatch_mode=Dispatch.DIRECT_ROLLOUT_METHOD)
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict,
+        request_id: str,
+        image_data: Any = None,
+        video_data: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The `hf` rollout's server entry: verl binds this method, unprefixed, onto the colocated
+        worker actor, which `HFReplica` hands to the agent loop as its server handle."""
+        from archer.core.engines.verl.rollout_hf import HFRollout
+
+        if not isinstance(getattr(self, "rollout", None), HFRollout):
+            raise RuntimeError(
+                "generate() is the hf rollout's entry; this worker rolls out with another backend"
+            )
+        if image_data is not None or video_data is not None:
+            raise ValueError("the hf rollout is text-only")
+        return await self.rollout.generate(prompt_ids, sampling_params, request_id)

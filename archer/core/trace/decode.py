@@ -1,4 +1,6 @@
-"""Token ids -> text for the viewer: per-token cell text that never breaks a character.
+"""Token ids -> text for traces: per-token text that never breaks a character, and whole texts.
+
+Used by the viewer and by `archer trace export` (so it lives in core, not in the viewer).
 
 Decoding tokens one at a time turns multi-byte characters (emoji, CJK) split over byte tokens
 into U+FFFD. Instead each token is decoded in a short window of the tokens before it, and the
@@ -6,16 +8,14 @@ characters the window gains when the token is added are attributed to that token
 completes no character yet gets "" (the heatmap shows an empty-cell marker). The window decodes
 go to the tokenizer as two `batch_decode` calls, so a response costs two calls, not n.
 
-transformers is imported only inside `load_decoder`, which the app runs in a worker, so the app
-starts at once. Without a tokenizer (none found, load failure, `--no-decode`) `IdDecoder` shows
+transformers is imported only inside `load_decoder` (the viewer runs it in a worker, so the app
+starts at once). Without a tokenizer (none found, load failure, `--no-decode`) `IdDecoder` shows
 token ids and says why.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,6 @@ from typing import Any
 WINDOW = 4  # tokens of left context: a UTF-8 character spans at most 4 byte tokens
 BLOCK = 16  # tokens that share one window start (see HFDecoder._texts)
 REPLACEMENT = "\ufffd"
-EMPTY_CELL = "∅"  # a token that completes no character (its bytes show up in a later token)
-
-# Visible whitespace and control characters: cell text never moves the cursor or rings a bell.
-_VISIBLE = {ord(" "): "·", ord("\t"): "→", ord("\n"): "↵", ord("\r"): "␍", 0x7F: "␡"}
-_VISIBLE.update({c: chr(0x2400 + c) for c in range(32) if c not in (9, 10, 13)})
 
 
 class Decoder:
@@ -192,33 +187,3 @@ def resolve_tokenizer(
     if recorded:
         return None, f"recorded tokenizer_path {recorded} not found; pass --tokenizer DIR"
     return None, "no tokenizer recorded; pass --tokenizer DIR"
-
-
-# --------------------------------------------------------------------------------------------
-# cell text
-# --------------------------------------------------------------------------------------------
-
-
-def visible(text: str) -> str:
-    """Whitespace and control characters as visible symbols (space ·, newline ↵, tab →)."""
-    return text.translate(_VISIBLE)
-
-
-def cell_text(raw: str) -> str:
-    """What a heatmap cell shows for a token's raw text: visible whitespace, never empty."""
-    if raw == "":
-        return EMPTY_CELL
-    shown = visible(raw)
-    if all(unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf") for c in shown):
-        return EMPTY_CELL + shown if shown else EMPTY_CELL  # nothing with width of its own
-    return shown
-
-
-def ends_line(raw: str) -> bool:
-    """Whether the heatmap starts a new line after this token (its text holds a newline)."""
-    return "\n" in raw
-
-
-def quote(raw: str) -> str:
-    """A token's text for the readout and tables: visible whitespace inside quotes."""
-    return json.dumps(visible(raw), ensure_ascii=False)

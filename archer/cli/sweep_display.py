@@ -1,4 +1,4 @@
-"""What a person sees while a sweep runs: a Rich live table on a terminal, plain lines otherwise.
+"""What a person sees while `archer ablate` runs: a Rich live table on a terminal, plain lines otherwise.
 
 The runner reports events (a case starts, makes progress, is retried, ends); on a terminal the
 table is redrawn (state, step, s/step, elapsed per case), off a terminal each event that matters
@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .grid import settings_label
-from .state import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, CaseRecord, Sweep
+from archer.core.sweep.grid import settings_label
+from archer.core.sweep.state import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, CaseRecord, Sweep
 
 STYLE = {
     PENDING: "dim",
@@ -21,19 +21,6 @@ STYLE = {
     INTERRUPTED: "magenta",
     "retried": "cyan",
 }
-
-
-def render_text(renderable: Any) -> str:
-    """A Rich renderable as plain text at its natural width, for files and pipes (a fixed 80
-    columns would fold every table row into several lines)."""
-    import io
-
-    from rich.console import Console
-
-    width = max(80, Console(width=10_000, file=io.StringIO()).measure(renderable).maximum)
-    console = Console(record=True, width=width, file=io.StringIO(), highlight=False)
-    console.print(renderable)
-    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 
 def fmt_seconds(s: float | None) -> str:

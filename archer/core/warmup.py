@@ -27,7 +27,7 @@ from archer.core.rollout.batch import left_pad
 WARMUP_CODE = (
     "archer.core.data.synth",
     "archer.core.data.chain",
-    "archer.core.engines.local.warmup",
+    "archer.core.warmup",
     "archer.core.rollout.prompts",
     "archer.core.models.tiny",
     "archer.core.models.loading",

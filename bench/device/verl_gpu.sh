@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 15, run A: the verl path on one GPU with archer's hf rollout (no vLLM), after
+# bench/device/install.sh put verl and its dependencies into /tmp/archer-site.
+#
+#   bash bench/device/verl_gpu.sh [tiny|half|all]      (on the GPU machine, from the repo copy)
+#
+# tiny: quickstart-verl on the GPU (FSDP2), 2 steps + checkpoint, then --resume to step 3.
+# half: a Qwen2.5-0.5B-shaped Qwen2 (hidden 896, 24 layers, 14/2 heads, MLP 4864; the character
+#       vocabulary) built in code, bf16, gradient checkpointing, influence at default knobs,
+#       3 steps: FSDP2 with influence, FSDP2 without (the overhead), FSDP1 with influence.
+# Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
+# step-time split printed by bench/device/summarize.py.
+set -uo pipefail
+what="${1:-all}"
+out="${OUT:-$PWD/device-out}"
+mkdir -p "$out"
+export PYTHONPATH="/tmp/archer-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="/tmp/archer-site/bin:$PATH"
+export RAY_AUTH_MODE=disabled
+export ARCHER_DEBUG=1
+cache="$out/cache"
+gpu1=(verl.trainer.n_gpus_per_node=1 "trainer.cache_dir=$cache")
+
+run() {  # name, args...
+  local name="$1"; shift
+  local t0; t0=$(date +%s)
+  echo "== $name: archer $*" | tee -a "$out/runs.txt"
+  python3 -m archer "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$out/runs.txt"
+  ray stop --force >/dev/null 2>&1 || true
+  return $rc
+}
+
+copy_run() {  # name, run dir
+  mkdir -p "$out/$1"
+  cp "$2/metrics.jsonl" "$2/config.yaml" "$2/verl_config.yaml" "$out/$1/" 2>/dev/null
+  python3 -m archer trace info "$2" >"$out/$1/trace-info.txt" 2>&1
+  python3 bench/device/summarize.py "$2" >"$out/$1/summary.txt" 2>&1
+  cat "$out/$1/summary.txt"
+}
+
+half=(
+  model.tiny.hidden_size=896 model.tiny.num_layers=24 model.tiny.num_heads=14 model.tiny.num_kv_heads=2
+  model.tiny.intermediate_size=4864 model.tiny.max_position_embeddings=512 model.tiny.tie_word_embeddings=true
+  model.dtype=bf16 model.gradient_checkpointing=true
+  warmup.steps=150 warmup.lr=3e-4 warmup.batch_size=64
+  actor.optim.lr=1e-5 data.train_batch_size=16 actor.ppo_mini_batch_size=16 rollout.n=8
+  # influence at archer's defaults (quickstart-influence narrows them for the tiny model)
+  "influence.module_name_filter=mlp\\.down_proj\$" influence.max_modules=4 influence.projection_dim_factor=32
+  influence.storage_dtype=bf16 influence.profile_timing=true
+  trainer.total_steps=3 trainer.save_every=3 trainer.val_every=3
+)
+
+if [[ "$what" == tiny || "$what" == all ]]; then
+  r="$out/runs/tiny"
+  run tiny-a train --preset quickstart-verl --out "$r" trainer.total_steps=2 trainer.save_every=2 "${gpu1[@]}" &&
+    run tiny-b train --resume --out "$r" trainer.total_steps=3 &&
+    copy_run tiny "$r"
+fi
+if [[ "$what" == half || "$what" == all ]]; then
+  r="$out/runs/half-fsdp2"
+  run half-fsdp2 train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" && copy_run half-fsdp2 "$r"
+  r="$out/runs/half-fsdp2-noinfl"
+  run half-fsdp2-noinfl train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" influence.enable=false &&
+    copy_run half-fsdp2-noinfl "$r"
+  r="$out/runs/half-fsdp1"
+  run half-fsdp1 train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
+    verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp && copy_run half-fsdp1 "$r"
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv >"$out/gpu.txt" 2>&1
+cat "$out/runs.txt"
