@@ -44,6 +44,9 @@ def test_warmup_key_changes_with_settings_tokenizer_and_code(monkeypatch, tmp_pa
     assert warmup_key(cfg, 100, tok) != before
     parts = warmup_key_parts(cfg, 100, tok)
     assert parts["device"] in ("cpu", "cuda") and "torch" in parts["versions"]
+    # the device the warm-up actually runs on, when the caller names it
+    assert warmup_key(cfg, 100, tok, device="cpu") != warmup_key(cfg, 100, tok, device="cuda:0")
+    assert warmup_key_parts(cfg, 100, tok, device="cuda:0")["device"] == "cuda"
 
 
 def test_every_module_the_key_hashes_exists():

@@ -84,7 +84,9 @@ def file_fingerprint(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def warmup_key_parts(cfg: Any, n_train: int, tokenizer: Any = None) -> dict[str, Any]:
+def warmup_key_parts(
+    cfg: Any, n_train: int, tokenizer: Any = None, device: torch.device | str | None = None
+) -> dict[str, Any]:
     """Everything a warm-up's result depends on, as a JSON-able dict (hashed by `warmup_key`).
 
     The preset values (model, data, warm-up knobs, seed; the agent's tools in agent mode), the
@@ -119,9 +121,14 @@ def warmup_key_parts(cfg: Any, n_train: int, tokenizer: Any = None) -> dict[str,
         "n_train": int(n_train),
         "code": code_fingerprint(WARMUP_CODE + (AGENT_CODE if agent else ())),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "device": "cuda"
-        if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
-        else "cpu",
+        # the kind of device the warm-up runs on (the verl engine picks its own: the GPU when free)
+        "device": torch.device(device).type
+        if device is not None
+        else (
+            "cuda"
+            if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
+            else "cpu"
+        ),
         "version": 2,
     }
     if agent:  # tool-use demonstrations depend on the tools' settings (result format, output caps, corpus)
@@ -131,9 +138,11 @@ def warmup_key_parts(cfg: Any, n_train: int, tokenizer: Any = None) -> dict[str,
     return parts
 
 
-def warmup_key(cfg: Any, n_train: int, tokenizer: Any = None) -> str:
+def warmup_key(
+    cfg: Any, n_train: int, tokenizer: Any = None, device: torch.device | str | None = None
+) -> str:
     """Cache key of a warm-up: a hash of `warmup_key_parts` (pass the run's tokenizer if loaded)."""
-    parts = warmup_key_parts(cfg, n_train, tokenizer)
+    parts = warmup_key_parts(cfg, n_train, tokenizer, device)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -315,7 +324,7 @@ def prepare_warmup(
     target = Path(run_dir) / WARMUP_DIR
     if (target / DONE_MARKER).exists():
         return WarmupResult(target, "run")
-    cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts)))
+    cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts), device=device))
     if cfg.warmup.cache and (cached / DONE_MARKER).exists():
         copy_dir(cached, target)
         return WarmupResult(target, "cache")
