@@ -10,6 +10,18 @@ import pytest
 from typer.testing import CliRunner
 
 from archer.cli.main import app
+from archer.core.data.chain import (
+    ChainSpec,
+    carries,
+    chain_value,
+    decisive_char_positions,
+    make_chains,
+    parse_chain,
+    resolve_chain_spec,
+    worked_solution,
+    worked_steps,
+    write_chains,
+)
 from archer.core.data.synth import make_arithmetic, resolve_spec, write_arithmetic
 from archer.errors import DataError, UsageError
 
@@ -137,3 +149,96 @@ def test_cli_synth_errors(tmp_path):
     assert bad_choice.exit_code == 2
     no_out = runner.invoke(app, ["data", "synth", "arithmetic"])
     assert no_out.exit_code == 2 and "--out" in no_out.output
+
+
+# ------------------------------------------------------------------------------------------------
+# The chain task (the quickstart's): worked solutions, the teacher's slip, seeded distinct rows
+# ------------------------------------------------------------------------------------------------
+
+
+def _all_chains(spec: ChainSpec) -> set[str]:
+    """Every chain the spec allows, by brute force (running values >= 0)."""
+    out: set[str] = set()
+
+    def grow(text: str, value: int, left: int) -> None:
+        if left == 0:
+            out.add(text + "=")
+            return
+        for op in spec.ops:
+            for d in range(spec.max_operand + 1):
+                v = value + d if op == "+" else value - d
+                if v >= 0:
+                    grow(f"{text}{op}{d}", v, left - 1)
+
+    for k in spec.lengths:
+        for first in range(spec.max_operand + 1):
+            grow(str(first), first, k - 1)
+    return out
+
+
+def test_chain_worked_solution_and_the_teachers_slip():
+    assert worked_solution("7+5-3+8=") == "12-3+8=9+8=17"
+    assert worked_steps("7+5-3+8=") == ["12-3+8", "9+8", "17"]
+    assert chain_value("7+5-3+8=") == 17
+    # the sloppy teacher forgets the first carry (7+5 -> 2) and works on correctly from its value
+    assert worked_solution("7+5-3+8=", slip=True) == "2-3+8=-1+8=7"
+    # ... or the first borrow (12-3 -> 19: it borrows for the units but keeps the tens)
+    assert worked_solution("12-3=", slip=True) == "19"
+    # only the first carry: 9+9 -> 8, then 8+9 = 17 is carried correctly
+    assert worked_solution("9+9+9=", slip=True) == "8+9=17"
+    # a chain without a carry or borrow: the teacher is right
+    assert worked_solution("1+2-3+4=", slip=True) == worked_solution("1+2-3+4=") == "3-3+4=0+4=4"
+    assert carries(7, "+", 5) and not carries(7, "+", 2) and carries(12, "-", 3) and not carries(9, "-", 3)
+    # decisive tokens: the digits of every result (the rest copies the chain)
+    solution = worked_solution("7+5-3+8=")
+    assert decisive_char_positions("7+5-3+8=") == [0, 1, 7, 11, 12]
+    assert "".join(solution[i] for i in decisive_char_positions("7+5-3+8=")) == "12" + "9" + "17"
+    with pytest.raises(ValueError):
+        parse_chain("7+5")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [ChainSpec(2, 3, "+-"), ChainSpec(3, 4, "+-"), ChainSpec(3, 5, "+"), ChainSpec(4, 3, "-+", min_terms=2)],
+)
+def test_chain_space_is_counted_exactly(spec):
+    assert spec.count() == len(_all_chains(spec))
+
+
+def test_chain_rows_are_seeded_distinct_and_correct():
+    spec = resolve_chain_spec(4)
+    rows = make_chains(3000, seed=3, spec=spec)
+    assert rows == make_chains(3000, seed=3, spec=spec)
+    assert rows != make_chains(3000, seed=4, spec=spec)
+    texts = [r["prompt"][0]["content"] for r in rows]
+    assert len(set(texts)) == 3000 and set(texts) <= _all_chains(spec)
+    for i, (r, text) in enumerate(zip(rows, texts)):
+        assert r["data_source"] == "chain" and r["extra_info"]["index"] == i
+        gold = eval(text[:-1])  # noqa: S307 - digits and +- only (checked by _all_chains)
+        assert r["reward_model"] == {"ground_truth": str(gold), "style": "rule"}
+        assert r["extra_info"]["solution"].endswith(f"={gold}") or r["extra_info"]["solution"] == str(gold)
+    share_carry = sum(r["extra_info"]["carry"] for r in rows) / len(rows)
+    assert 0.3 < share_carry < 0.8  # a good share of chains carries or borrows: where the teacher slips
+    assert {len(r["extra_info"]["solution"]) + 1 for r in rows} <= set(range(8, 20))  # response tokens
+
+
+def test_chain_files_are_disjoint_and_limits_are_clear_errors(tmp_path):
+    spec = resolve_chain_spec(4, min_terms=3)
+    result = write_chains(tmp_path / "a", n=1500, val_n=200, seed=2, spec=spec)
+    train = pq.read_table(result["paths"]["train"]).to_pylist()
+    val = pq.read_table(result["paths"]["val"]).to_pylist()
+    assert result["counts"] == {"train": 1500, "val": 200}
+    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in val}
+    assert {len(parse_chain(r["prompt"][0]["content"])) for r in train} == {3, 4}
+    again = write_chains(tmp_path / "b", n=1500, val_n=200, seed=2, spec=spec)
+    assert pq.read_table(again["paths"]["train"]).to_pylist() == train
+    small = ChainSpec(2, 3, "+")  # 16 chains: at most half may be drawn
+    assert len(make_chains(8, seed=0, spec=small)) == 8
+    with pytest.raises(DataError, match="allows only 16"):
+        make_chains(9, seed=0, spec=small)
+    with pytest.raises(UsageError, match="at least 2 terms"):
+        resolve_chain_spec(1)
+    with pytest.raises(UsageError, match="'\\*'"):
+        resolve_chain_spec(4, ops="+*")
+    with pytest.raises(UsageError, match="min_terms"):
+        resolve_chain_spec(4, min_terms=5)

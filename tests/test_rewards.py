@@ -36,6 +36,17 @@ CASES = [
     ("arithmetic", "68=68", "68", False, "68=68", None),
     ("arithmetic", "5", "five", False, "5", "not an integer"),
     ("arithmetic", "1" * 500_000, "1", False, ANY, None),  # huge: no int() blow-up, no crash
+    # -- chain: the number after the last '=' of the first line ---------------------------------------
+    ("chain", "12-3+8=9+8=17", "17", True, "17", None),
+    ("chain", "17", "17", True, "17", None),
+    ("chain", "12-3+8=9+8=16", "17", False, "16", None),
+    ("chain", "12-3+8=9+8=17\n=5", "17", True, "17", None),
+    ("chain", "12-3+8=9+8=", "17", False, None, None),
+    ("chain", "12-3+8=9+8", "17", False, "9+8", None),  # no final result: not an integer
+    ("chain", "2-3+8=-1+8=7", "7", True, "7", None),  # the steps are not graded
+    ("chain", "9=-1", "-1", True, "-1", None),
+    ("chain", "9=1 7", "17", False, "1 7", None),
+    ("chain", "9=17", "x", False, "17", "not an integer"),
     # -- math: equivalent forms ----------------------------------------------------------------------
     ("math", "So \\boxed{\\frac{1}{2}}.", "0.5", True, "\\frac{1}{2}", None),
     ("math", "\\boxed{0.5}", "\\frac{1}{2}", True, "0.5", None),

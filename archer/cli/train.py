@@ -114,31 +114,45 @@ def _print_verl_dry_run(plan) -> None:
         warn(w)
 
 
+WARMUP_SOURCES = {
+    "trained": "trained in this run",
+    "cache": "taken from the cache (a finished warm-up of the same settings, data, code and tokenizer)",
+    "run": "this run's own, from its earlier start",
+}
+
+
 def print_summary(result, *, traced: bool) -> None:
     """The closing lines of a local run: time, reward and validation before -> after, the trace."""
     from rich.markup import escape
 
     from archer.cli._console import out
     from archer.core.metrics import read_metrics
+    from archer.core.outcome import outcome_of
 
     console = out()
     run_dir = result.run_dir
-    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
+    rows = read_metrics(run_dir)
     console.print(
         f"[bold green]done[/bold green] in {result.setup_seconds + result.train_seconds:.0f}s "
         f"(set-up and warm-up {result.setup_seconds:.0f}s, training {result.train_seconds:.0f}s) · "
         f"run {escape(str(run_dir))}"
     )
-    if rows:
-        k = min(5, len(rows))
-        first = sum(r["reward/mean"] for r in rows[:k]) / k
-        last = sum(r["reward/mean"] for r in rows[-k:]) / k
+    outcome = outcome_of(rows, result.first_val, result.last_val)
+    if outcome.reward_gain is not None:
+        k = outcome.reward_steps
         console.print(
-            f"reward (mean of first {k} steps → last {k}): {first:.3f} → {last:.3f} ({last - first:+.3f})"
+            f"reward (mean of first {k} steps → last {k}): {outcome.reward_first:.3f} → "
+            f"{outcome.reward_last:.3f} ({outcome.reward_gain:+.3f})"
         )
-    before, after = result.first_val.get("val/accuracy"), result.last_val.get("val/accuracy")
-    if before is not None and after is not None:
-        console.print(f"validation accuracy before → after: {before:.3f} → {after:.3f}")
+    if outcome.val_gain is not None:
+        console.print(
+            f"validation accuracy before → after: {outcome.val_before:.3f} → {outcome.val_after:.3f}"
+        )
+        verdict = escape(outcome.verdict() or "")
+        console.print(f"[bold yellow]warning:[/bold yellow] {verdict}" if outcome.val_fell else verdict)
+    source = WARMUP_SOURCES.get(result.warmup_source)
+    if source:
+        console.print(f"warm-up: {source}")
     if traced and result.trace_dir is not None:
         console.print(f"trace: {escape(str(result.trace_dir))}")
         console.print(f"explore it: [bold]archer view {escape(str(run_dir))}[/bold]")

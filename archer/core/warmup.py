@@ -20,23 +20,130 @@ from omegaconf import OmegaConf
 
 from archer.core.rollout.batch import left_pad
 
+# Modules whose code decides what the warm-up trains on, or how: the synthetic task generators, the
+# teacher and the training loop (this module), prompt encoding, the tiny model and its tokenizer;
+# in agent mode also the tool protocol, the demonstrations and the tools that produce their results.
+# Their source is part of the cache key, so an edit to any of them never reuses an older warm-up.
+WARMUP_CODE = (
+    "archer.core.data.synth",
+    "archer.core.data.chain",
+    "archer.core.warmup",
+    "archer.core.rollout.prompts",
+    "archer.core.models.tiny",
+    "archer.core.models.loading",
+)
+AGENT_CODE = (
+    "archer.core.agent.protocol",
+    "archer.core.agent.engine",
+    "archer.core.tools",
+    "archer.core.tools.python_sandbox",
+    "archer.core.tools.search",
+)
 
-def warmup_key(cfg: Any, n_train: int) -> str:
-    """Hash of the settings a warm-up depends on (model, tokenizer source, data, warm-up knobs, seed)."""
-    parts = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "data": {
-            k: OmegaConf.to_container(cfg.data, resolve=True)[k]
-            for k in ("train_files", "synth", "prompt_key", "answer_key", "max_prompt_length")
-        },
-        "warmup": OmegaConf.to_container(cfg.warmup, resolve=True),
-        "seed": int(cfg.seed),
-        # tool-use demonstrations depend on the tools' settings (result format, output caps)
-        **({"agent": OmegaConf.to_container(cfg.agent, resolve=True)} if cfg.agent.enable else {}),
-        "n_train": n_train,
-        "version": 1,
+
+def code_fingerprint(modules: Sequence[str]) -> str:
+    """sha256 of the source files of `modules` (found without importing them)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        h.update(name.encode() + b"\0")
+        h.update(Path(origin).read_bytes() if origin and Path(origin).is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of everything about a tokenizer that changes token ids: its serialised model (vocab,
+    merges, pre-tokenizer), special tokens, chat template and padding side."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "padding_side": getattr(tokenizer, "padding_side", None),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256((body + json.dumps(extra, sort_keys=True)).encode()).hexdigest()
+
+
+def file_fingerprint(paths: Sequence[str]) -> list[str]:
+    """sha256 of each file's bytes (a missing file hashes as such; loading reports it later)."""
+    out = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.is_file():
+            out.append(f"missing:{p}")
+            continue
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out.append(h.hexdigest())
+    return out
+
+
+def warmup_key_parts(
+    cfg: Any, n_train: int, tokenizer: Any = None, device: torch.device | str | None = None
+) -> dict[str, Any]:
+    """Everything a warm-up's result depends on, as a JSON-able dict (hashed by `warmup_key`).
+
+    The preset values (model, data, warm-up knobs, seed; the agent's tools in agent mode), the
+    training data itself (the bytes of `data.train_files`; for synthetic data, the generator's
+    settings and code), the tokenizer, the code of the generators, teacher and loop, and the
+    torch/transformers versions and device kind that run it."""
+    import transformers
+
+    if tokenizer is None:
+        from archer.core.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    agent = bool(cfg.agent.enable)
+    parts: dict[str, Any] = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": {
+            k: data[k]
+            for k in (
+                "train_files",
+                "synth",
+                "prompt_key",
+                "answer_key",
+                "apply_chat_template",
+                "max_prompt_length",
+            )
+        },
+        "data_files": file_fingerprint(data["train_files"]),
+        "warmup": {k: v for k, v in OmegaConf.to_container(cfg.warmup, resolve=True).items() if k != "cache"},
+        "seed": int(cfg.seed),
+        "n_train": int(n_train),
+        "code": code_fingerprint(WARMUP_CODE + (AGENT_CODE if agent else ())),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        # the kind of device the warm-up runs on (the verl engine picks its own: the GPU when free)
+        "device": torch.device(device).type
+        if device is not None
+        else (
+            "cuda"
+            if cfg.trainer.device == "cuda" or (cfg.trainer.device == "auto" and torch.cuda.is_available())
+            else "cpu"
+        ),
+        "version": 2,
+    }
+    if agent:  # tool-use demonstrations depend on the tools' settings (result format, output caps, corpus)
+        parts["agent"] = OmegaConf.to_container(cfg.agent, resolve=True)
+        corpus = cfg.agent.tools.search.corpus
+        parts["corpus"] = file_fingerprint([corpus]) if corpus else None
+    return parts
+
+
+def warmup_key(
+    cfg: Any, n_train: int, tokenizer: Any = None, device: torch.device | str | None = None
+) -> str:
+    """Cache key of a warm-up: a hash of `warmup_key_parts` (pass the run's tokenizer if loaded)."""
+    parts = warmup_key_parts(cfg, n_train, tokenizer, device)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def near_miss(answer: str) -> str:
@@ -45,6 +152,25 @@ def near_miss(answer: str) -> str:
         return str(int(answer) + 1)
     except ValueError:
         return answer
+
+
+def teacher_answers(tokenizer: Any, prompts: Sequence[Any]) -> list[tuple[str, str]]:
+    """Per prompt, what the warm-up's teacher writes when right and when it slips.
+
+    Worked chains (data_source `chain`): the step-by-step solution, and the same with the first
+    carry or borrow forgotten (archer/core/data/chain.py). Anything else: the answer, and its near
+    miss (integer + 1)."""
+    from archer.core.data.chain import DATA_SOURCE as CHAIN
+    from archer.core.data.chain import worked_solution
+
+    out = []
+    for p in prompts:
+        if p.data_source == CHAIN:
+            text = tokenizer.decode(p.ids, skip_special_tokens=True)
+            out.append((worked_solution(text), worked_solution(text, slip=True)))
+        else:
+            out.append((p.answer, near_miss(p.answer)))
+    return out
 
 
 def supervised_batch(
@@ -108,20 +234,21 @@ def run_warmup(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    targets = teacher_answers(tokenizer, prompts)
     model.train()
     loss_value = float("nan")
     steps_done = 0
     for step in range(total):
         idx = torch.randint(len(prompts), (wcfg.batch_size,), generator=gen).tolist()
         batch = [prompts[i] for i in idx]
-        answers = None
+        answers = [targets[i][0] for i in idx]
         if wcfg.label_noise > 0:
             noisy = torch.rand(len(batch), generator=gen) < wcfg.label_noise
-            answers = [near_miss(p.answer) if bool(noisy[i]) else p.answer for i, p in enumerate(batch)]
+            answers = [targets[i][1] if bool(noisy[j]) else targets[i][0] for j, i in enumerate(idx)]
         batch_demos = None
         if demos is not None:
             batch_demos = [list(demos[i]) for i in idx]
-            if answers is not None:
+            if wcfg.label_noise > 0:
                 for d, a in zip(batch_demos, answers):
                     d[-1] = (a, d[-1][1])
         ids, mask, labels = supervised_batch(tokenizer, batch, answers, batch_demos)
@@ -197,7 +324,7 @@ def prepare_warmup(
     target = Path(run_dir) / WARMUP_DIR
     if (target / DONE_MARKER).exists():
         return WarmupResult(target, "run")
-    cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts)))
+    cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts), device=device))
     if cfg.warmup.cache and (cached / DONE_MARKER).exists():
         copy_dir(cached, target)
         return WarmupResult(target, "cache")

@@ -54,16 +54,19 @@ class SynthConfig:
 
     task: str = opt(
         "arithmetic",
-        "synthetic task; the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
+        "synthetic task: arithmetic (`23+45=` → `68`), chain (`7+5-3=` → `12-3=9`, worked step by "
+        "step); the tool tasks (agent.enable) need the python tool (tool_arithmetic: "
         "products too large to do in the head), the search tool (corpus_qa: facts in a generated corpus) or "
         "both",
-        choices=("arithmetic", "tool_arithmetic", "corpus_qa", "tool_mix"),
+        choices=("arithmetic", "chain", "tool_arithmetic", "corpus_qa", "tool_mix"),
     )
     n: int = opt(10000, "number of training problems to generate", ge=1)
     val_n: int = opt(256, "number of held-out validation problems", ge=0)
     difficulty: str = opt("easy", "difficulty preset", choices=("easy", "medium", "hard"))
     max_operand: int = opt(0, "largest operand; 0 takes the difficulty's value", ge=0)
     ops: str = opt("", "operators to use, e.g. '+-' or '+-*'; empty takes the difficulty's value")
+    terms: int = opt(4, "chain task: terms per chain (the longest chains)", ge=2)
+    min_terms: int = opt(0, "chain task: the shortest chains (0 = all chains have `terms` terms)", ge=0)
 
 
 @dataclass
@@ -193,8 +196,8 @@ class ActorConfig:
 class RewardConfig:
     function: str = opt(
         "arithmetic",
-        "reward function: arithmetic, math (1/0), code (unit tests, 1/0), f1 (ARPO's format-gated "
-        "token F1: -1 on a bad format)",
+        "reward function: arithmetic, chain (worked chains: the final result), math (1/0), code "
+        "(unit tests, 1/0), f1 (ARPO's format-gated token F1: -1 on a bad format)",
         choices=REWARD_FUNCTIONS,
     )
     by_source: dict[str, str] = opt(
@@ -218,7 +221,8 @@ class WarmupConfig:
     lr: float = opt(3e-3, "supervised learning rate", gt=0.0)
     label_noise: float = opt(
         0.0,
-        "fraction of warm-up answers replaced by a near miss (integer answers ±1), like a weak teacher",
+        "fraction of warm-up answers replaced by a weak teacher's slip (integer answers: +1; worked "
+        "chains: the first carry or borrow forgotten)",
         ge=0.0,
         le=1.0,
     )

@@ -59,6 +59,13 @@ REWARDS: dict[str, RewardSpec] = {
             "the first line must be exactly the integer (the synthetic tasks)",
         ),
         RewardSpec(
+            "chain",
+            "archer.core.rewards.chain:score_chain",
+            None,
+            False,
+            "worked chains (`12-3+8=9+8=17`): the integer after the last `=` of the first line",
+        ),
+        RewardSpec(
             "math",
             "archer.core.rewards.math:score_math",
             "archer.core.rewards.math:score_math_batch",

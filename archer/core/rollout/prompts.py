@@ -41,7 +41,13 @@ def synth_files(cfg: Any, data_dir: Path) -> tuple[list[str], list[str]]:
     from archer.core.data.synth import write_arithmetic
 
     train, val = data_dir / "train.parquet", data_dir / "val.parquet"
-    if not (train.exists() and val.exists()):
+    if not (train.exists() and val.exists()) and cfg.data.synth.task == "chain":
+        from archer.core.data.chain import resolve_chain_spec, write_chains
+
+        s = cfg.data.synth
+        spec = resolve_chain_spec(int(s.terms), int(s.max_operand), str(s.ops), int(s.min_terms))
+        write_chains(data_dir, n=int(s.n), val_n=int(s.val_n), seed=int(cfg.seed), spec=spec)
+    elif not (train.exists() and val.exists()):
         s = cfg.data.synth
         write_arithmetic(
             data_dir,

@@ -1,0 +1,75 @@
+"""What a run learned, in words: training reward and held-out accuracy, first against last.
+
+A rising training reward alone says little (a tiny model can memorise its training problems);
+held-out accuracy says whether it learned the task. The CLI prints `Outcome.verdict()` at the end
+of `archer train`; bench/quickstart_seeds.py and the learning tests read the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# A change of held-out accuracy smaller than this is called "about the same": with a few hundred
+# validation problems, sampling noise alone moves accuracy by a few hundredths.
+VAL_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Reward (mean of the first and last k training steps) and validation accuracy before/after."""
+
+    reward_first: float | None
+    reward_last: float | None
+    reward_steps: int  # k
+    val_before: float | None
+    val_after: float | None
+
+    @property
+    def reward_gain(self) -> float | None:
+        if self.reward_first is None or self.reward_last is None:
+            return None
+        return self.reward_last - self.reward_first
+
+    @property
+    def val_gain(self) -> float | None:
+        if self.val_before is None or self.val_after is None:
+            return None
+        return self.val_after - self.val_before
+
+    @property
+    def val_fell(self) -> bool:
+        """Held-out accuracy dropped by more than noise: a warning sign."""
+        gain = self.val_gain
+        return gain is not None and gain < -VAL_TOLERANCE
+
+    def verdict(self) -> str | None:
+        """One sentence a newcomer understands, or None without validation numbers."""
+        vg, rg = self.val_gain, self.reward_gain
+        if vg is None:
+            return None
+        acc = f"held-out accuracy {self.val_before:.3f} → {self.val_after:.3f}"
+        if vg > VAL_TOLERANCE:
+            return f"{acc}: the model learned the task, not just the training set"
+        if vg < -VAL_TOLERANCE:
+            if rg is not None and rg > 0:
+                return (
+                    f"{acc} while the training reward rose: the model memorised its training "
+                    "problems instead of learning the task"
+                )
+            return f"{acc}: the model got worse on problems it never trained on"
+        return f"{acc}: no measurable change on problems it never trained on"
+
+
+def outcome_of(
+    metrics: Sequence[dict[str, Any]], first_val: dict[str, float], last_val: dict[str, float], k: int = 5
+) -> Outcome:
+    """The outcome of a run from its metrics rows (metrics.jsonl) and its first/last validation."""
+    rows = [r for r in metrics if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
+    first = last = None
+    k = min(k, len(rows))
+    if k:
+        first = sum(float(r["reward/mean"]) for r in rows[:k]) / k
+        last = sum(float(r["reward/mean"]) for r in rows[-k:]) / k
+    return Outcome(first, last, k, first_val.get("val/accuracy"), last_val.get("val/accuracy"))
