@@ -70,6 +70,19 @@ class ArcherTrainer(PPOTrainerSync):
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(ArcherActorRolloutRefWorker)
 
+    def _init_dataloader(self):
+        """verl's dataloaders, then: at least one batch of prompts survived verl's length filter
+        (its fit() divides by len(data) // batch size)."""
+        super()._init_dataloader()
+        from archer.core.engines.verl.launch import check_batch_fits
+
+        check_batch_fits(
+            len(self.train_dataset),
+            int(self.config.data.train_batch_size),
+            filtered=bool(self.config.data.get("filter_overlong_prompts", False)),
+            max_prompt_length=int(self.config.data.max_prompt_length),
+        )
+
     def _setup(self):
         super()._setup()
         from archer.influence.settings import InfluenceSettings
