@@ -79,7 +79,7 @@ def check_inputs(vc: Any) -> int | None:
         if path is not None and not path.exists() and not _hub_id(str(value)):
             raise ConfigError(
                 f"{archer_key} {value} does not exist on this machine",
-                hint="a local model directory (config.json, weights, tokenizer) or a hub id (Qwen/Qwen2.5-7B)",
+                hint="a local model directory (config.json, weights) or a hub id (Qwen/Qwen2.5-7B)",
             )
     total: int | None = 0
     for key, archer_key in (("data.train_files", "data.train_files"), ("data.val_files", "data.val_files")):
