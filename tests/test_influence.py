@@ -349,6 +349,70 @@ def test_separate_backward_fires_hooks_and_leaves_grad_untouched():
     assert metrics["influence/groups_skipped_all_same"] == 2
 
 
+def test_separate_backward_frees_the_module_outputs_it_kept():
+    """The outputs kept for autograd.grad die with the micro-batch, by reference counting alone
+    (a slot -> output -> hook closure -> slot cycle would keep every traced module's activations
+    alive until the garbage collector ran: out of memory on a GPU)."""
+    import gc
+    import weakref
+
+    model, batch = tiny_model(), make_batch()
+    tracer = InfluenceTracer(model, settings(output_function="log_prob"), identity_projection=True)
+    tracer.begin_step(batch.metas("log_prob"), batch.lengths())
+    from influence_fixtures import pad_rows
+
+    pb = pad_rows(batch, batch.rows)
+    pos, rid, tok = capture_positions(batch, batch.rows, pb)
+    kept: list[weakref.ref] = []
+    original = tracer.recorder.captured_outputs
+
+    def captured_outputs():
+        outs = original()
+        kept.extend(weakref.ref(t) for t in outs)
+        return outs
+
+    tracer.recorder.captured_outputs = captured_outputs
+
+    def objective():
+        logp, mask, _ = padded_logprob_terms(model, batch, batch.rows)
+        return (logp * mask).sum()
+
+    gc.collect()
+    gc.disable()
+    try:
+        tracer.separate_backward(objective, pos, rid, tok)
+        assert len(kept) == len(tracer.recorder.names) > 0
+        assert [r() for r in kept] == [None] * len(kept)
+        # and when the objective raises half-way, nothing is kept either
+        kept.clear()
+
+        def failing():
+            objective()
+            tracer.recorder.captured_outputs()
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            tracer.separate_backward(failing, pos, rid, tok)
+        assert kept and [r() for r in kept] == [None] * len(kept)
+    finally:
+        gc.enable()
+
+
+def test_factors_copied_to_host_asynchronously_are_waited_for_before_use():
+    """Non-blocking device-to-host copies leave an event; `captured()` waits on every one."""
+    model = tiny_model()
+    rec = InfluenceRecorder(model, settings(grad_offload_to_cpu=True), identity_projection=True)
+    waited = []
+
+    class Event:
+        def synchronize(self):
+            waited.append(True)
+
+    rec._copies = [Event(), Event()]
+    rec.captured()
+    assert waited == [True, True] and rec._copies == []
+
+
 def test_hessian_above_cap_is_refused_with_memory_figure():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"GiB.*max_hessian_dim"):

@@ -220,7 +220,7 @@ class WorkerInfluence:
     def abort(self) -> None:
         """Forget a half-done step (the update raised)."""
         self._open = False
-        self.tracer.recorder._ctx = None  # noqa: SLF001 - abandon the half-open micro-batch
+        self.tracer.recorder.abandon_micro()
         self.active = False
 
     def finish(self) -> tuple[dict[int, np.ndarray], dict[str, float]]:
