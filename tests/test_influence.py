@@ -663,6 +663,32 @@ def test_acceptance_rules_and_group_selection():
     assert select_groups(many, acc, max_prompts=2)[0] == [0, 1]
 
 
+def test_acceptance_is_correctness_when_known_in_both_engines():
+    """A correct answer penalised for its length (0.8) is accepted; an all-wrong group whose
+    penalties differ has no contrast. Without correctness the reward decides, as before."""
+    from types import SimpleNamespace
+
+    from archer.core.engines.local.influence_step import LocalInfluence
+    from archer.influence.selection import plan_step
+
+    rewards = [1.0, 0.8, 0.0, -0.2, 0.0, -0.5]
+    correct = [True, True, False, False, False, False]
+    groups = ["a", "a", "a", "b", "b", "b"]
+    adv = [0.5, 0.3, -0.8, 0.0, 0.2, -0.3]
+    s = settings()
+    metas, accepted, constant = plan_step(rewards, adv, groups, s, correct=correct)
+    assert accepted[:3] == correct[:3] and constant == 1  # group b: all alike (no contrast)
+    assert [(m.row, m.accepted) for m in metas] == [(0, True), (1, True), (2, False)]
+    _, by_reward, constant = plan_step(rewards, adv, groups, s)
+    assert by_reward == [True, False, False, False, True, False] and constant == 0
+    # the local engine plans with the same rule and passes its correctness on
+    local = LocalInfluence(tiny_model(), s)
+    rollout = SimpleNamespace(response_lengths=torch.tensor([5, 9, 3, 4, 4, 8]))
+    local.begin(rollout, torch.tensor(rewards), torch.tensor(adv), groups, correct=correct)
+    assert local.accepted == [True, True, False, None, None, None]
+    assert sorted(local.selected) == [0, 1, 2]
+
+
 def test_max_tokens_per_response_leaves_nan_for_uncaptured_tokens():
     model, batch = tiny_model(), make_batch()
     s = settings(max_tokens_per_response=2)
