@@ -319,6 +319,7 @@ def _preflight(vc: Any) -> None:
 
     try:
         plugin.register()
+        plugin.register_trainer()
     except Exception as e:
         raise ArcherError(
             f"archer's verl plugin did not register: {type(e).__name__}: {e}",

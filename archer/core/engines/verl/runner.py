@@ -47,6 +47,7 @@ class ArcherTaskRunner:
 
         configure_verl_logging()
         plugin.register()
+        plugin.register_trainer()
         trainer_cls = get_trainer_cls(config.trainer.v1.trainer_mode)
         config.transfer_queue.enable = True
         pprint(OmegaConf.to_container(config, resolve=True))
