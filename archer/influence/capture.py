@@ -153,6 +153,10 @@ class InfluenceRecorder:
         self._slots: list[_Slot] = []
         self._keep_outputs = False
         self._copies: list[Any] = []  # CUDA events after non-blocking device-to-host copies
+        # None: a hook's error raises through the model's forward/backward (one process). Set (by
+        # a data-parallel engine), it receives the error instead and capture stops for the
+        # micro-batch, so this rank finishes its collectives with the others and fails with them.
+        self.on_error: Any = None
         self.reset()
 
     # ---------------------------------------------------------------- bookkeeping
@@ -283,7 +287,23 @@ class InfluenceRecorder:
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
+    def _guarded(self, fn: Any) -> Any:
+        """`fn` whose exceptions go to `on_error` (and end the micro-batch's capture) when it is set."""
+
+        def run(*args: Any) -> Any:
+            if self.on_error is None:
+                return fn(*args)
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - handed on, raised later on every rank
+                self.abandon_micro()
+                self.on_error(e)
+                return None
+
+        return run
+
     def _make_forward_hook(self, idx: int) -> Any:
+        @self._guarded
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             ctx = self._ctx
             if ctx is None or not torch.is_grad_enabled() or _in_backward():
@@ -315,7 +335,10 @@ class InfluenceRecorder:
                 slot.output = output
             scale = ctx["scale"]
 
+            @self._guarded
             def grad_hook(grad: torch.Tensor) -> None:
+                if self._ctx is not ctx:
+                    return  # the micro-batch was abandoned
                 if slot.u is not None:
                     raise RuntimeError(f"module {self.names[idx]} received two gradients in one micro-batch")
                 t1 = self._tick(grad.device)
