@@ -287,6 +287,15 @@ def test_missing_model_or_data_file_exits_2_before_ray(dry_run, tmp_path, inputs
     assert not ray.is_initialized() and not (tmp_path / "run").exists()
 
 
+def test_paths_archer_will_make_are_not_required_yet():
+    from archer.core.engines.verl.launch import check_inputs
+
+    vc = verl_config("math", SDPA)  # /models/qwen and /data/train.parquet do not exist here
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_inputs(vc)
+    assert check_inputs(vc, will_make=["/models/qwen", "/data/train.parquet"]) is None
+
+
 def test_fewer_prompts_than_one_batch_is_an_error_naming_the_counts(tmp_path, inputs):
     r = runner.invoke(
         app, ["train", "--preset", "math", *inputs, SDPA, "data.train_batch_size=256", "--dry-run"]

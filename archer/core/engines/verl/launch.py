@@ -64,18 +64,20 @@ def count_prompts(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def check_inputs(vc: Any) -> int | None:
+def check_inputs(vc: Any, will_make: Any = ()) -> int | None:
     """model.path, the tokenizer and the data files exist on this machine, and the training files
     hold at least one batch of prompts (verl's trainer divides by len(data) // batch size). Paths
-    verl fetches itself (a scheme://) are left to it. Returns the number of training prompts
-    (None when a file is remote)."""
+    verl fetches itself (a scheme://) are left to it, and so are `will_make`, the paths archer
+    writes before verl starts (a dry run checks them as plans). Returns the number of training
+    prompts (None when a file is remote or not made yet)."""
     s = vc.select
+    skip = {str(p) for p in will_make}
     for key, archer_key in (
         ("actor_rollout_ref.model.path", "model.path"),
         ("actor_rollout_ref.model.tokenizer_path", "model.tokenizer_path"),
     ):
         value = s(key)
-        path = _local_path(value) if value else None
+        path = _local_path(value) if value and str(value) not in skip else None
         if path is not None and not path.exists() and not _hub_id(str(value)):
             raise ConfigError(
                 f"{archer_key} {value} does not exist on this machine",
@@ -84,7 +86,7 @@ def check_inputs(vc: Any) -> int | None:
     total: int | None = 0
     for key, archer_key in (("data.train_files", "data.train_files"), ("data.val_files", "data.val_files")):
         for f in _files(s(key)):
-            path = _local_path(f)
+            path = _local_path(f) if str(f) not in skip else None
             if path is None:
                 total = None if key == "data.train_files" else total
                 continue
