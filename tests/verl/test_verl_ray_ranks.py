@@ -64,18 +64,11 @@ def actor_rollout_ref_config(model_dir, *, mini: int, micro: int):
 
 
 @pytest.fixture(scope="module")
-def fault_file(tmp_path_factory):
-    """Write a rank into it and that rank's capture raises (verl_fault.py); absent = no fault."""
-    return tmp_path_factory.mktemp("fault") / "rank"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(fault_file):
+def ray_cluster():
     import ray
 
     env = {
-        "VERL_USE_EXTERNAL_MODULES": "verl_cpu_platform,verl_fault",
-        "ARCHER_TEST_FAULT_FILE": str(fault_file),
+        "VERL_USE_EXTERNAL_MODULES": "verl_cpu_platform",
         "PYTHONPATH": os.pathsep.join([str(H.HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
         "RAY_AUTH_MODE": "disabled",
     }
@@ -159,52 +152,3 @@ def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, 
     # and equal to the local engine as well
     for r in selected:
         np.testing.assert_allclose(merged[r], ref["influence"][r], rtol=0, atol=1e-5 * scale)
-
-
-def test_a_capture_error_on_one_rank_fails_both_ranks_with_its_message(ray_cluster, tmp_path, fault_file):
-    """Rank 1's forward hook raises inside the model's forward. Rank 0 must not wait in the next
-    FSDP collective for a rank that left: rank 1 finishes the update without capturing, then both
-    raise rank 1's error. Each rank's own result is awaited (a hang would hit the 240 s guard,
-    far beyond the seconds a mini-batch takes here, instead of the process group's timeout)."""
-    import ray
-    from verl.single_controller.base.decorator import MAGIC_ATTR
-
-    from archer.core.engines.verl.steps import plan_influence
-    from archer.core.engines.verl.worker import ArcherActorRolloutRefWorker
-
-    model_dir = H.save_tiny_model(tmp_path / "tiny")
-    step = H.make_step(seed=11)
-    settings = H.influence_settings()
-    ref = H.local_reference(model_dir, step, settings)
-    keys = [f"{u}_{i}_0" for i, u in enumerate(step.uids)]
-    seq_adv = (ref["advantages"].sum(-1) / torch.tensor([len(r) for r in step.responses])).numpy()
-    plan = plan_influence(keys, np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings)
-    order = [i for i in range(step.size) if i % 2 == 0] + [i for i in range(step.size) if i % 2 == 1]
-    batch = H.update_meta(  # as above: both ranks hold traced rows of every group
-        H.v1_rows(step, ref["old"], ref["advantages"], plan.fields, order), mini_batch_size=step.size
-    )
-    wg = two_rank_group(ray_cluster, model_dir, mini=step.size)
-    wg.archer_setup({"loss_knobs": {}, "influence": settings.__dict__})
-
-    # what wg.update_actor(batch) does, keeping one future per rank
-    dispatch = getattr(ArcherActorRolloutRefWorker.update_actor, MAGIC_ATTR)["dispatch_mode"]["dispatch_fn"]
-    fault_file.write_text("1")
-    try:
-        args, kwargs = dispatch(wg, batch)
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
-        futures = wg.execute_all_async(type(wg.update_actor).__name__, *args, **kwargs)
-        messages = []
-        for future in futures:
-            with pytest.raises(ray.exceptions.RayTaskError) as e:
-                ray.get(future, timeout=240)
-            messages.append(str(e.value))
-    finally:
-        fault_file.unlink()
-    for rank, message in enumerate(messages):
-        assert (
-            "influence capture failed on rank 1: RuntimeError: injected capture failure on rank 1" in message
-        ), f"rank {rank}: {message[-1500:]}"
-    # both ranks are free and in step again: the next update runs and captures on both
-    wg.update_actor(batch)
-    per_rank = wg.archer_take_influence()
-    assert len(per_rank) == 2 and all(per_rank)
