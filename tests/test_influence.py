@@ -365,6 +365,70 @@ def test_separate_backward_fires_hooks_and_leaves_grad_untouched():
     assert metrics["influence/groups_skipped_all_same"] == 2
 
 
+def test_separate_backward_frees_the_module_outputs_it_kept():
+    """The outputs kept for autograd.grad die with the micro-batch, by reference counting alone
+    (a slot -> output -> hook closure -> slot cycle would keep every traced module's activations
+    alive until the garbage collector ran: out of memory on a GPU)."""
+    import gc
+    import weakref
+
+    model, batch = tiny_model(), make_batch()
+    tracer = InfluenceTracer(model, settings(output_function="log_prob"), identity_projection=True)
+    tracer.begin_step(batch.metas("log_prob"), batch.lengths())
+    from influence_fixtures import pad_rows
+
+    pb = pad_rows(batch, batch.rows)
+    pos, rid, tok = capture_positions(batch, batch.rows, pb)
+    kept: list[weakref.ref] = []
+    original = tracer.recorder.captured_outputs
+
+    def captured_outputs():
+        outs = original()
+        kept.extend(weakref.ref(t) for t in outs)
+        return outs
+
+    tracer.recorder.captured_outputs = captured_outputs
+
+    def objective():
+        logp, mask, _ = padded_logprob_terms(model, batch, batch.rows)
+        return (logp * mask).sum()
+
+    gc.collect()
+    gc.disable()
+    try:
+        tracer.separate_backward(objective, pos, rid, tok)
+        assert len(kept) == len(tracer.recorder.names) > 0
+        assert [r() for r in kept] == [None] * len(kept)
+        # and when the objective raises half-way, nothing is kept either
+        kept.clear()
+
+        def failing():
+            objective()
+            tracer.recorder.captured_outputs()
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            tracer.separate_backward(failing, pos, rid, tok)
+        assert kept and [r() for r in kept] == [None] * len(kept)
+    finally:
+        gc.enable()
+
+
+def test_factors_copied_to_host_asynchronously_are_waited_for_before_use():
+    """Non-blocking device-to-host copies leave an event; `captured()` waits on every one."""
+    model = tiny_model()
+    rec = InfluenceRecorder(model, settings(grad_offload_to_cpu=True), identity_projection=True)
+    waited = []
+
+    class Event:
+        def synchronize(self):
+            waited.append(True)
+
+    rec._copies = [Event(), Event()]
+    rec.captured()
+    assert waited == [True, True] and rec._copies == []
+
+
 def test_hessian_above_cap_is_refused_with_memory_figure():
     model = tiny_model()
     # factor 1 is a random square projection: D = 32·16 = 512 for down_proj, above the cap
@@ -623,6 +687,32 @@ def test_acceptance_rules_and_group_selection():
     many = [g for g in range(5) for _ in range(2)]
     acc = [i % 2 == 0 for i in range(10)]
     assert select_groups(many, acc, max_prompts=2)[0] == [0, 1]
+
+
+def test_acceptance_is_correctness_when_known_in_both_engines():
+    """A correct answer penalised for its length (0.8) is accepted; an all-wrong group whose
+    penalties differ has no contrast. Without correctness the reward decides, as before."""
+    from types import SimpleNamespace
+
+    from archer.core.engines.local.influence_step import LocalInfluence
+    from archer.influence.selection import plan_step
+
+    rewards = [1.0, 0.8, 0.0, -0.2, 0.0, -0.5]
+    correct = [True, True, False, False, False, False]
+    groups = ["a", "a", "a", "b", "b", "b"]
+    adv = [0.5, 0.3, -0.8, 0.0, 0.2, -0.3]
+    s = settings()
+    metas, accepted, constant = plan_step(rewards, adv, groups, s, correct=correct)
+    assert accepted[:3] == correct[:3] and constant == 1  # group b: all alike (no contrast)
+    assert [(m.row, m.accepted) for m in metas] == [(0, True), (1, True), (2, False)]
+    _, by_reward, constant = plan_step(rewards, adv, groups, s)
+    assert by_reward == [True, False, False, False, True, False] and constant == 0
+    # the local engine plans with the same rule and passes its correctness on
+    local = LocalInfluence(tiny_model(), s)
+    rollout = SimpleNamespace(response_lengths=torch.tensor([5, 9, 3, 4, 4, 8]))
+    local.begin(rollout, torch.tensor(rewards), torch.tensor(adv), groups, correct=correct)
+    assert local.accepted == [True, True, False, None, None, None]
+    assert sorted(local.selected) == [0, 1, 2]
 
 
 def test_max_tokens_per_response_leaves_nan_for_uncaptured_tokens():

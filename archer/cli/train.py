@@ -14,6 +14,8 @@ EPILOG = (
     "  archer train --resume --out runs/demo trainer.total_steps=120\n\n"
     "  archer train --preset math model.path=/models/qwen data.train_files=data/dapo/train.parquet "
     "--dry-run\n\n"
+    "  archer train --preset math model.path=/models/qwen data.train_files=data/dapo/train.parquet "
+    "--dry-run --full-config\n\n"
     "Overrides are key=value (YAML values), ~key drops a preset's value. "
     "List the keys: archer presets show quickstart --explain"
 )
@@ -34,6 +36,9 @@ def train(
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
+    full_config: bool = typer.Option(
+        False, "--full-config", help="With --dry-run on verl: print verl's whole composed config."
     ),
 ) -> None:
     """Train a policy with RL on the preset's engine (local or verl)."""
@@ -75,7 +80,7 @@ def train(
     if dry_run and composed.cfg.engine == "verl":  # verl's composed config and the plan; no Ray
         from archer.core.engines.verl.launch import dry_run as verl_dry_run
 
-        _print_verl_dry_run(verl_dry_run(composed, run_dir))
+        _print_verl_dry_run(verl_dry_run(composed, run_dir), full=full_config)
         console().print("[dim]dry run: nothing was trained[/dim]")
         return
     if dry_run:
@@ -100,16 +105,22 @@ def train(
         print_summary(result, traced=bool(composed.cfg.trace.enable))
 
 
-def _print_verl_dry_run(plan) -> None:
+def _print_verl_dry_run(plan, *, full: bool) -> None:
+    """The plan first, then the config: the keys this run sets, or verl's whole config (--full-config)."""
     from rich.markup import escape
 
     from archer.cli._console import out, print_yaml, warn
 
-    print_yaml(plan.config_yaml)
     if plan.plan:
         out().print("[bold]verl engine plan[/bold] (dry run: nothing was started)")
         for label, value in plan.plan:
             out().print(f"  [bold]{label:<15}[/bold] {escape(value)}", soft_wrap=True)
+    if full or not plan.set_yaml:
+        out().print("[bold]verl config[/bold] (complete, as verl will read it)")
+        print_yaml(plan.config_yaml)
+    else:
+        out().print("[bold]verl config[/bold] (the keys this run sets; --full-config prints all of verl's)")
+        print_yaml(plan.set_yaml)
     for w in plan.warnings:
         warn(w)
 

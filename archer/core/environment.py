@@ -55,12 +55,31 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+def _requirements() -> list[str]:
+    """archer's requirements: from the checkout's pyproject.toml when archer runs from one (an
+    editable install's metadata keeps the extras of the day it was installed), else from the
+    installed distribution's metadata."""
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if sys.version_info >= (3, 11) and pyproject.is_file():
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        if project.get("name") == "archer":
+            lines = list(project.get("dependencies", []))
+            for extra, reqs in project.get("optional-dependencies", {}).items():
+                lines += [f'{r}; extra == "{extra}"' for r in reqs]
+            return lines
+    return list(requires("archer") or [])
+
+
 def declared_pins(extra: str) -> dict[str, str]:
     """`name -> version` for the `==` requirements archer declares under an extra (pyproject)."""
     from packaging.requirements import Requirement
 
     pins: dict[str, str] = {}
-    for line in requires("archer") or []:
+    for line in _requirements():
         req = Requirement(line)
         if req.marker is None or not req.marker.evaluate({"extra": extra}):
             continue

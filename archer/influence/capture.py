@@ -157,6 +157,11 @@ class InfluenceRecorder:
         self._ctx: dict[str, Any] | None = None
         self._slots: list[_Slot] = []
         self._keep_outputs = False
+        self._copies: list[Any] = []  # CUDA events after non-blocking device-to-host copies
+        # None: a hook's error raises through the model's forward/backward (one process). Set (by
+        # a data-parallel engine), it receives the error instead and capture stops for the
+        # micro-batch, so this rank finishes its collectives with the others and fails with them.
+        self.on_error: Any = None
         self.reset()
 
     # ---------------------------------------------------------------- bookkeeping
@@ -169,6 +174,7 @@ class InfluenceRecorder:
         self.tokens_captured = 0
         self.micro_batches = 0
         self.hook_seconds = 0.0
+        self._copies = []
 
     def remove(self) -> None:
         for h in self._handles:
@@ -246,9 +252,21 @@ class InfluenceRecorder:
                 self.tokens_captured += n
                 self.micro_batches += 1
         finally:
-            self._ctx = None
-            self._slots = []
-            self._keep_outputs = False
+            self._drop_slots()
+
+    def _drop_slots(self) -> None:
+        """Forget the micro-batch's slots. A kept output holds the hook whose closure holds its
+        slot (slot -> output -> hook -> slot): cleared here, so the output and the activations
+        behind it are freed when the micro-batch ends, not whenever the garbage collector runs."""
+        for s in self._slots:
+            s.output = None
+        self._ctx = None
+        self._slots = []
+        self._keep_outputs = False
+
+    def abandon_micro(self) -> None:
+        """Drop a half-open micro-batch (its forward or backward raised)."""
+        self._drop_slots()
 
     @contextmanager
     def micro(
@@ -263,8 +281,7 @@ class InfluenceRecorder:
             if ok:
                 self.end_micro()
             else:
-                self._ctx = None
-                self._slots = []
+                self.abandon_micro()
 
     def captured_outputs(self) -> list[torch.Tensor]:
         """Module outputs of the current context (with keep_outputs=True), for autograd.grad."""
@@ -283,7 +300,23 @@ class InfluenceRecorder:
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
+    def _guarded(self, fn: Any) -> Any:
+        """`fn` whose exceptions go to `on_error` (and end the micro-batch's capture) when it is set."""
+
+        def run(*args: Any) -> Any:
+            if self.on_error is None:
+                return fn(*args)
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - handed on, raised later on every rank
+                self.abandon_micro()
+                self.on_error(e)
+                return None
+
+        return run
+
     def _make_forward_hook(self, idx: int) -> Any:
+        @self._guarded
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             ctx = self._ctx
             if ctx is None or not torch.is_grad_enabled() or _in_backward():
@@ -317,7 +350,10 @@ class InfluenceRecorder:
                 slot.output = output
             scale = ctx["scale"]
 
+            @self._guarded
             def grad_hook(grad: torch.Tensor) -> None:
+                if self._ctx is not ctx:
+                    return  # the micro-batch was abandoned
                 if slot.u is not None:
                     raise RuntimeError(f"module {self.names[idx]} received two gradients in one micro-batch")
                 t1 = self._tick(grad.device)
@@ -341,11 +377,22 @@ class InfluenceRecorder:
         if self._storage_dtype == torch.bfloat16:
             t = t.to(torch.bfloat16)
         if self.settings.grad_offload_to_cpu and t.device.type != "cpu":
-            t = t.to("cpu", non_blocking=True)
+            t = t.to("cpu", non_blocking=True)  # pinned host memory, filled later by the stream
+            if t.device.type == "cpu" and torch.cuda.is_available():
+                event = torch.cuda.Event()
+                event.record()
+                self._copies.append(event)
         return t
+
+    def wait_for_copies(self) -> None:
+        """Block until every non-blocking device-to-host copy has landed; before any host read."""
+        for event in self._copies:
+            event.synchronize()
+        self._copies = []
 
     # ---------------------------------------------------------------- results
     def captured(self) -> CapturedFactors:
+        self.wait_for_copies()
         rows = torch.cat(self._rows) if self._rows else torch.zeros(0, dtype=torch.long)
         tok = torch.cat(self._tok) if self._tok else torch.zeros(0, dtype=torch.long)
         modules = []

@@ -1,6 +1,6 @@
 """Which responses are accepted, and which prompt groups get influence scores this step.
 
-Pure Python over per-response rewards and group ids, shared by both engines. A group is worth
+Pure Python over per-response correctness (or rewards) and group ids, shared by both engines. A group is worth
 scoring only if it has both accepted and rejected responses (otherwise there is no contrast);
 `max_prompts_per_step` caps how many such groups are traced (0 = all of them).
 """
@@ -46,17 +46,38 @@ def trace_accepted(groups: Sequence[Hashable], accepted: Sequence[bool]) -> list
     return [a if g in mixed else None for g, a in zip(groups, flags)]
 
 
+def acceptance_values(rewards: Sequence[float], correct: Sequence[bool | None] | None) -> list[float]:
+    """What `accept_rule` compares: correctness (1/0) where the reward function reports it for
+    every response, else the reward. Never the shaped reward when correctness is known: DAPO's
+    overlong penalty would turn a long correct answer into a rejected one, and an all-wrong group
+    of mixed lengths into one with contrast."""
+    if correct is not None and len(correct) == len(rewards) and all(c is not None for c in correct):
+        return [1.0 if c else 0.0 for c in correct]
+    return [float(r) for r in rewards]
+
+
 def plan_step(
-    rewards: Sequence[float], advantages: Sequence[float], groups: Sequence[Hashable], settings
+    rewards: Sequence[float],
+    advantages: Sequence[float],
+    groups: Sequence[Hashable],
+    settings,
+    correct: Sequence[bool | None] | None = None,
 ) -> tuple:
     """Everything an engine decides before capture: (ResponseMeta of every response in the traced
     groups, accepted flag of every response, number of constant groups left out).
 
-    `advantages` are per-response (sequence-level) values; `settings` is an InfluenceSettings."""
+    `advantages` are per-response (sequence-level) values; `settings` is an InfluenceSettings;
+    `correct` is the reward function's correctness per response, which labels accepted/rejected
+    (acceptance_values). The sign σ still comes from the advantage and the reward."""
     from archer.influence.scoring import ResponseMeta
 
     output = settings.output
-    accepted = accepted_mask(rewards, groups, rule=settings.accept_rule, threshold=settings.accept_threshold)
+    accepted = accepted_mask(
+        acceptance_values(rewards, correct),
+        groups,
+        rule=settings.accept_rule,
+        threshold=settings.accept_threshold,
+    )
     chosen, constant = select_groups(groups, accepted, max_prompts=settings.max_prompts_per_step)
     keep = set(chosen)
     metas = [

@@ -242,7 +242,7 @@ class InfluenceTracer:
                     torch.autograd.grad(objective, outputs, allow_unused=True)
             self.recorder.end_micro()
         except BaseException:
-            self.recorder._ctx = None  # noqa: SLF001 - abandon the half-open context
+            self.recorder.abandon_micro()
             raise
         # the extra pass is overhead as a whole; its hook time is already in recorder.hook_seconds
         self._capture_seconds += (time.perf_counter() - t0) - (self.recorder.hook_seconds - h0)

@@ -24,6 +24,25 @@ REQUIRED = ["model.path=/models/qwen", "data.train_files=[/data/train.parquet]"]
 VERL_PRESETS = ["math", "math-grpo", "math-entropy", "math-influence", "code", "archer-code", "arpo", "aepo"]
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A model directory and a training file that exist (the dry run checks both), 128 prompts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "model").mkdir()
+    rows = [
+        {"prompt": [{"role": "user", "content": f"{i}+1?"}], "reward_model": {"ground_truth": str(i + 1)}}
+        for i in range(128)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), root / "train.parquet")
+    return [f"model.path={root / 'model'}", f"data.train_files=[{root / 'train.parquet'}]"]
+
+
+SDPA = "model.attn_implementation=sdpa"
+
+
 def verl_config(preset: str, *overrides: str, run_dir: str = "/runs/r1", resume: bool = False):
     from archer.core.engines.verl.config import compose_verl
 
@@ -109,12 +128,12 @@ def test_verl_pass_through_existing_open_and_added_keys():
         "verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.55",
         "verl.actor_rollout_ref.model.override_config.rope_theta=500000",
         "+verl.actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob=7",
-        "verl.data.train_batch_size=32",
+        "verl.data.train_batch_size=64",  # a key archer maps: allowed when it says the same
     )
     assert vc.select("actor_rollout_ref.rollout.gpu_memory_utilization") == 0.55
     assert vc.select("actor_rollout_ref.model.override_config.rope_theta") == 500000  # verl leaves it open
     assert vc.select("actor_rollout_ref.rollout.engine_kwargs.vllm.new_knob") == 7
-    assert vc.select("data.train_batch_size") == 32  # verl.* is applied last and wins
+    assert vc.select("data.train_batch_size") == 64
 
 
 @pytest.mark.parametrize(
@@ -195,7 +214,7 @@ def test_verls_own_checks_run_before_ray(tmp_path):
             "--preset",
             "math",
             *REQUIRED,
-            "verl.actor_rollout_ref.rollout.temperature=hot",
+            "verl.actor_rollout_ref.rollout.mode=sync",
             "--dry-run",
         ],
     )
@@ -218,38 +237,172 @@ def test_runtime_env_reaches_every_ray_process():
 
 
 @pytest.mark.parametrize("preset", VERL_PRESETS)
-def test_dry_run_prints_the_composed_verl_config_and_plan(preset, tmp_path):
+def test_dry_run_prints_the_plan_then_the_composed_verl_config(preset, tmp_path, inputs):
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out), "--dry-run"])
+    args = ["train", "--preset", preset, *inputs, SDPA, "--out", str(out), "--dry-run"]
+    r = runner.invoke(app, [*args, "--full-config"])
     assert r.exit_code == 0, r.output
-    config_text, plan = r.stdout.split("verl engine plan")
-    cfg = yaml.safe_load(config_text)
+    plan, config_text = r.stdout.split("verl config (complete")
+    cfg = yaml.safe_load(config_text.split("\n", 1)[1])
     assert cfg["trainer"]["v1"]["trainer_mode"] == "sync"
-    assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
+    assert cfg["actor_rollout_ref"]["model"]["path"] == inputs[0].split("=", 1)[1]
     assert cfg["archer"]["run_dir"] == str(out.resolve())
     assert {"algorithm", "reward", "data", "critic", "ray_kwargs", "transfer_queue"} <= set(cfg)  # complete
     for label in (
+        "verl engine plan",
         "nodes",
         "GPUs per node",
         "rollout engine",
         "vllm",
+        "batch",
+        "responses per step",
         "output",
         str(out),
         "verl plugin",
         "registered",
     ):
         assert label in plan, label
+    # without --full-config: the same plan, then only the keys this run sets
+    short = runner.invoke(app, args)
+    assert short.exit_code == 0, short.output
+    plan2, set_text = short.stdout.split("verl config (the keys this run sets")
+    assert plan2 == plan
+    keys = yaml.safe_load(set_text.split("\n", 1)[1])
+    assert keys["actor_rollout_ref"]["model"]["path"] == cfg["actor_rollout_ref"]["model"]["path"]
+    assert keys["actor_rollout_ref"]["rollout"]["n"] == cfg["actor_rollout_ref"]["rollout"]["n"]
+    assert "critic" not in keys and "transfer_queue" not in keys
     assert not out.exists()  # a dry run writes nothing
 
 
 def test_dry_run_lists_what_is_still_required():
-    r = runner.invoke(app, ["train", "--preset", "math-influence", "--dry-run"])
+    r = runner.invoke(app, ["train", "--preset", "math-influence", "--dry-run", "--full-config"])
     assert r.exit_code == 0, r.output
     assert "model.path" in r.stderr and "data.train_files" in r.stderr
-    assert "path: ???" in r.stdout.split("verl engine plan")[0]
+    assert "path: ???" in r.stdout.split("verl config (complete")[1]
 
 
-def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path):
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_missing_model_or_data_file_exits_2_before_ray(dry_run, tmp_path, inputs):
+    import ray
+
+    flag = ["--dry-run"] if dry_run else []
+    out = ["--out", str(tmp_path / "run")]
+    r = runner.invoke(
+        app,
+        ["train", "--preset", "math", inputs[0], "data.train_files=[/no/train.parquet]", SDPA, *out, *flag],
+    )
+    assert r.exit_code == 2, r.output
+    assert "data.train_files: /no/train.parquet does not exist" in r.stderr
+    r = runner.invoke(
+        app, ["train", "--preset", "math", "model.path=/no/model", inputs[1], SDPA, *out, *flag]
+    )
+    assert r.exit_code == 2, r.output
+    assert "model.path /no/model does not exist" in r.stderr
+    assert not ray.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_paths_archer_will_make_are_not_required_yet():
+    from archer.core.engines.verl.launch import check_inputs
+
+    vc = verl_config("math", SDPA)  # /models/qwen and /data/train.parquet do not exist here
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_inputs(vc)
+    assert check_inputs(vc, will_make=["/models/qwen", "/data/train.parquet"]) is None
+
+
+def test_fewer_prompts_than_one_batch_is_an_error_naming_the_counts(tmp_path, inputs):
+    r = runner.invoke(
+        app, ["train", "--preset", "math", *inputs, SDPA, "data.train_batch_size=256", "--dry-run"]
+    )
+    assert r.exit_code == 2, r.output
+    assert "128 prompts in data.train_files, fewer than one batch (data.train_batch_size=256)" in r.stderr
+
+
+def test_too_few_prompts_after_verls_length_filter_names_the_filter():
+    from archer.core.engines.verl.launch import check_batch_fits
+
+    check_batch_fits(64, 64, filtered=True, max_prompt_length=512)
+    with pytest.raises(
+        ConfigError,
+        match="3 prompts left after dropping prompts longer than "
+        r"data.max_prompt_length=512, fewer than one batch \(data.train_batch_size=64\)",
+    ):
+        check_batch_fits(3, 64, filtered=True, max_prompt_length=512)
+
+
+def test_flash_attention_without_flash_attn_exits_2_naming_both_fixes(tmp_path, inputs):
+    import importlib.util
+
+    import ray
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here: this checks the refusal on machines without it")
+    out = ["--out", str(tmp_path / "run")]
+    for flag in (["--dry-run"], []):
+        r = runner.invoke(app, ["train", "--preset", "math-influence", *inputs, *out, *flag])
+        assert r.exit_code == 2, r.output
+        assert "model.attn_implementation=flash_attention_2 needs the flash-attn package" in r.stderr
+        assert "flash-attn build that matches your torch and CUDA" in r.stderr
+        assert "model.attn_implementation=sdpa" in r.stderr
+    assert not ray.is_initialized() and not (tmp_path / "run").exists()
+
+
+def test_sdpa_turns_remove_padding_off_and_the_plan_says_so(tmp_path, inputs):
+    vc = verl_config("math", SDPA)
+    assert vc.select("actor_rollout_ref.model.use_remove_padding") is False
+    assert verl_config("math").select("actor_rollout_ref.model.use_remove_padding") is True  # flash-attn
+    r = runner.invoke(app, ["train", "--preset", "math", *inputs, SDPA, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "remove-padding off; remove-padding turned off: attn_implementation=sdpa" in " ".join(
+        r.stdout.split()
+    )
+    with pytest.raises(ConfigError, match="packs sequences into one row"):
+        verl_config("math", SDPA, "verl.actor_rollout_ref.model.use_remove_padding=true")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "verl.actor_rollout_ref.model.enable_activation_offload=true",
+        "verl.actor_rollout_ref.model.tiled_mlp.enabled=true",
+    ],
+)
+def test_influence_refuses_activation_offload_and_tiled_mlp(override, tmp_path, inputs):
+    verl_config("math", override)  # without influence: verl's feature, untouched
+    with pytest.raises(ConfigError, match="capture hooks never fire"):
+        verl_config("math-influence", override)
+    r = runner.invoke(app, ["train", "--preset", "math-influence", *inputs, SDPA, override, "--dry-run"])
+    assert r.exit_code == 2 and "influence capture does not work with" in r.stderr, r.output
+
+
+def test_a_verl_key_archer_maps_cannot_be_set_twice(tmp_path, inputs):
+    with pytest.raises(ConfigError) as e:
+        verl_config("math", "rollout.n=16", "verl.actor_rollout_ref.rollout.n=4")
+    assert "'verl.actor_rollout_ref.rollout.n=4'" in e.value.message and "'rollout.n=16'" in e.value.message
+    with pytest.raises(ConfigError, match="'rollout.max_new_tokens=20000'"):
+        verl_config("math", "rollout.max_new_tokens=20000", "verl.data.max_response_length=4096")
+    vc = verl_config("math", "rollout.n=16", "verl.actor_rollout_ref.rollout.n=16")  # the same value: fine
+    assert vc.select("actor_rollout_ref.rollout.n") == 16
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "math",
+            *inputs,
+            SDPA,
+            "rollout.n=16",
+            "verl.actor_rollout_ref.rollout.n=4",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 2 and "conflicts with 'rollout.n=16'" in r.stderr, r.output
+    assert not out.exists()
+
+
+def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path, inputs):
     import importlib.util
 
     import ray
@@ -257,18 +410,18 @@ def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here: this checks the refusal on machines without it")
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", "math-influence", *REQUIRED, "--out", str(out)])
+    r = runner.invoke(app, ["train", "--preset", "math-influence", *inputs, SDPA, "--out", str(out)])
     assert r.exit_code == 1, r.output
     assert "rolls out with vllm, which is not installed here" in r.stderr
     assert not ray.is_initialized() and not out.exists()
 
 
 @pytest.mark.parametrize("preset", ["arpo", "aepo"])
-def test_agent_presets_dry_run_but_training_them_on_verl_is_refused(preset, tmp_path):
+def test_agent_presets_dry_run_but_training_them_on_verl_is_refused(preset, tmp_path, inputs):
     import ray
 
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out), "--dry-run"])
+    r = runner.invoke(app, ["train", "--preset", preset, *inputs, SDPA, "--out", str(out), "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "does not run multi-turn tool rollouts yet" in r.stderr
     r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out)])

@@ -19,18 +19,33 @@ import torch  # noqa: E402
 pytestmark = pytest.mark.verl
 
 PROBE = """
-import json, verl
+import json, sys, verl
+heavy = ("verl.trainer.ppo.core_algos", "verl.workers.engine_workers", "verl.trainer.ppo.v1.trainer_base",
+         "archer.core.engines.verl.trainer", "archer.core.engines.verl.losses")
+after_import_verl = sorted(m for m in heavy if m in sys.modules)
+plugin_loaded = "archer.core.engines.verl.plugin" in sys.modules
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+trainer_by_plugin = "archer_sync" in TRAINER_REGISTRY
+import archer.core.engines.verl.plugin as plugin
+plugin.register_trainer()
 print("RESULT " + json.dumps({
+    "plugin_loaded": plugin_loaded,
+    "after_import_verl": after_import_verl,
     "losses": sorted(n for n in ("aepo", "archer", "aspo") if n in core_algos.POLICY_LOSS_REGISTRY),
     "estimators": sorted(n for n in core_algos.ADV_ESTIMATOR_REGISTRY if n.startswith("archer_")),
+    "trainer_by_plugin": trainer_by_plugin,
     "trainer": "archer_sync" in TRAINER_REGISTRY,
 }))
 """
 EVERYTHING = {
+    "plugin_loaded": True,
+    # `import verl` loads the plugin but neither verl's registries nor its trainer stack: the
+    # losses register when core_algos loads, the trainer only where one is built
+    "after_import_verl": [],
     "losses": ["aepo", "archer", "aspo"],
     "estimators": ["archer_grpo", "archer_reinforce_plus_plus_baseline", "archer_rloo"],
+    "trainer_by_plugin": False,
     "trainer": True,
 }
 

@@ -79,7 +79,9 @@ def ray_cluster():
         ray.shutdown()
 
 
-def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, tmp_path):
+def two_rank_group(ray_cluster, model_dir, mini: int):
+    """archer's worker on two data-parallel ranks, built as the V1 trainer's _setup builds it (a
+    colocated worker class, spawned by role), so archer's extra methods must be bound there."""
     from verl.single_controller.ray import (
         RayClassWithInitArgs,
         RayResourcePool,
@@ -87,8 +89,25 @@ def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, 
         create_colocated_worker_cls,
     )
 
-    from archer.core.engines.verl.steps import merge_influence, plan_influence
     from archer.core.engines.verl.worker import ArcherActorRolloutRefWorker
+
+    config = actor_rollout_ref_config(model_dir, mini=mini, micro=4)
+    pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
+    cls = RayClassWithInitArgs(
+        cls=ray_cluster.remote(ArcherActorRolloutRefWorker), config=config, role="actor"
+    )
+    group = RayWorkerGroup(
+        resource_pool=pool, ray_cls_with_init=create_colocated_worker_cls({"actor": cls}), device_name="cpu"
+    )
+    wg = group.spawn(prefix_set={"actor"})["actor"]
+    assert wg.world_size == 2
+    wg.init_model()
+    return wg
+
+
+def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, tmp_path):
+
+    from archer.core.engines.verl.steps import merge_influence, plan_influence
 
     model_dir = H.save_tiny_model(tmp_path / "tiny")
     step = H.make_step(seed=11)
@@ -113,19 +132,8 @@ def test_group_split_across_two_ranks_gives_the_single_rank_result(ray_cluster, 
     single.train_mini_batch(batch())
     one_rank, _ = single.archer_take_influence()
 
-    # two ranks through verl's Ray worker group, built as the V1 trainer's _setup builds it
-    # (a colocated worker class, spawned by role), so archer's extra methods must be bound there
-    config = actor_rollout_ref_config(model_dir, mini=step.size, micro=4)
-    pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
-    cls = RayClassWithInitArgs(
-        cls=ray_cluster.remote(ArcherActorRolloutRefWorker), config=config, role="actor"
-    )
-    group = RayWorkerGroup(
-        resource_pool=pool, ray_cls_with_init=create_colocated_worker_cls({"actor": cls}), device_name="cpu"
-    )
-    wg = group.spawn(prefix_set={"actor"})["actor"]
-    assert wg.world_size == 2
-    wg.init_model()
+    # two ranks through verl's Ray worker group
+    wg = two_rank_group(ray_cluster, model_dir, mini=step.size)
     replies = wg.archer_setup({"loss_knobs": {}, "influence": settings.__dict__})
     assert [r["influence_modules"] for r in replies][0] == replies[1]["influence_modules"]
     assert len(replies[0]["influence_modules"]) == 4

@@ -233,6 +233,45 @@ def test_plan_marks_rows_and_leaves_padding_out():
     assert plan.n_selected == 4 and plan.constant_groups == 1
 
 
+def test_accepted_is_correctness_not_the_overlong_penalised_score(monkeypatch):
+    """Group a: two correct answers, the long one penalised (0.8), one wrong: both correct ones
+    are accepted. Group b: all wrong, of mixed lengths (penalties -0.2, 0, -0.5): no contrast, not
+    traced. The driver reads `acc` from the rows' reward_extra_info, as the trace's correct column."""
+    from omegaconf import OmegaConf
+    from transfer_queue import KVBatchMeta
+
+    from archer.core.engines.verl import trainer as trainer_mod
+
+    scores = {"a_0_0": (1.0, 1), "a_1_0": (0.8, 1), "a_2_0": (0.0, 0)}
+    scores |= {"b_0_0": (-0.2, 0), "b_1_0": (0.0, 0), "b_2_0": (-0.5, 0)}
+    store = FakeTransferQueue()
+    for key, (score, acc) in scores.items():
+        rm = torch.zeros(4)
+        rm[-1] = score
+        store.put_rows(
+            {
+                key: {
+                    "rm_scores": rm,
+                    "advantages": torch.full((4,), score - 0.5),
+                    "response_mask": torch.ones(4, dtype=torch.long),
+                    "extra_fields": {"reward_extra_info": {"acc": acc, "score": score}},
+                }
+            }
+        )
+    monkeypatch.setattr(trainer_mod, "tq", store)
+    trainer = object.__new__(trainer_mod.ArcherTrainer)
+    trainer.config = OmegaConf.create({})
+    trainer.archer_influence = H.influence_settings()
+    keys = list(scores)
+    meta = KVBatchMeta(keys=keys, tags=[{}] * 6, partition_id="train", fields=None, extra_info={})
+    plan = trainer._archer_plan(meta, {})
+    assert plan.fields["archer_accepted"].tolist() == [1, 1, 0, 0, 0, 0]
+    assert (plan.fields["archer_group"] >= 0).tolist() == [True, True, True, False, False, False]
+    assert plan.accepted == [True, True, False, None, None, None]
+    assert plan.constant_groups == 1
+    assert [int(store.rows[k]["archer_accepted"]) for k in keys] == [1, 1, 0, 0, 0, 0]
+
+
 def test_merge_refuses_a_row_from_two_ranks():
     from archer.core.engines.verl.steps import merge_influence
 

@@ -321,7 +321,8 @@ class InfluenceConfig:
     )
     accept_rule: str = opt(
         "group_max",
-        "accepted = reward equals the group maximum, or reward > accept_threshold",
+        "over correctness (the reward's acc; the reward where it reports none): equals the group "
+        "maximum, or > accept_threshold",
         choices=("group_max", "threshold"),
     )
     accept_threshold: float = opt(0.5, "reward threshold for accept_rule=threshold")

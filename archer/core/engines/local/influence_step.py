@@ -44,10 +44,15 @@ class LocalInfluence:
         self.constant_groups = 0
 
     def begin(
-        self, rollout: Any, rewards: torch.Tensor, seq_advantages: torch.Tensor, groups: list[Any]
+        self,
+        rollout: Any,
+        rewards: torch.Tensor,
+        seq_advantages: torch.Tensor,
+        groups: list[Any],
+        correct: list[bool] | None = None,
     ) -> None:
         metas, accepted, constant = plan_step(
-            rewards.tolist(), seq_advantages.tolist(), groups, self.settings
+            rewards.tolist(), seq_advantages.tolist(), groups, self.settings, correct=correct
         )
         lengths = rollout.response_lengths.tolist()
         self.rollout = rollout

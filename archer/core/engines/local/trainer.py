@@ -480,7 +480,11 @@ class LocalTrainer:
         hook = None
         if self.influence is not None:  # plan (groups with contrast) and, for other outputs, capture
             self.influence.begin(
-                ro, sb.rewards, torch.from_numpy(sb.sequence_advantages(advantages)), sb.uids()
+                ro,
+                sb.rewards,
+                torch.from_numpy(sb.sequence_advantages(advantages)),
+                sb.uids(),
+                correct=sb.correct,
             )
             if self.influence.settings.output.in_training_backward:
                 hook = self.influence.micro_hook

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,10 @@ def influence_group(world_group: Any) -> Any:
     return dist.new_group(ranks=ranks, backend="gloo", timeout=datetime.timedelta(seconds=seconds))
 
 
+class InfluenceCaptureError(RuntimeError):
+    """Influence capture failed on some data-parallel rank (raised on all of them)."""
+
+
 class WorkerInfluence:
     """Owns the tracer on the engine's module; driven by `ArcherTrainingWorker`."""
 
@@ -132,6 +137,8 @@ class WorkerInfluence:
         self._open = False
         self._minis_left = 0
         self._separate = False
+        self.error: tuple[float, str] | None = None  # this rank's first capture error of the step
+        self.tracer.recorder.on_error = self._fail
 
     # ------------------------------------------------------------------ one train_mini_batch
     def begin(self, data: Any, mini_batches_per_epoch: int) -> None:
@@ -155,9 +162,23 @@ class WorkerInfluence:
         self._minis_left = mini_batches_per_epoch
         self.active = True
 
+    def _fail(self, error: BaseException) -> None:
+        """A capture error on this rank: remember the first, stop capturing for the step, and let
+        the update run on (its collectives need every rank); `finish` raises it on every rank."""
+        if self.error is None:
+            self.error = (time.time(), f"{type(error).__name__}: {error}")
+        self._open = False
+        self.tracer.recorder.abandon_micro()
+
     def before_forward(self, micro_batch: Any) -> None:
-        if not self.active:
+        if not self.active or self.error is not None:
             return
+        try:
+            self._before_forward(micro_batch)
+        except Exception as e:  # noqa: BLE001 - raised on every rank by finish()
+            self._fail(e)
+
+    def _before_forward(self, micro_batch: Any) -> None:
         self._close()
         if self._minis_left <= 0:
             return
@@ -215,20 +236,45 @@ class WorkerInfluence:
     def _close(self) -> None:
         if self._open:
             self._open = False
-            self.tracer.recorder.end_micro()
+            try:
+                self.tracer.recorder.end_micro()
+            except Exception as e:  # noqa: BLE001 - "capture incomplete": raised on every rank by finish()
+                self._fail(e)
 
     def abort(self) -> None:
         """Forget a half-done step (the update raised)."""
         self._open = False
-        self.tracer.recorder._ctx = None  # noqa: SLF001 - abandon the half-open micro-batch
+        self.tracer.recorder.abandon_micro()
         self.active = False
+        self.error = None
+
+    def agree_on_errors(self) -> None:
+        """Every rank learns whether any rank's capture failed (one small gather over the influence
+        group) and, if one did, all raise the earliest error, naming its rank: no rank goes on into
+        the scoring collectives while another has left."""
+        import torch.distributed as dist
+
+        mine, self.error = self.error, None
+        if not (dist.is_available() and dist.is_initialized()):
+            failures = [(mine, 0)] if mine else []
+        else:
+            gathered: list[Any] = [None] * dist.get_world_size(self.group)
+            dist.all_gather_object(gathered, (mine, dist.get_rank()), group=self.group)
+            failures = [(err, rank) for err, rank in gathered if err is not None]
+        if failures:
+            (_, message), rank = min(failures, key=lambda f: f[0][0])
+            others = sorted(r for _, r in failures if r != rank)
+            also = f" (ranks {others} failed too)" if others else ""
+            raise InfluenceCaptureError(f"influence capture failed on rank {rank}{also}: {message}")
 
     def finish(self) -> tuple[dict[int, np.ndarray], dict[str, float]]:
-        """Score (collective over the DP ranks) -> {row: float32 scores, NaN = not captured}, metrics."""
+        """Score (collective over the DP ranks) -> {row: float32 scores, NaN = not captured}, metrics.
+        A capture error on any rank raises here, on every rank (agree_on_errors)."""
         from archer.influence.distributed import ProcessGroupComm
 
         self._close()
         self.active = False
+        self.agree_on_errors()
         self.tracer.comm = ProcessGroupComm(self.group)
         per_row, metrics = self.tracer.finish_step()
         return {int(r): v.to(torch.float32).numpy() for r, v in per_row.items()}, metrics

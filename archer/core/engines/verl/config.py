@@ -3,7 +3,8 @@
 
 Order: verl's defaults -> archer's engine defaults (ENGINE_DEFAULTS) -> archer's keys mapped onto
 verl's (`mapped_values`, the table in docs/verl.md) -> the preset's and command line's `verl.*`
-pass-through keys (last, so they win). Every pass-through key must exist in verl's config; a new
+pass-through keys (last, so they win; one that contradicts a mapped archer key is an error).
+Every pass-through key must exist in verl's config; a new
 key is accepted only under a mapping verl leaves empty or passes on as keyword arguments
 (FREE_FORM: Ray's `ray_init`, vLLM's `engine_kwargs`, `override_config`, ...) or when written
 `+verl.KEY=VALUE` on the command line. Anything else is a `ConfigError` (exit 2) that suggests
@@ -18,7 +19,7 @@ import copy
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ MIXED_PRECISION = {
     "fp16": {"param_dtype": "fp16", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
 }
 
-# What archer sets in verl whatever the preset says (a preset's or the command line's verl.* wins).
+# What archer sets in verl whatever the preset says (a preset's or the command line's verl.* wins;
+# use_remove_padding is then turned off unless the attention is flash-attn's: _attention_layout).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "trainer.use_v1": True,
     "trainer.v1.trainer_mode": VERL_TRAINER_MODE,
@@ -376,6 +378,7 @@ class VerlConfig:
     cfg: Any  # omegaconf.DictConfig, interpolations unresolved (as verl's main does)
     mapped: dict[str, Any]
     overrides: list[tuple[str, Any, str, bool]]
+    notes: list[str] = field(default_factory=list)  # what archer decided for the user (the plan shows it)
 
     def to_yaml(self) -> str:
         from omegaconf import OmegaConf
@@ -400,6 +403,7 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
             raise RuntimeError(f"archer's verl mapping names {key!r}, which verl's config does not have")
         _set(verl_cfg, key, value)
     overrides = pass_through(composed)
+    _refuse_double_settings(mapped, overrides, composed, run_dir)
     for key, value, source, may_add in overrides:
         if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or may_add):
             raise _unknown_verl_key(key, source, verl_cfg)
@@ -409,8 +413,105 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
         for key, value in CPU_DEFAULTS.items():
             if key not in from_cli:
                 _set(verl_cfg, key, value)
+    notes = _attention_layout(verl_cfg, {k for k, *_ in overrides})
     _cross_checks(verl_cfg)
-    return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides)
+    return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides, notes=notes)
+
+
+def archer_key_of(verl_key: str, composed: Any, run_dir: Path) -> str | None:
+    """The archer key that `mapped_values` writes onto `verl_key`, found by changing archer's
+    leaves one at a time (same leaf name first) and watching the verl value; None for a value
+    archer computes from no single key."""
+    from omegaconf import OmegaConf
+
+    from archer.core.collect.runs import flatten
+
+    base = OmegaConf.to_container(composed.cfg, resolve=True, throw_on_missing=False)
+    leaves = {k: v for k, v in flatten(base).items() if not k.startswith("verl.")}
+    leaf = verl_key.rsplit(".", 1)[-1]
+    ordered = sorted(leaves, key=lambda k: k.rsplit(".", 1)[-1] != leaf)
+
+    def value_with(key: str, value: Any) -> Any:
+        cfg = copy.deepcopy(base)
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+        try:
+            out = mapped_values(OmegaConf.create(cfg), run_dir, resume=False)
+        except Exception:  # noqa: BLE001 - a perturbed value the mapping cannot take says nothing
+            return None
+        return flatten({k: v for k, v in out.items() if k != "archer"}).get(verl_key)
+
+    before = flatten({k: v for k, v in mapped_values(composed.cfg, run_dir, resume=False).items()}).get(
+        verl_key
+    )
+    for key in ordered:
+        old = leaves[key]
+        if isinstance(old, bool):
+            new: Any = not old
+        elif isinstance(old, (int, float)):
+            new = old + 7
+        elif isinstance(old, str):
+            new = old + "_"
+        else:
+            continue
+        after = value_with(key, new)
+        if after is not None and after != before:
+            return key
+    return None
+
+
+def _refuse_double_settings(mapped: dict[str, Any], overrides: list, composed: Any, run_dir: Path) -> None:
+    """One key, one value: a `verl.*` setting of a verl key that archer's own config maps is an
+    error naming both keys, unless both say the same."""
+    from archer.core.collect.runs import flatten
+
+    archer_owned = flatten({k: v for k, v in mapped.items() if k != "archer"})
+    for key, value, source, _ in overrides:
+        if key not in archer_owned or archer_owned[key] == value:
+            continue
+        ours = archer_key_of(key, composed, run_dir)
+        if ours is None:
+            continue  # a value archer computes (e.g. run paths): verl.* may set it
+        raise ConfigError(
+            f"'verl.{key}={value}' ({source}) conflicts with '{ours}={archer_owned[key]}', which archer "
+            f"maps onto the same verl key",
+            hint=f"set {ours} instead (one key, one value); docs/verl.md lists the mapping",
+        )
+
+
+REMOVE_PADDING = "actor_rollout_ref.model.use_remove_padding"
+ATTENTION = "actor_rollout_ref.model.override_config.attn_implementation"
+
+
+def uses_flash_attention(cfg: Any) -> bool:
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.select(cfg, ATTENTION) or "").startswith("flash_attention")
+
+
+def _attention_layout(cfg: Any, overridden: set[str]) -> list[str]:
+    """verl's remove-padding packs a micro-batch's sequences into one row, which only flash-attn
+    keeps apart (verl patches its varlen kernel in): with sdpa or eager archer turns it off, and
+    refuses a `verl.*` setting that turns it on."""
+    from omegaconf import OmegaConf
+
+    if uses_flash_attention(cfg) or not OmegaConf.select(cfg, REMOVE_PADDING):
+        return []
+    attn = OmegaConf.select(cfg, ATTENTION)
+    if REMOVE_PADDING in overridden:
+        raise ConfigError(
+            f"verl.{REMOVE_PADDING}=true packs sequences into one row, which attn_implementation={attn} "
+            "attends across",
+            hint="model.attn_implementation=flash_attention_2 (flash-attn installed), or drop the override",
+        )
+    _set(cfg, REMOVE_PADDING, False)
+    return [
+        f"remove-padding turned off: attn_implementation={attn} would attend across the sequences it packs "
+        "(model.attn_implementation=flash_attention_2 packs them, with flash-attn installed)"
+    ]
 
 
 def _cross_checks(cfg: Any) -> None:
@@ -423,6 +524,18 @@ def _cross_checks(cfg: Any) -> None:
             "influence capture needs actor_rollout_ref.actor.ulysses_sequence_parallel_size=1",
             hint="sequence parallelism slices each packed sequence across ranks",
         )
+    if influence:
+        for key, what in (
+            ("actor_rollout_ref.model.enable_activation_offload", "activation offload"),
+            ("actor_rollout_ref.model.tiled_mlp.enabled", "tiled MLP"),
+        ):
+            if sel(key):
+                raise ConfigError(
+                    f"influence capture does not work with {what} (verl.{key}=true): it runs the forward "
+                    "without gradients and recomputes it inside the backward, where the capture hooks "
+                    "never fire",
+                    hint=f"set verl.{key}=false, or influence.enable=false",
+                )
     if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
         raise ConfigError(
             "the trace needs the entropy of the old-log-prob pass, which "

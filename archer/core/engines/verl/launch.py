@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.core.progress import Reporter
-from archer.errors import ArcherError
+from archer.errors import ArcherError, ConfigError
 
 VERL_CONFIG_FILE = "verl_config.yaml"
 ROLLOUT_MODULES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm", "hf": "transformers"}
@@ -57,6 +57,102 @@ def prepare(composed: Any, run_dir: Path, *, resume: bool = False) -> Any:
     return vc
 
 
+def _local_path(value: Any) -> Path | None:
+    """A path on this machine, or None for a remote one (hdfs://, s3://, ...) that verl copies."""
+    text = str(value)
+    return None if "://" in text else Path(text).expanduser()
+
+
+def _hub_id(text: str) -> bool:
+    """`org/name`: transformers fetches it from the hub (or its cache)."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not text.endswith("/")
+
+
+def _files(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def count_prompts(path: Path) -> int:
+    """Rows of a parquet (from its footer) or jsonl file (non-empty lines)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def check_inputs(vc: Any, will_make: Any = ()) -> int | None:
+    """model.path, the tokenizer and the data files exist on this machine, and the training files
+    hold at least one batch of prompts (verl's trainer divides by len(data) // batch size). Paths
+    verl fetches itself (a scheme://) are left to it, and so are `will_make`, the paths archer
+    writes before verl starts (a dry run checks them as plans). Returns the number of training
+    prompts (None when a file is remote or not made yet)."""
+    s = vc.select
+    skip = {str(p) for p in will_make}
+    for key, archer_key in (
+        ("actor_rollout_ref.model.path", "model.path"),
+        ("actor_rollout_ref.model.tokenizer_path", "model.tokenizer_path"),
+    ):
+        value = s(key)
+        path = _local_path(value) if value and str(value) not in skip else None
+        if path is not None and not path.exists() and not _hub_id(str(value)):
+            raise ConfigError(
+                f"{archer_key} {value} does not exist on this machine",
+                hint="a local model directory (config.json, weights) or a hub id (Qwen/Qwen2.5-7B)",
+            )
+    total: int | None = 0
+    for key, archer_key in (("data.train_files", "data.train_files"), ("data.val_files", "data.val_files")):
+        for f in _files(s(key)):
+            path = _local_path(f) if str(f) not in skip else None
+            if path is None:
+                total = None if key == "data.train_files" else total
+                continue
+            if not path.is_file():
+                raise ConfigError(
+                    f"{archer_key}: {f} does not exist",
+                    hint="archer data prepare dapo-math --input FILE --out DIR writes verl's layout",
+                )
+            if key == "data.train_files" and total is not None:
+                total += count_prompts(path)
+    if total is not None:
+        check_batch_fits(total, int(s("data.train_batch_size")), filtered=False)
+    return total
+
+
+def check_batch_fits(
+    prompts: int, batch: int, *, filtered: bool, max_prompt_length: int | None = None
+) -> None:
+    """At least one batch of prompts, or verl's trainer divides by zero before step 1."""
+    if prompts >= batch:
+        return
+    where = (
+        f"left after dropping prompts longer than data.max_prompt_length={max_prompt_length}"
+        if filtered
+        else "in data.train_files"
+    )
+    raise ConfigError(
+        f"{prompts} prompts {where}, fewer than one batch (data.train_batch_size={batch})",
+        hint=f"data.train_batch_size={max(1, prompts)} or fewer, or more prompts",
+    )
+
+
+def check_attention(vc: Any) -> None:
+    """flash_attention_2 needs the flash-attn package, which no archer extra installs (its wheels
+    are built per torch and CUDA): refuse before Ray starts instead of failing in every worker."""
+    from archer.core.engines.verl.config import ATTENTION, uses_flash_attention
+
+    if uses_flash_attention(vc.cfg) and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            f"model.attn_implementation={vc.select(ATTENTION)} needs the flash-attn package, "
+            "which is not installed here",
+            hint="install a flash-attn build that matches your torch and CUDA (docs/install.md), "
+            "or set model.attn_implementation=sdpa (archer then turns remove-padding off)",
+        )
+
+
 def plan_rows(
     vc: Any, run_dir: Path, plugin_status: dict | None = None, inputs: Any = None
 ) -> list[tuple[str, str]]:
@@ -80,6 +176,14 @@ def plan_rows(
             f"gpu_memory_utilization {s('actor_rollout_ref.rollout.gpu_memory_utilization')} "
             f"({'installed' if installed else 'NOT installed here'})",
         ),
+        ("model", str(s("actor_rollout_ref.model.path"))),
+        (
+            "attention",
+            f"{s('actor_rollout_ref.model.override_config.attn_implementation')}, remove-padding "
+            f"{'on' if s('actor_rollout_ref.model.use_remove_padding') else 'off'}"
+            + "".join(f"; {n}" for n in getattr(vc, "notes", [])),
+        ),
+        ("data", ", ".join(str(f) for f in _files(s("data.train_files")))),
         (
             "trainer",
             f"archer_sync in verl mode {s('trainer.v1.trainer_mode')} (V1, TransferQueue), FSDP strategy "
@@ -185,6 +289,7 @@ class DryRun:
     plan: list[tuple[str, str]] = field(default_factory=list)  # (label, value) lines
     warnings: list[str] = field(default_factory=list)
     verl_installed: bool = True
+    set_yaml: str = ""  # only the verl keys archer and the verl.* settings set (the short form)
 
 
 def dry_run(composed: Any, run_dir: Path) -> DryRun:
@@ -213,6 +318,10 @@ def dry_run(composed: Any, run_dir: Path) -> DryRun:
     if inputs.model_path is not None:
         OmegaConf.update(composed.cfg, "model.path", inputs.model_path, merge=False)
     vc = prepare(composed, run_dir)
+    if not missing:  # what a real run would stop on before Ray, except the rollout engine's absence
+        planned = [inputs.model_path, *inputs.train_files, *inputs.val_files] if inputs.made else []
+        check_inputs(vc, will_make=[p for p in planned if p and not Path(p).exists()])
+        check_attention(vc)
     warnings = influence_warnings(vc)
     if (
         composed.cfg.trainer.device == "auto"
@@ -222,7 +331,29 @@ def dry_run(composed: Any, run_dir: Path) -> DryRun:
         warnings.append("no GPU here: 'archer train' would run this on the CPUs (trainer.device=cpu)")
     if composed.cfg.agent.enable:
         warnings.append(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
-    return DryRun(vc.to_yaml(), plan_rows(vc, run_dir, plugin.status(), inputs), warnings + not_set)
+    return DryRun(
+        vc.to_yaml(),
+        plan_rows(vc, run_dir, plugin.status(), inputs),
+        warnings + not_set,
+        set_yaml=set_keys_yaml(vc),
+    )
+
+
+def set_keys_yaml(vc: Any) -> str:
+    """The verl keys this run sets (archer's mapping and the verl.* settings), with the values verl
+    will see, as nested YAML: the part of the composed config a user wrote."""
+    from omegaconf import OmegaConf
+
+    from archer.core.collect.runs import flatten
+    from archer.core.engines.verl.config import ENGINE_DEFAULTS
+
+    keys = [*ENGINE_DEFAULTS, *flatten({k: v for k, v in vc.mapped.items() if k != "archer"})]
+    keys += [k for k, *_ in vc.overrides]
+    picked = OmegaConf.create({})
+    for key in dict.fromkeys(keys):
+        value = OmegaConf.select(vc.cfg, key, throw_on_missing=False)
+        OmegaConf.update(picked, key, value, force_add=True)
+    return OmegaConf.to_yaml(picked, resolve=True)
 
 
 def _preflight(vc: Any) -> None:
@@ -230,6 +361,7 @@ def _preflight(vc: Any) -> None:
 
     try:
         plugin.register()
+        plugin.register_trainer()
     except Exception as e:
         raise ArcherError(
             f"archer's verl plugin did not register: {type(e).__name__}: {e}",
@@ -270,6 +402,8 @@ def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter
     for m in inputs.made:
         reporter.note(f"made by archer: {m}")
     vc = prepare(composed, run_dir, resume=resume)
+    check_inputs(vc)
+    check_attention(vc)
     _preflight(vc)
     for w in influence_warnings(vc):
         reporter.note(f"warning: {w}")

@@ -49,6 +49,7 @@ class ArcherTaskRunner:
 
         configure_verl_logging()
         plugin.register()
+        plugin.register_trainer()
         from archer.core.engines.verl.config import ARCHER_TRAINER
 
         trainer_cls = get_trainer_cls(ARCHER_TRAINER)  # the config's mode stays verl's "sync"

@@ -74,15 +74,21 @@ def plan_influence(
     rewards: np.ndarray,
     seq_advantages: np.ndarray,
     settings: InfluenceSettings,
+    correct: Sequence[bool | None] | None = None,
 ) -> InfluencePlan:
     """Select the prompt groups to trace (archer.influence.selection) over the real rows and
     spell the result as tensor fields: archer_row (global row id, -1 for padding), archer_group
-    (group index, -1 = not traced), archer_accepted and archer_sign."""
+    (group index, -1 = not traced), archer_accepted and archer_sign. `correct` (the reward's
+    `acc` per key, correct_flags) labels accepted/rejected; without it the reward does."""
     n = len(keys)
     real = np.flatnonzero(~padding)
     uids = [parse_key(keys[i])[0] for i in real]
     metas, accepted, constant = plan_step(
-        [float(rewards[i]) for i in real], [float(seq_advantages[i]) for i in real], uids, settings
+        [float(rewards[i]) for i in real],
+        [float(seq_advantages[i]) for i in real],
+        uids,
+        settings,
+        correct=[correct[i] for i in real] if correct is not None else None,
     )
     group_ids = {u: k for k, u in enumerate(dict.fromkeys(uids))}
     fields = {

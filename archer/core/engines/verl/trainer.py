@@ -33,6 +33,8 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from archer.core.engines.verl.steps import (
+    as_list,
+    correct_flags,
     merge_influence,
     nested_rows,
     padding_mask,
@@ -83,6 +85,19 @@ class ArcherTrainer(PPOTrainerSync):
         if hasattr(buffer, "poll_interval"):
             buffer.poll_interval = min(float(buffer.poll_interval), POLL_INTERVAL_S)
         return buffer
+
+    def _init_dataloader(self):
+        """verl's dataloaders, then: at least one batch of prompts survived verl's length filter
+        (its fit() divides by len(data) // batch size)."""
+        super()._init_dataloader()
+        from archer.core.engines.verl.launch import check_batch_fits
+
+        check_batch_fits(
+            len(self.train_dataset),
+            int(self.config.data.train_batch_size),
+            filtered=bool(self.config.data.get("filter_overlong_prompts", False)),
+            max_prompt_length=int(self.config.data.max_prompt_length),
+        )
 
     def _setup(self):
         super()._setup()
@@ -193,7 +208,9 @@ class ArcherTrainer(PPOTrainerSync):
         )
         seq_adv = sequence_advantages(nested_rows(data["advantages"]), nested_rows(data["response_mask"]))
         padding = padding_mask(batch.keys, batch.tags)
-        plan = plan_influence(batch.keys, padding, rewards, seq_adv, self.archer_influence)
+        extra = self._archer_optional(batch, "extra_fields")
+        correct = correct_flags(as_list(extra) if extra is not None else None, len(batch.keys))
+        plan = plan_influence(batch.keys, padding, rewards, seq_adv, self.archer_influence, correct=correct)
         fields = TensorDict(
             {k: torch.from_numpy(v) for k, v in plan.fields.items()}, batch_size=len(batch.keys)
         )
@@ -203,24 +220,29 @@ class ArcherTrainer(PPOTrainerSync):
         batch.extra_info["archer_influence"] = plan.active
         return plan
 
+    def _archer_optional(self, batch, name: str):
+        """A field the rows may lack (data_source, extra_fields), or None (said once)."""
+        missing = self.__dict__.setdefault("_archer_missing_fields", set())
+        if name in missing:
+            return None
+        try:
+            extra = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
+            return extra[name]
+        except Exception as e:  # noqa: BLE001 - the column is optional; say once why it stays empty
+            missing.add(name)
+            log.warning("archer: the rows carry no %r (%s); the trace leaves that column empty", name, e)
+            return None
+
     def _archer_write_trace(self, batch, plan, influence) -> None:
         writer = self.archer_trace
         step = int(self.global_steps)
         if writer is None or not writer.should_write(step):
             return
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=TRACE_FIELDS)
-        missing = self.__dict__.setdefault("_archer_missing_fields", set())
         for name in OPTIONAL_TRACE_FIELDS:
-            if name in missing:
-                continue
-            try:
-                extra = tq.kv_batch_get(
-                    keys=batch.keys, partition_id=batch.partition_id, select_fields=[name]
-                )
-                data[name] = extra[name]
-            except Exception as e:  # noqa: BLE001 - the column is optional; say once why it stays empty
-                missing.add(name)
-                log.warning("archer: the rows carry no %r (%s); the trace leaves that column empty", name, e)
+            value = self._archer_optional(batch, name)
+            if value is not None:
+                data[name] = value
         record = step_record(
             batch.keys,
             padding_mask(batch.keys, batch.tags),
