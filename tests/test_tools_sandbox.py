@@ -593,3 +593,20 @@ def test_result_cache_skips_identical_code():
     sb = PythonSandbox(cache_size=4)
     first, second = sb.run("6*7"), sb.run("6*7")
     assert (first.text, second.text) == ("42", "42") and not first.cached and second.cached
+
+
+def test_an_interpreter_under_tmp_keeps_its_bind_and_the_work_dir_moves_to_tmpdir(monkeypatch):
+    """A venv under /tmp (CI clones there) is bound read-only; /tmp cannot also become the work
+    dir's symlink (bwrap: "Can't make symlink at /tmp"), so TMPDIR alone points at the work dir."""
+    import archer.core.tools.python_sandbox as ps
+
+    limits = ps.SandboxLimits()
+    monkeypatch.setattr(ps, "interpreter_paths", lambda python: ["/tmp/ci/venv/bin", "/usr/lib/python3.11"])
+    argv = ps.bwrap_argv("bwrap", "/tmp/ci/venv/bin/python", limits, 3, as_root=False)
+    assert not any(argv[i : i + 3] == ["--symlink", ps.SANDBOX_WORKDIR, "/tmp"] for i in range(len(argv)))
+    assert any(
+        argv[i : i + 3] == ["--ro-bind", "/tmp/ci/venv/bin", "/tmp/ci/venv/bin"] for i in range(len(argv))
+    )
+    monkeypatch.setattr(ps, "interpreter_paths", lambda python: ["/opt/venv/bin"])
+    argv = ps.bwrap_argv("bwrap", "/opt/venv/bin/python", limits, 3, as_root=False)
+    assert any(argv[i : i + 3] == ["--symlink", ps.SANDBOX_WORKDIR, "/tmp"] for i in range(len(argv)))

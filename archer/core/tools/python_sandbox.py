@@ -188,7 +188,10 @@ def bwrap_argv(bwrap: str, python: str, limits: SandboxLimits, seccomp_fd: int, 
     size = int(limits.max_file_mb) * 4 * 2**20
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "01777", "--size", str(size), "--tmpfs", SANDBOX_WORKDIR]
-    argv += ["--symlink", SANDBOX_WORKDIR, "/tmp"]
+    if not any(p == "/tmp" or p.startswith("/tmp/") for p in shown):
+        # /tmp is the work dir; where the interpreter itself lives under /tmp (a venv there), /tmp
+        # holds its read-only bind instead and TMPDIR still points at the work dir
+        argv += ["--symlink", SANDBOX_WORKDIR, "/tmp"]
     argv += ["--remount-ro", "/", "--chdir", SANDBOX_WORKDIR, "--clearenv"]
     for k, v in scrubbed_env(SANDBOX_WORKDIR).items():
         argv += ["--setenv", k, v]
