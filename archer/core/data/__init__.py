@@ -56,6 +56,24 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def write_split_rows(
+    out_dir: str | os.PathLike, train: list[dict], val: list[dict], schema: Any
+) -> dict[str, Path]:
+    """A synthetic task's rows as `train.parquet` and `val.parquet` in `out_dir`, written
+    together (write_tables_atomic); returns their paths."""
+    import pyarrow as pa
+
+    out = prepare_out_dir(out_dir)
+    paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
+    write_tables_atomic(
+        {
+            paths["train"]: pa.Table.from_pylist(train, schema=schema),
+            paths["val"]: pa.Table.from_pylist(val, schema=schema),
+        }
+    )
+    return paths
+
+
 def write_tables_atomic(tables: Mapping[Path, Any]) -> None:
     """Write each table to a temporary file beside its target, then rename them all into place.
 

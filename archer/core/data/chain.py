@@ -248,19 +248,12 @@ def write_chains(
     """Write `train.parquet` (n rows) and `val.parquet` (val_n held-out rows, disjoint from train)."""
     import pyarrow as pa
 
-    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, verl_schema, write_tables_atomic
+    from archer.core.data import verl_schema, write_split_rows
 
     val = make_chains(val_n, seed=seed, spec=spec, split="val")
     train = make_chains(
         n, seed=seed, spec=spec, split="train", exclude={r["prompt"][0]["content"] for r in val}
     )
     schema = verl_schema([("solution", pa.string()), ("carry", pa.bool_())])
-    out = prepare_out_dir(out_dir)
-    paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
-    write_tables_atomic(
-        {
-            paths["train"]: pa.Table.from_pylist(train, schema=schema),
-            paths["val"]: pa.Table.from_pylist(val, schema=schema),
-        }
-    )
+    paths = write_split_rows(out_dir, train, val, schema)
     return {"paths": paths, "counts": {"train": len(train), "val": len(val)}, "spec": spec.describe()}

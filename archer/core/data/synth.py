@@ -177,7 +177,7 @@ def write_arithmetic(
     """
     import pyarrow as pa
 
-    from archer.core.data import TRAIN_FILE, VAL_FILE, prepare_out_dir, verl_schema, write_tables_atomic
+    from archer.core.data import verl_schema, write_split_rows
 
     spec = resolve_spec(difficulty, max_operand, ops)
     if n + val_n > spec.size:
@@ -195,14 +195,7 @@ def write_arithmetic(
         exclude={r["prompt"][0]["content"] for r in val},
     )
     schema = verl_schema([("a", pa.int64()), ("b", pa.int64()), ("op", pa.string())])
-    out = prepare_out_dir(out_dir)
-    paths = {"train": out / TRAIN_FILE, "val": out / VAL_FILE}
-    write_tables_atomic(
-        {
-            paths["train"]: pa.Table.from_pylist(train, schema=schema),
-            paths["val"]: pa.Table.from_pylist(val, schema=schema),
-        }
-    )
+    paths = write_split_rows(out_dir, train, val, schema)
     return {"paths": paths, "counts": {"train": len(train), "val": len(val)}, "spec": spec.describe()}
 
 

@@ -20,10 +20,8 @@ def parse_int(text: str) -> int | None:
     return int(text) if len(text) <= MAX_ANSWER_CHARS and _INT.fullmatch(text) else None
 
 
-def score_arithmetic(response: str, ground_truth: str) -> Score:
-    """1.0 when the text before the first newline equals the ground-truth integer."""
-    cut = response.find("\n")
-    answer = (response[:cut] if cut >= 0 else response).strip()
+def score_integer_answer(answer: str, ground_truth: str) -> Score:
+    """1.0 when `answer` is exactly the ground-truth integer (the rule every integer task shares)."""
     gold = parse_int(str(ground_truth))
     if gold is None:
         return Score(
@@ -35,3 +33,9 @@ def score_arithmetic(response: str, ground_truth: str) -> Score:
     value = parse_int(answer)
     correct = value is not None and value == gold
     return Score(1.0 if correct else 0.0, correct, answer[:MAX_ANSWER_CHARS] or None)
+
+
+def score_arithmetic(response: str, ground_truth: str) -> Score:
+    """1.0 when the text before the first newline equals the ground-truth integer."""
+    cut = response.find("\n")
+    return score_integer_answer((response[:cut] if cut >= 0 else response).strip(), ground_truth)

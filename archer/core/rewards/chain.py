@@ -8,22 +8,11 @@ there, and a wrong step shows up in the final number anyway.
 from __future__ import annotations
 
 from archer.core.rewards import Score
-from archer.core.rewards.arithmetic import MAX_ANSWER_CHARS, parse_int
+from archer.core.rewards.arithmetic import score_integer_answer
 
 
 def score_chain(response: str, ground_truth: str) -> Score:
     """1.0 when the integer after the last `=` of the first line equals the ground truth."""
     cut = response.find("\n")
     line = response[:cut] if cut >= 0 else response
-    answer = line[line.rfind("=") + 1 :].strip()
-    gold = parse_int(str(ground_truth))
-    if gold is None:
-        return Score(
-            0.0,
-            False,
-            answer[:MAX_ANSWER_CHARS] or None,
-            error=f"ground truth {str(ground_truth)[:40]!r} is not an integer",
-        )
-    value = parse_int(answer)
-    correct = value is not None and value == gold
-    return Score(1.0 if correct else 0.0, correct, answer[:MAX_ANSWER_CHARS] or None)
+    return score_integer_answer(line[line.rfind("=") + 1 :].strip(), ground_truth)
