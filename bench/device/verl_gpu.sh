@@ -8,6 +8,9 @@
 # half: a Qwen2.5-0.5B-shaped Qwen2 (hidden 896, 24 layers, 14/2 heads, MLP 4864; the character
 #       vocabulary) built in code, bf16, gradient checkpointing, influence at default knobs,
 #       3 steps: FSDP2 with influence, FSDP2 without (the overhead), FSDP1 with influence.
+# vtiny: quickstart-verl with rollout.backend=vllm (after stage_vllm.py's install), 3 steps.
+# vllm: the half shape with rollout.backend=vllm (FSDP2, influence), 3 steps.
+# half2r: the half shape (FSDP2, influence), 2 steps + checkpoint, then --resume to step 3.
 # Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
 # step-time split printed by bench/device/summarize.py.
 set -uo pipefail
@@ -15,6 +18,9 @@ what="${1:-all}"
 out="${OUT:-$PWD/device-out}"
 mkdir -p "$out"
 export PYTHONPATH="/tmp/archer-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# vLLM's own site (bench/device/stage_vllm.py) goes first: its fastapi (<0.137) wins over verl's.
+[ -d /tmp/archer-vllm-site ] && export PYTHONPATH="/tmp/archer-vllm-site:$PYTHONPATH"
+export VLLM_USE_FLASHINFER_SAMPLER=0  # FlashInfer is not staged (stage_vllm.py)
 export PATH="/tmp/archer-site/bin:$PATH"
 export RAY_AUTH_MODE=disabled
 export ARCHER_DEBUG=1
@@ -72,6 +78,24 @@ if [[ "$what" == half || "$what" == half1 || "$what" == all ]]; then
   r="$runs/half-fsdp1"
   run half-fsdp1 train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
     verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp && copy_run half-fsdp1 "$r"
+fi
+vllm=(rollout.backend=vllm verl.actor_rollout_ref.rollout.enforce_eager=true
+  verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.3)
+if [[ "$what" == vtiny ]]; then
+  r="$runs/vtiny"
+  run vtiny train --preset quickstart-verl --out "$r" trainer.total_steps=3 trainer.save_every=3 \
+    "${vllm[@]}" "${gpu1[@]}" && copy_run vtiny "$r"
+fi
+if [[ "$what" == vllm ]]; then
+  r="$runs/half-vllm"
+  run half-vllm train --preset quickstart-verl --out "$r" "${half[@]}" "${vllm[@]}" "${gpu1[@]}" &&
+    copy_run half-vllm "$r"
+fi
+if [[ "$what" == half2r ]]; then
+  r="$runs/half-resume"
+  run half-resume-a train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
+    trainer.total_steps=2 trainer.save_every=2 &&
+    run half-resume-b train --resume --out "$r" trainer.total_steps=3 && copy_run half-resume "$r"
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$out/gpu.txt" 2>&1
 cat "$out/runs.txt"

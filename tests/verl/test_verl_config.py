@@ -438,3 +438,18 @@ def test_aepo_preset_selects_archers_aepo_loss_with_its_knob():
         vc.select("archer.loss_knobs.aepo_entropy_advantage")
         == compose("aepo", REQUIRED).cfg.actor.aepo_entropy_advantage
     )
+
+
+def test_vllm_loads_the_tokenizer_archer_gives_verl():
+    """vLLM's server loads a tokenizer of its own, from the model folder unless told; the tiny model's
+    verl tokenizer lives in <model>/tokenizer, not in the model folder."""
+    tok = "model.tokenizer_path=/models/qwen-tok"
+    vc = verl_config("math", tok, "rollout.backend=vllm")
+    assert vc.select("actor_rollout_ref.rollout.engine_kwargs.vllm.tokenizer") == "/models/qwen-tok"
+    assert vc.select("actor_rollout_ref.model.tokenizer_path") == "/models/qwen-tok"
+    assert not verl_config("math", tok, "rollout.backend=hf").select(
+        "actor_rollout_ref.rollout.engine_kwargs.vllm.tokenizer"
+    )
+    assert not verl_config("math", "rollout.backend=vllm").select(
+        "actor_rollout_ref.rollout.engine_kwargs.vllm.tokenizer"
+    )

@@ -261,6 +261,8 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:
         out[f"{arr}.model.tokenizer_path"] = m["tokenizer_path"]
+        if r["backend"] == "vllm":  # vLLM's server loads its own tokenizer from the model folder otherwise
+            out[f"{arr}.rollout.engine_kwargs.vllm.tokenizer"] = m["tokenizer_path"]
     ob = alg["overlong_buffer"]
     if ob["enable"]:
         out["reward.reward_manager.name"] = "dapo"
