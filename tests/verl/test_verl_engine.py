@@ -40,19 +40,6 @@ def step():
     return H.make_step(seed=3)
 
 
-def _keys(step):
-    return [f"{u}_{i}_0" for i, u in enumerate(step.uids)]
-
-
-def _plan(step, ref, settings):
-    from archer.core.engines.verl.steps import plan_influence
-
-    seq_adv = (ref["advantages"].sum(-1) / torch.tensor([len(r) for r in step.responses])).numpy()
-    return plan_influence(
-        _keys(step), np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings
-    )
-
-
 def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worker_kw):
     """One archer_sync update on verl's engine; returns (per-row influence, metrics, micro-batch rows seen).
     `before_update(worker)` runs first, on the initial weights."""
@@ -69,7 +56,13 @@ def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worke
 
     worker.engine.forward_step = spy
     td = H.update_meta(
-        H.v1_rows(step, ref["old"], ref["advantages"], _plan(step, ref, settings).fields, order),
+        H.v1_rows(
+            step,
+            ref["old"],
+            ref["advantages"],
+            H.influence_plan(step, ref["advantages"], settings).fields,
+            order,
+        ),
         mini_batch_size=step.size,
     )
     worker.train_mini_batch(td)

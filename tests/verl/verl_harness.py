@@ -24,24 +24,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer, hidden-32 Qwen2 with the char tokenizer, saved in fp32 (loads offline)."""
+TINY_SHAPE = dict(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MIXED_PRECISION = {  # verl's FSDP mixed precision per archer model.dtype (archer/core/engines/verl/config.py)
+    "fp32": {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+    "bf16": {"param_dtype": "bf16", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+}
+
+
+def save_tiny_model(folder: Path, seed: int = 0, shape: dict | None = None) -> Path:
+    """A Qwen2 of `shape` (model.tiny keys; default 2 layers, hidden 32) with the char tokenizer,
+    saved in fp32 (loads offline)."""
     from omegaconf import OmegaConf
 
     from archer.core.models.tiny import build_char_tokenizer, build_tiny_qwen2
 
     tok = build_char_tokenizer()
-    tiny = OmegaConf.create(
-        dict(
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-    )
+    tiny = OmegaConf.create(dict(shape or TINY_SHAPE))
     model = build_tiny_qwen2(tiny, len(tok), pad_token_id=0, eos_token_id=1, seed=seed)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -95,10 +102,13 @@ def local_reference(
     archer: dict | None = None,
     aspo_dual_clip: float = 3.0,
     old_noise: float = 0.0,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ):
     """Old log-probs, entropy [B, R], advantages and per-row influence from archer's local
     engine (`ppo_update` with the tracer inside the real backward) on the same weights.
-    `old_noise` perturbs the old log-probs (seeded) so that ratios leave the clip ranges."""
+    `old_noise` perturbs the old log-probs (seeded) so that ratios leave the clip ranges.
+    `dtype` bf16 loads the weights in bf16, as the local engine does with model.dtype=bf16."""
     from transformers import AutoModelForCausalLM
 
     from archer.core.algorithms import get_adv_estimator
@@ -109,7 +119,9 @@ def local_reference(
     from archer.core.rollout.batch import Rollout, left_pad, right_pad
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation="sdpa"
+    ).to(device)
     pid, pmask = left_pad(step.prompts, 0)
     resp = right_pad([torch.tensor(r) for r in step.responses], 0)
     rmask = torch.zeros_like(resp)
@@ -125,7 +137,7 @@ def local_reference(
         group=[groups.index(u) for u in step.uids],
         sample=[0] * step.size,
     )
-    old, entropy = batch_logprobs(model, ro, micro_batch_size=micro, with_entropy=True)
+    old, entropy = batch_logprobs(model, ro, micro_batch_size=micro, with_entropy=True, device=device)
     if old_noise:
         old = (old + old_noise * torch.randn(old.shape, generator=torch.Generator().manual_seed(5))) * rmask
     rewards = torch.tensor(step.rewards)
@@ -154,7 +166,7 @@ def local_reference(
     influence.begin(ro, rewards, seq_adv, step.uids)
     hook = influence.micro_hook
     if not settings.output.in_training_backward:  # log_prob*: one extra pass before the update
-        influence.separate_backward(adv, rewards, micro_batch_size=micro, temperature=1.0, device="cpu")
+        influence.separate_backward(adv, rewards, micro_batch_size=micro, temperature=1.0, device=device)
         hook = None
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     ppo_update(
@@ -165,7 +177,7 @@ def local_reference(
         cfg.actor,
         group_size=n,
         temperature=1.0,
-        device="cpu",
+        device=device,
         micro_hook=hook,
     )
     rows, _ = influence.finish()
@@ -173,6 +185,21 @@ def local_reference(
 
 
 # ----------------------------------------------------------------------------- verl's layout
+def row_keys(step: StepBatch) -> list[str]:
+    """verl's per-row keys (uid_index_sample) as archer's trainer builds them."""
+    return [f"{u}_{i}_0" for i, u in enumerate(step.uids)]
+
+
+def influence_plan(step: StepBatch, advantages: torch.Tensor, settings: InfluenceSettings):
+    """archer's selection of the groups to trace (plan_influence) with the step's sequence advantages."""
+    from archer.core.engines.verl.steps import plan_influence
+
+    seq_adv = (advantages.sum(-1) / torch.tensor([len(r) for r in step.responses])).numpy()
+    return plan_influence(
+        row_keys(step), np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings
+    )
+
+
 def nested(rows: list) -> torch.Tensor:
     return torch.nested.as_nested_tensor([torch.as_tensor(r) for r in rows], layout=torch.jagged)
 
@@ -221,14 +248,17 @@ def update_meta(td, *, mini_batch_size: int, influence: bool = True, shuffle: bo
 
 
 # ----------------------------------------------------------------------------- verl's worker
-def init_single_process_group() -> None:
+def init_single_process_group(backend: str = "gloo") -> None:
+    """One rank in this process: gloo on CPU, nccl on a GPU."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         os.environ.update(
             RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        if backend == "nccl":
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend, rank=0, world_size=1)
 
 
 def engine_configs(
@@ -239,7 +269,11 @@ def engine_configs(
     micro: int = 4,
     max_tokens: int = 40,
     checkpointing: bool = False,
+    strategy: str = "fsdp2",
+    dtype: str = "fp32",
 ):
+    """verl's configs for the training engine; `dtype` bf16 is archer's verl mapping of model.dtype=bf16
+    (fp32 master weights, bf16 compute, fp32 gradient reduction)."""
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
 
@@ -250,7 +284,7 @@ def engine_configs(
         enable_gradient_checkpointing=checkpointing,
     )
     engine = FSDPEngineConfig(
-        strategy="fsdp2",
+        strategy=strategy,
         use_dynamic_bsz=dynamic,
         micro_batch_size_per_gpu=micro,
         infer_micro_batch_size_per_gpu=micro,
@@ -258,7 +292,7 @@ def engine_configs(
         infer_max_token_len_per_gpu=max_tokens,
         use_torch_compile=False,
         model_dtype="fp32",
-        mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        mixed_precision=dict(MIXED_PRECISION[dtype]),
     )
     optim = FSDPOptimizerConfig(lr=1e-3, weight_decay=0.0, total_training_steps=10, clip_grad=1e9)
     return model, engine, optim, CheckpointConfig()
@@ -275,7 +309,7 @@ def actor_config(
     from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
     return FSDPActorConfig(
-        strategy="fsdp2",
+        strategy=engine_cfg.strategy,
         ppo_mini_batch_size=mini,
         ppo_micro_batch_size_per_gpu=micro,
         rollout_n=1,
@@ -298,16 +332,25 @@ def training_worker(
     mini: int = 16,
     micro: int = 4,
     checkpointing: bool = False,
+    strategy: str = "fsdp2",
+    dtype: str = "fp32",
+    backend: str = "gloo",
 ):
-    """archer's `ArcherTrainingWorker` around verl's real FSDP2 engine, in this process (gloo, 1 rank)."""
+    """archer's `ArcherTrainingWorker` around verl's real FSDP engine, in this process (1 rank)."""
     from verl.workers.config import TrainingWorkerConfig
     from verl.workers.utils.losses import ppo_loss
 
     from archer.core.engines.verl.worker import ArcherTrainingWorker
 
-    init_single_process_group()
+    init_single_process_group(backend)
     model_cfg, engine_cfg, optim_cfg, ckpt_cfg = engine_configs(
-        model_dir, dynamic=dynamic, remove_padding=remove_padding, micro=micro, checkpointing=checkpointing
+        model_dir,
+        dynamic=dynamic,
+        remove_padding=remove_padding,
+        micro=micro,
+        checkpointing=checkpointing,
+        strategy=strategy,
+        dtype=dtype,
     )
     worker = ArcherTrainingWorker(
         TrainingWorkerConfig(
