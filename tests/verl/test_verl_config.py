@@ -453,3 +453,19 @@ def test_vllm_loads_the_tokenizer_archer_gives_verl():
     assert not verl_config("math", "rollout.backend=vllm").select(
         "actor_rollout_ref.rollout.engine_kwargs.vllm.tokenizer"
     )
+
+
+def test_a_rollout_wider_than_the_gpus_is_a_config_error_before_ray():
+    """verl asserts it inside its workers after Ray started and the model was built (seen on one
+    H100: verl's default rollout tensor_model_parallel_size=2 with one GPU)."""
+    tp = "verl.actor_rollout_ref.rollout.tensor_model_parallel_size"
+    with pytest.raises(ConfigError) as e:
+        verl_config("math", "verl.trainer.n_gpus_per_node=1", f"{tp}=2")
+    assert "needs 2 GPUs per replica (tensor_model_parallel_size=2) but the run has 1" in e.value.message
+    assert f"{tp}=1" in e.value.hint
+    with pytest.raises(ConfigError, match="which it must divide"):
+        verl_config("math", "verl.trainer.n_gpus_per_node=3", f"{tp}=2")
+    assert (
+        verl_config("math", "verl.trainer.n_gpus_per_node=1", f"{tp}=1").select(tp.removeprefix("verl.")) == 1
+    )
+    assert verl_config("math", "verl.trainer.n_gpus_per_node=4", "verl.trainer.nnodes=2", f"{tp}=8")

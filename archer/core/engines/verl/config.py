@@ -538,6 +538,7 @@ def _cross_checks(cfg: Any) -> None:
                     "never fire",
                     hint=f"set verl.{key}=false, or influence.enable=false",
                 )
+    _rollout_fits_the_gpus(sel)
     if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
         raise ConfigError(
             "the trace needs the entropy of the old-log-prob pass, which "
@@ -557,6 +558,29 @@ def _cross_checks(cfg: Any) -> None:
             f"trainer.v1.trainer_mode must stay {VERL_TRAINER_MODE!r} under archer: archer's trainer "
             f"({ARCHER_TRAINER}, where traces, influence and archer's losses live) is verl's synchronous "
             "trainer; verl's async modes (replay buffer, partial rollouts) are not supported"
+        )
+
+
+def _rollout_fits_the_gpus(sel: Any) -> None:
+    """verl asserts inside its workers, after Ray and the model build, that the rollout's
+    tensor x data x pipeline parallel size divides the GPUs; say it before anything starts
+    (issue 15: verl's default tensor_model_parallel_size=2 on one GPU)."""
+    if sel("trainer.device") == "cpu":
+        return  # archer's CPU platform: one rank, the hf rollout
+    gpus = int(sel("trainer.n_gpus_per_node") or 1) * int(sel("trainer.nnodes") or 1)
+    key = "actor_rollout_ref.rollout"
+    sizes = {
+        k: int(sel(f"{key}.{k}") or 1)
+        for k in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")
+    }
+    per_replica = sizes["tensor_model_parallel_size"] * sizes["data_parallel_size"]
+    per_replica *= sizes["pipeline_model_parallel_size"]
+    if per_replica > gpus or gpus % per_replica:
+        shown = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
+        raise ConfigError(
+            f"the rollout needs {per_replica} GPUs per replica ({shown}) but the run has {gpus} "
+            f"(trainer.n_gpus_per_node x trainer.nnodes), which it must divide",
+            hint=f"add verl.{key}.tensor_model_parallel_size=1 (or a divisor of {gpus})",
         )
 
 
