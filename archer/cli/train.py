@@ -142,7 +142,8 @@ WARMUP_SOURCES = {
 
 
 def print_summary(result, *, traced: bool) -> None:
-    """The closing lines of a local run: time, reward and validation before -> after, the trace."""
+    """The closing lines of a run (either engine): time, reward and validation before -> after
+    (a drop is a warning), the trace."""
     from rich.markup import escape
 
     from archer.cli._console import out

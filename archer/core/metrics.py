@@ -122,6 +122,69 @@ class MetricsLog:
             self._wandb.finish()
 
 
+def validation_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that carry a validation result (`val/accuracy`), in order."""
+    return [r for r in rows if r.get("val/accuracy") is not None]
+
+
+class MetricsFollower:
+    """Follows a run's metrics.jsonl from another thread and hands each new whole line to
+    `on_row`: how the verl driver, whose trainer runs in a Ray actor, learns what the run logged
+    (validation results) while `run_ppo` blocks. Rows up to `after_step` (a resumed run's past)
+    are skipped; a file cut back on resume is read again from its start."""
+
+    def __init__(self, run_dir: str | os.PathLike, on_row: Any, *, after_step: int = -1, poll_s: float = 0.5):
+        import threading
+
+        self.path = Path(run_dir) / METRICS_FILE
+        self.on_row = on_row
+        self.after_step = after_step
+        self.poll_s = poll_s
+        self._offset = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="archer-metrics-follower", daemon=True)
+
+    def start(self) -> MetricsFollower:
+        self._thread.start()
+        return self
+
+    def poll(self) -> None:
+        """Read what was appended since the last call (also callable without the thread)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size < self._offset:  # replaced by a shorter file (MetricsLog.truncate)
+            self._offset = 0
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        self._offset += end + 1
+        for line in data[: end + 1].splitlines():
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            step = int(row.get("step", 0)) if isinstance(row, dict) else -1
+            if step > self.after_step:
+                self.after_step = step
+                self.on_row(row)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
+
+    def stop(self) -> None:
+        """Stop the thread after one last read (lines written just before the run ended)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.poll()
+
+
 def mean(values: Iterable[float]) -> float:
     vals = [float(v) for v in values]
     return sum(vals) / len(vals) if vals else float("nan")

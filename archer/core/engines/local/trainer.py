@@ -27,7 +27,7 @@ from archer.core.engines.local.evaluation import evaluate
 from archer.core.engines.local.forward import batch_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
 from archer.core.metrics import MetricsLog
-from archer.core.progress import Reporter, RunInfo
+from archer.core.progress import Reporter, RunInfo, TrainResult
 from archer.core.rollout.batch import Rollout, concat_rollouts
 from archer.core.rollout.generation import decode_responses, generate
 from archer.core.rollout.prompts import Prompt, PromptSampler, load_datasets
@@ -647,19 +647,6 @@ class LocalTrainer:
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None
-
-
-@dataclass
-class TrainResult:
-    """What `archer train` reports at the end of a local run (the CLI renders it)."""
-
-    run_dir: Path
-    setup_seconds: float
-    train_seconds: float
-    first_val: dict[str, float]
-    last_val: dict[str, float]
-    trace_dir: Path | None
-    warmup_source: str
 
 
 def train(

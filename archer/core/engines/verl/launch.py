@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archer.core.progress import Reporter
+from archer.core.progress import Reporter, TrainResult
 from archer.errors import ArcherError, ConfigError
 
 VERL_CONFIG_FILE = "verl_config.yaml"
@@ -377,12 +377,19 @@ def _preflight(vc: Any) -> None:
         )
 
 
-def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> None:
+def train(
+    composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None
+) -> TrainResult:
     """Run the composed config on verl: Ray (local, or the cluster `ray start` made), archer's
-    task runner pinned to this node, `archer_sync` inside."""
+    task runner pinned to this node, `archer_sync` inside. The trainer runs in a Ray actor, so
+    the driver follows the run's metrics.jsonl to report each validation as it happens."""
+    import time
+
     from archer.core.engines.verl.inputs import make_inputs
+    from archer.core.metrics import MetricsFollower, read_metrics, validation_rows
     from archer.core.run import atomic_write_text, write_run_files
 
+    t0 = time.perf_counter()
     reporter = reporter or Reporter()
     refuse_agent(composed)
     note = resolve_device(composed)
@@ -417,4 +424,26 @@ def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter
     from archer.core.engines.verl.runner import pinned_runner
 
     auto_set_device(vc.cfg)
-    run_ppo(vc.cfg, task_runner_class=pinned_runner)
+    past = [int(r.get("step", 0)) for r in read_metrics(run_dir)] if resume else []
+    follower = MetricsFollower(
+        run_dir,
+        lambda row: reporter.validated(int(row["step"]), row) if "val/accuracy" in row else None,
+        after_step=max(past, default=-1),
+    ).start()
+    t1 = time.perf_counter()
+    try:
+        run_ppo(vc.cfg, task_runner_class=pinned_runner)
+    finally:
+        follower.stop()
+    t2 = time.perf_counter()
+    vals = validation_rows(read_metrics(run_dir))
+    trace = Path(run_dir) / "trace"
+    return TrainResult(
+        run_dir=Path(run_dir),
+        setup_seconds=t1 - t0,
+        train_seconds=t2 - t1,
+        first_val=vals[0] if vals and int(vals[0].get("step", -1)) == 0 else {},  # before training
+        last_val=vals[-1] if vals and int(vals[-1].get("step", 0)) > 0 else {},
+        trace_dir=trace if trace.is_dir() else None,
+        warmup_source="",
+    )

@@ -40,6 +40,7 @@ from archer.core.engines.verl.steps import (
     padding_mask,
     plan_influence,
     step_record,
+    val_accuracy,
 )
 from archer.core.rollout.record import TOKENIZER_DIR, open_trace, sequence_advantages, trace_summary
 
@@ -169,7 +170,12 @@ class ArcherTrainer(PPOTrainerSync):
         return super()._save_checkpoint()
 
     def _validate(self, *args, **kwargs):
+        """verl's validation, plus `val/accuracy` (the number both engines log, `archer collect`
+        tabulates and the run summary compares)."""
         val_metrics = super()._validate(*args, **kwargs)
+        acc = val_accuracy(val_metrics or {})
+        if acc is not None:
+            val_metrics["val/accuracy"] = acc
         if int(self.global_steps) == 0 and val_metrics:  # before training; later ones join the step's line
             self.archer_metrics.log(0, val_metrics)
         return val_metrics
