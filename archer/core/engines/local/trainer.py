@@ -518,12 +518,21 @@ class LocalTrainer:
             influence_rows, infl_metrics = self.influence.finish()
         t["influence"] = time.perf_counter()
 
-        if self.trace is not None and self.trace.should_write(step):
-            self.trace.submit(step, sb.record(entropy, advantages, influence_rows, accepted).table(step))
+        traced = self.trace is not None and self.trace.should_write(step)
+        logged = self.metrics_log is not None and self.metrics_log.wants_record(step)
+        if traced or logged:  # the trace, and the sample generations / histograms of the sinks
+            record = sb.record(entropy, advantages, influence_rows, accepted)
+            if traced:
+                self.trace.submit(step, record.table(step))
+            if logged:
+                self.metrics_log.log_record(step, record, self._decode)
         t["trace"] = time.perf_counter()
 
         self.global_step = step
         return self._metrics(sb, entropy, advantages, {**actor_metrics, **infl_metrics}, t)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _metrics(
         self, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor, extra: dict, t: dict[str, float]

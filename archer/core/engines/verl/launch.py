@@ -224,7 +224,11 @@ def plan_rows(
         ("output", str(run_dir)),
         ("  checkpoints", str(s("trainer.default_local_dir"))),
         ("  trace", (trace.get("dir") or str(Path(run_dir) / "trace")) if trace["enable"] else "off"),
-        ("  metrics", f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"),
+        (
+            "  metrics",
+            f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"
+            + "".join(f" ({n})" for n in getattr(vc, "tracker_notes", [])),
+        ),
     ]
     if plugin_status is not None:
         routes = [
@@ -414,6 +418,8 @@ def train(
     _preflight(vc)
     for w in influence_warnings(vc):
         reporter.note(f"warning: {w}")
+    for n in vc.tracker_notes:
+        reporter.note(n)
     write_run_files(run_dir, composed, resumed=resume)
     atomic_write_text(Path(run_dir) / VERL_CONFIG_FILE, vc.to_yaml())
     reporter.note(f"verl config: {Path(run_dir) / VERL_CONFIG_FILE}")
