@@ -283,3 +283,17 @@ def test_verl_gets_sample_generations_and_wandb_run_settings():
     env = vc.select("ray_kwargs.ray_init.runtime_env.env_vars")
     assert (env["WANDB_ENTITY"], env["WANDB_RUN_GROUP"], env["WANDB_TAGS"]) == ("lab", "g", "a,b")
     assert vc.select("archer.logging.histograms_every") == 10
+
+
+def test_readme_logging_table_names_every_logging_key():
+    """The README's "Logging" table and trainer.logging's schema name the same keys."""
+    import re
+
+    from archer.core.config.compose import schema_keys
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Logging", 1)[1].split("\n## ", 1)[0]
+    first_cells = [ln.split("|")[1] for ln in section.splitlines() if ln.startswith("| `")]
+    named = {f"trainer.logging.{k}" for cell in first_cells for k in re.findall(r"`([a-z_]+)`", cell)}
+    schema = {k for k, v in schema_keys().items() if k.startswith("trainer.logging.") and not v.is_section}
+    assert named == schema - {"trainer.logging.log_every"}  # log_every: the console's, in local-engine.md
