@@ -57,6 +57,7 @@ def a_record() -> StepRecord:
 
 
 def decode(ids: list[int]) -> str:
+    assert all(type(i) is int for i in ids)  # plain ints: what every tokenizer's decode takes
     return "".join(f"<{i}>" for i in ids)
 
 

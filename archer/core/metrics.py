@@ -133,7 +133,8 @@ def pick_samples(record: Any, decode: Any, count: int) -> list[tuple[str, str, f
     order += [i for i in range(len(record)) if i not in first]
     rows = []
     for i in order[:count]:
-        prompt, response = decode(list(record.prompt_ids[i])), decode(list(record.response_ids[i]))
+        ids = lambda a: [int(t) for t in a]  # noqa: E731 - plain ints (fast tokenizers refuse numpy ints)
+        prompt, response = decode(ids(record.prompt_ids[i])), decode(ids(record.response_ids[i]))
         rows.append((prompt, response, float(record.reward[i])))
     return rows
 

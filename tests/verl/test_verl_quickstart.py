@@ -71,6 +71,8 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
             "trainer.save_every=1",
             "trainer.val_every=3",
             "warmup.steps=100",
+            "trainer.logging.tensorboard=true",
+            "trainer.logging.histograms_every=1",
             *common,
         ],
         tmp_path / "first.log",
@@ -106,6 +108,12 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
     second_log = (tmp_path / "second.log").read_text()
     assert "validation at step 3: accuracy" in second_log, second_log[-3000:]
     assert "validation accuracy before → after" in second_log, second_log[-3000:]
+    # histograms of the traced steps, next to verl's scalars in <run>/tensorboard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tensorboard"), size_guidance={"histograms": 0})
+    tb.Reload()
+    assert {1, 3} <= {e.step for e in tb.Histograms("trace/entropy")}, tb.Tags()
     # the hf rollout's log-probs are the actor's: verl logs their difference
     diffs = [r["training/rollout_probs_diff_max"] for r in rows if "training/rollout_probs_diff_max" in r]
     assert diffs and max(diffs) < 1e-3, diffs
