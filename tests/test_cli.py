@@ -133,6 +133,39 @@ def test_presets_show_explain_lists_keys():
     assert "actor.clip_ratio_high" in r.stdout
 
 
+def _explain_lines(*args: str) -> dict[str, str]:
+    r = runner.invoke(app, ["presets", "show", *args, "--explain"])
+    assert r.exit_code == 0, r.output
+    return {ln.split(" = ", 1)[0]: ln for ln in r.stdout.splitlines() if " = " in ln and "#" in ln}
+
+
+def test_explain_marks_the_keys_the_presets_engine_ignores():
+    verl = _explain_lines("math-influence")
+    for key in (
+        "rollout.compile_decode",
+        "model.tiny.num_layers",
+        "warmup.steps",
+        "data.synth.n",
+        "agent.enable",
+    ):
+        assert "[ignored on verl:" in verl[key], key
+    for key in ("rollout.n", "actor.clip_ratio_high", "influence.enable", "trainer.logging.wandb"):
+        assert "ignored" not in verl[key], key
+    # the tiny model and the synthetic task are read where model.path / data.train_files are unset
+    own = _explain_lines("math-influence", "model.path=null", "data.train_files=[]")
+    assert "ignored" not in own["model.tiny.num_layers"] and "ignored" not in own["data.synth.n"]
+    local = _explain_lines("quickstart")
+    assert "ignored" not in local["rollout.compile_decode"] and "ignored" not in local["warmup.steps"]
+
+
+def test_explain_prints_the_verl_section_as_yaml():
+    r = runner.invoke(app, ["presets", "show", "math-influence", "--explain"])
+    assert r.exit_code == 0, r.output
+    text = r.stdout.split("# verl section: verl's own keys, passed to verl as written\n", 1)[1]
+    assert yaml.safe_load(text)["verl"]["trainer"]["n_gpus_per_node"] == 8
+    assert "verl = {" not in r.stdout  # not a Python dict repr
+
+
 def test_presets_cp_and_force(tmp_path):
     dest = tmp_path / "mine.yaml"
     r = runner.invoke(app, ["presets", "cp", "quickstart", str(dest)])
@@ -172,7 +205,7 @@ def test_env_json_reports_engines():
 def test_unexpected_errors_are_short_unless_debug(monkeypatch):
     import archer.core.environment as env_cmd
 
-    def boom():
+    def boom(**_):
         raise RuntimeError("kaboom")
 
     monkeypatch.setattr(env_cmd, "collect", boom)
@@ -197,8 +230,8 @@ def test_env_hints_keep_their_brackets(monkeypatch):
 
     real = env_cmd.collect
 
-    def gaps():
-        info = real()
+    def gaps(**kw):
+        info = real(**kw)
         info["missing"]["verl"] = ["vllm"]
         return info
 
@@ -207,3 +240,59 @@ def test_env_hints_keep_their_brackets(monkeypatch):
     assert r.exit_code == 0, r.output
     text = r.stdout.replace("\n", "")
     assert "pip install -e '.[verl]'" in text and "'.[verl,vllm]'" in text
+
+
+def _all_command_paths() -> list[list[str]]:
+    import typer.main
+
+    paths = []
+
+    def walk(cmd, prefix):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            paths.append([*prefix, name])
+            walk(sub, [*prefix, name])
+
+    walk(typer.main.get_command(app), [])
+    return paths
+
+
+def test_help_placeholders_follow_the_fields_conventions():
+    """No Python types in help (<bool>, <list[str]>, <list[Path]>) nor doubled brackets
+    ([[KEY=VALUE]...]...): flags show no placeholder, options an upper-case one, arguments NAME..."""
+    paths = _all_command_paths()
+    assert ["train"] in paths and ["presets", "show"] in paths and len(paths) > 12
+    for path in [[], *paths]:
+        r = runner.invoke(app, [*path, "-h"], env={"COLUMNS": "120"})
+        assert r.exit_code == 0, (path, r.output)
+        for bad in ("<bool>", "<list", "<str>", "<int>", "<float>", "<path>", "[[", "]...]"):
+            assert bad not in r.stdout, (path, bad)
+    train = runner.invoke(app, ["train", "-h"], env={"COLUMNS": "120"}).stdout
+    assert "Usage: archer train [OPTIONS] [KEY=VALUE...]" in train
+    assert "KEY=VALUE..." in train and " PATH " in train and " TEXT " in train
+    ev = runner.invoke(app, ["eval", "-h"], env={"COLUMNS": "120"}).stdout
+    assert "[local|vllm]" in ev and "INTEGER" in ev and "FLOAT" in ev
+    assert "Usage: archer collect [OPTIONS] PATHS..." in runner.invoke(app, ["collect", "-h"]).stdout
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    env = {**os.environ, "_ARCHER_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    r = subprocess.run([sys.executable, "-m", "archer"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_shell_completion_is_installed_and_completes_presets_and_keys():
+    r = runner.invoke(app, ["--help"])
+    assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+    script = subprocess.run(
+        [sys.executable, "-m", "archer", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert script.returncode == 0 and "_ARCHER_COMPLETE=complete_bash" in script.stdout
+    presets = _complete("archer train --preset quicks", 3)
+    assert "quickstart" in presets and all(p.startswith("quicks") for p in presets)
+    assert _complete("archer train rollout.temp", 2) == ["rollout.temperature="]
+    assert _complete("archer presets show quickstart ~warmup.ste", 4) == ["~warmup.steps"]
+    assert "train" in _complete("archer tr", 1)

@@ -539,3 +539,52 @@ def test_vllm_glue_with_a_stand_in_engine(run_dir, tmp_path, monkeypatch):
     for x in t:
         assert x["correct"] == (x["sample"] < 2 and x["answer"] == "7")
     assert json.loads((out / "results.json").read_text())["overall"]["truncated_frac"] == pytest.approx(1 / 3)
+
+
+def documented_eval_commands() -> list[list[str]]:
+    """The `archer eval --model runs/qs ...` lines of docs/eval-export.md's first example, in order."""
+    import shlex
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "eval-export.md").read_text()
+    block = doc.split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln.split("#", 1)[0].strip() for ln in block.splitlines()]
+    return [shlex.split(ln)[1:] for ln in lines if ln.startswith("archer eval --model runs/qs")]
+
+
+def test_documented_eval_sequence_runs_in_order_with_default_folders(run_dir, tmp_path):
+    """The docs' commands, one after the other, without --out: each draws different samples, so
+    each gets its own default folder (named after n and temperature); running one again resumes."""
+    commands = documented_eval_commands()
+    assert len(commands) >= 3 and any("--n" in c for c in commands)
+    run = tmp_path / "qs"
+    shutil.copytree(run_dir, run)
+    for args in commands:
+        args = [str(run) if a == "runs/qs" else a for a in args]
+        r = invoke(args)
+        assert r.exit_code == 0, f"{args}: {r.output}"
+    names = sorted(p.name for p in (run / "eval").iterdir())
+    assert names == sorted(["step_000002-val-n8-t1", "step_000002-val-n16-t1", "step_000002-val-n1-t0"])
+    again = invoke([str(run) if a == "runs/qs" else a for a in commands[0]])
+    assert again.exit_code == 0 and "already sampled" in again.stderr
+
+
+def test_default_folder_conflict_names_a_free_out(run_dir, tmp_path):
+    """Settings the default name does not carry (here the chat-template switch) still differ: the
+    refusal names the exact --out to add."""
+    from archer.core.evaluation.runner import EvalOptions, run_eval
+
+    run = tmp_path / "qs"
+    shutil.copytree(run_dir, run)
+    run_eval(EvalOptions(model=str(run), n=1, temperature=0.0, limit=2))
+    chat = not json.loads((run / "eval" / "step_000002-val-n1-t0" / "eval.json").read_text())[
+        "apply_chat_template"
+    ]
+    with pytest.raises(UsageError) as e:
+        run_eval(EvalOptions(model=str(run), n=1, temperature=0.0, limit=2, apply_chat_template=chat))
+    hint = e.value.hint
+    assert "apply_chat_template" in str(e.value) and hint.startswith("add --out ")
+    free = hint.split("add --out ", 1)[1].split(" ")[0]
+    assert Path(free).parent == run / "eval" and Path(free).name.startswith("step_000002-val-n1-t0-")
+    run_eval(
+        EvalOptions(model=str(run), n=1, temperature=0.0, limit=2, apply_chat_template=chat, out=Path(free))
+    )

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from archer.cli.completion import complete_override, complete_preset
+
 EPILOG = (
     "Examples:\n\n"
     "  archer ablate --preset quickstart-influence --grid grid.yaml --dry-run\n\n"
@@ -20,10 +22,17 @@ EPILOG = (
 
 def ablate(
     overrides: list[str] | None = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Overrides applied to every case, e.g. trainer.total_steps=50."
+        None,
+        metavar="KEY=VALUE",
+        autocompletion=complete_override,
+        help="Overrides applied to every case, e.g. trainer.total_steps=50.",
     ),
     preset: str | None = typer.Option(
-        None, "--preset", "-p", help="Preset name or YAML path (the base of every case)."
+        None,
+        "--preset",
+        "-p",
+        autocompletion=complete_preset,
+        help="Preset name or YAML path (the base of every case).",
     ),
     grid: Path | None = typer.Option(None, "--grid", "-g", help="Grid YAML file (not needed with --resume)."),
     out: Path | None = typer.Option(

@@ -6,16 +6,29 @@ import json
 
 import typer
 
-EPILOG = "Examples:  archer env  ·  archer env --json"
+EPILOG = (
+    "Checking verl's plugin imports verl (seconds); --quick skips it. The warnings verl prints while it "
+    "is imported (optional engines it cannot find) are kept out of the way; --verbose lists them.\n\n"
+    "Examples:  archer env  ·  archer env --quick  ·  archer env --json"
+)
 
 
-def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show versions of python, torch, transformers, verl, ray, vllm, the CUDA devices, and what is
-    missing."""
-    from archer.core.environment import PACKAGES, collect
+def env(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    quick: bool = typer.Option(False, "--quick", help="Skip the verl plugin check (no verl import)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also list the warnings verl raised while it was imported."
+    ),
+) -> None:
+    """Show versions of python, torch, transformers, verl, ray, vllm, the CUDA devices, the optional
+    extras, and what each engine is missing."""
+    from archer.core.environment import PACKAGES, collect, probe_verl_plugin
 
-    info = collect()
+    info = collect(probe_plugin=False)
+    probe = not quick and bool(info["packages"].get("verl"))
     if as_json:
+        if probe:
+            info["verl_plugin"], info["probe_messages"] = probe_verl_plugin()
         typer.echo(json.dumps(info, indent=2))
         return
     from rich.table import Table
@@ -41,7 +54,21 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
     hints = info["hints"]
     from rich.markup import escape
 
-    plugin = info.get("verl_plugin")
+    bits, lacking = [], []
+    for name, x in info["extras"].items():
+        if x["installed"]:
+            bits.append(f"[green]{name}[/green]")
+        else:
+            bits.append(f"[yellow]{name}[/yellow] [dim](missing {', '.join(x['missing'])})[/dim]")
+            lacking.append(name)
+    line = "extras: " + ", ".join(bits)
+    if lacking:
+        install = "pip install -e '.[" + ",".join(lacking) + "]'"
+        line += f"  [dim]({escape(install)})[/dim]"
+    out().print(line)
+    plugin = messages = None
+    if probe:  # the fast part is already on screen; this imports verl
+        plugin, messages = probe_verl_plugin()
     if plugin is not None:
         routes = [
             r
@@ -67,3 +94,11 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> No
             out().print(f"[green]{engine}[/green]: ready")
     for w in info["warnings"]:
         out().print(f"[yellow]warning[/yellow]: {escape(w)}")
+    if messages and verbose:
+        out().print(f"[dim]while verl was imported ({len(messages)} messages):[/dim]")
+        for m in messages:
+            out().print(f"  [dim]{escape(m)}[/dim]", soft_wrap=True)
+    elif messages:
+        out().print(f"[dim]{len(messages)} import warnings from verl hidden (--verbose shows them)[/dim]")
+    elif quick and info["packages"].get("verl"):
+        out().print("[dim]verl plugin: not checked (--quick)[/dim]")

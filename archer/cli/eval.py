@@ -85,7 +85,8 @@ def eval_cmd(
         None,
         "--out",
         "-o",
-        help="Evaluation folder (default: <run>/eval/<checkpoint>-<data>, else ./eval/...).",
+        help="Evaluation folder (default: <run>/eval/<checkpoint>-<data>-<sampling>, e.g. "
+        "step_000200-val-n8-t1, else ./eval/...; one folder per set of sampling settings).",
     ),
     batch_size: int = typer.Option(
         16, "--batch-size", "-b", help="Problems per batch (one saved shard each)."

@@ -77,6 +77,9 @@ class ArcherGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        from archer.cli.help_style import conventional
+
+        conventional(self)
         code = 0
         try:
             rv = super().main(
@@ -130,7 +133,7 @@ app = typer.Typer(
     context_settings=CONTEXT,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (README: "Shell completion")
 )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from archer.cli._console import out, print_yaml, warn
+from archer.cli.completion import complete_override, complete_preset
 
 app = typer.Typer(
     help="List, show, copy and validate presets (YAML configs for archer train).",
@@ -111,8 +112,12 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
     "archer presets show math model.path=/m --resolved  ·  archer presets show quickstart --explain",
 )
 def show(
-    name: str = typer.Argument(..., help="Preset name or path to a YAML file."),
-    overrides: list[str] | None = typer.Argument(None, metavar="[KEY=VALUE]...", help="Overrides to apply."),
+    name: str = typer.Argument(
+        ..., autocompletion=complete_preset, help="Preset name or path to a YAML file."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, metavar="KEY=VALUE", autocompletion=complete_override, help="Overrides to apply."
+    ),
     resolved: bool = typer.Option(
         False, "--resolved", help="Print the full config after extends, overrides and interpolation."
     ),
@@ -217,28 +222,62 @@ def _print_source(c, *, only: bool, file_printed: bool = False) -> None:
 
 
 def _explain(c) -> None:
+    """Every key with its type, value and doc; keys the preset's engine does not read are marked
+    (dim, with the reason); the `verl` section, a tree of verl's own keys, follows as YAML."""
     from rich.markup import escape
     from rich.table import Table
 
     from archer.core.config.compose import _get, explain_rows
+    from archer.core.engines.ignored import ignored_reason
 
     values = c.to_dict()
+    engine = c.cfg.engine
+    rows = [r for r in explain_rows() if r[0] != "verl"]
+    section = values.get("verl") or {}
     if not out().is_terminal:  # one greppable line per key when piped
-        for key, kind, _default, doc in explain_rows():
+        for key, kind, _default, doc in rows:
             v = _get(values, key)
-            typer.echo(f"{key} = {'null' if v is None else v}    # {kind}; {doc}")
-        return
-    table = Table(title=f"keys of preset '{c.preset}'", title_justify="left")
-    for col in ("key", "type", "value", "doc"):
-        table.add_column(col, overflow="fold")
-    for key, kind, default, doc in explain_rows():
-        v = _get(values, key)
-        shown = "null" if v is None else str(v)
-        style = "bold" if shown != default else ""
-        table.add_row(
-            escape(key), escape(kind), f"[{style}]{escape(shown)}[/]" if style else escape(shown), escape(doc)
-        )
-    out().print(table)
+            why = ignored_reason(c.cfg, key)
+            mark = f"  [ignored on {engine}: {why}]" if why else ""
+            typer.echo(f"{key} = {'null' if v is None else v}    # {kind}; {doc}{mark}")
+    else:
+        table = Table(title=f"keys of preset '{c.preset}' (engine {engine})", title_justify="left")
+        for col in ("key", "type", "value", "doc"):
+            table.add_column(col, overflow="fold")
+        ignored = 0
+        for key, kind, default, doc in rows:
+            v = _get(values, key)
+            shown = "null" if v is None else str(v)
+            why = ignored_reason(c.cfg, key)
+            if why:
+                ignored += 1
+                table.add_row(
+                    f"[dim]{escape(key)}[/dim]",
+                    f"[dim]{escape(kind)}[/dim]",
+                    f"[dim]{escape(shown)}[/dim]",
+                    f"[yellow]ignored on {engine}:[/yellow] [dim]{escape(why)}[/dim]",
+                )
+                continue
+            style = "bold" if shown != default else ""
+            table.add_row(
+                escape(key),
+                escape(kind),
+                f"[{style}]{escape(shown)}[/]" if style else escape(shown),
+                escape(doc),
+            )
+        out().print(table)
+        if ignored:
+            out().print(f"[dim]{ignored} keys (dimmed) are not read by the {engine} engine[/dim]")
+    import yaml
+
+    header = "verl section: verl's own keys, passed to verl as written"
+    if engine == "local":
+        header += " (ignored on local)"
+    if section:
+        typer.echo(f"# {header}")
+        print_yaml(yaml.safe_dump({"verl": section}, sort_keys=False, width=100))
+    else:
+        typer.echo(f"# {header}: empty (set verl.KEY=VALUE; docs/verl.md)")
 
 
 @app.command(

@@ -45,12 +45,14 @@ STEP_FIELDS = [
     ("reward/mean", "reward", "{:.3f}"),
     ("reward/accuracy", "acc", "{:.3f}"),
     ("rollout/entropy_mean", "ent", "{:.3f}"),
-    ("actor/kl", "kl", "{:.4f}"),
     ("actor/pg_clipfrac", "clip", "{:.3f}"),
     ("time/step", "s/step", "{:.2f}"),
 ]
-# shown only when the step reports them (agent mode: ARPO/AEPO branches taken, tool calls made)
+# shown only when the step reports them: the KL loss to the reference (only with
+# actor.use_kl_loss; a "kl 0.0000" without it would read as a measurement), agent mode's ARPO/AEPO
+# branches taken and tool calls made
 OPTIONAL_FIELDS = [
+    ("actor/kl_loss", "kl", "{:.4f}"),
     ("agent/branches", "branches", "{:.0f}"),
     ("agent/tool_calls", "tools", "{:.0f}"),
 ]
@@ -60,6 +62,7 @@ TIME_FIELDS = [
     ("time/update", "update"),
     ("time/trace", "trace"),
 ]
+OPTIONAL_TIME_FIELDS = [("time/influence", "influence")]  # with influence.enable
 
 
 def _fmt(metrics: dict[str, Any], key: str, fmt: str) -> str:
@@ -74,9 +77,27 @@ def _fields(metrics: dict[str, Any]) -> list[str]:
     return [f"{label} {_fmt(metrics, key, fmt)}" for key, label, fmt in fields]
 
 
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _eta(start: tuple[float, int], now: float, done: int, total: int) -> str:
+    """ "elapsed 0:01:10 eta 0:03:20", the rate measured since `start` (time, units done then);
+    the same numbers the live bar shows, for logs."""
+    t0, d0 = start
+    elapsed = now - t0
+    if done >= total:
+        return f"elapsed {_clock(elapsed)}"
+    if done <= d0 or elapsed <= 0:
+        return f"elapsed {_clock(elapsed)} eta -:--:--"
+    return f"elapsed {_clock(elapsed)} eta {_clock((total - done) * elapsed / (done - d0))}"
+
+
 def format_step(step: int, total: int, metrics: dict[str, Any]) -> str:
     parts = [f"step {step}/{total}", *_fields(metrics)]
-    split = " ".join(f"{label} {_fmt(metrics, key, '{:.2f}')}" for key, label in TIME_FIELDS)
+    times = TIME_FIELDS + [f for f in OPTIONAL_TIME_FIELDS if f[0] in metrics]
+    split = " ".join(f"{label} {_fmt(metrics, key, '{:.2f}')}" for key, label in times)
     return "  ".join(parts) + f"  ({split})"
 
 
@@ -146,6 +167,7 @@ class ConsoleReporter(Reporter):
         self._train: TrainingProgress | None = None
         self._warm: Any = None
         self._warm_task: Any = None
+        self._warm_t0: tuple[float, int] | None = None  # (time, steps done) at the first report
 
     def note(self, text: str) -> None:
         if self._train is not None:
@@ -177,8 +199,17 @@ class ConsoleReporter(Reporter):
                 self._warm_task = self._warm.add_task("warm-up", total=total, loss="")
                 self._warm.start()
             self._warm.update(self._warm_task, completed=done, loss=f"loss {loss:.3f}")
-        elif done % 50 == 0 or done == total:
-            print(f"warm-up {done}/{total}  loss {loss:.3f}", flush=True)
+        else:
+            import time
+
+            now = time.monotonic()
+            if self._warm_t0 is None or done <= 1:
+                self._warm_t0 = (now, done)
+            if done % 50 == 0 or done == total:
+                print(
+                    f"warm-up {done}/{total}  loss {loss:.3f}  {_eta(self._warm_t0, now, done, total)}",
+                    flush=True,
+                )
 
     def warmup_done(self) -> None:
         if self._warm is not None:

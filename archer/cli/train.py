@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from archer.cli.completion import complete_override, complete_preset
+
 EPILOG = (
     "Examples:\n\n"
     "  archer train --preset quickstart\n\n"
@@ -23,10 +25,17 @@ EPILOG = (
 
 def train(
     overrides: list[str] | None = typer.Argument(
-        None, metavar="[KEY=VALUE]...", help="Config overrides, e.g. trainer.total_steps=10 rollout.n=8."
+        None,
+        metavar="KEY=VALUE",
+        autocompletion=complete_override,
+        help="Config overrides, e.g. trainer.total_steps=10 rollout.n=8.",
     ),
     preset: str | None = typer.Option(
-        None, "--preset", "-p", help="Preset name (see 'archer presets ls') or path to a YAML file."
+        None,
+        "--preset",
+        "-p",
+        autocompletion=complete_preset,
+        help="Preset name (see 'archer presets ls') or path to a YAML file.",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory (default: <trainer.out_dir>/<name>)."
@@ -133,7 +142,8 @@ WARMUP_SOURCES = {
 
 
 def print_summary(result, *, traced: bool) -> None:
-    """The closing lines of a local run: time, reward and validation before -> after, the trace."""
+    """The closing lines of a run (either engine): time, reward and validation before -> after
+    (a drop is a warning), the trace."""
     from rich.markup import escape
 
     from archer.cli._console import out

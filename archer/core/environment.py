@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, requires, version
 from typing import Any
 
@@ -114,8 +116,58 @@ def stack_warnings(versions: dict[str, str | None]) -> list[str]:
     ]
 
 
+# archer's optional extras (pyproject.toml): packages, and what they enable
+EXTRAS = {
+    "tensorboard": (["tensorboard"], "trainer.logging.tensorboard=true"),
+    "wandb": (["wandb"], "trainer.logging.wandb=true"),
+    "plot": (["matplotlib", "plotext"], "archer collect --plot / --plot-terminal"),
+}
+
+
+def extras(versions: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """Each optional extra: installed or not (and which of its packages are missing), what it enables."""
+    return {
+        name: {
+            "installed": all(versions.get(d) for d in dists),
+            "missing": [d for d in dists if not versions.get(d)],
+            "enables": enables,
+        }
+        for name, (dists, enables) in EXTRAS.items()
+    }
+
+
+@contextmanager
+def quiet(messages: list[str]) -> Iterator[None]:
+    """Run a probe that imports third-party code without letting it write to the terminal: its
+    Python warnings, log records (verl warns about every optional engine it cannot import) and
+    prints are collected in `messages` instead."""
+    import io
+    import logging
+    import warnings
+    from contextlib import redirect_stderr, redirect_stdout
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    root = logging.getLogger()
+    saved_handlers = root.handlers[:]
+    root.handlers[:] = [Collect()]
+    buffer = io.StringIO()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught, redirect_stdout(buffer), redirect_stderr(buffer):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        root.handlers[:] = saved_handlers
+        messages.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+        messages.extend(line for line in buffer.getvalue().splitlines() if line.strip())
+
+
 def collect(*, probe_plugin: bool = True) -> dict[str, Any]:
-    """Everything `archer env` shows, as plain data (JSON-ready)."""
+    """Everything `archer env` shows, as plain data (JSON-ready). `probe_plugin` imports verl
+    (seconds; its import-time noise is kept in `probe_messages`, not printed)."""
     versions = {dist: installed_version(dist) for dist, _, _ in PACKAGES}
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -150,8 +202,18 @@ def collect(*, probe_plugin: bool = True) -> dict[str, Any]:
     info["missing"] = missing
     info["hints"] = INSTALL_HINTS
     info["warnings"] = stack_warnings(versions)
-    if probe_plugin and versions.get("verl"):  # imports verl (seconds): known to load only once it did
+    info["extras"] = extras(versions)
+    if probe_plugin and versions.get("verl"):
+        info["verl_plugin"], info["probe_messages"] = probe_verl_plugin()
+    return info
+
+
+def probe_verl_plugin() -> tuple[dict[str, Any], list[str]]:
+    """Whether archer's verl plugin registers here (imports verl: seconds; a plugin is known to
+    load only once it did), and the warnings verl's import raised, kept out of the terminal."""
+    messages: list[str] = []
+    with quiet(messages):
         from archer.core.engines.verl.plugin import status
 
-        info["verl_plugin"] = status()
-    return info
+        result = status()
+    return result, messages

@@ -14,6 +14,8 @@ from typing import Any
 # A change of held-out accuracy smaller than this is called "about the same": with a few hundred
 # validation problems, sampling noise alone moves accuracy by a few hundredths.
 VAL_TOLERANCE = 0.02
+# a step's mean reward: the local engine's name, then verl's (its sequence score, the same number)
+REWARD_KEYS = ("reward/mean", "critic/score/mean")
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,13 @@ def outcome_of(
     metrics: Sequence[dict[str, Any]], first_val: dict[str, float], last_val: dict[str, float], k: int = 5
 ) -> Outcome:
     """The outcome of a run from its metrics rows (metrics.jsonl) and its first/last validation."""
-    rows = [r for r in metrics if r.get("step", 0) > 0 and r.get("reward/mean") is not None]
+    key = next(
+        (name for name in REWARD_KEYS if any(r.get(name) is not None for r in metrics)), REWARD_KEYS[0]
+    )
+    rows = [r for r in metrics if r.get("step", 0) > 0 and r.get(key) is not None]
     first = last = None
     k = min(k, len(rows))
     if k:
-        first = sum(float(r["reward/mean"]) for r in rows[:k]) / k
-        last = sum(float(r["reward/mean"]) for r in rows[-k:]) / k
+        first = sum(float(r[key]) for r in rows[:k]) / k
+        last = sum(float(r[key]) for r in rows[-k:]) / k
     return Outcome(first, last, k, first_val.get("val/accuracy"), last_val.get("val/accuracy"))

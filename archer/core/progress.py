@@ -8,6 +8,7 @@ Rich progress bar on a terminal and plain lines otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,19 @@ class RunInfo:
     n_train: int = 0
     n_val: int = 0
     details: list[str] = field(default_factory=list)  # extra lines (e.g. the agent's tools)
+
+
+@dataclass
+class TrainResult:
+    """What `archer train` reports at the end of a run, on either engine (the CLI renders it)."""
+
+    run_dir: Path
+    setup_seconds: float
+    train_seconds: float
+    first_val: dict[str, float]
+    last_val: dict[str, float]
+    trace_dir: Path | None
+    warmup_source: str
 
 
 class Reporter:

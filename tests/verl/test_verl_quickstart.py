@@ -71,6 +71,8 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
             "trainer.save_every=1",
             "trainer.val_every=3",
             "warmup.steps=100",
+            "trainer.logging.tensorboard=true",
+            "trainer.logging.histograms_every=1",
             *common,
         ],
         tmp_path / "first.log",
@@ -101,6 +103,17 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if r["step"] == 3][0]
     assert any(k.startswith("val-core/") for k in last), sorted(last)  # validation ran
+    assert 0 <= last["val/accuracy"] <= 1  # archer's name for verl's val-core accuracy
+    # the driver printed the validation as it happened, and the closing summary
+    second_log = (tmp_path / "second.log").read_text()
+    assert "validation at step 3: accuracy" in second_log, second_log[-3000:]
+    assert "validation accuracy before → after" in second_log, second_log[-3000:]
+    # histograms of the traced steps, next to verl's scalars in <run>/tensorboard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(run / "tensorboard"), size_guidance={"histograms": 0})
+    tb.Reload()
+    assert {1, 3} <= {e.step for e in tb.Histograms("trace/entropy")}, tb.Tags()
     # the hf rollout's log-probs are the actor's: verl logs their difference
     diffs = [r["training/rollout_probs_diff_max"] for r in rows if "training/rollout_probs_diff_max" in r]
     assert diffs and max(diffs) < 1e-3, diffs

@@ -333,6 +333,19 @@ class LoggingConfig:
     tensorboard: bool = opt(False, "write tensorboard event files to <run>/tensorboard")
     wandb: bool = opt(False, "log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
     wandb_project: str = opt("archer", "W&B project name")
+    wandb_entity: str | None = opt(None, "W&B entity (team or user); null: your default entity")
+    wandb_group: str | None = opt(None, "W&B run group (e.g. one sweep); null: none")
+    wandb_tags: list[str] = opt([], "W&B run tags")
+    samples_every: int = opt(
+        10,
+        "log sample generations (prompt, response, reward) every k steps to tensorboard (text) and "
+        "W&B (a table); 0 = off. verl logs its validation samples at each validation instead",
+        ge=0,
+    )
+    samples: int = opt(4, "sample generations per log (one response per prompt group first)", ge=1)
+    histograms_every: int = opt(
+        10, "log histograms of per-token entropy and influence every k steps (0 = off)", ge=0
+    )
     log_every: int = opt(1, "print a progress line every k steps when stdout is not a terminal", ge=1)
 
 

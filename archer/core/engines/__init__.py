@@ -12,7 +12,7 @@ from typing import Any
 
 def run_engine(composed: Any, run_dir: Path, resume: bool = False, reporter: Any = None) -> Any:
     """Train on the config's engine; events go to `reporter` (archer.core.progress.Reporter).
-    Returns the engine's result (the local engine's `TrainResult`; None for verl)."""
+    Returns the run's `archer.core.progress.TrainResult` (both engines)."""
     engine = composed.cfg.engine
     if engine == "local":
         from archer.core.engines.local.trainer import train

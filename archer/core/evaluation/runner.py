@@ -249,15 +249,43 @@ def _pick_device(name: str) -> Any:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def default_out(ckpt: Any, data: Sequence[str]) -> Path:
-    stem = Path(data[0]).stem if data else "data"
+def sampling_tag(spec: dict[str, Any], *, explicit_length: bool) -> str:
+    """The part of a default folder name that says how the samples were drawn: n and temperature
+    always, every other setting that changes the samples when it differs from the default
+    (top_p, seed, engine, dtype, a --max-new-tokens given on the command line), so two commands
+    that draw different samples never share a default folder."""
+    parts = [f"n{spec['n']}", f"t{float(spec['temperature']):g}"]
+    if float(spec["top_p"]) != 1.0:
+        parts.append(f"p{float(spec['top_p']):g}")
+    if int(spec["seed"]) != 0:
+        parts.append(f"s{spec['seed']}")
+    if spec["engine"] != "local":
+        parts.append(str(spec["engine"]))
+    if spec["dtype"] != "auto":
+        parts.append(str(spec["dtype"]))
+    if explicit_length:
+        parts.append(f"len{spec['max_new_tokens']}")
+    return "-".join(parts)
+
+
+def default_out(ckpt: Any, data: Sequence[str], tag: str = "") -> Path:
+    """<run>/eval/<checkpoint>-<data>-<tag> for a run or checkpoint, ./eval/<model>-<data>-<tag>
+    otherwise; several data files join their stems with '+' (a hash past 40 characters)."""
+    stems = [Path(d).stem for d in data] or ["data"]
+    stem = "+".join(stems)
+    if len(stem) > 40:
+        import hashlib
+
+        digest = hashlib.sha1("\n".join(str(Path(d).resolve()) for d in data).encode()).hexdigest()[:8]
+        stem = f"{stems[0]}+{len(stems) - 1}-{digest}"
+    name = f"{stem}-{tag}" if tag else stem
     if ckpt.run_dir is not None:
-        name = ckpt.path.name if ckpt.kind == "local" else f"step_{ckpt.step}"
-        return ckpt.run_dir / "eval" / f"{name}-{stem}"
-    return Path("eval") / f"{ckpt.path.name}-{stem}"
+        head = ckpt.path.name if ckpt.kind == "local" else f"step_{ckpt.step}"
+        return ckpt.run_dir / "eval" / f"{head}-{name}"
+    return Path("eval") / f"{ckpt.path.name}-{name}"
 
 
-def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool) -> Store:
+def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool, *, defaulted: bool = False) -> Store:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory", hint="choose another --out")
     if (out / SPEC_FILE).is_file():
@@ -266,7 +294,7 @@ def _prepare_out(out: Path, spec: dict[str, Any], overwrite: bool) -> Store:
             shutil.rmtree(out / SAMPLES_DIR, ignore_errors=True)
             (out / RESULTS_FILE).unlink(missing_ok=True)
         else:
-            check_same_sampling(old, spec, out)
+            check_same_sampling(old, spec, out, defaulted=defaulted)
             if old.get("reward") != spec["reward"]:
                 raise UsageError(
                     f"the samples in {out} were graded with reward {old.get('reward')!r}, not "
@@ -374,7 +402,6 @@ def run_eval(
         limit=opts.limit,
     )
 
-    out = Path(opts.out).expanduser() if opts.out is not None else default_out(ckpt, data)
     from archer import __version__
 
     spec: dict[str, Any] = {
@@ -407,7 +434,12 @@ def run_eval(
         "archer_version": __version__,
         "created": now(),
     }
-    store = _prepare_out(out, spec, opts.overwrite)
+    defaulted = opts.out is None
+    tag = sampling_tag(spec, explicit_length=opts.max_new_tokens is not None)
+    out = default_out(ckpt, data, tag) if defaulted else Path(opts.out).expanduser()
+    if defaulted:
+        say(f"output folder: {out} (--out to choose another)")
+    store = _prepare_out(out, spec, opts.overwrite, defaulted=defaulted)
     done = finished_problems(store.read(), opts.n, problems, out)
     todo = [p for p in problems if p.pid not in done.problems]
     if done.problems and not todo:

@@ -165,14 +165,23 @@ def open_store(root: Path) -> Store:
     return Store(root, spec)
 
 
-def check_same_sampling(old: dict[str, Any], new: dict[str, Any], root: Path) -> None:
-    """Refuse to add samples drawn with other settings to an existing store."""
+def check_same_sampling(
+    old: dict[str, Any], new: dict[str, Any], root: Path, *, defaulted: bool = False
+) -> None:
+    """Refuse to add samples drawn with other settings to an existing store. Where `root` was the
+    default folder (settings the name does not carry differ: the data's folder, the chat template),
+    the hint names an --out that is free."""
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in SAMPLING_KEYS if old.get(k) != new.get(k)]
     if diffs:
-        raise UsageError(
-            f"{root} holds samples drawn with other settings ({'; '.join(diffs)})",
-            hint="use another --out, or --overwrite to discard the old samples",
-        )
+        if defaulted:
+            import hashlib
+
+            key = json.dumps({k: new.get(k) for k in (*SAMPLING_KEYS, "data")}, sort_keys=True)
+            free = root.with_name(f"{root.name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}")
+            hint = f"add --out {free} (or --overwrite to discard the old samples)"
+        else:
+            hint = "use another --out, or --overwrite to discard the old samples"
+        raise UsageError(f"{root} holds samples drawn with other settings ({'; '.join(diffs)})", hint=hint)
 
 
 @dataclass

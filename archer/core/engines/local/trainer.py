@@ -27,7 +27,7 @@ from archer.core.engines.local.evaluation import evaluate
 from archer.core.engines.local.forward import batch_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
 from archer.core.metrics import MetricsLog
-from archer.core.progress import Reporter, RunInfo
+from archer.core.progress import Reporter, RunInfo, TrainResult
 from archer.core.rollout.batch import Rollout, concat_rollouts
 from archer.core.rollout.generation import decode_responses, generate
 from archer.core.rollout.prompts import Prompt, PromptSampler, load_datasets
@@ -518,12 +518,21 @@ class LocalTrainer:
             influence_rows, infl_metrics = self.influence.finish()
         t["influence"] = time.perf_counter()
 
-        if self.trace is not None and self.trace.should_write(step):
-            self.trace.submit(step, sb.record(entropy, advantages, influence_rows, accepted).table(step))
+        traced = self.trace is not None and self.trace.should_write(step)
+        logged = self.metrics_log is not None and self.metrics_log.wants_record(step)
+        if traced or logged:  # the trace, and the sample generations / histograms of the sinks
+            record = sb.record(entropy, advantages, influence_rows, accepted)
+            if traced:
+                self.trace.submit(step, record.table(step))
+            if logged:
+                self.metrics_log.log_record(step, record, self._decode)
         t["trace"] = time.perf_counter()
 
         self.global_step = step
         return self._metrics(sb, entropy, advantages, {**actor_metrics, **infl_metrics}, t)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _metrics(
         self, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor, extra: dict, t: dict[str, float]
@@ -647,19 +656,6 @@ class LocalTrainer:
         if self.metrics_log is not None:
             self.metrics_log.close()
             self.metrics_log = None
-
-
-@dataclass
-class TrainResult:
-    """What `archer train` reports at the end of a local run (the CLI renders it)."""
-
-    run_dir: Path
-    setup_seconds: float
-    train_seconds: float
-    first_val: dict[str, float]
-    last_val: dict[str, float]
-    trace_dir: Path | None
-    warmup_source: str
 
 
 def train(

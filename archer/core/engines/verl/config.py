@@ -240,6 +240,8 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         "trainer.default_local_dir": str(Path(run_dir).resolve() / "checkpoints"),
         "trainer.resume_mode": "auto" if resume else "disable",
         "trainer.project_name": t["logging"]["wandb_project"],
+        # verl logs sample generations at each validation (a W&B table, tensorboard text)
+        "trainer.log_val_generations": t["logging"]["samples"] if t["logging"]["samples_every"] > 0 else 0,
         "trainer.experiment_name": Path(run_dir).name,
         "trainer.logger": logger,
         # what archer's trainer and workers read (see trainer.archer_section)
@@ -248,6 +250,7 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
             "preset": preset,
             "trace": c["trace"],
             "influence": c["influence"],
+            "logging": t["logging"],  # histograms of the traced steps (archer's trainer)
             "loss_knobs": {
                 "aspo_dual_clip": a["aspo_dual_clip"],
                 "aepo_entropy_advantage": a["aepo_entropy_advantage"],
@@ -381,6 +384,7 @@ class VerlConfig:
     mapped: dict[str, Any]
     overrides: list[tuple[str, Any, str, bool]]
     notes: list[str] = field(default_factory=list)  # what archer decided for the user (the plan shows it)
+    tracker_notes: list[str] = field(default_factory=list)  # how trainer.logger was put together
 
     def to_yaml(self) -> str:
         from omegaconf import OmegaConf
@@ -405,6 +409,7 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
             raise RuntimeError(f"archer's verl mapping names {key!r}, which verl's config does not have")
         _set(verl_cfg, key, value)
     overrides = pass_through(composed)
+    logger_note = _merge_loggers(mapped, overrides)
     _refuse_double_settings(mapped, overrides, composed, run_dir)
     for key, value, source, may_add in overrides:
         if not (_exists(verl_cfg, key) or _open_parent(defaults, key) or may_add):
@@ -417,7 +422,9 @@ def compose_verl(composed: Any, run_dir: Path, *, resume: bool = False) -> VerlC
                 _set(verl_cfg, key, value)
     notes = _attention_layout(verl_cfg, {k for k, *_ in overrides})
     _cross_checks(verl_cfg)
-    return VerlConfig(cfg=verl_cfg, mapped=mapped, overrides=overrides, notes=notes)
+    return VerlConfig(
+        cfg=verl_cfg, mapped=mapped, overrides=overrides, notes=notes, tracker_notes=logger_note
+    )
 
 
 def archer_key_of(verl_key: str, composed: Any, run_dir: Path) -> str | None:
@@ -463,6 +470,25 @@ def archer_key_of(verl_key: str, composed: Any, run_dir: Path) -> str | None:
         if after is not None and after != before:
             return key
     return None
+
+
+def _merge_loggers(mapped: dict[str, Any], overrides: list) -> list[str]:
+    """`verl.trainer.logger=[...]` (verl's other trackers: mlflow, swanlab, clearml, ...) and
+    `trainer.logging.tensorboard/wandb` both name trackers: verl gets the union (the verl list
+    first), never one silently dropping the other. Returns the note saying so."""
+    for i, (key, value, source, may_add) in enumerate(overrides):
+        if key != "trainer.logger":
+            continue
+        given = [value] if isinstance(value, str) else list(value or [])
+        added = [b for b in mapped["trainer.logger"] if b not in given]
+        merged = given + added
+        mapped["trainer.logger"] = merged
+        overrides[i] = (key, merged, source, may_add)
+        added_sinks = [b for b in added if b != "console"]
+        if not added_sinks:
+            return []
+        return [f"verl.trainer.logger [{', '.join(given)}] + {', '.join(added_sinks)} from trainer.logging.*"]
+    return []
 
 
 def _refuse_double_settings(mapped: dict[str, Any], overrides: list, composed: Any, run_dir: Path) -> None:
@@ -622,6 +648,9 @@ def runtime_env(run_dir: Path) -> dict[str, str]:
     }
     for name in (
         "WANDB_MODE",
+        "WANDB_ENTITY",
+        "WANDB_RUN_GROUP",
+        "WANDB_TAGS",
         "WANDB_API_KEY",
         "HF_HOME",
         "HF_HUB_OFFLINE",
@@ -632,10 +661,24 @@ def runtime_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
+def wandb_env(logging: Any) -> dict[str, str]:
+    """trainer.logging.wandb_entity/group/tags as the environment W&B reads (verl's tracker passes
+    no entity, group or tags to wandb.init; W&B takes them from WANDB_ENTITY, WANDB_RUN_GROUP and
+    WANDB_TAGS). Unset keys leave the caller's environment as it is."""
+    env = {}
+    if logging.get("wandb_entity"):
+        env["WANDB_ENTITY"] = str(logging["wandb_entity"])
+    if logging.get("wandb_group"):
+        env["WANDB_RUN_GROUP"] = str(logging["wandb_group"])
+    if logging.get("wandb_tags"):
+        env["WANDB_TAGS"] = ",".join(str(t) for t in logging["wandb_tags"])
+    return env
+
+
 def apply_runtime_env(vc: VerlConfig, run_dir: Path) -> None:
     """Merge archer's environment into ray_kwargs.ray_init.runtime_env.env_vars (user values win)."""
     existing = vc.select("ray_kwargs.ray_init.runtime_env.env_vars") or {}
-    merged = {**runtime_env(run_dir), **dict(existing)}
+    merged = {**runtime_env(run_dir), **wandb_env(vc.select("archer.logging") or {}), **dict(existing)}
     existing_modules = dict(existing).get("VERL_USE_EXTERNAL_MODULES")
     if existing_modules and "archer.core.engines.verl.plugin" not in existing_modules.split(","):
         merged["VERL_USE_EXTERNAL_MODULES"] = existing_modules + ",archer.core.engines.verl.plugin"

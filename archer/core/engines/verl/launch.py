@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archer.core.progress import Reporter
+from archer.core.progress import Reporter, TrainResult
 from archer.errors import ArcherError, ConfigError
 
 VERL_CONFIG_FILE = "verl_config.yaml"
@@ -224,7 +224,11 @@ def plan_rows(
         ("output", str(run_dir)),
         ("  checkpoints", str(s("trainer.default_local_dir"))),
         ("  trace", (trace.get("dir") or str(Path(run_dir) / "trace")) if trace["enable"] else "off"),
-        ("  metrics", f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"),
+        (
+            "  metrics",
+            f"{Path(run_dir) / 'metrics.jsonl'}; trackers {', '.join(s('trainer.logger'))}"
+            + "".join(f" ({n})" for n in getattr(vc, "tracker_notes", [])),
+        ),
     ]
     if plugin_status is not None:
         routes = [
@@ -377,12 +381,19 @@ def _preflight(vc: Any) -> None:
         )
 
 
-def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None) -> None:
+def train(
+    composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter | None = None
+) -> TrainResult:
     """Run the composed config on verl: Ray (local, or the cluster `ray start` made), archer's
-    task runner pinned to this node, `archer_sync` inside."""
+    task runner pinned to this node, `archer_sync` inside. The trainer runs in a Ray actor, so
+    the driver follows the run's metrics.jsonl to report each validation as it happens."""
+    import time
+
     from archer.core.engines.verl.inputs import make_inputs
+    from archer.core.metrics import MetricsFollower, read_metrics, validation_rows
     from archer.core.run import atomic_write_text, write_run_files
 
+    t0 = time.perf_counter()
     reporter = reporter or Reporter()
     refuse_agent(composed)
     note = resolve_device(composed)
@@ -407,6 +418,8 @@ def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter
     _preflight(vc)
     for w in influence_warnings(vc):
         reporter.note(f"warning: {w}")
+    for n in vc.tracker_notes:
+        reporter.note(n)
     write_run_files(run_dir, composed, resumed=resume)
     atomic_write_text(Path(run_dir) / VERL_CONFIG_FILE, vc.to_yaml())
     reporter.note(f"verl config: {Path(run_dir) / VERL_CONFIG_FILE}")
@@ -417,4 +430,26 @@ def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter
     from archer.core.engines.verl.runner import pinned_runner
 
     auto_set_device(vc.cfg)
-    run_ppo(vc.cfg, task_runner_class=pinned_runner)
+    past = [int(r.get("step", 0)) for r in read_metrics(run_dir)] if resume else []
+    follower = MetricsFollower(
+        run_dir,
+        lambda row: reporter.validated(int(row["step"]), row) if "val/accuracy" in row else None,
+        after_step=max(past, default=-1),
+    ).start()
+    t1 = time.perf_counter()
+    try:
+        run_ppo(vc.cfg, task_runner_class=pinned_runner)
+    finally:
+        follower.stop()
+    t2 = time.perf_counter()
+    vals = validation_rows(read_metrics(run_dir))
+    trace = Path(run_dir) / "trace"
+    return TrainResult(
+        run_dir=Path(run_dir),
+        setup_seconds=t1 - t0,
+        train_seconds=t2 - t1,
+        first_val=vals[0] if vals and int(vals[0].get("step", -1)) == 0 else {},  # before training
+        last_val=vals[-1] if vals and int(vals[-1].get("step", 0)) > 0 else {},
+        trace_dir=trace if trace.is_dir() else None,
+        warmup_source="",
+    )

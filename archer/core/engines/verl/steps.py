@@ -193,3 +193,31 @@ def step_record(
         influence=[influence.get(i) for i in order] if influence is not None else None,
         data_source=[None if s is None else str(s) for s in pick(sources)] if sources is not None else None,
     )
+
+
+def val_accuracy(val_metrics: dict[str, Any]) -> float | None:
+    """archer's `val/accuracy` from verl's validation metrics: the mean over data sources of
+    `val-core/<source>/acc/mean@<n>` (the reward's `acc`, averaged over the n samples; the largest n
+    verl reports), or of `.../reward/mean@<n>` where the reward reports no `acc`. None without either."""
+    best: dict[str, tuple[int, float]] = {}
+    for var in ("acc", "reward"):
+        for key, value in val_metrics.items():
+            parts = key.split("/")
+            if (
+                len(parts) != 4
+                or parts[0] != "val-core"
+                or parts[2] != var
+                or not parts[3].startswith("mean@")
+            ):
+                continue
+            try:
+                n = int(parts[3][5:])
+            except ValueError:
+                continue
+            if parts[1] not in best or n > best[parts[1]][0]:
+                best[parts[1]] = (n, float(value))
+        if best:
+            break
+    if not best:
+        return None
+    return sum(v for _, v in best.values()) / len(best)

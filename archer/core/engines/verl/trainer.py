@@ -40,6 +40,7 @@ from archer.core.engines.verl.steps import (
     padding_mask,
     plan_influence,
     step_record,
+    val_accuracy,
 )
 from archer.core.rollout.record import TOKENIZER_DIR, open_trace, sequence_advantages, trace_summary
 
@@ -160,6 +161,8 @@ class ArcherTrainer(PPOTrainerSync):
                 self.archer_trace.close()
             if getattr(self, "archer_metrics", None) is not None:
                 self.archer_metrics.close()
+            if getattr(self, "_archer_sinks", None) is not None:
+                self._archer_sinks.close(finish_wandb=False)  # verl's tracker finishes its run
 
     def _save_checkpoint(self):
         """Flush the trace first: a step verl has checkpointed (and a resume starts after) must
@@ -169,7 +172,12 @@ class ArcherTrainer(PPOTrainerSync):
         return super()._save_checkpoint()
 
     def _validate(self, *args, **kwargs):
+        """verl's validation, plus `val/accuracy` (the number both engines log, `archer collect`
+        tabulates and the run summary compares)."""
         val_metrics = super()._validate(*args, **kwargs)
+        acc = val_accuracy(val_metrics or {})
+        if acc is not None:
+            val_metrics["val/accuracy"] = acc
         if int(self.global_steps) == 0 and val_metrics:  # before training; later ones join the step's line
             self.archer_metrics.log(0, val_metrics)
         return val_metrics
@@ -252,3 +260,30 @@ class ArcherTrainer(PPOTrainerSync):
             accepted=plan.accepted if plan is not None else None,
         )
         writer.submit(step, record.table(step))
+        self._archer_histograms(step, record)
+
+    def _archer_histograms(self, step: int, record) -> None:
+        """Entropy and influence histograms of a traced step (trainer.logging.histograms_every) to
+        the tensorboard folder and the W&B run of verl's own tracker (verl logs scalars only)."""
+        every = int((self.archer.get("logging") or {}).get("histograms_every", 0))
+        if every <= 0 or step % every:
+            return
+        from archer.core.metrics import Sinks, record_histograms
+
+        sinks = self.__dict__.get("_archer_sinks")
+        if sinks is None:
+            loggers = list(self.config.trainer.logger or [])
+            tb = wb = None
+            if "tensorboard" in loggers:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tb = SummaryWriter(
+                    os.environ.get("TENSORBOARD_DIR") or os.path.join(self.archer["run_dir"], "tensorboard")
+                )
+            if "wandb" in loggers:
+                import wandb
+
+                wb = wandb if wandb.run is not None else None
+            sinks = self._archer_sinks = Sinks(tb, wb)
+        sinks.histograms(step, record_histograms(record))
+        sinks.flush()
