@@ -4,6 +4,7 @@ masking (mask, zero gradient, trace roles), the AEPO loss, and an arpo-quickstar
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import Future
 
 import numpy as np
@@ -198,6 +199,97 @@ def test_budget_is_never_exceeded_and_always_filled_over_many_seeds():
                     assert t.tokens[:k] == by_id[t.parent].tokens[:k] and t.roles[k - 1] == ROLE_TOOL_RESULT
         checked += 1
     assert checked == 30
+
+
+class ScheduledTools:
+    """Tools that answer after a scripted number of decode steps (`delays`, one per call in order),
+    as a slow sandbox or search would. A result is also there as soon as the loop blocks on it
+    (`result()`), and after 50 ms at the latest (a loop that waits some other way never hangs)."""
+
+    available = ("python",)
+
+    def __init__(self, delays):
+        self.delays = list(delays)
+        self.now = 0
+        self.pending: list[tuple[int, Future]] = []
+        self.lock = threading.Lock()
+
+    def _finish(self, f):
+        with self.lock:
+            if not f.done():
+                f.set_result(ToolResult("2", "ok"))
+
+    def submit(self, name, content):
+        tools = self
+
+        class Scheduled(Future):
+            def result(self, timeout=None):
+                tools._finish(self)
+                return super().result(timeout)
+
+        f = Scheduled()
+        delay = self.delays[len(self.pending) % len(self.delays)]
+        self.pending.append((self.now + delay, f))
+        if delay == 0:
+            self._finish(f)
+        else:
+            timer = threading.Timer(0.05, self._finish, (f,))
+            timer.daemon = True
+            timer.start()
+        return f
+
+    def tick(self):
+        self.now += 1
+        for due, f in self.pending:
+            if due <= self.now:
+                self._finish(f)
+
+
+class TickingDecoder(ScriptedDecoder):
+    """The scripted decoder; each forward is one tick of the tools' clock."""
+
+    def __init__(self, p_call, tools):
+        super().__init__(p_call)
+        self.tools = tools
+
+    def step(self, tokens, real):
+        self.tools.tick()
+        return super().step(tokens, real)
+
+
+@pytest.mark.parametrize("mode", ["arpo", "aepo"])
+def test_rollout_does_not_depend_on_tool_timing(mode):
+    """The same prompts and seed give the same trajectories whether the tools answer at once or
+    after a few decode steps: results are handed back at points fixed by the decoding alone, so
+    the sampler's random stream is drawn in the same order. (Handing back whichever call had
+    finished made the arpo-quickstart's rewards differ between two runs of one commit.)"""
+    prompts = ["1+1=", "2+2=", "3+3=", "4+4="]
+    p_call = {"1+1=": 0.5, "2+2=": 0.6, "3+3=": 0.4, "4+4=": 0.5}
+    s = BranchSettings(
+        n=6, initial_rollouts=3, beam_size=2, branch_probability=0.5, entropy_weight=0.2, mode=mode
+    )
+
+    def run(delays):
+        tools = ScheduledTools(delays)
+        runner = AgentRollout(
+            TickingDecoder(p_call, tools),
+            TOK,
+            tools,
+            s,
+            SamplingSettings(max_response_tokens=120, max_turns=3),
+            eos_ids=[EOS],
+            seed=5,
+            vocab_size=len(TOK),
+        )
+        batch = runner.run([ids(p) for p in prompts])
+        trajs = [(t.group, t.origin, t.parent, t.tokens, t.roles, t.calls) for t in batch.trajectories]
+        return trajs, batch.decisions, len(tools.pending)
+
+    at_once = run([0])
+    assert at_once[2] >= 10  # enough calls for their timing to matter
+    for seed in range(3):
+        delays = np.random.default_rng(seed).integers(0, 8, size=64).tolist()
+        assert run(delays) == at_once, seed
 
 
 def test_no_branching_without_probability_and_entropy_weight():

@@ -1,12 +1,15 @@
 """Multi-turn tool rollouts with ARPO/AEPO branching over one batched KV cache (`HFDecoder`).
 
-Every trajectory of the step is a row of the decoder. Per decode step: finished tool calls hand
-their result tokens to their rows; rows whose result has been fed take their branching decision
-(forks are cache-row copies, appended as new rows); rows with fresh logits sample; the sampled
-token is checked for EOS, the length limit and a closing tool tag (which sends the call to the
-`ToolBox` thread pool); prompts with no live trajectory but budget left get fresh rows (their
-prompt is fed token by token); then one forward feeds each row its next token or a masked pad.
-When every live row waits for a tool, the loop waits for the first tool to finish instead.
+Every trajectory of the step is a row of the decoder. Per decode step: rows whose result has been
+fed take their branching decision (forks are cache-row copies, appended as new rows); rows with
+fresh logits sample; the sampled token is checked for EOS, the length limit and a closing tool tag
+(which sends the call to the `ToolBox` thread pool); prompts with no live trajectory but budget
+left get fresh rows (their prompt is fed token by token); then one forward feeds each row its next
+token or a masked pad. Tools run while the other rows decode, but their results are handed back
+only when no row can advance without one: then the loop waits for every pending call and gives
+each row its result tokens, in row order. Which rows sample at which decode step (and so the
+sampler's random stream) therefore never depends on how fast a tool answered: the same weights,
+prompts and seed give the same trajectories (`test_rollout_does_not_depend_on_tool_timing`).
 
 The result is exactly `n` trajectories per prompt: initial + branches + fresh, never more, and
 never fewer, since a prompt with budget left always gets a fresh row once its rows are done.
@@ -25,7 +28,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +208,6 @@ class AgentRollout:
             steps += 1
             if steps > self.max_steps:
                 raise RuntimeError(f"agent rollout did not finish within {self.max_steps} decode steps")
-            self._harvest(rows)
             if main:
                 rows, logits = self._decide(rows, logits)
             self._sample(rows, logits)
@@ -215,11 +217,9 @@ class AgentRollout:
             if not rows:
                 break
             feeds = [self._next_input(t) for t in rows]
-            if all(f is None for f in feeds):
-                waiting = [t.future for t in rows if t.status == "tool" and t.future is not None]
-                if not waiting:
+            if all(f is None for f in feeds):  # every live row waits for a tool
+                if not self._harvest(rows):
                     raise RuntimeError("agent rollout stalled: no row can advance")  # a bug, not a user error
-                wait(waiting, return_when=FIRST_COMPLETED)
                 continue
             real = torch.tensor([f is not None for f in feeds])
             toks = torch.tensor([f if f is not None else 0 for f in feeds], dtype=torch.long)
@@ -270,12 +270,16 @@ class AgentRollout:
             return t.feed.popleft()
         return None
 
-    def _harvest(self, rows: list[Trajectory]) -> None:
-        """Turn finished tool calls into result tokens to feed."""
+    def _harvest(self, rows: list[Trajectory]) -> int:
+        """Wait for every pending tool call and turn the results into tokens to feed, in row order
+        (never "whichever finished first": that would make the rollout depend on tool timing).
+        Returns the number of calls collected."""
+        collected = 0
         for t in rows:
-            if t.status != "tool" or t.future is None or t.pending is not None or not t.future.done():
+            if t.status != "tool" or t.future is None or t.pending is not None:
                 continue
             result = t.future.result()
+            collected += 1
             t.future = None
             tool = t.calls[-1][0]
             t.calls[-1] = (tool, result.status)
@@ -290,6 +294,7 @@ class AgentRollout:
             t.status, t.ready = "feed", False
             t.need_decision = t.counted  # the dynamic phase's monitor never branches
             self._new_segment(t)
+        return collected
 
     def _new_segment(self, t: Trajectory) -> None:
         t.seg_text, t.seg_chars, t.seg_start, t.seg_n, t.seg_h = "", [], len(t.tokens), 0, 0.0
