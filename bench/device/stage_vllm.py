@@ -47,6 +47,8 @@ OUT = stage.HERE / "wheels" / "vllm"
 DEVICE_TORCH = {"torch": "2.11.0", "torchvision": "0.26.0", "torchaudio": "2.11.0", "triton": "3.6.0"}
 # Constraints taken from the venv except these (pip picks what vLLM accepts; the device's numpy stays).
 UNCONSTRAINED = re.compile(r"^(fastapi|numpy|torch.*|triton|nvidia-.*|archer)$")
+# Not excluded though TileLang uses it: apache-tvm-ffi, which xgrammar imports with vLLM's OpenAI server
+# (the first H100 try stopped there: "No module named 'tvm_ffi'").
 EXCLUDED = {
     "flashinfer-cubin": "FlashInfer kernels: unused with VLLM_USE_FLASHINFER_SAMPLER=0 and FlashAttention",
     "flashinfer-python": "same (vLLM checks for it and falls back)",
@@ -55,7 +57,6 @@ EXCLUDED = {
     "tokenspeed-triton": "MLA attention's Triton fork",
     "tilelang": "TileLang JIT kernels (MoE, sparse attention)",
     "z3-solver": "TileLang's solver",
-    "apache-tvm-ffi": "TileLang/FlashInfer FFI",
     "torch-c-dlpack-ext": "TileLang/FlashInfer FFI",
     "quack-kernels": "CuTe-DSL kernels (Blackwell)",
     "nvidia-cutlass-dsl": "CuTe-DSL JIT (Blackwell kernels)",

@@ -80,7 +80,7 @@ if [[ "$what" == half || "$what" == half1 || "$what" == all ]]; then
     verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp && copy_run half-fsdp1 "$r"
 fi
 vllm=(rollout.backend=vllm verl.actor_rollout_ref.rollout.enforce_eager=true
-  verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.3)
+  verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.3 verl.actor_rollout_ref.rollout.tensor_model_parallel_size=1)
 if [[ "$what" == vtiny ]]; then
   r="$runs/vtiny"
   run vtiny train --preset quickstart-verl --out "$r" trainer.total_steps=3 trainer.save_every=3 \
