@@ -10,6 +10,7 @@
 #       3 steps: FSDP2 with influence, FSDP2 without (the overhead), FSDP1 with influence.
 # vtiny: quickstart-verl with rollout.backend=vllm (after stage_vllm.py's install), 3 steps.
 # vllm: the half shape with rollout.backend=vllm (FSDP2, influence), 3 steps.
+# tiny1r: quickstart-verl with FSDP1, 2 steps + checkpoint, then --resume to step 3.
 # half2r: the half shape (FSDP2, influence), 2 steps + checkpoint, then --resume to step 3.
 # Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
 # step-time split printed by bench/device/summarize.py.
@@ -90,6 +91,13 @@ if [[ "$what" == vllm ]]; then
   r="$runs/half-vllm"
   run half-vllm train --preset quickstart-verl --out "$r" "${half[@]}" "${vllm[@]}" "${gpu1[@]}" &&
     copy_run half-vllm "$r"
+fi
+if [[ "$what" == tiny1r ]]; then  # FSDP1: 2 steps + checkpoint, then --resume to step 3
+  r="$runs/tiny-fsdp1"
+  fsdp1=(verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp)
+  run tiny1-a train --preset quickstart-verl --out "$r" trainer.total_steps=2 trainer.save_every=2 \
+    "${fsdp1[@]}" "${gpu1[@]}" &&
+    run tiny1-b train --resume --out "$r" trainer.total_steps=3 && copy_run tiny-fsdp1 "$r"
 fi
 if [[ "$what" == half2r ]]; then
   r="$runs/half-resume"
