@@ -134,3 +134,41 @@ def test_the_carried_set_is_verl_and_what_the_device_lacks():
     assert {"torch", "numpy", "pyarrow", "rich", "typer", "accelerate"} <= set(provided)
     assert not {"torch", "numpy", "pyarrow", "torchcodec"} & set(carried)
     assert "torchcodec" in skipped
+
+
+def test_vllm_stand_in_wheels_let_pip_resolve_against_the_devices_torch(tmp_path):
+    """stage_vllm.py resolves vLLM with the device's torch stack as empty local wheels: pip must take
+    the stand-in (torch==2.11.0 satisfied, nothing of CUDA pulled) — checked offline with a package
+    that requires torch."""
+    sys.path.insert(0, str(ROOT / "bench" / "device"))
+    try:
+        sv_spec = importlib.util.spec_from_file_location(
+            "stage_vllm", ROOT / "bench" / "device" / "stage_vllm.py"
+        )
+        sv = importlib.util.module_from_spec(sv_spec)
+        sv_spec.loader.exec_module(sv)
+    finally:
+        sys.path.pop(0)
+    links = tmp_path / "links"
+    links.mkdir()
+    sv.stand_in_wheel(links, "torch", "2.11.0")
+    wheel = make_wheel(links, "needs_torch", b"x")  # then give it a torch requirement
+    with zipfile.ZipFile(wheel) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    meta = "needs_torch-1.0.dist-info/METADATA"
+    files[meta] += b"Requires-Dist: torch==2.11.0\n"
+    files.pop("needs_torch-1.0.dist-info/RECORD")
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n, d in files.items():
+            z.writestr(n, d)
+        z.writestr("needs_torch-1.0.dist-info/RECORD", "")
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-index", "-q",
+           "--find-links", str(links), "--report", str(report), "needs_torch"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    import json
+
+    got = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    assert got == {"needs_torch": "1.0", "torch": "2.11.0+device"}
+    assert "apache-tvm-ffi" not in sv.EXCLUDED  # xgrammar imports it (found on the H100)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 HANG_S = 1500  # a hang, not a slow machine: a 3-step run takes a few minutes on 2 loaded cores
 
 
+# Ray's files for this test's runs: short (Ray's socket paths must fit 107 bytes) and ours alone, so
+# the clean-up below kills this test's Ray processes and no other Ray cluster on the machine.
+RAY_TMPDIR = tempfile.mkdtemp(prefix="archer-ray-", dir="/tmp")
+
+
 def _archer(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": RAY_TMPDIR}
     env.pop("VERL_USE_EXTERNAL_MODULES", None)
     return subprocess.Popen(
         [sys.executable, "-m", "archer", *args],
@@ -54,7 +60,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=300)  # what setsid'd away
+    _kill_our_ray()  # what setsid'd away from the group
+
+
+def _kill_our_ray() -> None:
+    """SIGKILL every process started with this test's RAY_TMPDIR in its environment (raylet, GCS,
+    workers: they inherit it), never `ray stop --force`, which stops every Ray cluster here."""
+    mark = f"RAY_TMPDIR={RAY_TMPDIR}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if mark in environ.split(b"\0") and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_path):
