@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def compare(fig: Figure, measured: Any) -> tuple[str, bool]:
     lo, hi = (doc[0], doc[-1]) if len(doc) > 1 else (doc[0], doc[0])
     flagged = not (lo * (1 - TOLERANCE) <= value <= hi * (1 + TOLERANCE))
     digits = max((len(x.split(".")[1]) if "." in x else 0) for x in _NUM.findall(fig.documented))
-    return f"{value:.{digits}f}", flagged
+    unit = _NUM.split(fig.documented)[-1].rstrip("*")  # "13.1 ms" → " ms"; "**1.09×**" → "×"
+    return f"{value:.{digits}f}{unit}", flagged
 
 
 def doc_sections(text: str) -> dict[str, str]:
@@ -259,7 +261,11 @@ def header() -> str:
     sys.path.insert(0, str(ROOT / "bench"))
     from quickstart_seeds import commit, machine
 
-    return f"commit {commit()} · {machine()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    line = f"commit {commit()} · {machine()} · {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) / 2:
+        line += f"\nwarning: load average {load:.1f}: other work shares this machine, timings will be off"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,13 +50,14 @@ def test_every_entry_names_a_script_that_exists_and_the_doc_names_its_command(rd
 
 def test_timings_are_flagged_beyond_15_percent_and_ranges_widen_the_band(rd):
     fig = rd.Figure("x", "13.1 ms", "time", lambda o: o)
-    assert rd.compare(fig, 14.9) == ("14.9", False)  # +13.7 %
+    assert rd.compare(fig, 14.9) == ("14.9 ms", False)  # +13.7 %
     assert rd.compare(fig, 15.2)[1]  # +16 %
     assert rd.compare(fig, 11.0)[1]  # -16 %
     rng = rd.Figure("x", "78–112 ms", "time", lambda o: o)
     assert not rd.compare(rng, 67.0)[1] and not rd.compare(rng, 128.0)[1]
     assert rd.compare(rng, 65.0)[1] and rd.compare(rng, 130.0)[1]
     assert rd.numbers("1,024 × 4.19 M") == [1024, 4.19]
+    assert rd.compare(rd.Figure("x", "**1.09×**", "time", lambda o: o), 1.2) == ("1.20×", False)
 
 
 def test_learning_is_flagged_on_a_change_of_sign_or_of_target(rd):
