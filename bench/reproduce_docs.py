@@ -20,6 +20,11 @@ tests/test_reproduce_docs.py checks that every one appears in its section of doc
 so the table and the doc cannot drift apart silently. Exit status: 0 nothing flagged, 1 something
 flagged or an entry failed, 2 bad arguments. An entry whose script needs a package that is not
 installed (TRL for the engine comparison) is reported as SKIP, with the install hint.
+
+Not covered yet: the ARPO quickstart (one seed documented, no 3-seed table: `python
+bench/quickstart_seeds.py --preset arpo-quickstart` measures it), and the figures that need a trained
+run first (influence fidelity and trace size: bench/influence_fidelity.py, influence_trace_bytes.py)
+or a verl install (bench/verl_import_cost.py); their commands are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -119,7 +124,6 @@ def _key(key: str, scale: float = 1.0) -> Callable[[Any], float]:
 
 
 FIXED, LOGN = "fixed-1024x4096", "lognormal-512"
-AGENT = "ARPO and AEPO quickstarts (local engine, agent mode, CPU)"
 
 ENTRIES: list[Entry] = [
     seeds_entry(

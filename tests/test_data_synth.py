@@ -242,37 +242,3 @@ def test_chain_files_are_disjoint_and_limits_are_clear_errors(tmp_path):
         resolve_chain_spec(4, ops="+*")
     with pytest.raises(UsageError, match="min_terms"):
         resolve_chain_spec(4, min_terms=5)
-
-
-# ------------------------------------------------------------------------------- the tool tasks
-def test_tool_tasks_put_every_copy_at_a_fixed_distance(tmp_path):
-    """Every python prompt, search question, corpus line and answer of a kind has one length, and
-    the answer is the number that ends the tool's result: what the agent quickstarts' tiny model
-    copies sits at a fixed distance (issue 23: with lengths that varied it never learned to copy)."""
-    from archer.core.agent.engine import tool_call_for
-    from archer.core.data.synth import write_tool_task
-    from archer.core.tools.search import SearchTool
-
-    out = write_tool_task(tmp_path / "d", task="tool_mix", n=60, val_n=20, seed=3, max_operand=999)
-    train = pq.read_table(out["paths"]["train"]).to_pylist()
-    val = pq.read_table(out["paths"]["val"]).to_pylist()
-    assert (len(train), len(val)) == (60, 20)
-    prompts = [r["prompt"][0]["content"] for r in train + val]
-    assert len(set(prompts)) == len(prompts)  # no problem in both splits, none twice
-    search = SearchTool(out["corpus"], top_k=1, max_chars=40, cache_path=tmp_path / "cache.json")
-    kinds = {"tool_arithmetic": 0, "corpus_qa": 0}
-    for r in train + val:
-        prompt, answer = r["prompt"][0]["content"], r["reward_model"]["ground_truth"]
-        tool, call = tool_call_for(prompt, r["data_source"])
-        assert (tool, call) == (r["extra_info"]["tool"], r["extra_info"]["call"]) == (tool, prompt[:-1])
-        assert len(answer) == 6 and answer.isdigit()
-        kinds[r["data_source"]] += 1
-        if r["data_source"] == "tool_arithmetic":
-            a, b = map(int, re.fullmatch(r"(\d{3})\*(\d{3})=", prompt).groups())
-            assert a * b == int(answer)
-        else:
-            assert re.fullmatch(r"[a-z]{5} of [a-z]{6}\?", prompt)
-            assert search.search(call)[0] == f"{call}: {answer}"  # BM25 finds the line, ending in the answer
-    assert kinds == {"tool_arithmetic": 40, "corpus_qa": 40}
-    with pytest.raises(Exception, match="max_operand >= 317"):
-        write_tool_task(tmp_path / "e", task="tool_arithmetic", n=10, val_n=2, seed=0, max_operand=300)

@@ -77,8 +77,9 @@ def tool_call_for(prompt_text: str, data_source: str) -> tuple[str, str] | None:
     """The call a demonstration makes for a synthetic tool prompt (None: answer directly)."""
     if data_source == "tool_arithmetic" and prompt_text.endswith("="):
         return "python", prompt_text[:-1]
-    if data_source == "corpus_qa" and prompt_text.endswith("?"):
-        return "search", prompt_text[:-1]
+    if data_source == "corpus_qa" and " of " in prompt_text:
+        thing, _, name = prompt_text.rstrip("?").partition(" of ")
+        return "search", f"{name} {thing}"
     return None
 
 

@@ -205,13 +205,7 @@ def write_arithmetic(
 
 TOOL_TASKS = ("tool_arithmetic", "corpus_qa", "tool_mix")
 CORPUS_FILE = "corpus.parquet"
-# Every question and every document of the corpus task has the same length (5-letter things, 6-letter
-# names, 6-digit counts at the end of the line), and every product of the python task has 6 digits:
-# what the model copies (the question into its query, the operands into its code, the number that
-# ends the tool's result into its answer) then sits at a fixed distance, the same for both tools'
-# answers, which a 1M-parameter model learns in a short warm-up. With lengths that vary it must find
-# the text by its content, which it learned late in the warm-up or not at all (issue 23).
-_THINGS = ("ships", "coins", "lamps", "books", "drums", "bells", "boats", "ropes", "pipes", "bolts")
+_THINGS = ("ships", "coins", "towers", "lamps", "books", "horses", "keys", "drums", "bells", "boats")
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 
@@ -220,13 +214,13 @@ def _entity(rng: random.Random) -> str:
 
 
 def make_corpus(size: int, *, seed: int) -> list[dict[str, Any]]:
-    """`size` one-line documents "<things> of <name>: <count>" with distinct names (seeded)."""
+    """`size` one-line documents "<name> has <count> <things>." with distinct names (seeded)."""
     rng = random.Random(f"archer-corpus:{seed}")
     names: dict[str, None] = {}
     while len(names) < size:
         names.setdefault(_entity(rng))
     return [
-        {"id": i, "title": name, "text": f"{rng.choice(_THINGS)} of {name}: {rng.randint(100_000, 999_999)}"}
+        {"id": i, "title": name, "text": f"{name} has {rng.randint(10, 9999)} {rng.choice(_THINGS)}."}
         for i, name in enumerate(names)
     ]
 
@@ -246,41 +240,40 @@ def _tool_row(
 def make_tool_arithmetic(
     n: int, *, seed: int, split: str, max_operand: int = 999, exclude: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
-    """`a*b=` with 100 <= a, b <= max_operand and a 6-digit product: far beyond what a tiny model
-    multiplies in its head. The tool call a demonstration would make is `<python>a*b</python>`."""
-    lo, least = 100, 100_000
-    if max_operand < 317:  # 317 * 317 is the first square with 6 digits
-        raise UsageError(f"tool_arithmetic needs max_operand >= 317 (got {max_operand})")
-    size = sum(max(0, max_operand - max(lo, -(-least // a)) + 1) for a in range(lo, max_operand + 1))
+    """`a*b=` with 100 <= a, b <= max_operand: far beyond what a tiny model multiplies in its head.
+    The tool call a demonstration would make is `<python>a*b</python>`."""
+    lo = 100
+    if max_operand < lo:
+        raise UsageError(f"tool_arithmetic needs max_operand >= {lo} (got {max_operand})")
+    size = (max_operand - lo + 1) ** 2
     excluded = set(exclude)
     if n + len(excluded) > size:
         raise DataError(
-            f"asked for {n} tool_arithmetic problems but operands {lo}..{max_operand} with 6-digit "
-            f"products give only {size}"
+            f"asked for {n} tool_arithmetic problems but operands {lo}..{max_operand} give only {size}"
         )
     rng = random.Random(f"archer-tool-arithmetic:{seed}:{split}")
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    while len(rows) < n:
-        a, b = rng.randint(lo, max_operand), rng.randint(lo, max_operand)
+    for idx in rng.sample(range(size), min(size, n + len(excluded))):
+        if len(rows) == n:
+            break
+        a, b = lo + idx // (max_operand - lo + 1), lo + idx % (max_operand - lo + 1)
         prompt = f"{a}*{b}="
-        if a * b < least or prompt in excluded or prompt in seen:
+        if prompt in excluded:
             continue
-        seen.add(prompt)
         rows.append(_tool_row(prompt, str(a * b), "tool_arithmetic", "python", f"{a}*{b}", len(rows), split))
     return rows
 
 
 def make_corpus_qa(docs: list[dict[str, Any]], *, split: str) -> list[dict[str, Any]]:
     """One question per document, "<things> of <name>?", answered by the count the document gives.
-    The search a demonstration would make is the question itself: `<search><things> of <name></search>`."""
+    The search a demonstration would make is `<search><name> <things></search>`."""
     rows = []
     for d in docs:
-        fact, _, count = d["text"].partition(": ")
-        thing, _, name = fact.partition(" of ")
+        name, _, rest = d["text"].partition(" has ")
+        count, thing = rest.rstrip(".").split(" ", 1)
         rows.append(
             _tool_row(
-                f"{thing} of {name}?", count, "corpus_qa", "search", f"{thing} of {name}", len(rows), split
+                f"{thing} of {name}?", count, "corpus_qa", "search", f"{name} {thing}", len(rows), split
             )
         )
     return rows
