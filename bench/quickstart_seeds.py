@@ -103,7 +103,33 @@ def run_seed(preset: str, seed: int, overrides: list[str], work: Path) -> dict:
         "val_before": o.val_before,
         "val_after": o.val_after,
         "verdict": o.verdict(),
+        **agent_figures(rows),
     }
+
+
+# Agent-mode figures (empty for presets without tools): what the branching and the tools did over
+# the run, and AEPO's components where they ran (dynamic initial rollouts, clipped tokens whose
+# gradient the balanced clip kept).
+AGENT_SUMS = {
+    "branches": "agent/branches",
+    "calls_python": "agent/calls_python",
+    "calls_search": "agent/calls_search",
+    "tool_errors": "agent/tool_errors",
+}
+AGENT_RANGES = {"initial_rollouts": "agent/initial_rollouts", "kept_grad_frac": "actor/pg_clipfrac_kept_grad"}
+
+
+def agent_figures(rows: list[dict]) -> dict:
+    steps = [r for r in rows if r.get("agent/tool_calls") is not None]
+    if not steps:
+        return {}
+    out: dict = {k: sum(r.get(m) or 0 for r in steps) for k, m in AGENT_SUMS.items()}
+    out["steps"] = len(steps)
+    for k, m in AGENT_RANGES.items():
+        vals = [r[m] for r in steps if r.get(m) is not None]
+        if vals:
+            out[k] = {"min": min(vals), "mean": sum(vals) / len(vals), "max": max(vals)}
+    return out
 
 
 def main() -> int:
@@ -148,6 +174,18 @@ def main() -> int:
                 f"{'met' if not misses else 'missed: ' + ', '.join(misses)} |",
                 flush=True,
             )
+            if "branches" in r:
+                extra = "".join(
+                    f", {k} {v['min']:.3g}–{v['max']:.3g} (mean {v['mean']:.3g})"
+                    for k, v in r.items()
+                    if k in AGENT_RANGES
+                )
+                print(
+                    f"|   | {r['steps']} steps: {r['branches']:.0f} branches, tool calls python "
+                    f"{r['calls_python']:.0f} / search {r['calls_search']:.0f}, {r['tool_errors']:.0f} "
+                    f"errors{extra} | | | |",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
     return 0 if ok else 1

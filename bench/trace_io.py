@@ -1,6 +1,6 @@
 """Trace I/O benchmark: build, write and read one large synthetic rollout step.
 
-    python bench/trace_io.py [--reps 3] [--no-influence] [--out DIR]
+    python bench/trace_io.py [--reps 3] [--no-influence] [--out DIR] [--json FILE]
 
 Two shapes: 1024 responses x 4096 tokens (a full-length batch) and 512 responses with lognormal
 lengths (mean ~1,865, capped at 8,192, as in docs/trace-format.md). Prints the time to build the
@@ -13,6 +13,7 @@ Timings are medians over --reps runs on this machine; compare them only on the s
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -63,7 +64,7 @@ def timed(fn, reps: int):
     return statistics.median(times), out
 
 
-def bench(name: str, n: int, lengths: np.ndarray, reps: int, influence: bool, root: Path) -> None:
+def bench(name: str, n: int, lengths: np.ndarray, reps: int, influence: bool, root: Path) -> dict:
     inputs = synthetic_step(n, lengths, influence)
     t_build, table = timed(lambda: build_step_table(1, **inputs), reps)
 
@@ -97,6 +98,18 @@ def bench(name: str, n: int, lengths: np.ndarray, reps: int, influence: bool, ro
     print(f"  read whole step           {t_all * 1e3:8.1f} ms")
     print(f"  read one response         {t_one * 1e3:8.1f} ms")
     print(f"  footer only (num_rows)    {t_footer * 1e3:8.2f} ms")
+    return {
+        "responses": n,
+        "tokens": tokens,
+        "build_ms": t_build * 1e3,
+        "submit_ms": statistics.median(submit_times) * 1e3,
+        "write_ms": statistics.median(write_times) * 1e3,
+        "file_mb": size / 1e6,
+        "read_entropy_ms": t_ent * 1e3,
+        "read_summary_ms": t_overview * 1e3,
+        "read_step_ms": t_all * 1e3,
+        "read_response_ms": t_one * 1e3,
+    }
 
 
 def main() -> None:
@@ -104,16 +117,20 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-influence", action="store_true", help="leave the influence column null")
     ap.add_argument("--out", type=Path, default=None, help="keep the files here (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here, per shape")
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="archer-trace-bench-"))
     influence = not args.no_influence
     try:
         print(f"influence column: {'float32, 10% NaN' if influence else 'null'}; files under {root}")
-        bench("fixed-1024x4096", 1024, np.full(1024, 4096), args.reps, influence, root)
+        fixed = bench("fixed-1024x4096", 1024, np.full(1024, 4096), args.reps, influence, root)
+        results = {"fixed-1024x4096": fixed}
         rng = np.random.default_rng(1)
         lengths = np.minimum(rng.lognormal(np.log(1865) - 0.5 * 0.8**2, 0.8, 512), 8192).astype(int)
         lengths = np.maximum(lengths, 1)
-        bench("lognormal-512", 512, lengths, args.reps, influence, root)
+        results["lognormal-512"] = bench("lognormal-512", 512, lengths, args.reps, influence, root)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Viewer speed and memory on big traces: what `archer view` does per keypress, timed without a UI.
 
     python bench/view_speed.py [--steps 6] [--responses 1024] [--tokens 4096] [--reps 5] [--out DIR]
+        [--json FILE]
 
 Writes a synthetic trace with archer's own writer: `--steps` steps of `--responses` responses of
 `--tokens` tokens (row 0 of every step is twice as long, 8,192 tokens by default, for the heatmap
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import shutil
 import statistics
 import tempfile
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="keep the trace here (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the timings (ms) here")
     args = ap.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="archer-view-bench-"))
@@ -102,7 +105,9 @@ def main() -> None:
                 w.submit(s, synthetic_step(s, args.responses, args.tokens, seed=s))
         on_disk = sum(p.stat().st_size for p in (trace / "steps").glob("*.parquet"))
         print(f"  wrote {on_disk / 2**20:.0f} MB in {time.perf_counter() - t0:.1f} s")
-        bench(trace, args)
+        figures = bench(trace, args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -134,7 +139,12 @@ def visit_all(trace: Path, steps: list[int]) -> list[tuple[str, str]]:
     ]
 
 
-def bench(trace: Path, args: argparse.Namespace) -> None:
+def ms(times: list[float]) -> float:
+    return statistics.median(times) * 1e3
+
+
+def bench(trace: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Print the table; return the timings (median ms) by a short name (--json)."""
     from archer.core.models.tiny import build_char_tokenizer
     from archer.core.trace.decode import HFDecoder
     from archer.view.colors import diverging_scale, finite_range, sequential_scale
@@ -238,10 +248,22 @@ def bench(trace: Path, args: argparse.Namespace) -> None:
     )
 
     rows += memory
+    figures = {
+        "step_switch_model_ms": ms(model_only),
+        "step_switch_ms": ms(switch),
+        "sort_filter_ms": ms(sort_t),
+        "load_response_ms": ms(load),
+        "decode_ms": ms(dec_t),
+        "heatmap_style_ms": ms(style_t),
+        "heatmap_screen_ms": ms(screen_t),
+        "heatmap_jump_ms": ms(scroll_t),
+        "topk_ms": ms(topk),
+    }
     width = max(len(k) for k, _ in rows)
     print()
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
+    return figures
 
 
 if __name__ == "__main__":
