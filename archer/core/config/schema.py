@@ -306,7 +306,13 @@ class InfluenceConfig:
         "scoring would not fit in memory)",
         choices=("rademacher", "gaussian", "identity"),
     )
-    reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means 0.1·trace(H)/D")
+    reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means automatic (influence.damping)")
+    damping: str = opt(
+        "dimension",
+        "automatic damping when reg_lambda <= 0: 0.1·trace(H)/D (dimension) or 0.1·trace(H)/min(R, D), "
+        "R the responses (tokens) of the unit (rank: the same relative damping for projected and exact)",
+        choices=("dimension", "rank"),
+    )
     max_tokens_per_response: int = opt(
         0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0
     )
