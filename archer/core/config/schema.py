@@ -332,6 +332,13 @@ class InfluenceConfig:
         choices=("group_max", "threshold"),
     )
     accept_threshold: float = opt(0.5, "reward threshold for accept_rule=threshold")
+    check_every: int = opt(
+        0,
+        "local engine: every k-th traced step, keep the weights and optimizer state going into its "
+        "update (<run>/checkpoints/influence/), so 'archer influence check' can re-run it (0 = off)",
+        ge=0,
+    )
+    check_keep: int = opt(2, "how many of those pre-update snapshots to keep, newest first (0 = all)", ge=0)
 
 
 @dataclass
