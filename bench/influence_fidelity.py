@@ -340,7 +340,7 @@ def main() -> int:
     )
     p.add_argument(
         "--damping",
-        default="dimension",
+        default="rank",
         choices=["dimension", "rank"],
         help="influence.damping of every setting, the exact references included (automatic λ: "
         "0.1·tr(H)/D or 0.1·tr(H)/min(R, D))",

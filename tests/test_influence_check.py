@@ -313,3 +313,32 @@ def test_cli_check_without_a_saved_state_exits_2_with_the_fix(planted, tmp_path)
     assert "influence.check_every" in res.output
     res = CliRunner().invoke(app, ["influence", "check", str(run), "--q", "0"])
     assert res.exit_code == 2 and "--q" in res.output
+
+
+def test_rescoring_in_the_replay_reproduces_the_trace_and_other_knobs_differ(planted):
+    """--set: the step's scores recomputed inside the replayed update with the run's own knobs
+    match the trace's; other knobs give other predictions for the same sets' kinds."""
+    from archer.core.engines.local.influence_check import CheckOptions, check_step
+
+    run, _, traced = planted
+    opts = dict(q=25, draws=1, bootstrap=50)
+    same = check_step(run, 1, CheckOptions(**opts, rescore={"projection": "identity"}))
+    other = check_step(run, 1, CheckOptions(**opts, rescore={"hessian_mode": "identity"}))
+
+    def top(r):
+        return [x["predicted"] for x in r.set_rows if x["kind"] == "top_influence"]
+
+    assert top(same) == pytest.approx(top(traced), rel=1e-3)
+    assert top(other) != pytest.approx(top(traced), rel=1e-2)
+    assert other.order[0] == "top_influence"  # the planted token still comes first
+
+
+def test_cli_rejects_a_bad_override(planted):
+    from typer.testing import CliRunner
+
+    from archer.cli.main import app
+
+    res = CliRunner().invoke(app, ["influence", "check", str(planted[0]), "--set", "damping"])
+    assert res.exit_code == 2 and "KEY=VALUE" in res.output
+    res = CliRunner().invoke(app, ["influence", "check", str(planted[0]), "--set", "dampin=rank"])
+    assert res.exit_code == 2 and "dampin" in res.output

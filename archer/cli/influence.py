@@ -23,6 +23,7 @@ CHECK_EPILOG = (
     "  archer influence check runs/qi\n\n"
     "  archer influence check runs/qi --step 100 --q 20 --draws 8\n\n"
     "  archer influence check runs/qi --json > check.json\n\n"
+    "  archer influence check runs/qi --step 100 --set damping=dimension\n\n"
     "A step can be checked when the run kept the state going into its update: train with "
     "influence.check_every=K, or keep the checkpoint of the step before (trainer.save_every). "
     "Results are also merged into RUN/influence_check.json, which 'archer collect' shows as check_rho."
@@ -52,6 +53,12 @@ def check(
     seed: int = typer.Option(0, "--seed", help="Seed of the random sets and the bootstrap."),
     dtype: str = typer.Option("fp64", "--dtype", help="Precision of the replayed updates: fp64 or fp32."),
     device: str = typer.Option("cpu", "--device", help="Device of the replayed updates (cpu, cuda)."),
+    rescore: list[str] = typer.Option(
+        None,
+        "--set",
+        help="KEY=VALUE of influence.* (repeatable): score the step again with these knobs in the "
+        "replayed update instead of the trace's scores, e.g. --set damping=dimension.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (every set included)."),
 ) -> None:
     """Re-run traced steps' updates without the top/bottom-influence, top-entropy and random token
@@ -87,11 +94,22 @@ def check(
                 hint="train with influence.check_every=K (and influence.enable=true), or keep checkpoints "
                 "(trainer.save_every): step N needs the checkpoint of step N-1",
             )
-    options = CheckOptions(q=q, draws=draws, max_groups=groups, seed=seed, dtype=dtype, device=device)
+    overrides = {}
+    for item in rescore or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r} is not KEY=VALUE", hint="for example --set damping=dimension")
+        import yaml
+
+        overrides[key.strip().removeprefix("influence.")] = yaml.safe_load(value)
+    options = CheckOptions(
+        q=q, draws=draws, max_groups=groups, seed=seed, dtype=dtype, device=device, rescore=overrides
+    )
     results = []
     for s in chosen:
         results.append(check_step(run, s, options, progress=ConsoleTaskProgress(err())))
-        save_results(run, results, options)
+        if not overrides:  # the results file holds the trace's own scores only
+            save_results(run, results, options)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return
@@ -106,7 +124,10 @@ def check(
         note(f"{len(missing)} traced steps have no saved state and were not checked")
     if any(r.spearman < 0.3 for r in results if math.isfinite(r.spearman)):
         warn("influence agrees weakly with the measured effects at some steps (Spearman < 0.3)")
-    note(f"results merged into {run / 'influence_check.json'}")
+    if overrides:
+        note(f"scores recomputed with {overrides} (not saved to influence_check.json)")
+    else:
+        note(f"results merged into {run / 'influence_check.json'}")
 
 
 def _step_table(r: Any) -> Any:

@@ -43,7 +43,7 @@ class InfluenceSettings:
     max_hessian_dim: int = 4096
     projection: str = "rademacher"
     reg_lambda: float = 0.0
-    damping: str = "dimension"
+    damping: str = "rank"
     max_tokens_per_response: int = 0
     max_prompts_per_step: int = 0
     storage_dtype: str = "bf16"

@@ -308,7 +308,7 @@ class InfluenceConfig:
     )
     reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means automatic (influence.damping)")
     damping: str = opt(
-        "dimension",
+        "rank",
         "automatic damping when reg_lambda <= 0: 0.1·trace(H)/D (dimension) or 0.1·trace(H)/min(R, D), "
         "R the responses (tokens) of the unit (rank: the same relative damping for projected and exact)",
         choices=("dimension", "rank"),

@@ -52,6 +52,9 @@ class CheckOptions:
     dtype: str = "fp64"  # the replay's precision (fp64: margin differences far above rounding)
     device: str = "cpu"
     bootstrap: int = 1000
+    # influence.* overrides: recompute the step's scores with these knobs inside the replayed full
+    # update (same weights, same batch) instead of taking the trace's, to compare settings
+    rescore: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +119,7 @@ class StepData:
     accepted: dict[int, list[bool]]  # group -> accepted flag per row of the group, in row order
     group_rows: dict[int, list[int]]
     uids: dict[int, str]
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the trace's rows, in batch order
 
 
 def read_step(run_dir: Path, step: int, pad_id: int) -> StepData:
@@ -163,6 +167,15 @@ def read_step(run_dir: Path, step: int, pad_id: int) -> StepData:
     for i, r in enumerate(t):
         entropy[i, : len(r["entropy"])] = torch.tensor([float(x) for x in r["entropy"]])
 
+    data = StepData(rollout, advantages, entropy, [], {}, {}, {}, rows=t)
+    set_groups(data, [r["influence"] for r in t], [r["accepted"] for r in t])
+    return data
+
+
+def set_groups(data: StepData, influence: list[Any], accepted_col: list[bool | None]) -> None:
+    """The scored tokens of the traced groups, from per-row influence and acceptance."""
+    t, loss_mask, entropy = data.rows, data.rollout.loss_mask, data.entropy
+    adv_row = torch.tensor([float(r["advantage"]) for r in t], dtype=torch.float32)
     groups: list[GroupTokens] = []
     accepted: dict[int, list[bool]] = {}
     group_rows: dict[int, list[int]] = {}
@@ -171,14 +184,14 @@ def read_step(run_dir: Path, step: int, pad_id: int) -> StepData:
     for i, r in enumerate(t):
         by_group.setdefault(int(r["group_index"]), []).append(i)
     for g, rows in sorted(by_group.items()):
-        if any(t[i]["influence"] is None or t[i]["accepted"] is None for i in rows):
+        if any(influence[i] is None or accepted_col[i] is None for i in rows):
             continue  # not traced (no contrast, or beyond max_prompts_per_step)
-        acc = [bool(t[i]["accepted"]) for i in rows]
+        acc = [bool(accepted_col[i]) for i in rows]
         if all(acc) or not any(acc):
             continue
         tr, tp, ts, sg, te = [], [], [], [], []
         for i in rows:
-            infl = np.asarray(t[i]["influence"], dtype=np.float64)
+            infl = np.asarray(influence[i], dtype=np.float64)
             ok = np.flatnonzero(np.isfinite(infl))
             if loss_mask is not None:
                 ok = ok[loss_mask[i, ok].numpy() > 0]
@@ -200,7 +213,7 @@ def read_step(run_dir: Path, step: int, pad_id: int) -> StepData:
             )
         )
         accepted[g], group_rows[g], uids[g] = acc, rows, str(t[rows[0]]["uid"])
-    return StepData(rollout, advantages, entropy, groups, accepted, group_rows, uids)
+    data.groups, data.accepted, data.group_rows, data.uids = groups, accepted, group_rows, uids
 
 
 # --------------------------------------------------------------------------- the replay
@@ -249,7 +262,9 @@ class Replay:
         self.model.load_state_dict(self.weights0)
         self.optimizer.load_state_dict(copy.deepcopy(self.opt0))
 
-    def update(self, data: StepData, loss_weight: torch.Tensor | None) -> torch.Tensor | None:
+    def update(
+        self, data: StepData, loss_weight: torch.Tensor | None, micro_hook: Any = None
+    ) -> torch.Tensor | None:
         """Re-run the step's update (as the trainer runs it) from the saved state; returns the
         on-policy entropy of the update's forward (None off-policy)."""
         cfg = self.cfg
@@ -291,6 +306,7 @@ class Replay:
             group_size=int(cfg.rollout.n),
             temperature=temperature,
             device=self.device,
+            micro_hook=micro_hook,
         )
         return entropy
 
@@ -349,6 +365,8 @@ def check_step(
     replay = Replay(cfg, run_dir, state_dir, dtype=dtype, device=device)
     pad = replay.model.config.pad_token_id
     data = read_step(run_dir, step, int(pad) if pad is not None else 0)
+    if o.rescore:
+        _rescore(cfg, replay, data, o.rescore)
     if not data.groups:
         raise DataError(f"step {step} has no traced group with scored tokens: nothing to check")
     groups = data.groups[: o.max_groups or None]
@@ -420,6 +438,46 @@ def check_step(
             for s in sets
         ],
     )
+
+
+def _rescore(cfg: Any, replay: Replay, data: StepData, overrides: dict[str, Any]) -> None:
+    """Trace a replay of the full update with the run's influence knobs plus `overrides` and put
+    those scores into `data` in place of the trace's."""
+    from omegaconf import OmegaConf
+
+    from archer.core.engines.local.influence_step import LocalInfluence
+    from archer.influence.settings import InfluenceSettings
+
+    base = OmegaConf.to_container(cfg.influence, resolve=True)
+    unknown = [k for k in overrides if k not in InfluenceSettings.__dataclass_fields__]
+    if unknown:
+        raise UsageError(f"unknown influence setting(s) {unknown}", hint="see docs/influence.md, Knobs")
+    settings = InfluenceSettings.from_mapping({**base, **overrides, "enable": True})
+    try:
+        settings.validate()
+    except ValueError as e:
+        raise UsageError(str(e), hint="see docs/influence.md, Knobs") from e
+    if not settings.output.in_training_backward:
+        raise UsageError(
+            "rescoring works for influence.output_function=training_loss only",
+            hint="drop output_function from the overrides",
+        )
+    ro, t = data.rollout, data.rows
+    infl = LocalInfluence(replay.model, settings)
+    try:
+        infl.begin(
+            ro,
+            torch.tensor([float(r["reward"]) for r in t]),
+            torch.tensor([float(r["advantage"]) for r in t]),
+            [str(r["uid"]) for r in t],
+            correct=[r["correct"] for r in t],
+        )
+        replay.update(data, None, micro_hook=infl.micro_hook)
+        accepted = infl.accepted
+        rows, _ = infl.finish()
+    finally:
+        infl.tracer.close()
+    set_groups(data, rows, accepted)
 
 
 def save_results(run_dir: Path, checks: list[StepCheck], options: CheckOptions) -> Path:
