@@ -52,6 +52,10 @@ class InfluenceSettings:
     profile_timing: bool = False
     accept_rule: str = "group_max"
     accept_threshold: float = 0.5
+    # read by the local engine, not the tracer: keep the state before every k-th traced step's
+    # update for `archer influence check`, the newest check_keep of them (0 = all)
+    check_every: int = 0
+    check_keep: int = 2
 
     @property
     def output(self) -> Any:
