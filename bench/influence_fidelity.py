@@ -338,6 +338,13 @@ def main() -> int:
         choices=["inverse", "identity"],
         help="influence.hessian_mode of every setting (identity separates projection noise from damping)",
     )
+    p.add_argument(
+        "--damping",
+        default="rank",
+        choices=["dimension", "rank"],
+        help="influence.damping of every setting, the exact references included (automatic λ: "
+        "0.1·tr(H)/D or 0.1·tr(H)/min(R, D))",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args()
@@ -379,6 +386,7 @@ def main() -> int:
         "commit": commit,
         "command": " ".join(sys.argv),
         "hessian_mode": args.hessian_mode,
+        "damping": args.damping,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "exact": {},
@@ -397,7 +405,12 @@ def main() -> int:
     def knobs(set_name: str, **kw: Any) -> InfluenceSettings:
         flt, mx = module_set(set_name, L)
         return InfluenceSettings(
-            enable=True, module_name_filter=flt, max_modules=mx, hessian_mode=args.hessian_mode, **kw
+            enable=True,
+            module_name_filter=flt,
+            max_modules=mx,
+            hessian_mode=args.hessian_mode,
+            damping=args.damping,
+            **kw,
         )
 
     exact: dict[str, list[Any]] = {}
@@ -472,10 +485,12 @@ def main() -> int:
             }
         )
     # bf16 storage (the default) against fp32 storage, default knobs
-    default = InfluenceSettings(enable=True, hessian_mode=args.hessian_mode)
+    default = InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, damping=args.damping)
     s16, _, _ = bench.traced(default)
     s32, _, _ = bench.traced(
-        InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, storage_dtype="fp32")
+        InfluenceSettings(
+            enable=True, hessian_mode=args.hessian_mode, damping=args.damping, storage_dtype="fp32"
+        )
     )
     a, b = paired(s16, s32)
     bf16 = result["bf16_vs_fp32_factors"] = {
@@ -496,9 +511,17 @@ def main() -> int:
         if "projection" in kw:
             flt, mx = module_set("all", L)
             kw.update(module_name_filter=flt, max_modules=mx, storage_dtype="fp32")
-        inc, _, _ = bench.traced(InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, **kw))
+        inc, _, _ = bench.traced(
+            InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, damping=args.damping, **kw)
+        )
         loo, _, _ = bench.traced(
-            InfluenceSettings(enable=True, hessian_mode=args.hessian_mode, contrast="leave_one_out", **kw)
+            InfluenceSettings(
+                enable=True,
+                hessian_mode=args.hessian_mode,
+                damping=args.damping,
+                contrast="leave_one_out",
+                **kw,
+            )
         )
         a, b = paired(inc, loo)
         self_infl[label] = {

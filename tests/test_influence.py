@@ -123,7 +123,11 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
 
             grads = {r: G[i] for i, r in enumerate(unit_rows)}
             H_full = _bf_hessian(s, unit_rows, grads, tok_idx, g)
-            lam = s.reg_lambda if s.reg_lambda > 0 else 0.1 * torch.trace(H_full).item() / D
+            n_rows = (
+                len(unit_rows) if s.hessian_source == "response" else sum(len(v) for v in tok_idx.values())
+            )
+            denom = min(n_rows, D) if s.damping == "rank" else D
+            lam = s.reg_lambda if s.reg_lambda > 0 else 0.1 * torch.trace(H_full).item() / denom
             eye = torch.eye(D, dtype=torch.float64)
             for r in unit_rows:
                 if s.contrast == "leave_one_out":  # the unit without r: its contrast and its Hessian
@@ -795,6 +799,21 @@ def test_leave_one_out_matches_brute_force(mode, source, agg, scope, rgrad):
     include, _ = tracer_scores(model, batch, dataclasses.replace(s, contrast="include"), metas)
     differs = [r for r in per_rows_with_scores(per_row) if not torch.allclose(per_row[r], include[r])]
     assert len(differs) == len(per_rows_with_scores(per_row))
+
+
+@pytest.mark.parametrize(
+    "source,contrast", [("response", "include"), ("token", "include"), ("response", "leave_one_out")]
+)
+def test_rank_damping_matches_brute_force_and_differs_from_dimension_damping(source, contrast):
+    """damping=rank: λ = 0.1·tr(H₀)/min(rows, D), rows the unit's responses (or tokens)."""
+    model, batch = tiny_model(), make_batch()
+    s = settings(hessian_mode="inverse", hessian_source=source, contrast=contrast, damping="rank")
+    metas = batch.metas("log_prob")
+    expected = brute_force(model, batch, s, metas)
+    per_row, _ = tracer_scores(model, batch, s, metas)
+    _assert_matches(expected, per_row)
+    by_dim, _ = tracer_scores(model, batch, dataclasses.replace(s, damping="dimension"), metas)
+    assert any(not torch.allclose(per_row[r], by_dim[r]) for r in per_rows_with_scores(per_row))
 
 
 def test_leave_one_out_with_a_lone_accepted_response_scores_against_the_rejected_only():

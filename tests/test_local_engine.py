@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -180,7 +181,12 @@ def test_influence_fills_the_trace(tmp_path, output_function, contrast, projecti
         "influence.projection_dim_factor=4",
         f"influence.contrast={contrast}",
         f"influence.projection={projection}",
+        "influence.check_every=1",
+        "influence.check_keep=1",
     )
+    # the state going into the last step's update is kept (check_keep=1 pruned the first)
+    snaps = sorted(p.name for p in (out / "checkpoints" / "influence").iterdir())
+    assert snaps == ["before_step_000002"]
     reader = TraceReader(out)
     assert reader.influence_contrast == contrast  # what the viewer and collect show
     traced = 0
@@ -198,6 +204,13 @@ def test_influence_fills_the_trace(tmp_path, output_function, contrast, projecti
     rows = [r for r in read_metrics(out) if r["step"] > 0]
     assert traced == sum(r["influence/rows_emitted"] for r in rows)
     assert traced > 0, "no mixed group in two steps: the fixture needs a warmer model"
+    if output_function == "training_loss" and contrast == "include":  # step 2 has traced groups (seed 0)
+        # the replay of step 2 from its snapshot and its traced batch reproduces the update
+        from archer.core.engines.local.influence_check import CheckOptions, check_step
+
+        r = check_step(out, 2, CheckOptions(q=50, draws=1, max_groups=1, bootstrap=10))
+        assert r.replay_entropy_err < 5e-3 and r.sets == 4
+        assert all(math.isfinite(x["measured"]) for x in r.set_rows)
 
 
 def test_kill_at_random_moments_then_resume(tmp_path):

@@ -51,7 +51,8 @@ def to_rich(t: CollectTable, title: str | None = None) -> Any:
     for r in t.rows:
         cells = []
         for c in cols:
-            text = escape(cell(r[c], 3 if c not in ("steps", "auc_groups", "trace_steps", "attempts") else 6))
+            digits = 6 if c in ("steps", "auc_groups", "trace_steps", "check_steps", "attempts") else 3
+            text = escape(cell(r[c], digits))
             if not text:
                 text = "[dim]-[/dim]"
             elif c == "status" and STATUS_STYLE.get(r[c]):

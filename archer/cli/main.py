@@ -161,6 +161,7 @@ def _register() -> None:
     from archer.cli import env as env_cmd
     from archer.cli import eval as eval_cmd
     from archer.cli import export as export_cmd
+    from archer.cli import influence as influence_cmd
     from archer.cli import presets as presets_cmd
     from archer.cli import trace as trace_cmd
     from archer.cli import train as train_cmd
@@ -184,6 +185,7 @@ def _register() -> None:
         view_cmd.view
     )
     app.add_typer(trace_cmd.app, name="trace", rich_help_panel="Inspect")
+    app.add_typer(influence_cmd.app, name="influence", rich_help_panel="Inspect")
     app.command("export", rich_help_panel="Inspect", epilog=export_cmd.EPILOG, context_settings=CONTEXT)(
         export_cmd.export
     )

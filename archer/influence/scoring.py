@@ -8,7 +8,8 @@ Notation, per module m (the Hessian is block-diagonal: one D×D block per module
   g_r = Σ_{t∈r} g_t  (or the mean)     response gradient (response_grad = sum | mean)
   d   = Σ_{r∈acc} w_r σ_r g_r − Σ_{r∈rej} w_r σ_r g_r   (w = 1 for `sum`, 1/|acc| or 1/|rej| for `mean`)
   H   = Σ_r g_r g_rᵀ + λI  (hessian_source = response)   or   Σ_t g_t g_tᵀ + λI  (token)
-  s   = H⁻¹ d  (inverse)  or  d  (identity);  λ = reg_lambda, or 0.1·tr(GᵀG)/D when reg_lambda <= 0
+  s   = H⁻¹ d  (inverse)  or  d  (identity);  λ = reg_lambda, or 0.1·tr(GᵀG)/D (damping=dimension)
+                                       or 0.1·tr(GᵀG)/min(rows, D) (damping=rank) when reg_lambda <= 0
   score_t = σ_t Σ_m g_tᵀ s_m = σ_t Σ_m u_tᵀ reshape(s_m) v_t
 
 σ_r g_r is the direction that *reinforces* response r whatever the sign of its advantage, so the
@@ -90,10 +91,20 @@ def response_gradients(
     return out.reshape(R, D)
 
 
-def auto_lambda(trace: float, D: int, reg_lambda: float) -> float:
+DAMPINGS = ("dimension", "rank")
+
+
+def auto_lambda(trace: float, D: int, reg_lambda: float, rows: int = 0, damping: str = "dimension") -> float:
+    """The damping λ: `reg_lambda` when > 0, else 0.1 × the mean eigenvalue of H₀ = GᵀG over
+    `dimension` (tr/D, which shrinks with D: a projected and an exact H get very different
+    relative damping) or over its `rank` bound (tr/min(rows, D): the mean nonzero eigenvalue of
+    the R×R kernel, the same relative damping whatever D is)."""
     if reg_lambda > 0:
         return float(reg_lambda)
-    lam = 0.1 * trace / D
+    if damping not in DAMPINGS:
+        raise ValueError(f"damping must be one of {', '.join(DAMPINGS)}; got {damping!r}")
+    denom = min(rows, D) if damping == "rank" and rows > 0 else D
+    lam = 0.1 * trace / denom
     return lam if lam > 0 else 1e-12
 
 
@@ -407,9 +418,12 @@ def score_tokens(
                     c,
                     settings.reg_lambda,
                     loo=loo,
+                    damping=settings.damping,
                 )
             else:
-                S = _response_source_directions(G, c, settings.reg_lambda, inverse=inverse, loo=loo)
+                S = _response_source_directions(
+                    G, c, settings.reg_lambda, inverse=inverse, loo=loo, damping=settings.damping
+                )
             S = S.to(dtype).reshape(-1, mod.k_out, mod.k_in)
             t1 = time.perf_counter()
             j = my_tokens_per_unit[ui]
@@ -444,14 +458,20 @@ def score_tokens(
 
 
 def _response_source_directions(
-    G: torch.Tensor, c: torch.Tensor, reg_lambda: float, *, inverse: bool, loo: bool
+    G: torch.Tensor,
+    c: torch.Tensor,
+    reg_lambda: float,
+    *,
+    inverse: bool,
+    loo: bool,
+    damping: str = "dimension",
 ) -> torch.Tensor:
     """Scoring directions of one unit from its response gradients G [R, D]: [1, D] (c: [R]) or,
     leave-one-out, [R, D] (c: [R, R], row r for response r)."""
     R, D = G.shape
     if not inverse:  # s = d = Gᵀc
         return (c.to(G.dtype) @ G)[None] if not loo else c.to(G.dtype) @ G
-    lam = auto_lambda(float((G * G).sum()), D, reg_lambda)
+    lam = auto_lambda(float((G * G).sum()), D, reg_lambda, rows=R, damping=damping)
     if loo:
         blocks = [torch.tensor([r], device=G.device) for r in range(R)]
         beta = kernel_directions(gram64(G), c.t(), lam, blocks)  # column r for response r
@@ -472,6 +492,7 @@ def _token_source_directions(
     reg_lambda: float,
     *,
     loo: bool,
+    damping: str = "dimension",
 ) -> torch.Tensor:
     """As `_response_source_directions` for H = Σ_t g_t g_tᵀ + λI over the unit's tokens (U, V;
     tok_pos: the response of each within the unit; tok_weight: 1/count with response_grad=mean)."""
@@ -479,7 +500,7 @@ def _token_source_directions(
     ki = V.shape[1]
     D = ko * ki
     R = G.shape[0]
-    lam = auto_lambda(float(((U * U).sum(1) * (V * V).sum(1)).sum()), D, reg_lambda)
+    lam = auto_lambda(float(((U * U).sum(1) * (V * V).sum(1)).sum()), D, reg_lambda, rows=N, damping=damping)
     blocks = _split_by(tok_pos, R)
     if N >= D:  # dense Hessian
         if loo:

@@ -21,6 +21,7 @@ CONTRASTIVE_AGGS = ("sum", "mean")
 CONTRASTS = ("include", "leave_one_out")
 RESPONSE_GRADS = ("sum", "mean")
 PROJECTIONS = ("rademacher", "gaussian", "identity")
+DAMPINGS = ("dimension", "rank")
 STORAGE_DTYPES = ("bf16", "fp32")
 ACCEPT_RULES = ("group_max", "threshold")
 
@@ -42,6 +43,7 @@ class InfluenceSettings:
     max_hessian_dim: int = 4096
     projection: str = "rademacher"
     reg_lambda: float = 0.0
+    damping: str = "rank"
     max_tokens_per_response: int = 0
     max_prompts_per_step: int = 0
     storage_dtype: str = "bf16"
@@ -50,6 +52,10 @@ class InfluenceSettings:
     profile_timing: bool = False
     accept_rule: str = "group_max"
     accept_threshold: float = 0.5
+    # read by the local engine, not the tracer: keep the state before every k-th traced step's
+    # update for `archer influence check`, the newest check_keep of them (0 = all)
+    check_every: int = 0
+    check_keep: int = 2
 
     @property
     def output(self) -> Any:
@@ -75,6 +81,7 @@ class InfluenceSettings:
             ("contrast", CONTRASTS),
             ("response_grad", RESPONSE_GRADS),
             ("projection", PROJECTIONS),
+            ("damping", DAMPINGS),
             ("storage_dtype", STORAGE_DTYPES),
             ("accept_rule", ACCEPT_RULES),
         ):

@@ -28,7 +28,7 @@ SPANS: dict[str, tuple[str, str]] = {
     "val_acc": ("val_acc_start", "val_acc_final"),
 }
 #: the short set, in order; "status" only when a run did not finish, the settings after it
-SHORT_TAIL = ("reward", "val_acc", "step_s", "auc", "spearman")
+SHORT_TAIL = ("reward", "val_acc", "step_s", "auc", "spearman", "check_rho")
 DEFAULT_WORDS = ("default", "short")
 ALL_WORDS = ("all", "wide")
 

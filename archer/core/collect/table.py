@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archer.core.influence_results import mean_agreement
+
 from .quality import Quality, has_influence, run_quality
 from .runs import MISSING, RunEntry, find_runs
 
@@ -67,6 +69,8 @@ QUALITY_COLUMNS = [
     "spearman",
     "spearman_ref",
     "trace_steps",
+    "check_rho",
+    "check_steps",
 ]
 SWEEP_COLUMNS = ["attempts", "oom"]
 HEAD = ["run", "status", "reason"]
@@ -234,6 +238,10 @@ def build_table(
                 "trace_steps": q.trace_steps,
             }
         )
+        if quality and e.status != MISSING and e.path.is_dir():
+            # `archer influence check`: predicted vs measured margin cost of removed token sets
+            row["check_rho"], n_checked = mean_agreement(e.path)
+            row["check_steps"] = n_checked or None
         if e.case is not None:
             row["attempts"] = len(e.case.attempts)
             row["oom"] = bool(e.case.oom)

@@ -306,7 +306,13 @@ class InfluenceConfig:
         "scoring would not fit in memory)",
         choices=("rademacher", "gaussian", "identity"),
     )
-    reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means 0.1·trace(H)/D")
+    reg_lambda: float = opt(0.0, "Hessian damping; <= 0 means automatic (influence.damping)")
+    damping: str = opt(
+        "rank",
+        "automatic damping when reg_lambda <= 0: 0.1·trace(H)/D (dimension) or 0.1·trace(H)/min(R, D), "
+        "R the responses (tokens) of the unit (rank: the same relative damping for projected and exact)",
+        choices=("dimension", "rank"),
+    )
     max_tokens_per_response: int = opt(
         0, "capture at most this many evenly spaced tokens per response (0 = all)", ge=0
     )
@@ -326,6 +332,13 @@ class InfluenceConfig:
         choices=("group_max", "threshold"),
     )
     accept_threshold: float = opt(0.5, "reward threshold for accept_rule=threshold")
+    check_every: int = opt(
+        0,
+        "local engine: every k-th traced step, keep the weights and optimizer state going into its "
+        "update (<run>/checkpoints/influence/), so 'archer influence check' can re-run it (0 = off)",
+        ge=0,
+    )
+    check_keep: int = opt(2, "how many of those pre-update snapshots to keep, newest first (0 = all)", ge=0)
 
 
 @dataclass

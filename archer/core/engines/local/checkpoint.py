@@ -80,6 +80,41 @@ def save_checkpoint(
     return final
 
 
+#: pre-update snapshots of the steps `influence.check_every` marks, for `archer influence check`
+SNAPSHOT_DIR = "influence"
+SNAPSHOT_FILE = "update_state.pt"
+
+
+def snapshot_dir(run_dir: Path, step: int) -> Path:
+    """Where the state going into step `step`'s update is kept."""
+    return checkpoint_dir(run_dir) / SNAPSHOT_DIR / f"before_step_{step:06d}"
+
+
+def save_update_snapshot(run_dir: Path, step: int, *, model: Any, optimizer: Any, keep: int = 2) -> Path:
+    """The weights and optimizer state right before step `step`'s update (the learning rate the
+    update uses is in the optimizer's param groups), written like a checkpoint (temp folder,
+    fsync, rename); the `keep` newest are kept (0: all). No tokenizer, RNG or data order: the
+    counterfactual check takes the step's batch from the trace."""
+    final = snapshot_dir(run_dir, step)
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{final.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    model.save_pretrained(tmp, safe_serialization=True)
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / SNAPSHOT_FILE)
+    (tmp / "checkpoint.json").write_text(json.dumps({"before_step": step}) + "\n")
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        for old in sorted(p for p in root.glob("before_step_*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def _fsync_dir(path: Path) -> None:
     for p in path.iterdir():
         with open(p, "rb") as f:

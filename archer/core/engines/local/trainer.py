@@ -496,6 +496,7 @@ class LocalTrainer:
                     temperature=temperature,
                     device=self.device,
                 )
+        self._snapshot_for_check(step)  # counted in time/influence
         t["capture"] = time.perf_counter()
 
         actor_metrics, fused_entropy = ppo_update(
@@ -533,6 +534,22 @@ class LocalTrainer:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _snapshot_for_check(self, step: int) -> None:
+        """Keep the state going into this step's update when `influence.check_every` marks it (and
+        the step is traced), for `archer influence check`."""
+        every = int(self.cfg.influence.check_every)
+        if self.influence is None or not every or step % every or self.trace is None:
+            return
+        if not self.trace.should_write(step):
+            return
+        ckpt.save_update_snapshot(
+            self.run_dir,
+            step,
+            model=self.model,
+            optimizer=self.optimizer,
+            keep=int(self.cfg.influence.check_keep),
+        )
 
     def _metrics(
         self, sb: StepBatch, entropy: torch.Tensor, advantages: torch.Tensor, extra: dict, t: dict[str, float]

@@ -28,6 +28,11 @@ class UpdateBatch:
     old_log_prob: torch.Tensor | None  # None: on-policy, one optimizer step (see ppo_update)
     advantages: torch.Tensor
     ref_log_prob: torch.Tensor | None = None
+    # Per-token loss weights [B, R] (1 = as trained). The loss normalisers (mini-batch token and
+    # sequence counts) stay those of the unweighted batch, so a 0 removes exactly that token's
+    # loss terms (policy, KL, entropy) and nothing else: `archer influence check` re-runs a step
+    # with token sets removed this way.
+    loss_weight: torch.Tensor | None = None
 
 
 # A hook the influence tracer uses: micro_hook("begin", epoch, micro_batch, loss_normaliser) right
@@ -92,6 +97,8 @@ def ppo_update(
                     micro_hook("begin", epoch, mb, normaliser)
                 logp, ent = response_logprobs(model, mb, temperature=temperature, with_entropy=needs_entropy)
                 mask = batch.rollout.train_mask[rows, :w].to(device).float()
+                if batch.loss_weight is not None:
+                    mask = mask * batch.loss_weight[rows, :w].to(device, mask.dtype)
                 if on_policy:  # traced entropy covers every real token, tool results included
                     old = logp.detach()
                     real = batch.rollout.response_mask[rows, :w].to(device).float()
