@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,12 @@ HANG_S = 1500  # a hang, not a slow machine: a 3-step run takes a few minutes on
 # Ray's files for this test's runs: short (Ray's socket paths must fit 107 bytes) and ours alone, so
 # the clean-up below kills this test's Ray processes and no other Ray cluster on the machine.
 RAY_TMPDIR = tempfile.mkdtemp(prefix="archer-ray-", dir="/tmp")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_ray_tmpdir():
+    yield
+    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
 
 
 def _archer(args: list[str], log: Path) -> subprocess.Popen:
