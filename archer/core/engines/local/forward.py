@@ -103,3 +103,27 @@ def batch_logprobs(
     if ent is not None:
         ent *= mask
     return logp, ent
+
+
+def is_on_policy(cfg: Any, batch_size: int) -> bool:
+    """One optimizer step over the whole rollout: the update's own forward gives the old log-probs
+    and the entropy, so no separate log-prob pass is needed."""
+    return cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size * cfg.rollout.n >= batch_size
+
+
+def step_logprobs(
+    model: Any, ref_model: Any, rollout: Any, cfg: Any, *, with_entropy: bool, device: torch.device | str
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(old log-probs, entropy, reference log-probs) a step's update needs before it runs: the old
+    ones only off-policy (see `is_on_policy`), the reference ones only with a reference model."""
+    kw = dict(
+        micro_batch_size=int(cfg.actor.ppo_micro_batch_size),
+        temperature=float(cfg.rollout.temperature),
+        device=device,
+    )
+    old_logp = entropy = ref_logp = None
+    if not is_on_policy(cfg, rollout.size):
+        old_logp, entropy = batch_logprobs(model, rollout, with_entropy=with_entropy, **kw)
+    if ref_model is not None:
+        ref_logp, _ = batch_logprobs(ref_model, rollout, with_entropy=False, **kw)
+    return old_logp, entropy, ref_logp

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from archer.core.engines.local import checkpoint as ckpt
-from archer.core.engines.local.forward import batch_logprobs, make_micro_batch, response_logprobs
+from archer.core.engines.local.forward import make_micro_batch, response_logprobs, step_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
 from archer.core.rollout.batch import Rollout, left_pad, right_pad
 from archer.errors import ArcherError, DataError, UsageError
@@ -269,28 +269,11 @@ class Replay:
         on-policy entropy of the update's forward (None off-policy)."""
         cfg = self.cfg
         ro = data.rollout
-        temperature, micro = float(cfg.rollout.temperature), int(cfg.actor.ppo_micro_batch_size)
+        temperature = float(cfg.rollout.temperature)
         self.restore()
-        on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size * cfg.rollout.n >= ro.size
-        old_logp = ref_logp = None
-        if not on_policy:
-            old_logp, _ = batch_logprobs(
-                self.model,
-                ro,
-                micro_batch_size=micro,
-                temperature=temperature,
-                with_entropy=False,
-                device=self.device,
-            )
-        if self.ref_model is not None:
-            ref_logp, _ = batch_logprobs(
-                self.ref_model,
-                ro,
-                micro_batch_size=micro,
-                temperature=temperature,
-                with_entropy=False,
-                device=self.device,
-            )
+        old_logp, _, ref_logp = step_logprobs(
+            self.model, self.ref_model, ro, cfg, with_entropy=False, device=self.device
+        )
         _, entropy = ppo_update(
             self.model,
             self.optimizer,

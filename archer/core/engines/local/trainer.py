@@ -24,7 +24,7 @@ import torch
 
 from archer.core.engines.local import checkpoint as ckpt
 from archer.core.engines.local.evaluation import evaluate
-from archer.core.engines.local.forward import batch_logprobs
+from archer.core.engines.local.forward import step_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
 from archer.core.metrics import MetricsLog
 from archer.core.progress import Reporter, RunInfo, TrainResult
@@ -452,28 +452,9 @@ class LocalTrainer:
         ro = sb.rollout
         t["rollout"] = time.perf_counter()
 
-        # One optimizer step per rollout: the update's own forward gives the old log-probs and the
-        # entropy (on-policy), so no separate log-prob pass is needed.
-        on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size * cfg.rollout.n >= ro.size
-        old_logp = entropy = ref_logp = None
-        if not on_policy:
-            old_logp, entropy = batch_logprobs(
-                self.model,
-                ro,
-                micro_batch_size=micro,
-                temperature=temperature,
-                with_entropy=True,
-                device=self.device,
-            )
-        if self.ref_model is not None:
-            ref_logp, _ = batch_logprobs(
-                self.ref_model,
-                ro,
-                micro_batch_size=micro,
-                temperature=temperature,
-                with_entropy=False,
-                device=self.device,
-            )
+        old_logp, entropy, ref_logp = step_logprobs(
+            self.model, self.ref_model, ro, cfg, with_entropy=True, device=self.device
+        )
         advantages = self._advantages(sb)
         t["logprob"] = time.perf_counter()
 
