@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_run import SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -21,24 +22,9 @@ from archer.core.export.checkpoints import find_checkpoint
 runner = CliRunner()
 
 SMALL = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9",
-    "data.synth.n=100",
-    "data.synth.val_n=16",
-    "data.train_batch_size=4",
-    "actor.ppo_mini_batch_size=4",
-    "actor.ppo_micro_batch_size=8",
-    "rollout.n=4",
-    "rollout.max_new_tokens=4",
+    *SMALL_RUN,
     "warmup.steps=150",
-    "warmup.batch_size=16",
     "warmup.lr=3e-3",
-    "rollout.val.max_prompts=16",
-    "trainer.num_threads=1",
     "trainer.val_before_train=false",
     "trainer.total_steps=2",
     "trainer.save_every=1",

@@ -12,29 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from small_run import SMALL_RUN
 
 from archer.core.config import compose
 from archer.core.metrics import MetricsLog, Sinks, open_sinks, pick_samples, record_histograms
 from archer.core.rollout.record import StepRecord
 
 SMALL = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9",
-    "data.synth.n=100",
-    "data.synth.val_n=16",
-    "data.train_batch_size=4",
-    "actor.ppo_mini_batch_size=4",
-    "actor.ppo_micro_batch_size=8",
-    "rollout.n=4",
-    "rollout.max_new_tokens=4",
-    "warmup.steps=5",
-    "warmup.batch_size=16",
-    "rollout.val.max_prompts=16",
-    "trainer.num_threads=1",
+    *SMALL_RUN,
 ]
 
 

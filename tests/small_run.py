@@ -1,0 +1,22 @@
+"""The smallest quickstart that still trains end to end (a 2-layer, hidden-32 model; a few steps on
+a 100-problem task): the overrides the CLI and engine tests share."""
+
+SMALL_RUN = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.num_layers=2",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1",
+    "data.synth.max_operand=9",
+    "data.synth.n=100",
+    "data.synth.val_n=16",
+    "data.train_batch_size=4",
+    "actor.ppo_mini_batch_size=4",
+    "actor.ppo_micro_batch_size=8",
+    "rollout.n=4",
+    "rollout.max_new_tokens=4",
+    "warmup.steps=5",
+    "warmup.batch_size=16",
+    "rollout.val.max_prompts=16",
+    "trainer.num_threads=1",
+]
