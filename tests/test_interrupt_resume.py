@@ -203,12 +203,12 @@ def test_ctrl_c_after_the_first_validation_then_resume_logs_step_0_once(straight
 @pytest.mark.parametrize("lines", [2, 4])
 def test_sigint_from_another_process_after_the_nth_metrics_line(straight, tmp_path, lines):
     """The real thing: `archer train` in its own process gets SIGINT once its metrics file holds
-    N lines (tests/interrupt_worker.py holds the run there until the signal is sent); it exits 130
+    N lines (tests/paused_train_worker.py holds the run there until the signal is sent); it exits 130
     naming --resume, and the resumed run equals the straight one."""
     out, go = tmp_path / "run", tmp_path / "go"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = ["train", "--out", str(out), *overrides(straight / "cache")]
-    worker = [sys.executable, str(Path(__file__).with_name("interrupt_worker.py")), str(lines), str(go)]
+    worker = [sys.executable, str(Path(__file__).with_name("paused_train_worker.py")), str(lines), str(go)]
     proc = subprocess.Popen(
         [*worker, *args, "--preset", "quickstart"],
         stdout=subprocess.PIPE,

@@ -45,7 +45,7 @@ def train(
     from archer.cli._console import note, print_yaml, warn
     from archer.cli._console import out as console
     from archer.core.config import compose
-    from archer.core.run import CONFIG_FILE, check_new_run_dir, resolve_run_dir
+    from archer.core.run import CONFIG_FILE, check_new_run_dir, check_run_dir_path, resolve_run_dir
     from archer.errors import UsageError
 
     overrides = list(overrides or [])
@@ -95,12 +95,15 @@ def train(
         return
 
     composed.require_complete()
-    check_new_run_dir(run_dir, resume)
     from archer.cli.progress import ConsoleReporter
     from archer.core.engines import run_engine
+    from archer.core.runlock import run_dir_lock
 
-    reporter = ConsoleReporter(console())
-    result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
+    check_run_dir_path(run_dir)
+    with run_dir_lock(run_dir):  # one process per run directory, taken before anything is read or written
+        check_new_run_dir(run_dir, resume)
+        reporter = ConsoleReporter(console())
+        result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
     if result is not None:
         print_summary(result, traced=bool(composed.cfg.trace.enable))
 

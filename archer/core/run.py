@@ -101,3 +101,30 @@ def check_new_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already holds a run",
             hint=f"continue it with 'archer train --resume --out {run_dir}', or choose another --out",
         )
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """--out must be a directory archer can create and write: not a file, not under a file, not on a
+    read-only mount (each said in one line, before anything is written)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file, not a directory", hint="choose a directory for the run")
+    existing = run_dir
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != run_dir and not existing.is_dir():
+        raise UsageError(
+            f"--out {run_dir} is under a file ({existing})", hint="choose a directory for the run"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        reason = "a read-only file system" if _read_only(existing) else "no write permission"
+        raise UsageError(f"cannot write to {existing} ({reason})", hint="choose another --out directory")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -314,20 +314,42 @@ def prepare_warmup(
     device: torch.device | str,
     demos: Callable[[], Sequence[Sequence[tuple[str, int]]] | None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> WarmupResult:
     """Run the supervised warm-up into `<run>/warmup`, or reuse this run's or the cache's.
 
     The cache (`trainer.cache_dir`, keyed by `warmup_key`) holds finished warm-ups only; a folder
-    becomes visible there or in the run by a rename, so a crash never leaves half a warm-up."""
+    becomes visible there or in the run by a rename, so a crash never leaves half a warm-up. One
+    process builds each cache entry (`warmup-KEY.lock`): another run that needs the same warm-up
+    waits for it (`on_wait` names the builder) and then copies it."""
     if not cfg.warmup.enable or cfg.warmup.steps == 0:
         return WarmupResult(None, "off")
     target = Path(run_dir) / WARMUP_DIR
     if (target / DONE_MARKER).exists():
         return WarmupResult(target, "run")
     cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts), device=device))
-    if cfg.warmup.cache and (cached / DONE_MARKER).exists():
-        copy_dir(cached, target)
-        return WarmupResult(target, "cache")
+    if not cfg.warmup.cache:
+        return _build(cfg, target, None, prompts, device=device, demos=demos, on_step=on_step)
+    from archer.core.runlock import hold_lock
+
+    lock = cached.with_name(cached.name + ".lock")
+    with hold_lock(lock, what=f"warm-up cache entry {cached}", wait=True, on_wait=on_wait):
+        if (cached / DONE_MARKER).exists():
+            copy_dir(cached, target)
+            return WarmupResult(target, "cache")
+        return _build(cfg, target, cached, prompts, device=device, demos=demos, on_step=on_step)
+
+
+def _build(
+    cfg: Any,
+    target: Path,
+    cached: Path | None,
+    prompts: Sequence[Any],
+    *,
+    device: torch.device | str,
+    demos: Callable[[], Sequence[Sequence[tuple[str, int]]] | None] | None,
+    on_step: Callable[[int, float], None] | None,
+) -> WarmupResult:
     from archer.core.models.loading import load_policy
 
     model, tok = load_policy(cfg)
@@ -352,6 +374,6 @@ def prepare_warmup(
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
-    if cfg.warmup.cache:
+    if cached is not None:
         copy_dir(target, cached)
     return WarmupResult(target, "trained", stats, time.time() - t0)

@@ -247,6 +247,9 @@ class LocalTrainer:
                 if self.agent is not None
                 else None,
                 on_step=lambda i, loss: self.reporter.warmup_progress(i, int(self.cfg.warmup.steps), loss),
+                on_wait=lambda holder: self.reporter.note(
+                    f"warm-up: waiting for {holder}, which is building the same warm-up (trainer.cache_dir)"
+                ),
             )
         finally:
             self.reporter.warmup_done()

@@ -1,6 +1,6 @@
-"""Helper for tests/test_interrupt_resume.py: `archer train` that pauses after its Nth metrics line.
+"""`archer train` that pauses after its Nth metrics line (tests/test_interrupt_resume.py, test_run_lock.py).
 
-Run as `python interrupt_worker.py N GO_FILE ARCHER_ARGS...`. After writing metrics line N the run
+Run as `python paused_train_worker.py N GO_FILE ARCHER_ARGS...`. After writing metrics line N the run
 waits until GO_FILE exists; the test sends SIGINT while it waits and then creates GO_FILE. So the
 interrupt lands at a point chosen by the run's progress, however fast or slow the machine is,
 and it is a real signal from another process to the real CLI.
