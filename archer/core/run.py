@@ -11,6 +11,7 @@ Layout of `<run>/`:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -49,12 +50,22 @@ def atomic_write_text(path: Path, text: str, fsync: bool = False) -> None:
     """Write a small text file through a temp file and rename, so readers never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        from archer.core.storage import disk_full_error
+
+        full = disk_full_error(path, e) if isinstance(e, Exception) else None
+        if full is not None and full is not e:
+            raise full from e
+        raise
 
 
 def write_run_files(run_dir: Path, composed: Any, resumed: bool = False) -> None:

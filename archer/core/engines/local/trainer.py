@@ -656,19 +656,34 @@ class LocalTrainer:
             "(Ctrl-C again stops now, keeping only the last checkpoint)"
         )
 
-    def close(self) -> None:
+    def close(self, failing: BaseException | None = None) -> None:
+        """Release tools, the trace writer and the metrics file. While `failing` (the error that
+        ended the run) is in flight, a failure to close is added to it as a note instead of
+        replacing it: a full disk shows the write that failed first, not the trace's close."""
+        closers = []
         if getattr(self, "agent", None) is not None:
-            self.agent.close()
+            closers.append(self.agent.close)
             self.agent = None
         if getattr(self, "influence", None) is not None:
-            self.influence.tracer.close()
+            closers.append(self.influence.tracer.close)
             self.influence = None
         if self.trace is not None:
-            self.trace.close()
+            closers.append(self.trace.close)
             self.trace = None
         if self.metrics_log is not None:
-            self.metrics_log.close()
+            closers.append(self.metrics_log.close)
             self.metrics_log = None
+        first: BaseException | None = None
+        for close in closers:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - every resource gets its close
+                if failing is not None:
+                    failing.add_note(f"also, while closing: {type(e).__name__}: {e}")
+                elif first is None:
+                    first = e
+        if first is not None:
+            raise first
 
 
 @dataclass
@@ -692,8 +707,10 @@ def train(
     try:
         trainer.setup()
         result = trainer.fit()
-    finally:
-        trainer.close()
+    except BaseException as e:
+        trainer.close(failing=e)
+        raise
+    trainer.close()
     return TrainResult(
         run_dir=Path(run_dir),
         setup_seconds=trainer.setup_seconds,
