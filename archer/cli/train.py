@@ -96,12 +96,18 @@ def train(
 
     composed.require_complete()
     from archer.cli.progress import ConsoleReporter
-    from archer.core.engines import run_engine
+    from archer.core.engines import check_output_dirs, run_engine
     from archer.core.runlock import run_dir_lock
 
     check_run_dir_path(run_dir)
+    check_output_dirs(composed.cfg, run_dir)
     with run_dir_lock(run_dir):  # one process per run directory, taken before anything is read or written
-        check_new_run_dir(run_dir, resume)
+        removed = check_new_run_dir(run_dir, resume)
+        if removed:
+            note(
+                f"{run_dir} held a run that stopped before its first step: "
+                f"replacing it ({', '.join(removed)})"
+            )
         reporter = ConsoleReporter(console())
         result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
     if result is not None:

@@ -16,8 +16,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,39 +101,100 @@ def write_run_files(run_dir: Path, composed: Any, resumed: bool = False) -> None
     atomic_write_text(info_path, json.dumps(info, indent=2) + "\n")
 
 
-def check_new_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to start a new run on top of an existing one, or to resume a run that is not there."""
+def has_started(run_dir: Path) -> bool:
+    """Whether a run got as far as training: a metrics line or a checkpoint (either engine)."""
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return True
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(ckpts.iterdir())
+
+
+# What a start that failed before its first step may leave (both engines); nothing else is removed.
+FAILED_START_ENTRIES = (
+    CONFIG_FILE,
+    RUN_FILE,
+    METRICS_FILE,
+    "data",
+    "warmup",
+    ".warmup.tmp",
+    "model",
+    ".model.tmp",
+    "tokenizer",
+    "trace",
+    "checkpoints",
+    "tensorboard",
+    "verl_config.yaml",
+)
+
+
+def check_new_run_dir(run_dir: Path, resume: bool) -> list[str]:
+    """Refuse to start a new run on top of an existing one, or to resume a run that is not there.
+
+    A run whose start failed before its first step (a missing data file, a bad setting found in
+    set-up) is not a run to protect: a new run replaces it, after removing what that start left
+    (its config, provenance, synthetic data, warm-up, empty trace). Returns the names removed."""
     has_run = (run_dir / CONFIG_FILE).exists()
     if resume and not has_run:
         raise UsageError(
             f"nothing to resume in {run_dir} (no {CONFIG_FILE})",
             hint="pass the run directory of an earlier run with --out DIR",
         )
-    if not resume and has_run:
+    if resume or not has_run:
+        return []
+    if has_started(run_dir):
         raise UsageError(
             f"{run_dir} already holds a run",
             hint=f"continue it with 'archer train --resume --out {run_dir}', or choose another --out",
         )
+    removed = []
+    for name in FAILED_START_ENTRIES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def check_run_dir_path(run_dir: Path) -> None:
-    """--out must be a directory archer can create and write: not a file, not under a file, not on a
-    read-only mount (each said in one line, before anything is written)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out {run_dir} is a file, not a directory", hint="choose a directory for the run")
-    existing = run_dir
-    while not existing.exists():
-        if existing.parent == existing:
-            break
+    """--out must be a directory archer can create and write (checked before anything is written)."""
+    check_writable_dir(run_dir, "--out")
+
+
+def check_writable_dir(path: Path, label: str) -> None:
+    """`path` (named `label` in the error: --out, trace.dir, ...) must be a directory archer can
+    create and write: not a file, not under a file, not on a read-only mount or without permission."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{label} {path} is a file, not a directory", hint=f"choose a directory for {label}")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
-    if existing != run_dir and not existing.is_dir():
+    if existing != path and not existing.is_dir():
         raise UsageError(
-            f"--out {run_dir} is under a file ({existing})", hint="choose a directory for the run"
+            f"{label} {path} is under a file ({existing})", hint=f"choose a directory for {label}"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or _read_only(existing):
         reason = "a read-only file system" if _read_only(existing) else "no write permission"
-        raise UsageError(f"cannot write to {existing} ({reason})", hint="choose another --out directory")
+        raise UsageError(
+            f"{label} {path} cannot be written: {existing} is on {reason}"
+            if reason.startswith("a ")
+            else f"{label} {path} cannot be written: no write permission in {existing}",
+            hint=f"choose another directory for {label}",
+        )
+    try:  # what the checks above cannot see (root on /proc, a full or odd file system): try it
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UsageError(
+            f"{label} {path} cannot be written: {e.strerror or e}",
+            hint=f"choose another directory for {label}",
+        ) from e
 
 
 def _read_only(path: Path) -> bool:
