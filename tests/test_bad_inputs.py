@@ -146,3 +146,68 @@ def test_replacing_a_failed_start_removes_only_what_archer_wrote(tmp_path):
 
     assert check_new_run_dir(out, resume=False) == ["config.yaml", "run.json"]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------- damaged runs and traces
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished 2-step run with its trace (made once for the module)."""
+    root = tmp_path_factory.mktemp("trained")
+    out = root / "run"
+    r = invoke(
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(out),
+        *TINY,
+        "trainer.total_steps=2",
+        f"trainer.cache_dir={root / 'c'}",
+    )
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "warmup"))
+    return dst
+
+
+def test_a_foreign_parquet_in_the_manifest_is_named_everywhere(trained_run, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from archer.core.trace import TraceReader
+    from archer.errors import TraceError
+    from archer.view.model.trace_data import TraceData
+
+    run = copy_run(trained_run, tmp_path / "run")
+    pq.write_table(pa.table({"a": [1, 2, 3]}), run / "trace" / "steps" / "step_000003.parquet")
+    with open(run / "trace" / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "file": "steps/step_000003.parquet"}) + "\n")
+    r = invoke("collect", str(run))  # the table is still made; the trace's problem is a warning
+    assert r.exit_code == 0, r.output
+    assert "not an archer trace step" in r.output and "KeyError" not in r.output
+    one_error(
+        invoke("trace", "export", str(run), "--step", "3", "--out", str(tmp_path / "x.jsonl")),
+        1,
+        "step_000003.parquet",
+        "not an archer trace step",
+    )
+    assert not (tmp_path / "x.jsonl").exists()
+    one_error(invoke("trace", "info", str(run)), 1, "not an archer trace step")
+    with pytest.raises(TraceError, match="not an archer trace step"):
+        TraceData(run / "trace").step_table(3)  # what the viewer's step worker calls
+    assert TraceReader(run).read_step(2).num_rows == 16  # the run's own steps still read
+
+
+def test_collect_does_not_call_a_run_with_a_deleted_manifest_finished(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    (run / "trace" / "manifest.jsonl").unlink()
+    r = invoke("collect", str(run))
+    assert r.exit_code == 0, r.output
+    assert "incomplete" in r.output and "trace manifest missing" in r.output
