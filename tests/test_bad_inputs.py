@@ -211,3 +211,88 @@ def test_collect_does_not_call_a_run_with_a_deleted_manifest_finished(trained_ru
     r = invoke("collect", str(run))
     assert r.exit_code == 0, r.output
     assert "incomplete" in r.output and "trace manifest missing" in r.output
+
+
+# ---------------------------------------------------------------------------- data files
+def write_jsonl(path, rows, *, corrupt_line: int | None = None):
+    import json
+
+    lines = [json.dumps(r).encode() for r in rows]
+    if corrupt_line is not None:
+        lines[corrupt_line] = lines[corrupt_line].replace(b"What", b"Wh\xffat")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_invalid_utf8_in_a_jsonl_fails_data_prepare_strict(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"What is {i}+1?", "solution": str(i + 1)} for i in range(40)]
+    src = write_jsonl(tmp_path / "bad.jsonl", rows, corrupt_line=3)
+    base = ["data", "prepare", "dapo-math", "-i", str(src), "--val-size", "4"]
+    one_error(invoke(*base, "--out", str(tmp_path / "strict"), "--strict"), 1, "1 bad rows", "invalid_json=1")
+    assert not (tmp_path / "strict" / "train.parquet").exists()
+    r = invoke(*base, "--out", str(tmp_path / "lenient"))  # without --strict the row is dropped and counted
+    assert r.exit_code == 0, r.output
+    kept = (
+        pq.read_table(tmp_path / "lenient" / "train.parquet").to_pylist()
+        + pq.read_table(tmp_path / "lenient" / "val.parquet").to_pylist()
+    )  # every value decodes: nothing invalid reached the parquet
+    assert len(kept) == 39
+
+
+def test_training_on_a_parquet_with_invalid_utf8_is_a_data_error(tmp_path):
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    from archer.core.data.loading import load_prompts
+    from archer.errors import DataError
+
+    rows = [{"prompt": f"What is {i}+1?", "answer": str(i + 1)} for i in range(4)]
+    table = pj.read_json(write_jsonl(tmp_path / "bad.jsonl", rows, corrupt_line=1))  # pyarrow does not check
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_prompts([str(tmp_path / "bad.parquet")], answer_key="answer")
+
+
+def test_integer_prompts_read_the_same_from_jsonl_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": 1000 + i if i % 2 else f"What is {i}?", "solution": str(i)} for i in range(40)]
+    src = write_jsonl(tmp_path / "mixed.jsonl", rows)  # types disagree: read line by line
+    r = invoke(
+        "data",
+        "prepare",
+        "dapo-math",
+        "-i",
+        str(src),
+        "--out",
+        str(tmp_path / "j"),
+        "--strict",
+        "--val-size",
+        "4",
+    )
+    assert r.exit_code == 0, r.output
+    ints = [r for r in rows if isinstance(r["prompt"], int)]
+    pq.write_table(pa.Table.from_pylist(ints), tmp_path / "ints.parquet")
+    r = invoke(
+        "data",
+        "prepare",
+        "dapo-math",
+        "-i",
+        str(tmp_path / "ints.parquet"),
+        "--out",
+        str(tmp_path / "p"),
+        "--strict",
+        "--val-size",
+        "4",
+    )
+    assert r.exit_code == 0, r.output
+
+    def problems(folder):
+        t = pa.concat_tables([pq.read_table(folder / "train.parquet"), pq.read_table(folder / "val.parquet")])
+        return {m[0]["content"] for m in t.column("prompt").to_pylist()}
+
+    from_jsonl, from_parquet = problems(tmp_path / "j"), problems(tmp_path / "p")
+    assert len(from_jsonl) == 40 and from_parquet == {str(r["prompt"]) for r in ints} <= from_jsonl
