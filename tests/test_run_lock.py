@@ -209,3 +209,36 @@ def test_two_runs_needing_one_warmup_build_it_once(tmp_path):
         len(list(cache.glob("warmup-*.lock"))) == 1
         and len([p for p in cache.glob("warmup-*") if p.is_dir()]) == 1
     )
+
+
+def test_the_verl_engine_takes_the_same_lock_before_ray(tmp_path):
+    """`archer train` on a verl preset is refused the run directory held by another process,
+    before it writes data, a model or a config there (and before Ray starts)."""
+    out, ready = tmp_path / "run", tmp_path / "ready"
+    holder = subprocess.Popen(
+        [sys.executable, str(HERE / "lock_holder_worker.py"), "hold", str(out / ".archer.lock"), str(ready)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        text=True,
+    )
+    try:
+        wait_for(holder, ready.exists)
+        r = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "--preset",
+                "quickstart-verl",
+                "--out",
+                str(out),
+                f"trainer.cache_dir={tmp_path / 'c'}",
+            ],
+        )
+        assert r.exit_code == 1, r.output
+        assert f"in use by process {holder.pid}" in r.output
+        assert sorted(p.name for p in out.iterdir()) == [".archer.lock"]
+    finally:
+        holder.kill()
+        holder.communicate()
