@@ -206,7 +206,7 @@ def test_two_runs_needing_one_warmup_build_it_once(tmp_path):
     assert not (status / f"{b.pid}.building").exists()  # b never trained a warm-up of its own
     assert digest(tmp_path / "a" / "warmup") == digest(tmp_path / "b" / "warmup")
     assert (
-        len(list(cache.glob("warmup-*.lock"))) == 1
+        len(list(cache.glob(".warmup-*.lock"))) == 1
         and len([p for p in cache.glob("warmup-*") if p.is_dir()]) == 1
     )
 

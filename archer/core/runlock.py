@@ -59,7 +59,7 @@ def open_lock_file(path: Path) -> int:
     except OSError as e:
         raise UsageError(
             f"cannot use {path.parent}: {e.strerror or e}",
-            hint="choose a directory you can write to (for --out: a new or an existing run directory)",
+            hint="choose a directory you can write to",
         ) from e
 
 

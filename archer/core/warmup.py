@@ -320,7 +320,7 @@ def prepare_warmup(
 
     The cache (`trainer.cache_dir`, keyed by `warmup_key`) holds finished warm-ups only; a folder
     becomes visible there or in the run by a rename, so a crash never leaves half a warm-up. One
-    process builds each cache entry (`warmup-KEY.lock`): another run that needs the same warm-up
+    process builds each cache entry (`.warmup-KEY.lock`): another run that needs the same warm-up
     waits for it (`on_wait` names the builder) and then copies it."""
     if not cfg.warmup.enable or cfg.warmup.steps == 0:
         return WarmupResult(None, "off")
@@ -332,7 +332,7 @@ def prepare_warmup(
         return _build(cfg, target, None, prompts, device=device, demos=demos, on_step=on_step)
     from archer.core.runlock import hold_lock
 
-    lock = cached.with_name(cached.name + ".lock")
+    lock = cached.with_name(f".{cached.name}.lock")  # hidden: not an entry to anything that lists them
     with hold_lock(lock, what=f"warm-up cache entry {cached}", wait=True, on_wait=on_wait):
         if (cached / DONE_MARKER).exists():
             copy_dir(cached, target)

@@ -645,14 +645,14 @@ class LocalTrainer:
         if stop.requested and self.global_step < total:
             raise Interrupted(
                 f"training interrupted after step {self.global_step}"
-                + (f" (checkpoint {saved_at} saved)" if saved_at == self.global_step else ""),
+                + (f" ({ckpt.CKPT_DIR}/step_{saved_at:06d} saved)" if saved_at == self.global_step else ""),
                 hint=f"continue with: archer train --resume --out {self.run_dir}",
             )
         return {"seconds": time.time() - t0, "first_val": self.first_val, "last_val": self.last_val}
 
     def _note_stopping(self) -> None:
         self.reporter.note(
-            f"interrupt: finishing step {self.global_step + 1} and saving a checkpoint "
+            "interrupt: stopping after the step under way, which is checkpointed "
             "(Ctrl-C again stops now, keeping only the last checkpoint)"
         )
 
