@@ -396,6 +396,9 @@ def train(composed: Any, run_dir: Path, resume: bool = False, reporter: Reporter
             run_dir,
             cache_dir=cache_dir,
             on_warmup_step=lambda i, loss: reporter.warmup_progress(i, steps, loss),
+            on_warmup_wait=lambda holder: reporter.note(
+                f"warm-up: waiting for {holder}, which is building the same warm-up (trainer.cache_dir)"
+            ),
         )
     finally:
         reporter.warmup_done()
