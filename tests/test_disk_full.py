@@ -211,3 +211,60 @@ def test_the_cli_prints_one_line_not_a_traceback(cache, tmp_path, monkeypatch):
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "no space left on the device writing" in errors[0], r.output
     assert "unexpected error" not in r.output and "Traceback" not in r.output
+
+
+def _namespaces_with_mounts() -> str | None:
+    """Why a private tmpfs cannot be mounted here (None when it can: user + mount namespaces)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    r = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"unshare -rm failed: {r.stderr.strip()[:200]}"
+
+
+@pytest.mark.skipif(
+    _namespaces_with_mounts() is not None, reason="needs user and mount namespaces (unshare -rm)"
+)
+@pytest.mark.parametrize("size_kib", [48, 160, 320, 480, 640])
+def test_a_real_small_tmpfs_gives_one_clear_line(cache, tmp_path, size_kib):
+    """`archer train` on a tmpfs of a few hundred KiB (private to the test's mount namespace): the
+    size decides which write finds the disk full (data, warm-up, a checkpoint, the trace), and each time
+    the run exits 1 with one line naming the path and the free space, leaving no temp file and a
+    loadable last checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from archer.core.engines.local.checkpoint import latest_checkpoint, load_trainer_state
+
+    mnt, keep = tmp_path / "mnt", tmp_path / "kept"
+    mnt.mkdir()
+    script = (
+        'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 97; mnt="$2"; keep="$3"; shift 3; "$@"; rc=$?; '
+        'find "$mnt" -name "*.tmp*" > "$keep.temps"; cp -a "$mnt/run" "$keep" 2>/dev/null; exit $rc'
+    )
+    args = [*TINY, f"trainer.cache_dir={cache}", "trainer.total_steps=6", "trainer.keep_checkpoints=2"]
+    cmd = ["unshare", "-rm", "sh", "-c", script, "sh", f"{size_kib}k", str(mnt), str(keep)]
+    cmd += [
+        sys.executable,
+        "-m",
+        "archer",
+        "train",
+        "--preset",
+        "quickstart",
+        "--out",
+        str(mnt / "run"),
+        *args,
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "300"})
+    assert r.returncode == 1, r.stdout[-1500:] + r.stderr[-1500:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, r.stderr
+    assert "no space left on the device writing" in errors[0] and "free there" in errors[0], r.stderr
+    assert "unexpected error" not in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "kept.temps").read_text() == ""  # no temporary file left on the full disk
+    last = latest_checkpoint(keep) if keep.exists() else None
+    if last is not None:  # the last complete checkpoint still loads
+        assert load_trainer_state(last)["step"] == int(last.name.split("_")[1])

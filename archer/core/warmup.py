@@ -5,12 +5,13 @@ they never receive). The result is cached by a hash of everything that determine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,11 +299,27 @@ def copy_dir(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
+    with _temp_removed_on_failure(tmp, dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp)
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
+
+
+@contextlib.contextmanager
+def _temp_removed_on_failure(tmp: Path, final: Path) -> Iterator[None]:
+    """A failed write leaves no temp folder; a full disk becomes one line naming `final`."""
+    from archer.core.storage import disk_full_error
+
+    try:
+        yield
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(final, e) if isinstance(e, Exception) else None
+        if full is not None and full is not e:
+            raise full from e
+        raise
 
 
 def prepare_warmup(
@@ -368,9 +385,10 @@ def _build(
     tmp = target.with_name(f".{WARMUP_DIR}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / DONE_MARKER).write_text(f"{stats}\n")
+    with _temp_removed_on_failure(tmp, target):
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / DONE_MARKER).write_text(f"{stats}\n")
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
