@@ -96,9 +96,10 @@ def train(
 
     composed.require_complete()
     from archer.cli.progress import ConsoleReporter
-    from archer.core.engines import check_output_dirs, run_engine
+    from archer.core.engines import check_output_dirs, refuse_early, run_engine
     from archer.core.runlock import run_dir_lock
 
+    refuse_early(composed)
     check_run_dir_path(run_dir)
     check_output_dirs(composed.cfg, run_dir)
     with run_dir_lock(run_dir):  # one process per run directory, taken before anything is read or written

@@ -186,9 +186,8 @@ def check_writable_dir(path: Path, label: str) -> None:
             else f"{label} {path} cannot be written: no write permission in {existing}",
             hint=f"choose another directory for {label}",
         )
-    try:  # what the checks above cannot see (root on /proc, a full or odd file system): try it
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+    try:  # what the checks above cannot see (root on /proc or /sys): try it, leaving no trace
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
         raise UsageError(

@@ -107,11 +107,23 @@ def hold_lock(
         os.close(fd)
 
 
-def run_dir_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
-    """`<run>/.archer.lock`: one `archer train` per run directory (both engines)."""
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """`<run>/.archer.lock`: one `archer train` per run directory (both engines). A run refused
+    before it wrote anything leaves no folder behind: a directory this call made and that holds
+    only the lock file when the run ends is removed again."""
     run_dir = Path(run_dir)
-    return hold_lock(
-        run_dir / RUN_LOCK,
-        what=f"run directory {run_dir}",
-        hint="another 'archer train' is using it: wait for it, stop it, or choose another --out",
-    )
+    made = not run_dir.exists()
+    try:
+        with hold_lock(
+            run_dir / RUN_LOCK,
+            what=f"run directory {run_dir}",
+            hint="another 'archer train' is using it: wait for it, stop it, or choose another --out",
+        ):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                if [p.name for p in run_dir.iterdir()] == [RUN_LOCK]:
+                    (run_dir / RUN_LOCK).unlink()
+                    run_dir.rmdir()

@@ -34,3 +34,12 @@ def check_output_dirs(cfg: Any, run_dir: Path) -> None:
     check_writable_dir(Path(cache), "trainer.cache_dir")
     if cfg.trace.enable and cfg.trace.dir:
         check_writable_dir(Path(str(cfg.trace.dir)), "trace.dir")
+
+
+def refuse_early(composed: Any) -> None:
+    """An engine's refusals that need no run directory (the CLI says them before it takes the
+    run's lock and makes its folder)."""
+    if composed.cfg.engine == "verl":
+        from archer.core.engines.verl.launch import refuse_early as verl_refuse_early
+
+        verl_refuse_early(composed)
