@@ -38,3 +38,9 @@ class DataError(ArcherError):
 
 class TraceError(ArcherError):
     """A trace directory or file is missing, truncated or of an unknown schema."""
+
+
+class Interrupted(ArcherError):
+    """The user stopped the run (Ctrl-C); it can be continued with --resume."""
+
+    exit_code = 130

@@ -77,9 +77,9 @@ def ablate(
         console().print("[dim]dry run: nothing was run[/dim]")
         return
 
-    if not resume:
-        check_new_sweep_dir(sweep.dir)
-    with sweep_lock(sweep.dir):
+    with sweep_lock(sweep.dir):  # before anything reads or writes the sweep's folder
+        if not resume:
+            check_new_sweep_dir(sweep.dir)
         check_no_orphans(sweep)
         if notes["added"]:
             note(f"added {len(notes['added'])} new case(s) from the grid: {', '.join(notes['added'])}")

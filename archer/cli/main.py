@@ -66,6 +66,21 @@ def _print_error(message: str, hint: str | None) -> None:
 CLI_ERRORS, CLI_ABORTS = _cli_exception_types()
 
 
+def _disk_full(e: BaseException) -> Any:
+    """`DiskFullError` for a full-disk error that reached here unwrapped (ENOSPC, or a library's
+    error quoting it), else None."""
+    import errno
+
+    full_errno = isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    if not full_errno and "No space left on device" not in str(e):
+        return None
+    from pathlib import Path
+
+    from archer.core.storage import disk_full_error
+
+    return disk_full_error(Path(str(getattr(e, "filename", None) or ".")), e)
+
+
 class ArcherGroup(TyperGroup):
     """A Typer group whose `main` routes every failure through one handler."""
 
@@ -112,11 +127,16 @@ class ArcherGroup(TyperGroup):
         except Exception as e:  # noqa: BLE001 - the one place that catches everything
             if debug_enabled():
                 raise
-            _print_error(
-                f"unexpected error: {type(e).__name__}: {e}",
-                f"set {DEBUG_ENV}=1 to see the full traceback, and please report it",
-            )
-            code = 1
+            full = _disk_full(e)
+            if full is not None:  # a write archer does not wrap itself still gets its one line
+                _print_error(full.message, full.hint)
+                code = full.exit_code
+            else:
+                _print_error(
+                    f"unexpected error: {type(e).__name__}: {e}",
+                    f"set {DEBUG_ENV}=1 to see the full traceback, and please report it",
+                )
+                code = 1
         if standalone_mode:
             sys.exit(code)
         return code

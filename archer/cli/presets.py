@@ -301,7 +301,16 @@ def cp(
         raise UsageError(
             f"directory {target.parent} does not exist", hint=f"create it first: mkdir -p {target.parent}"
         )
-    shutil.copyfile(src, target)
+    if not target.parent.is_dir():
+        raise UsageError(
+            f"{target.parent} is not a directory", hint="choose a destination folder or file name"
+        )
+    try:
+        shutil.copyfile(src, target)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {target}: {e.strerror or e}", hint="choose a destination you can write to"
+        ) from e
     out().print(f"Copied preset [bold]{src.stem}[/bold] to {target}")
     out().print(
         f"[dim]Edit it, then: archer presets validate {target}  ·  archer train --preset {target}[/dim]"

@@ -54,7 +54,7 @@ def train(
     from archer.cli._console import note, print_yaml, warn
     from archer.cli._console import out as console
     from archer.core.config import compose
-    from archer.core.run import CONFIG_FILE, check_new_run_dir, resolve_run_dir
+    from archer.core.run import CONFIG_FILE, check_new_run_dir, check_run_dir_path, resolve_run_dir
     from archer.errors import UsageError
 
     overrides = list(overrides or [])
@@ -104,12 +104,22 @@ def train(
         return
 
     composed.require_complete()
-    check_new_run_dir(run_dir, resume)
     from archer.cli.progress import ConsoleReporter
-    from archer.core.engines import run_engine
+    from archer.core.engines import check_output_dirs, refuse_early, run_engine
+    from archer.core.runlock import run_dir_lock
 
-    reporter = ConsoleReporter(console())
-    result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
+    refuse_early(composed)
+    check_run_dir_path(run_dir)
+    check_output_dirs(composed.cfg, run_dir)
+    with run_dir_lock(run_dir):  # one process per run directory, taken before anything is read or written
+        removed = check_new_run_dir(run_dir, resume)
+        if removed:
+            note(
+                f"{run_dir} held a run that stopped before its first step: "
+                f"replacing it ({', '.join(removed)})"
+            )
+        reporter = ConsoleReporter(console())
+        result = run_engine(composed, run_dir, resume=resume, reporter=reporter)
     if result is not None:
         print_summary(result, traced=bool(composed.cfg.trace.enable))
 

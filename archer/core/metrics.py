@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from archer.core.run import METRICS_FILE, atomic_write_text
+from archer.core.storage import writing
 
 
 def _clean(value: Any) -> Any:
@@ -233,8 +234,9 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": int(step)}
         row.update({k: _clean(v) for k, v in metrics.items()})
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         numeric = {
             k: v
             for k, v in row.items()
@@ -243,7 +245,8 @@ class MetricsLog:
         self.sinks.scalars(step, numeric)
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path):
+            self._file.close()
         self.sinks.close()
 
 

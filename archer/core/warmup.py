@@ -5,12 +5,13 @@ they never receive). The result is cached by a hash of everything that determine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,11 +299,27 @@ def copy_dir(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
+    with _temp_removed_on_failure(tmp, dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, tmp)
     if dst.exists():
         shutil.rmtree(dst)
     tmp.rename(dst)
+
+
+@contextlib.contextmanager
+def _temp_removed_on_failure(tmp: Path, final: Path) -> Iterator[None]:
+    """A failed write leaves no temp folder; a full disk becomes one line naming `final`."""
+    from archer.core.storage import disk_full_error
+
+    try:
+        yield
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(final, e) if isinstance(e, Exception) else None
+        if full is not None and full is not e:
+            raise full from e
+        raise
 
 
 def prepare_warmup(
@@ -314,20 +331,42 @@ def prepare_warmup(
     device: torch.device | str,
     demos: Callable[[], Sequence[Sequence[tuple[str, int]]] | None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> WarmupResult:
     """Run the supervised warm-up into `<run>/warmup`, or reuse this run's or the cache's.
 
     The cache (`trainer.cache_dir`, keyed by `warmup_key`) holds finished warm-ups only; a folder
-    becomes visible there or in the run by a rename, so a crash never leaves half a warm-up."""
+    becomes visible there or in the run by a rename, so a crash never leaves half a warm-up. One
+    process builds each cache entry (`.warmup-KEY.lock`): another run that needs the same warm-up
+    waits for it (`on_wait` names the builder) and then copies it."""
     if not cfg.warmup.enable or cfg.warmup.steps == 0:
         return WarmupResult(None, "off")
     target = Path(run_dir) / WARMUP_DIR
     if (target / DONE_MARKER).exists():
         return WarmupResult(target, "run")
     cached = cached_warmup_path(cache_dir, warmup_key(cfg, len(prompts), device=device))
-    if cfg.warmup.cache and (cached / DONE_MARKER).exists():
-        copy_dir(cached, target)
-        return WarmupResult(target, "cache")
+    if not cfg.warmup.cache:
+        return _build(cfg, target, None, prompts, device=device, demos=demos, on_step=on_step)
+    from archer.core.runlock import hold_lock
+
+    lock = cached.with_name(f".{cached.name}.lock")  # hidden: not an entry to anything that lists them
+    with hold_lock(lock, what=f"warm-up cache entry {cached}", wait=True, on_wait=on_wait):
+        if (cached / DONE_MARKER).exists():
+            copy_dir(cached, target)
+            return WarmupResult(target, "cache")
+        return _build(cfg, target, cached, prompts, device=device, demos=demos, on_step=on_step)
+
+
+def _build(
+    cfg: Any,
+    target: Path,
+    cached: Path | None,
+    prompts: Sequence[Any],
+    *,
+    device: torch.device | str,
+    demos: Callable[[], Sequence[Sequence[tuple[str, int]]] | None] | None,
+    on_step: Callable[[int, float], None] | None,
+) -> WarmupResult:
     from archer.core.models.loading import load_policy
 
     model, tok = load_policy(cfg)
@@ -346,12 +385,13 @@ def prepare_warmup(
     tmp = target.with_name(f".{WARMUP_DIR}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / DONE_MARKER).write_text(f"{stats}\n")
+    with _temp_removed_on_failure(tmp, target):
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / DONE_MARKER).write_text(f"{stats}\n")
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
-    if cfg.warmup.cache:
+    if cached is not None:
         copy_dir(target, cached)
     return WarmupResult(target, "trained", stats, time.time() - t0)

@@ -96,12 +96,29 @@ def file_status(
     except (KeyError, TypeError, ValueError):
         total = None
     steps = _last_step(metrics)
+    damaged = _trace_damage(path, config)
+    if damaged:  # the training ended, but what it recorded is not whole
+        return INCOMPLETE, damaged
     if total is not None and steps >= total:
         return FINISHED, None
     error = last_error_line(read_tail(path / LOG_FILE)) if (path / LOG_FILE).exists() else None
     if error:
         return FAILED, error
     return INCOMPLETE, f"{steps}/{total if total is not None else '?'} steps"
+
+
+def _trace_damage(path: Path, config: dict[str, Any] | None) -> str | None:
+    """Why the run's trace cannot be read as a whole, if its folder is there without a manifest."""
+    try:
+        trace = (config or {}).get("trace") or {}
+        if not trace.get("enable"):
+            return None
+        folder = Path(str(trace["dir"])).expanduser() if trace.get("dir") else path / "trace"
+    except (AttributeError, TypeError):
+        return None
+    if folder.is_dir() and not (folder / "manifest.jsonl").exists():
+        return f"trace manifest missing ({folder / 'manifest.jsonl'})"
+    return None
 
 
 def load_run(path: Path, warnings: list[str], name: str | None = None) -> RunEntry:

@@ -229,7 +229,6 @@ def _coerce_lists(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """'a.b=1' -> ('set', 'a.b', 1); '~a.b' -> ('del', 'a.b', None)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     s = text.strip()
     if s.startswith("--"):
@@ -240,9 +239,15 @@ def parse_override(text: str) -> tuple[str, str, Any]:
             ),
         )
     if s.startswith("~"):
-        key = s[1:].split("=", 1)[0].strip()
+        key, eq, _ = s[1:].partition("=")
+        key = key.strip()
         if not key:
             raise ConfigError(f"bad override '{text}': nothing after '~'")
+        if eq:
+            raise ConfigError(
+                f"bad override '{text}': ~key drops a value and takes none",
+                hint=f"~{key} to drop the preset's value, or {key}=VALUE to set it",
+            )
         return "del", key, None
     if s.startswith("+"):
         s = s.lstrip("+")
@@ -257,8 +262,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"bad override '{text}': empty key")
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot parse the value of override '{text}': {_first_line(e)}") from e
+    except Exception as e:  # OmegaConf's own errors, and YAML's (an unbalanced bracket or quote)
+        problem = getattr(e, "problem", None)  # a YAML error: "expected ',' or ']', but got ..."
+        why = f"{e.context}: {problem}" if problem and getattr(e, "context", None) else problem
+        raise ConfigError(
+            f"cannot parse the value of override '{text}': {why or _first_line(e)}",
+            hint="values are YAML: lists are [a,b], and a value holding brackets, commas or "
+            "quotes needs quoting, e.g. 'key=\"[x\"'",
+        ) from e
     return "set", key, parsed
 
 
@@ -358,6 +369,12 @@ def _cross_checks(c: dict[str, Any]) -> None:
                 f"'reward.by_source.{pattern}' must be one of {', '.join(REWARD_FUNCTIONS)}; got {name!r}",
                 hint="reward.by_source maps a data_source (or a glob pattern) to a reward function",
             )
+    betas = c["actor"]["optim"]["betas"]
+    if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        raise ConfigError(
+            f"'actor.optim.betas' must be two numbers in [0, 1); got {betas}",
+            hint="AdamW's (beta1, beta2), for example actor.optim.betas=[0.9,0.999]",
+        )
     tiny = c["model"]["tiny"]
     if c["model"]["path"] is None and tiny["hidden_size"] % tiny["num_heads"]:
         raise ConfigError(

@@ -80,19 +80,50 @@ def resolve_preset(ref: str, relative_to: Path | None = None) -> Path:
     raise UsageError(f"unknown preset '{ref}'", hint="run 'archer presets ls' to see the presets")
 
 
+def load_yaml_unique(text: str) -> Any:
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last value silently, so a preset edited in two places would quietly lose one)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"key '{key}' is given twice (lines {seen[key]} and {line})",
+                    hint="keep one of them: YAML would silently use the last",
+                )
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML file into a plain dict (interpolations kept as strings)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read preset {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"preset {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})",
+            hint="save the file as UTF-8",
+        ) from e
     try:
-        import yaml
-
-        data = yaml.safe_load(text)
+        data = load_yaml_unique(text)
+    except ConfigError as e:
+        raise ConfigError(f"preset {path}: {e.message}", hint=e.hint) from e
     except Exception as e:  # yaml.YAMLError and friends
         raise ConfigError(f"preset {path} is not valid YAML: {e}".replace("\n", " ")) from e
     if data is None:

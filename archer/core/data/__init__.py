@@ -90,6 +90,11 @@ def write_tables_atomic(tables: Mapping[Path, Any]) -> None:
         for tmp, path in temps:
             os.replace(tmp, path)
     except OSError as e:
+        from archer.core.storage import disk_full_error
+
+        full = disk_full_error(path, e)
+        if full is not None:
+            raise full from e
         raise DataError(
             f"cannot write {path}: {e.strerror or e}", hint="check free disk space and permissions"
         ) from e

@@ -262,6 +262,10 @@ def _canon_python_row(row: Any, fmt: str) -> tuple[str | None, str | None, str |
         kind = "missing_prompt"
     elif isinstance(prompt, str):
         problem = prompt
+    elif (
+        fmt == "processed" and isinstance(prompt, int) and not isinstance(prompt, bool)
+    ):  # as pyarrow reads it
+        problem = str(prompt)
     elif fmt == "raw" and isinstance(prompt, list):
         if not all(isinstance(m, dict) for m in prompt) or any(
             m.get("content") is not None and not isinstance(m.get("content"), str) for m in prompt
@@ -384,6 +388,9 @@ def _jsonl_arrow_batches(path: Path, progress: Progress | None) -> tuple[str, It
     def batches() -> Iterator[Any]:
         row0 = 0
         for batch in reader:
+            # pyarrow's JSON reader does not check UTF-8: an invalid byte would reach the parquet
+            # and fail in training; this raises ArrowInvalid, and the line-by-line reader counts it.
+            batch.validate(full=True)
             yield _canon_arrow(batch, fmt, row0)
             row0 += batch.num_rows
             if progress:
@@ -401,14 +408,14 @@ def _jsonl_python_batches(path: Path, progress: Progress | None) -> tuple[str, I
 
     def lines() -> Iterator[Any]:
         try:
-            with path.open(encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError:
+            with path.open("rb") as f:
+                for raw in f:
+                    if raw.strip():
+                        try:  # invalid UTF-8 is not JSON text either (RFC 8259): one bad row
+                            yield json.loads(raw.decode("utf-8"))
+                        except (json.JSONDecodeError, UnicodeDecodeError):
                             yield _INVALID
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise _read_error(path, e) from e
 
     it = lines()

@@ -96,6 +96,11 @@ def _read_parquet(path: Path, prompt_key: str, answer_key: str) -> tuple[list[st
     wanted += [c for c in ("data_source", "extra_info") if c in columns and c not in wanted]
     try:
         rows = pq.read_table(path, columns=list(dict.fromkeys(wanted))).to_pylist()
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} holds text that is not valid UTF-8 ({e.reason} at byte {e.start} of a value)",
+            hint="re-create the file from a clean source, e.g. archer data prepare dapo-math --strict",
+        ) from e
     except (pa.ArrowException, OSError) as e:
         raise DataError(
             f"cannot read {path}: {e}", hint="check that the file is a complete parquet file"

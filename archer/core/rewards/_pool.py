@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -305,6 +306,9 @@ def _worker_main(argv: list[str]) -> int:
     from multiprocessing.connection import Connection
 
     conn = Connection(int(argv[0]))
+    # Ctrl-C in a terminal reaches the whole process group; the trainer finishes its step on the
+    # first one (archer.core.interrupt), so its graders must keep working: the caller stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
         for module in argv[1:]:

@@ -16,7 +16,7 @@ from typing import Any
 from archer.errors import ConfigError, UsageError
 
 from .grid import Case, expand_grid, load_grid
-from .state import SWEEP_FILE, CaseRecord, Sweep
+from .state import SWEEP_FILE, SWEEP_LOCK, CaseRecord, Sweep
 
 # Keys that only say where things go; two cases differing only there are the same experiment.
 PLACEMENT_KEYS = ("trainer.out_dir", "trainer.run_name", "trainer.cache_dir", "trace.dir", "description")
@@ -134,7 +134,7 @@ def check_new_sweep_dir(directory: Path) -> None:
             f"{directory} already holds a sweep",
             hint=f"continue it with 'archer ablate --resume --out {directory}', or choose another --out",
         )
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and any(p.name != SWEEP_LOCK for p in directory.iterdir()):
         raise UsageError(
             f"{directory} is not empty and holds no {SWEEP_FILE}", hint="choose a new --out directory"
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from archer.core.run import CONFIG_FILE, METRICS_FILE
+from archer.core.runlock import RUN_LOCK
 from archer.errors import ArcherError
 
 from .state import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, Attempt, CaseRecord, Sweep, now
@@ -404,8 +405,8 @@ def _prepare_case_dir(case_dir: Path, attempt: int, *, keep_run: bool) -> None:
     if keep_run:
         return
     for entry in case_dir.iterdir():
-        if re.fullmatch(r"train(\.attempt\d+)?\.log", entry.name):
-            continue
+        if re.fullmatch(r"train(\.attempt\d+)?\.log", entry.name) or entry.name == RUN_LOCK:
+            continue  # a lock file is never removed: a live holder would lose its exclusion
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:

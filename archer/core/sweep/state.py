@@ -20,6 +20,7 @@ from archer.core.run import atomic_write_text
 from archer.errors import UsageError
 
 SWEEP_FILE = "sweep.json"
+SWEEP_LOCK = ".sweep.lock"
 FORMAT = "archer-sweep"
 VERSION = 1
 
@@ -171,18 +172,11 @@ class Sweep:
 def sweep_lock(directory: Path) -> Iterator[None]:
     """Hold `<sweep>/.sweep.lock` so two `archer ablate` processes never run one sweep (the kernel
     drops the lock when the holder dies, so a killed sweep does not leave it stuck)."""
-    import fcntl
+    from archer.core.runlock import hold_lock
 
-    directory.mkdir(parents=True, exist_ok=True)
-    f = open(directory / ".sweep.lock", "w")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                f"another 'archer ablate' is running the sweep in {directory}",
-                hint="wait for it to finish, or stop it with Ctrl-C",
-            ) from None
+    with hold_lock(
+        directory / SWEEP_LOCK,
+        what=f"sweep {directory}",
+        hint="another 'archer ablate' is running it: wait for it to finish, or stop it with Ctrl-C",
+    ):
         yield
-    finally:
-        f.close()

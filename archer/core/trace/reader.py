@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from archer.errors import TraceError
 
 from .schema import (
+    COLUMNS,
     FORMAT,
     META_SCHEMA_VERSION,
     SCHEMA_VERSION,
@@ -244,6 +245,13 @@ class TraceReader:
                 meta = pf.schema_arrow.metadata or {}
                 raw = meta.get(META_SCHEMA_VERSION)
                 _check_version(int(raw) if raw is not None and raw.isdigit() else raw, path)
+                missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+                if missing:  # a foreign parquet listed in the manifest
+                    raise TraceError(
+                        f"{path} (step {step}) is not an archer trace step: it lacks the columns "
+                        f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}",
+                        hint=f"remove its line from {self._manifest_path}, or put the step's own file back",
+                    )
                 yield pf
         except FileNotFoundError as e:
             raise TraceError(f"step {step}: {path} is missing") from e

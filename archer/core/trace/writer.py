@@ -9,6 +9,7 @@ run left behind so the resumed run continues without duplicate steps.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -27,7 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from archer.core.run import atomic_write_text
-from archer.errors import TraceError
+from archer.core.storage import DiskFullError, disk_full_error
+from archer.errors import ArcherError, TraceError
 
 from .schema import (
     DICTIONARY_COLUMNS,
@@ -43,6 +45,10 @@ SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.jsonl"
 LATEST_FILE = "latest_step.txt"
 STEPS_DIR = "steps"
+
+
+class TraceDiskFullError(DiskFullError, TraceError):
+    """The trace's disk is full (a `TraceError` too, for callers that catch those)."""
 
 
 def _now() -> str:
@@ -272,6 +278,9 @@ class TraceWriter:
                 try:
                     self._update_summary({"updated": _now()})
                 except (OSError, ValueError) as e:
+                    full = disk_full_error(self.dir / SUMMARY_FILE, e, TraceDiskFullError)
+                    if full is not None:
+                        raise full from e
                     raise TraceError(f"cannot update {self.dir / SUMMARY_FILE}: {e}") from e
         if self._error is not None and not self._error_reported:
             self._raise_if_failed()
@@ -298,7 +307,7 @@ class TraceWriter:
             return
         try:  # do not hide the exception already in flight
             self.close()
-        except TraceError as e:
+        except ArcherError as e:
             if hasattr(exc, "add_note"):
                 exc.add_note(f"also: {e}")
 
@@ -322,6 +331,9 @@ class TraceWriter:
         if self._error is not None:
             self._error_reported = True
             step, exc = self._error
+            full = disk_full_error(self._steps_dir / step_file_name(step), exc, TraceDiskFullError)
+            if full is not None:
+                raise full from exc
             raise TraceError(
                 f"writing trace step {step} to {self.dir} failed: {type(exc).__name__}: {exc}",
                 hint="check free disk space and permissions of the trace directory",
@@ -351,19 +363,24 @@ class TraceWriter:
         # The temp name does not end in .parquet, so 'steps/*.parquet' globs never match it.
         tmp = self._steps_dir / f".{name}.tmp-{os.getpid()}"
         names = table.schema.names
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            compression_level=self.compression_level,
-            use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
-            row_group_size=self.row_group_size,
-            write_statistics=True,
-            write_page_checksum=True,  # readers verify it: bit rot is an error, not wrong numbers
-        )
-        if self.fsync:
-            _fsync_path(tmp)
-        os.replace(tmp, final)
+        try:
+            pq.write_table(
+                table,
+                tmp,
+                compression="zstd",
+                compression_level=self.compression_level,
+                use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
+                row_group_size=self.row_group_size,
+                write_statistics=True,
+                write_page_checksum=True,  # readers verify it: bit rot is an error, not wrong numbers
+            )
+            if self.fsync:
+                _fsync_path(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no half file left behind (a full disk, a bad table)
+                tmp.unlink()
+            raise
         if self.fsync:
             _fsync_path(self._steps_dir)
         size = final.stat().st_size

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from archer.core.run import atomic_write_text
+from archer.core.storage import disk_full_error
 
 CKPT_DIR = "checkpoints"
 LATEST = "latest.txt"
@@ -57,21 +58,28 @@ def save_checkpoint(
     tmp = root / f".step_{step:06d}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            **extra,
-        },
-        tmp / STATE_FILE,
-    )
-    (tmp / "checkpoint.json").write_text(json.dumps({"step": step}) + "\n")
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(),
+                **extra,
+            },
+            tmp / STATE_FILE,
+        )
+        (tmp / "checkpoint.json").write_text(json.dumps({"step": step}) + "\n")
+        _fsync_dir(tmp)
+    except BaseException as e:  # the half-written folder goes; the last complete checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(tmp.with_name(final.name), e) if isinstance(e, Exception) else None
+        if full is not None:
+            raise full from e
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

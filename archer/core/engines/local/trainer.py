@@ -26,6 +26,7 @@ from archer.core.engines.local import checkpoint as ckpt
 from archer.core.engines.local.evaluation import evaluate
 from archer.core.engines.local.forward import step_logprobs
 from archer.core.engines.local.update import UpdateBatch, ppo_update
+from archer.core.interrupt import StopRequest
 from archer.core.metrics import MetricsLog
 from archer.core.progress import Reporter, RunInfo, TrainResult
 from archer.core.rollout.batch import Rollout, concat_rollouts
@@ -40,7 +41,7 @@ from archer.core.rollout.record import (
 )
 from archer.core.run import write_run_files
 from archer.core.warmup import WarmupResult, prepare_warmup
-from archer.errors import ArcherError
+from archer.errors import ArcherError, Interrupted
 
 
 def pick_device(name: str) -> torch.device:
@@ -193,8 +194,8 @@ class LocalTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda())
         if resume_from is not None:
             self._restore(resume_from)
-        elif self.resume:
-            MetricsLog.truncate(self.run_dir, 0)
+        elif self.resume:  # stopped before its first checkpoint: start over, step 0 included
+            MetricsLog.truncate(self.run_dir, -1)
 
         self.influence = None
         if cfg.influence.enable:
@@ -246,6 +247,9 @@ class LocalTrainer:
                 if self.agent is not None
                 else None,
                 on_step=lambda i, loss: self.reporter.warmup_progress(i, int(self.cfg.warmup.steps), loss),
+                on_wait=lambda holder: self.reporter.note(
+                    f"warm-up: waiting for {holder}, which is building the same warm-up (trainer.cache_dir)"
+                ),
             )
         finally:
             self.reporter.warmup_done()
@@ -600,60 +604,93 @@ class LocalTrainer:
         )
 
     def fit(self) -> dict[str, Any]:
+        """The RL loop. Ctrl-C (SIGINT) is taken at a step boundary: the step under way finishes
+        and is checkpointed, so `--resume` continues exactly as if never stopped; a second Ctrl-C
+        stops at once and keeps only the last checkpoint (the half-done step is never saved)."""
         tcfg = self.cfg.trainer
         total = int(tcfg.total_steps)
         t0 = time.time()
         report = self.reporter
         report.training_started(total, self.global_step, int(tcfg.logging.log_every))
+        stop = StopRequest(on_first=self._note_stopping)
+        saved_at = None
         try:
-            if self.global_step == 0 and tcfg.val_before_train and self.val_prompts:
-                report.status("validating…")
-                self.first_val = self.validate()
-                self.metrics_log.log(0, self.first_val)
-                report.validated(0, self.first_val)
-            while self.global_step < total:
-                metrics = self.step()
-                step = self.global_step
-                if tcfg.val_every and step % tcfg.val_every == 0 and step < total and self.val_prompts:
+            with stop:
+                if self.global_step == 0 and tcfg.val_before_train and self.val_prompts:
                     report.status("validating…")
-                    val = self.validate()
-                    metrics.update(val)
-                    report.validated(step, val)
-                if step == total and self.val_prompts:
-                    report.status("final validation…")
-                    self.last_val = self.validate()
-                    metrics.update(self.last_val)
-                    report.validated(step, self.last_val)
-                self.metrics_log.log(step, metrics)
-                report.step_done(step, metrics)
-                if (tcfg.save_every and step % tcfg.save_every == 0) or step == total:
-                    report.status("checkpoint…")
-                    self.save()
-        except KeyboardInterrupt:
-            if self.global_step > 0:
-                report.note(f"interrupted: saving a checkpoint at step {self.global_step}…")
-                self.save()
-            raise ArcherError(
-                f"training interrupted at step {self.global_step}",
+                    self.first_val = self.validate()
+                    self.metrics_log.log(0, self.first_val)
+                    report.validated(0, self.first_val)
+                while self.global_step < total and not stop.requested:
+                    metrics = self.step()
+                    step = self.global_step
+                    if tcfg.val_every and step % tcfg.val_every == 0 and step < total and self.val_prompts:
+                        report.status("validating…")
+                        val = self.validate()
+                        metrics.update(val)
+                        report.validated(step, val)
+                    if step == total and self.val_prompts:
+                        report.status("final validation…")
+                        self.last_val = self.validate()
+                        metrics.update(self.last_val)
+                        report.validated(step, self.last_val)
+                    self.metrics_log.log(step, metrics)
+                    report.step_done(step, metrics)
+                    if (tcfg.save_every and step % tcfg.save_every == 0) or step == total or stop.requested:
+                        report.status("checkpoint…")
+                        self.save()
+                        saved_at = step
+        except KeyboardInterrupt:  # the second Ctrl-C: the step under way is dropped
+            last = ckpt.latest_checkpoint(self.run_dir)
+            raise Interrupted(
+                f"training stopped during step {self.global_step + 1}; "
+                + (f"the last checkpoint is {last.name}" if last else "no checkpoint was saved yet"),
                 hint=f"continue with: archer train --resume --out {self.run_dir}",
             ) from None
         finally:
             report.training_ended()
+        if stop.requested and self.global_step < total:
+            raise Interrupted(
+                f"training interrupted after step {self.global_step}"
+                + (f" ({ckpt.CKPT_DIR}/step_{saved_at:06d} saved)" if saved_at == self.global_step else ""),
+                hint=f"continue with: archer train --resume --out {self.run_dir}",
+            )
         return {"seconds": time.time() - t0, "first_val": self.first_val, "last_val": self.last_val}
 
-    def close(self) -> None:
+    def _note_stopping(self) -> None:
+        self.reporter.note(
+            "interrupt: stopping after the step under way, which is checkpointed "
+            "(Ctrl-C again stops now, keeping only the last checkpoint)"
+        )
+
+    def close(self, failing: BaseException | None = None) -> None:
+        """Release tools, the trace writer and the metrics file. While `failing` (the error that
+        ended the run) is in flight, a failure to close is added to it as a note instead of
+        replacing it: a full disk shows the write that failed first, not the trace's close."""
+        closers = []
         if getattr(self, "agent", None) is not None:
-            self.agent.close()
+            closers.append(self.agent.close)
             self.agent = None
         if getattr(self, "influence", None) is not None:
-            self.influence.tracer.close()
+            closers.append(self.influence.tracer.close)
             self.influence = None
         if self.trace is not None:
-            self.trace.close()
+            closers.append(self.trace.close)
             self.trace = None
         if self.metrics_log is not None:
-            self.metrics_log.close()
+            closers.append(self.metrics_log.close)
             self.metrics_log = None
+        first: BaseException | None = None
+        for close in closers:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - every resource gets its close
+                if failing is not None:
+                    failing.add_note(f"also, while closing: {type(e).__name__}: {e}")
+                elif first is None:
+                    first = e
+        if first is not None:
+            raise first
 
 
 def train(
@@ -664,8 +701,10 @@ def train(
     try:
         trainer.setup()
         result = trainer.fit()
-    finally:
-        trainer.close()
+    except BaseException as e:
+        trainer.close(failing=e)
+        raise
+    trainer.close()
     return TrainResult(
         run_dir=Path(run_dir),
         setup_seconds=trainer.setup_seconds,

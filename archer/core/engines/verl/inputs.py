@@ -96,7 +96,9 @@ def plan_inputs(cfg: Any, run_dir: Path) -> Inputs:
     return Inputs(train, val, model, made)
 
 
-def make_inputs(cfg: Any, run_dir: Path, *, cache_dir: Path, on_warmup_step: Any = None) -> Inputs:
+def make_inputs(
+    cfg: Any, run_dir: Path, *, cache_dir: Path, on_warmup_step: Any = None, on_warmup_wait: Any = None
+) -> Inputs:
     """Write what `plan_inputs` names (each only once per run directory; a resumed run reuses
     them) and point the config at it. `cfg` is archer's composed config, changed in place."""
     from archer.core.rollout.prompts import synth_files
@@ -109,7 +111,7 @@ def make_inputs(cfg: Any, run_dir: Path, *, cache_dir: Path, on_warmup_step: Any
         if not _given(cfg, "data", "val_files"):
             _set(cfg, "data.val_files", val)
     if not _given(cfg, "model", "path"):
-        model = _make_model(cfg, run_dir, cache_dir, on_warmup_step)
+        model = _make_model(cfg, run_dir, cache_dir, on_warmup_step, on_warmup_wait)
         _set(cfg, "model.path", model)
         _set(cfg, "model.tokenizer_path", str(Path(model) / TOKENIZER_DIR))
     return Inputs(list(cfg.data.train_files), list(cfg.data.val_files), cfg.model.path, plan.made)
@@ -142,7 +144,9 @@ def fit_tokenizer_for_verl(folder: Path) -> Path:
     return tok_dir
 
 
-def _make_model(cfg: Any, run_dir: Path, cache_dir: Path, on_warmup_step: Any) -> str:
+def _make_model(
+    cfg: Any, run_dir: Path, cache_dir: Path, on_warmup_step: Any, on_warmup_wait: Any = None
+) -> str:
     import shutil
 
     from archer.core.models.loading import load_policy, load_tokenizer
@@ -155,7 +159,9 @@ def _make_model(cfg: Any, run_dir: Path, cache_dir: Path, on_warmup_step: Any) -
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # before Ray: the GPU is still free
-        result = prepare_warmup(cfg, run_dir, cache_dir, train, device=device, on_step=on_warmup_step)
+        result = prepare_warmup(
+            cfg, run_dir, cache_dir, train, device=device, on_step=on_warmup_step, on_wait=on_warmup_wait
+        )
         if device == "cuda":  # hand the memory back before verl's workers take the GPU
             import gc
 

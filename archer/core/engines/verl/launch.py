@@ -371,7 +371,11 @@ def _preflight(vc: Any) -> None:
             f"archer's verl plugin did not register: {type(e).__name__}: {e}",
             hint="archer env shows what is installed",
         ) from e
-    engine = vc.select("actor_rollout_ref.rollout.name")
+    check_rollout_installed(vc.select("actor_rollout_ref.rollout.name"))
+
+
+def check_rollout_installed(engine: Any) -> None:
+    """Refuse a rollout engine whose package is missing, before Ray starts."""
     if not rollout_installed(engine):
         raise ArcherError(
             f"the verl engine rolls out with {engine}, which is not installed here",
@@ -379,6 +383,12 @@ def _preflight(vc: Any) -> None:
             "rollout: rollout.backend=hf (add trainer.device=cpu without a GPU); "
             "'archer train ... --dry-run' checks the config on any machine",
         )
+
+
+def refuse_early(composed: Any) -> None:
+    """The refusals that need neither the run directory nor verl's config: said before
+    `archer train` takes the run's lock, so a refused run leaves no folder behind."""
+    refuse_agent(composed)
 
 
 def train(
@@ -407,6 +417,9 @@ def train(
             run_dir,
             cache_dir=cache_dir,
             on_warmup_step=lambda i, loss: reporter.warmup_progress(i, steps, loss),
+            on_warmup_wait=lambda holder: reporter.note(
+                f"warm-up: waiting for {holder}, which is building the same warm-up (trainer.cache_dir)"
+            ),
         )
     finally:
         reporter.warmup_done()
