@@ -449,7 +449,8 @@ def test_agent_enable_installs_archers_agent_loop_manager_and_its_settings():
         == "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
     )
     agent = vc.select("archer.agent")
-    assert agent.initial_rollouts == 2 and agent.algorithm == "arpo" and agent.cache_dir
+    assert agent.initial_rollouts == 1 and agent.refill == "one"
+    assert agent.algorithm == "arpo" and agent.cache_dir
     assert vc.select("reward.custom_reward_function.reward_kwargs.agent_answer") is True
     plain = verl_config("quickstart-verl", "warmup.enable=false")
     assert plain.select("actor_rollout_ref.rollout.agent.agent_loop_manager_class") is None
