@@ -211,7 +211,8 @@ class ArcherTrainer(PPOTrainerSync):
 
     def _archer_agent_metrics(self, batch) -> dict[str, float]:
         """agent.enable: branches, tool calls, errors, budget fill, ΔH at the branch points."""
-        if not self.config.actor_rollout_ref.rollout.agent.get("agent_loop_manager_class"):
+        agent = getattr(self, "archer", {}).get("agent")
+        if not agent or not agent.get("enable"):
             return {}
         extra = self._archer_optional(batch, "extra_fields")
         summaries = agent_summaries(as_list(extra) if extra is not None else None, len(batch.keys))
