@@ -100,3 +100,59 @@ def test_agent_mode_advantage_is_the_mean_over_trained_tokens_only():
     table = batch.record(entropy, advantages).table(1)
     assert np.allclose(table.column("advantage").to_numpy(), [0.5, -0.5, 1.0, -1.0])  # not diluted
     assert isinstance(table, pa.Table)
+
+
+def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
+    """verl's agent rows carry their roles and decisions in extra_fields["archer_agent"]; the driver's
+    table has the local engine's token_role column, and its agent metrics are the shared stats."""
+    from archer.core.agent.stats import rollout_stats
+    from archer.core.engines.verl.steps import agent_metrics
+
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 1], [1, 0, 0, 0]])
+    batch, entropy, advantages = make_step(loss_mask=mask)
+    roles = [
+        np.array([ROLE_MODEL, ROLE_MODEL, ROLE_TOOL_RESULT], np.int8),
+        np.array([ROLE_MODEL, ROLE_MODEL], np.int8),
+        np.array([ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_MODEL, ROLE_MODEL], np.int8),
+        np.array([ROLE_MODEL], np.int8),
+    ]
+    batch.token_role = roles
+    local = batch.record(entropy, advantages).table(2)
+    ro, lengths = batch.rollout, batch.rollout.response_lengths.tolist()
+    uids = batch.uids()
+    origins = ["initial", "branch", "initial", "fresh"]
+    calls = [[["python", "ok"]], [["python", "ok"]], [["search", "error"]], []]
+    decisions = [[[0.0, True]], [], [[0.1, False]], []]
+    keys = [f"{uids[i]}_{ro.sample[i]}_0" for i in range(4)]
+    trimmed = lambda t: [t[i, : lengths[i]] for i in range(4)]  # noqa: E731
+    summaries = [
+        {"origin": origins[i], "calls": calls[i], "decisions": decisions[i], "roles": roles[i].tolist()}
+        for i in range(4)
+    ]
+    data = {
+        "prompts": [ro.prompt_ids[i][ro.prompt_mask[i].bool()] for i in range(4)],
+        "responses": trimmed(ro.response_ids),
+        "response_mask": trimmed(ro.train_mask),
+        "entropy": trimmed(entropy),
+        "advantages": trimmed(advantages),
+        "rm_scores": [
+            torch.zeros(lengths[i]).index_fill_(0, torch.tensor([lengths[i] - 1]), float(batch.rewards[i]))
+            for i in range(4)
+        ],
+        "data_source": ["arith"] * 4,
+        "extra_fields": [
+            {"reward_extra_info": {"acc": float(batch.correct[i])}, "archer_agent": summaries[i]}
+            for i in range(4)
+        ],
+    }
+    verl = step_record(keys, np.zeros(4, bool), data, max_response_length=4).table(2)
+    assert verl.column("token_role").to_pylist() == local.column("token_role").to_pylist()
+    assert verl.column("token_role").to_pylist()[2] == [ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_MODEL, ROLE_MODEL]
+
+    m = agent_metrics(keys, np.zeros(4, bool), summaries, n=2)
+    ref = rollout_stats(
+        origins, [[tuple(c) for c in cs] for cs in calls], [(0.0, True), (0.1, False)], prompts=2, n=2
+    )
+    assert m == ref
+    assert m["agent/branches"] == 1 and m["agent/fresh_rollouts"] == 1 and m["agent/tool_calls"] == 3
+    assert m["agent/tool_errors"] == 1 and m["agent/branch_rate"] == 0.5 and m["agent/budget_fill"] == 1.0

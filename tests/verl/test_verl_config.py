@@ -417,17 +417,44 @@ def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path, inputs):
 
 
 @pytest.mark.parametrize("preset", ["arpo", "aepo"])
-def test_agent_presets_dry_run_but_training_them_on_verl_is_refused(preset, tmp_path, inputs):
+def test_agent_presets_on_verl_need_the_hf_rollout_and_are_refused_before_ray_otherwise(
+    preset, tmp_path, inputs
+):
+    """agent.enable on verl runs archer's agent loop with the hf rollout (its entropy source);
+    with vLLM (the presets' backend) the dry run warns and training is refused before Ray."""
     import ray
 
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "--preset", preset, *inputs, SDPA, "--out", str(out), "--dry-run"])
     assert r.exit_code == 0, r.output
-    assert "does not run multi-turn tool rollouts yet" in r.stderr
+    assert "hf backend only" in r.stderr
     r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out)])
     assert r.exit_code == 2, r.output
-    assert "does not run multi-turn tool rollouts yet" in r.stderr and "engine=local" in r.stderr
+    assert "hf backend only" in r.stderr and "rollout.backend=hf" in r.stderr and "engine=local" in r.stderr
     assert not ray.is_initialized() and not out.exists()
+
+
+def test_aepo_lock_step_counting_is_refused_on_verl(tmp_path, inputs):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "aepo", *REQUIRED, "rollout.backend=hf", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "consecutive_count=decision" in r.stderr and not out.exists()
+
+
+def test_agent_enable_installs_archers_agent_loop_manager_and_its_settings():
+    vc = verl_config("arpo-verl-smoke", "warmup.enable=false")
+    assert (
+        vc.select("actor_rollout_ref.rollout.agent.agent_loop_manager_class")
+        == "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
+    )
+    agent = vc.select("archer.agent")
+    assert agent.initial_rollouts == 1 and agent.refill == "one"
+    assert agent.algorithm == "arpo" and agent.cache_dir
+    assert vc.select("reward.custom_reward_function.reward_kwargs.agent_answer") is True
+    plain = verl_config("quickstart-verl", "warmup.enable=false")
+    assert plain.select("actor_rollout_ref.rollout.agent.agent_loop_manager_class") is None
+    assert plain.select("archer.agent") is None
 
 
 def test_aepo_preset_selects_archers_aepo_loss_with_its_knob():

@@ -89,6 +89,31 @@ def test_concurrent_requests_are_batched_and_answer_like_greedy_generate(model_d
             assert out.token_ids[-1] in adapter.eos_ids  # stopped on EOS, which is kept (as vLLM)
 
 
+def test_entropy_requests_get_the_exact_entropy_of_every_sampled_position(model_dir):
+    """archer's agent loop asks for `archer_entropy_topk`: the reply carries, per generated token,
+    the exact entropy of log_softmax(logits / T) and ARPO's top-k truncated entropy, as a plain
+    forward over prompt + response gives them; a request without the key gets neither."""
+    from archer.core.agent.branching import token_entropies
+
+    adapter = make_adapter(model_dir)
+    T, k = 0.8, 5
+    params = {"temperature": T, "top_p": 1.0, "top_k": -1, "logprobs": True, "archer_entropy_topk": k}
+    prompt = [5, 6, 7, 8]
+    out = asyncio.run(adapter.generate(prompt, dict(params), "e"))
+    full, trunc = out.extra_fields["archer_entropy"], out.extra_fields["archer_topk_entropy"]
+    assert len(full) == len(trunc) == len(out.token_ids)
+    ids = torch.tensor([prompt + out.token_ids])
+    with torch.no_grad():
+        logits = adapter.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    ref_full, ref_trunc = token_entropies(logits, T, k)
+    torch.testing.assert_close(torch.tensor(full), ref_full, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(trunc), ref_trunc, atol=1e-4, rtol=0)
+    assert all(t <= f + 1e-6 for t, f in zip(trunc, full))
+    del params["archer_entropy_topk"]
+    plain = asyncio.run(adapter.generate(prompt, dict(params), "p"))
+    assert "archer_entropy" not in plain.extra_fields
+
+
 def test_weights_arrive_by_name_and_every_parameter_must_be_written(model_dir):
     adapter = make_adapter(model_dir)
     params = {"temperature": 0, "top_p": 1.0, "top_k": -1, "logprobs": True}

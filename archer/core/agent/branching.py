@@ -22,8 +22,10 @@ root sample and H̄_tool the mean entropy of every segment of one monitoring too
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -93,6 +95,35 @@ class ConsecutiveCounter:
             self.c = [c + 1 if g in gained else 0 for g, c in enumerate(self.c)]
 
 
+def entropy_delta(last_h: float | None, base_h: float | None) -> float:
+    """ΔH at a branching decision: the entropy of the segment that ended in the latest tool call
+    minus the trajectory's base (its first segment; a branch's first post-branch one). 0 before any."""
+    last = last_h or 0.0
+    return last - (base_h if base_h is not None else last)
+
+
+def segment_entropy(truncated_sum: float, vocab_size: int) -> float:
+    """A segment's entropy: the summed top-k truncated entropies of its first tokens over ln |V|."""
+    return float(truncated_sum) / math.log(vocab_size)
+
+
+def fork_budget(b: BranchSettings, room: int) -> int:
+    """How many copies a trajectory that branches may make, given the prompt's room left in its
+    budget; 0 means no decision is taken at all (no branching mode, no room, a beam of 1)."""
+    if b.mode == "none" or room <= 0 or b.beam_size < 2:
+        return 0
+    return min(b.beam_size - 1, room)
+
+
+def branch_decision(b: BranchSettings, delta_h: float, u: float, consecutive: int = 0) -> bool:
+    """ARPO's or AEPO's rule for one draw U (the one code path of both engines' agent loops)."""
+    if b.mode == "aepo":
+        return aepo_branches(
+            u, delta_h, b.branch_probability, b.entropy_weight, consecutive, b.consecutive_penalty
+        )
+    return arpo_branches(u, delta_h, b.branch_probability, b.entropy_weight)
+
+
 def dynamic_global_rollouts(n: int, h_root: float, h_tool: float) -> int:
     """AEPO's global-rollout count (β = 0.5 as hard-coded there)."""
     m = int(n / (1.0 + math.exp(-0.5 * (h_root - h_tool)))) + 1
@@ -111,3 +142,36 @@ def token_entropies(logits: torch.Tensor, temperature: float, topk: int) -> tupl
     else:
         trunc = full
     return full, trunc
+
+
+@dataclass(frozen=True)
+class TopkEntropy:
+    """What k log-probs of one position say about its entropy H = -Σ p log p.
+
+    `truncated` = -Σ_top-k p log p is ARPO's quantity (what `token_entropies` returns as its
+    second value, and what the branching rule uses); it never exceeds H, and misses the tail's
+    share. The tail (mass m = 1 - Σ_top-k p over the V - k other tokens, each at most the k-th
+    probability p_k) contributes between m·(-log p_k) and m·log((V - k)/m), so
+    `lower` <= H <= `upper`."""
+
+    truncated: float
+    lower: float
+    upper: float
+    tail_mass: float
+
+
+def topk_entropy(top_logprobs: Sequence[float], vocab_size: int) -> TopkEntropy:
+    """The entropy estimate of one position from its top-k log-probs (a server such as vLLM
+    returns these, never the whole distribution); log-probs of the full softmax, any order."""
+    lp = np.asarray(sorted((float(x) for x in top_logprobs), reverse=True), dtype=np.float64)
+    if lp.size == 0:
+        raise ValueError("topk_entropy needs at least one log-prob")
+    p = np.exp(lp)
+    truncated = float(-(p * lp).sum())
+    tail = float(max(0.0, 1.0 - p.sum()))
+    rest = int(vocab_size) - lp.size
+    if tail <= 1e-12 or rest <= 0:
+        return TopkEntropy(truncated, truncated, truncated, tail)
+    lower = truncated + tail * float(-lp[-1])
+    upper = truncated + tail * math.log(rest / tail)
+    return TopkEntropy(truncated, lower, max(lower, upper), tail)

@@ -24,11 +24,8 @@ def check_config(cfg: Any) -> None:
     """Agent-mode rules the schema cannot express; ConfigError with a hint."""
     a = cfg.agent
     n = int(cfg.rollout.n)
-    if cfg.engine != "local":
-        raise ConfigError(
-            "agent.enable runs on the local engine only (verl's agent loop is not wired yet)",
-            hint="use engine=local, or see docs/agentic.md for what waits for verl",
-        )
+    if cfg.engine == "verl":
+        check_verl(cfg)
     if a.initial_rollouts > n:
         raise ConfigError(
             f"agent.initial_rollouts ({a.initial_rollouts}) must be <= rollout.n ({n}), the "
@@ -51,6 +48,23 @@ def check_config(cfg: Any) -> None:
                 f"({cfg.model.tiny.max_position_embeddings})",
                 hint=f"set model.tiny.max_position_embeddings={need}",
             )
+
+
+def check_verl(cfg: Any) -> None:
+    """What archer's verl agent loop (a per-prompt server rollout, docs/agentic.md) runs today."""
+    from archer.core.agent.group import check_group_settings
+
+    if cfg.rollout.backend != "hf":
+        raise ConfigError(
+            f"agent.enable on verl rolls out with archer's hf backend only, not {cfg.rollout.backend}: "
+            "the branching rule needs per-token entropies, which verl's vLLM/SGLang servers do not "
+            "return (they send back the sampled token's log-prob only)",
+            hint="add rollout.backend=hf, or run engine=local",
+        )
+    try:
+        check_group_settings(branch_settings(cfg.agent, int(cfg.rollout.n)))
+    except ValueError as e:
+        raise ConfigError(f"agent.enable on verl: {e}", hint="or run engine=local") from e
 
 
 def prepare_task_data(cfg: Any, data_dir: Path) -> None:
@@ -83,58 +97,86 @@ def tool_call_for(prompt_text: str, data_source: str) -> tuple[str, str] | None:
     return None
 
 
+def branch_settings(a: Any, n: int, *, validation: bool = False) -> BranchSettings:
+    """The `agent.*` section as the branching rule's settings (validation: n plain rollouts)."""
+    if validation:
+        return BranchSettings(n=n, initial_rollouts=n, mode="none")
+    return BranchSettings(
+        n=n,
+        initial_rollouts=int(a.initial_rollouts),
+        beam_size=int(a.beam_size),
+        branch_probability=float(a.branch_probability),
+        entropy_weight=float(a.entropy_weight),
+        entropy_tokens=int(a.entropy_tokens),
+        entropy_topk=int(a.entropy_topk),
+        mode=str(a.algorithm),
+        refill=str(a.refill),
+        consecutive_penalty=float(a.aepo.consecutive_penalty),
+        dynamic_rollouts=bool(a.aepo.dynamic_rollouts),
+        consecutive_count=str(a.aepo.consecutive_count),
+    )
+
+
+def build_tools(
+    a: Any, run_dir: Path, cache_dir: Path, *, needs_corpus: bool = False
+) -> tuple[Any, Path | None, dict]:
+    """The run's tools from the `agent.tools` section: (ToolBox, search corpus or None, the python
+    sandbox's probe). The search corpus defaults to the synthetic task's `<run>/data/corpus.parquet`;
+    its shared cache to `cache_dir/search/`. Both engines' agent loops call this (on verl, in each
+    agent-loop worker)."""
+    from archer.core.tools import PythonSandbox, SandboxLimits, ToolBox
+
+    python = None
+    if a.tools.python.enable:
+        p = a.tools.python
+        python = PythonSandbox(
+            SandboxLimits(
+                timeout_s=float(p.timeout_s),
+                cpu_s=int(p.cpu_s),
+                memory_mb=int(p.memory_mb),
+                max_processes=int(p.max_processes),
+                max_file_mb=int(p.max_file_mb),
+                max_output_chars=int(p.max_output_chars),
+            ),
+            isolation=str(p.isolation),
+            cache_size=int(p.cache_size),
+        )
+    search = None
+    corpus_path: Path | None = None
+    if a.tools.search.enable:
+        corpus = a.tools.search.corpus
+        if corpus is None and (Path(run_dir) / "data" / "corpus.parquet").exists():
+            corpus = str(Path(run_dir) / "data" / "corpus.parquet")
+        if corpus is None and needs_corpus:
+            raise ConfigError("the search tool has no corpus", hint="set agent.tools.search.corpus")
+        if corpus is not None:
+            from archer.core.tools.search import SearchTool, default_cache_path
+
+            corpus_path = Path(corpus)
+            cache = a.tools.search.cache_path or default_cache_path(cache_dir, corpus)
+            search = SearchTool(
+                corpus,
+                top_k=int(a.tools.search.top_k),
+                max_chars=int(a.tools.search.max_chars),
+                cache_path=cache,
+            )
+    toolbox = ToolBox(python, search, workers=int(a.tools.workers))
+    return toolbox, corpus_path, (python.probe() if python is not None else {})
+
+
 class AgentRunner:
     """Tools and rollout settings of one run."""
 
     def __init__(self, cfg: Any, tokenizer: Any, run_dir: Path, cache_dir: Path, device: Any):
-        from archer.core.tools import PythonSandbox, SandboxLimits, ToolBox
-
         check_config(cfg)
         self.cfg = cfg
         self.note: Callable[[str], None] = lambda text: None  # the trainer's reporter.note
         self.tokenizer = tokenizer
         self.device = device
-        a = cfg.agent
-        python = None
-        if a.tools.python.enable:
-            p = a.tools.python
-            python = PythonSandbox(
-                SandboxLimits(
-                    timeout_s=float(p.timeout_s),
-                    cpu_s=int(p.cpu_s),
-                    memory_mb=int(p.memory_mb),
-                    max_processes=int(p.max_processes),
-                    max_file_mb=int(p.max_file_mb),
-                    max_output_chars=int(p.max_output_chars),
-                ),
-                isolation=str(p.isolation),
-                cache_size=int(p.cache_size),
-            )
-        search = None
-        self.corpus: Path | None = None
-        if a.tools.search.enable:
-            corpus = a.tools.search.corpus
-            if corpus is None and (run_dir / "data" / "corpus.parquet").exists():
-                corpus = str(run_dir / "data" / "corpus.parquet")
-            if (
-                corpus is None
-                and cfg.data.synth.task in ("corpus_qa", "tool_mix")
-                and not cfg.data.train_files
-            ):
-                raise ConfigError("the search tool has no corpus", hint="set agent.tools.search.corpus")
-            if corpus is not None:
-                from archer.core.tools.search import SearchTool, default_cache_path
-
-                self.corpus = Path(corpus)
-                cache = a.tools.search.cache_path or default_cache_path(cache_dir, corpus)
-                search = SearchTool(
-                    corpus,
-                    top_k=int(a.tools.search.top_k),
-                    max_chars=int(a.tools.search.max_chars),
-                    cache_path=cache,
-                )
-        self.toolbox = ToolBox(python, search, workers=int(a.tools.workers))
-        self.isolation = python.probe() if python is not None else {}
+        needs_corpus = cfg.data.synth.task in ("corpus_qa", "tool_mix") and not cfg.data.train_files
+        self.toolbox, self.corpus, self.isolation = build_tools(
+            cfg.agent, run_dir, cache_dir, needs_corpus=needs_corpus
+        )
 
     def describe(self) -> str:
         tools = ", ".join(self.toolbox.available)
@@ -149,24 +191,7 @@ class AgentRunner:
         return line
 
     def branch_settings(self, *, n: int | None = None, validation: bool = False) -> BranchSettings:
-        a = self.cfg.agent
-        n = int(n or self.cfg.rollout.n)
-        if validation:
-            return BranchSettings(n=n, initial_rollouts=n, mode="none")
-        return BranchSettings(
-            n=n,
-            initial_rollouts=int(a.initial_rollouts),
-            beam_size=int(a.beam_size),
-            branch_probability=float(a.branch_probability),
-            entropy_weight=float(a.entropy_weight),
-            entropy_tokens=int(a.entropy_tokens),
-            entropy_topk=int(a.entropy_topk),
-            mode=str(a.algorithm),
-            refill=str(a.refill),
-            consecutive_penalty=float(a.aepo.consecutive_penalty),
-            dynamic_rollouts=bool(a.aepo.dynamic_rollouts),
-            consecutive_count=str(a.aepo.consecutive_count),
-        )
+        return branch_settings(self.cfg.agent, int(n or self.cfg.rollout.n), validation=validation)
 
     def rollout(
         self,

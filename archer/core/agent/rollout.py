@@ -24,7 +24,6 @@ monitoring tool rollout per prompt, both discarded, which set each prompt's init
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,9 +37,11 @@ import torch
 from archer.core.agent.branching import (
     BranchSettings,
     ConsecutiveCounter,
-    aepo_branches,
-    arpo_branches,
+    branch_decision,
     dynamic_global_rollouts,
+    entropy_delta,
+    fork_budget,
+    segment_entropy,
     token_entropies,
 )
 from archer.core.agent.protocol import (
@@ -50,6 +51,7 @@ from archer.core.agent.protocol import (
     detect_call,
     format_result,
 )
+from archer.core.agent.stats import rollout_stats
 
 
 @dataclass
@@ -303,15 +305,10 @@ class AgentRollout:
         return t.need_decision and t.ready and t.status == "gen"
 
     def _delta(self, t: Trajectory) -> float:
-        return (t.last_h or 0.0) - (t.base_h if t.base_h is not None else (t.last_h or 0.0))
+        return entropy_delta(t.last_h, t.base_h)
 
     def _branches(self, t: Trajectory, u: float) -> bool:
-        b = self.branch
-        delta = self._delta(t)
-        if b.mode == "aepo":
-            c = self.counter.c[t.group]
-            return aepo_branches(u, delta, b.branch_probability, b.entropy_weight, c, b.consecutive_penalty)
-        return arpo_branches(u, delta, b.branch_probability, b.entropy_weight)
+        return branch_decision(self.branch, self._delta(t), u, self.counter.c[t.group])
 
     def _decide(self, rows: list[Trajectory], logits: torch.Tensor) -> tuple[list[Trajectory], torch.Tensor]:
         """Branching decisions of rows whose tool result has been fed (they have fresh logits)."""
@@ -328,15 +325,14 @@ class AgentRollout:
                 continue
             t.need_decision = False
             g = t.group
-            room = b.n - self.alloc[g] - planned[g]
-            if b.mode == "none" or room <= 0 or b.beam_size < 2:
+            k = fork_budget(b, b.n - self.alloc[g] - planned[g])
+            if k == 0:
                 continue
             go = self._branches(t, self.rng.random())
             self.decisions.append((g, float(self._delta(t)), bool(go), t.id, len(t.calls)))
             self.counter.decided(g, go)
             if not go:
                 continue
-            k = min(b.beam_size - 1, room)
             planned[g] += k
             forks += [i] * k
         return self._fork(rows, logits, forks)
@@ -372,12 +368,10 @@ class AgentRollout:
             by_prompt.setdefault(rows[i].group, []).append(i)
         for g, idxs in by_prompt.items():
             room = b.n - self.alloc[g]
-            if b.mode == "none" or room <= 0 or b.beam_size < 2:
-                continue
             made = 0
             for i in idxs:
-                k = min(b.beam_size - 1, room - made)
-                if k <= 0:
+                k = fork_budget(b, room - made)
+                if k == 0:
                     break
                 t = rows[i]
                 for _ in range(k):
@@ -442,7 +436,7 @@ class AgentRollout:
 
     def _segment_done(self, t: Trajectory) -> float:
         """Record the entropy of the segment that just ended (normalised by ln |V|)."""
-        h = t.seg_h / math.log(self.vocab)
+        h = segment_entropy(t.seg_h, self.vocab)
         t.seg_hs.append(h)
         return h
 
@@ -529,40 +523,18 @@ class AgentRollout:
             if len(ts) != b.n:  # the invariant the whole design rests on
                 raise RuntimeError(f"prompt {g} ended with {len(ts)} trajectories, budget {b.n}")
         trajs = [t for ts in by_group for t in ts]
-        turns = [t.turns for t in trajs]
-        stats: dict[str, float] = {
-            "agent/branches": float(sum(t.origin == "branch" for t in trajs)),
-            "agent/fresh_rollouts": float(sum(t.origin == "fresh" for t in trajs)),
-            "agent/initial_rollouts": float(sum(t.origin == "initial" for t in trajs))
-            / max(1, len(by_group)),
-            "agent/trajectories_per_prompt": float(len(trajs)) / max(1, len(by_group)),
-            "agent/turns_mean": float(np.mean(turns)) if turns else 0.0,
-            "agent/tool_calls": float(sum(turns)),
-            "agent/branch_decisions": float(len(self.decisions)),
-        }
+        stats = rollout_stats(
+            [t.origin for t in trajs],
+            [t.calls for t in trajs],
+            [(d[1], d[2]) for d in self.decisions],
+            len(by_group),
+            b.n,
+        )
         if self.branch.lockstep:
             stats["agent/iterations"] = float(self.iterations)
         if self.dynamic is not None:
             stats["agent/h_root_mean"] = float(np.mean([d[0] for d in self.dynamic]))
             stats["agent/h_tool_mean"] = float(np.mean([d[1] for d in self.dynamic]))
-        for tool in ("python", "search"):
-            stats[f"agent/calls_{tool}"] = float(sum(c[0] == tool for t in trajs for c in t.calls))
-        stats["agent/tool_errors"] = float(
-            sum(
-                c[1] not in ("ok", "pending") and c[1] not in ("timeout", "cpu_limit")
-                for t in trajs
-                for c in t.calls
-            )
-        )
-        stats["agent/tool_timeouts"] = float(
-            sum(c[1] in ("timeout", "cpu_limit") for t in trajs for c in t.calls)
-        )
-        if self.decisions:
-            deltas = [d[1] for d in self.decisions]
-            stats["agent/entropy_delta_mean"] = float(np.mean(deltas))
-            stats["agent/entropy_delta_max"] = float(np.max(deltas))
-            stats["agent/entropy_delta_min"] = float(np.min(deltas))
-            stats["agent/branch_rate"] = float(np.mean([d[2] for d in self.decisions]))
         return AgentBatch(trajs, b.n, stats, list(self.decisions))
 
 

@@ -455,7 +455,8 @@ class AepoRolloutConfig:
 
 @dataclass
 class AgentConfig:
-    """Multi-turn tool rollouts with ARPO/AEPO entropy-based branching (docs/agentic.md). Local engine."""
+    """Multi-turn tool rollouts with ARPO/AEPO entropy-based branching (docs/agentic.md): the local
+    engine, or verl's agent loop with the hf rollout."""
 
     enable: bool = opt(
         False,
@@ -505,7 +506,7 @@ class ArcherConfig:
     warmup: WarmupConfig = section(WarmupConfig, "supervised warm-up before RL")
     trace: TraceConfig = section(TraceConfig, "per-token trace output")
     influence: InfluenceConfig = section(InfluenceConfig, "per-token influence tracing")
-    agent: AgentConfig = section(AgentConfig, "multi-turn tool rollouts, ARPO/AEPO branching (local engine)")
+    agent: AgentConfig = section(AgentConfig, "multi-turn tool rollouts, ARPO/AEPO branching")
     trainer: TrainerConfig = section(TrainerConfig, "loop, validation, checkpoints, output")
     verl: dict[str, Any] = opt(
         {}, "raw verl config overrides (engine: verl only), e.g. verl.trainer.nnodes=2"

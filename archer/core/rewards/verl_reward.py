@@ -37,10 +37,16 @@ def compute_score(
     by_source: Mapping[str, str] | None = None,
     timeout_s: float = 10.0,
     format_reward: float = 0.0,
+    agent_answer: bool = False,
     **_verl_kwargs: Any,
 ) -> dict[str, Any]:
     """verl's reward signature -> {"score", "acc", "pred"} (verl keeps the extra keys per response
-    as `reward_extra_info`; archer's trace reads `acc` for its `correct` column)."""
+    as `reward_extra_info`; archer's trace reads `acc` for its `correct` column). `agent_answer`
+    (agent.enable): the answer is the text after the last tool result, as the local engine grades."""
+    if agent_answer:
+        from archer.core.agent.protocol import final_answer
+
+        solution_str = final_answer(solution_str)
     source = None if data_source is None else str(data_source)
     name = resolve_reward_function(function, dict(by_source or {}), source)
     if name not in REWARD_FUNCTIONS:

@@ -71,8 +71,12 @@ HF_ROLLOUT_DEFAULTS: dict[str, Any] = {
     "actor_rollout_ref.rollout.load_format": "auto",
 }
 
+# agent.enable: archer's agent-loop manager (agent_loop.py, named here so composing imports nothing)
+AGENT_LOOP_MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
+
 # Keys archer's mapping adds although verl's yaml does not declare them.
 ADDED_KEYS = (
+    "actor_rollout_ref.rollout.agent.agent_loop_manager_class",
     "actor_rollout_ref.actor.fsdp_config.mixed_precision",
     "reward.custom_reward_function.reward_kwargs",
     "reward.reward_kwargs",
@@ -260,6 +264,11 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
     }
     if r["backend"] == "hf":
         out.update(HF_ROLLOUT_DEFAULTS)
+    if c["agent"]["enable"]:  # multi-turn tool rollouts with branching: archer's agent loop
+        out[f"{arr}.rollout.agent.agent_loop_manager_class"] = AGENT_LOOP_MANAGER
+        cache_dir = t["cache_dir"] or str(Path(t["out_dir"]) / ".cache")
+        out["archer"]["agent"] = {**c["agent"], "cache_dir": str(Path(cache_dir).resolve())}
+        out["reward.custom_reward_function.reward_kwargs"]["agent_answer"] = True
     if m["dtype"] in MIXED_PRECISION:
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:

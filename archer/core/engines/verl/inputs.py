@@ -52,13 +52,16 @@ def _set(cfg: Any, key: str, value: Any) -> None:
 def check_supported(cfg: Any, run_dir: Path) -> None:
     """archer's inputs for verl: the arithmetic task and the tiny model; warm-up only for it (a
     resumed run's config names the run's own warm-up, which is that)."""
+    from archer.core.agent.engine import TOOL_TASKS
     from archer.core.warmup import WARMUP_DIR
 
-    if not _given(cfg, "data", "train_files") and cfg.data.synth.task != "arithmetic":
+    task = cfg.data.synth.task
+    tool_task = task in TOOL_TASKS and bool(cfg.agent.enable)
+    if not _given(cfg, "data", "train_files") and task != "arithmetic" and not tool_task:
         raise ConfigError(
-            "engine: verl writes only the arithmetic synthetic task, "
-            f"not data.synth.task={cfg.data.synth.task}",
-            hint="the tool tasks run on the local engine (agent.enable); or give data.train_files",
+            f"engine: verl writes the arithmetic synthetic task, or a tool task with agent.enable, "
+            f"not data.synth.task={task}" + (" without agent.enable" if task in TOOL_TASKS else ""),
+            hint="add agent.enable=true for a tool task; or give data.train_files",
         )
     own = str((Path(run_dir) / WARMUP_DIR).resolve())
     path = None if _missing(cfg, "model", "path") else cfg.model.path
@@ -106,6 +109,10 @@ def make_inputs(
     plan = plan_inputs(cfg, run_dir)
     run_dir = Path(run_dir).resolve()
     if not _given(cfg, "data", "train_files"):
+        from archer.core.agent.engine import TOOL_TASKS, prepare_task_data
+
+        if cfg.data.synth.task in TOOL_TASKS:  # agent.enable (check_supported): tasks and corpus
+            prepare_task_data(cfg, run_dir / DATA_DIR)
         train, val = synth_files(cfg, run_dir / DATA_DIR)
         _set(cfg, "data.train_files", train)
         if not _given(cfg, "data", "val_files"):
@@ -159,9 +166,25 @@ def _make_model(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"  # before Ray: the GPU is still free
-        result = prepare_warmup(
-            cfg, run_dir, cache_dir, train, device=device, on_step=on_warmup_step, on_wait=on_warmup_wait
-        )
+        runner = None
+        if cfg.agent.enable:  # tool-use demonstrations, built by calling the real tools
+            from archer.core.agent.engine import AgentRunner
+
+            runner = AgentRunner(cfg, tokenizer, run_dir, cache_dir, device)
+        try:
+            result = prepare_warmup(
+                cfg,
+                run_dir,
+                cache_dir,
+                train,
+                device=device,
+                demos=(lambda: runner.demonstrations(train)) if runner is not None else None,
+                on_step=on_warmup_step,
+                on_wait=on_warmup_wait,
+            )
+        finally:
+            if runner is not None:
+                runner.close()
         if device == "cuda":  # hand the memory back before verl's workers take the GPU
             import gc
 

@@ -250,22 +250,13 @@ def plan_rows(
     return rows
 
 
-AGENT_WAITS = (
-    "agent.enable=true: the verl engine does not run multi-turn tool rollouts yet (they need a verl "
-    "AgentLoopWorker; docs/agentic.md, 'What waits for verl')"
-)
-
-
-def refuse_agent(composed: Any) -> None:
-    """Agent rollouts run on the local engine only: refuse instead of silently training without tools."""
+def check_agent(composed: Any) -> None:
+    """agent.enable on verl runs archer's agent loop (agent_loop.py) with the hf rollout; what it
+    cannot run yet is refused here, before Ray (archer.core.agent.engine.check_config)."""
     if composed.cfg.agent.enable:
-        from archer.errors import ConfigError
+        from archer.core.agent.engine import check_config
 
-        raise ConfigError(
-            AGENT_WAITS,
-            hint="run the same settings on the local engine: add engine=local "
-            "(small models), or agent.enable=false for plain GRPO on verl",
-        )
+        check_config(composed.cfg)
 
 
 def influence_warnings(vc: Any) -> list[str]:
@@ -334,7 +325,12 @@ def dry_run(composed: Any, run_dir: Path) -> DryRun:
     ):
         warnings.append("no GPU here: 'archer train' would run this on the CPUs (trainer.device=cpu)")
     if composed.cfg.agent.enable:
-        warnings.append(AGENT_WAITS + "; 'archer train' without --dry-run refuses this config")
+        from archer.errors import ConfigError
+
+        try:
+            check_agent(composed)
+        except ConfigError as e:
+            warnings.append(f"{e} ('archer train' without --dry-run refuses this config)")
     return DryRun(
         vc.to_yaml(),
         plan_rows(vc, run_dir, plugin.status(), inputs),
@@ -405,7 +401,7 @@ def train(
 
     t0 = time.perf_counter()
     reporter = reporter or Reporter()
-    refuse_agent(composed)
+    check_agent(composed)
     note = resolve_device(composed)
     if note:
         reporter.note(note)

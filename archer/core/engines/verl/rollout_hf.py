@@ -36,10 +36,13 @@ COLLECT_WINDOW_S = 0.02  # after the first request, wait while more keep arrivin
 MAX_COLLECT_S = 0.5
 
 
+ENTROPY_TOPK_KEY = "archer_entropy_topk"  # a request's sampling_params key: per-token entropies wanted
+
+
 @dataclass
 class _Request:
     prompt_ids: list[int]
-    params: tuple  # (temperature, top_p, top_k, max_tokens)
+    params: tuple  # (temperature, top_p, top_k, max_tokens, entropy top-k or 0)
     future: asyncio.Future = field(repr=False)
 
 
@@ -66,9 +69,12 @@ def response_log_probs(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     temperature: float,
-) -> torch.Tensor:
+    entropy_topk: int = 0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[B, R] log p(response token) under log_softmax(logits / T) in fp32 (T = 1 for greedy), one
-    teacher-forced forward over left-padded prompt + right-padded response."""
+    teacher-forced forward over left-padded prompt + right-padded response. With `entropy_topk`
+    > 0 also the exact entropy of every position and its top-k truncated entropy (ARPO's
+    quantity, archer.core.agent.branching.token_entropies), both [B, R]."""
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -77,7 +83,26 @@ def response_log_probs(
     logits = logits[:, P - 1 : -1].float()
     if temperature > 0:
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+    if entropy_topk <= 0:
+        return lp
+    from archer.core.agent.branching import token_entropies
+
+    B, R, V = logits.shape
+    full, trunc = token_entropies(logits.reshape(B * R, V), 1.0, entropy_topk)  # already / T
+    return lp, full.reshape(B, R), trunc.reshape(B, R)
+
+
+def _cut(result: tuple, max_tokens: int) -> tuple:
+    """A decoded (tokens, log-probs, entropies) cut to `max_tokens` tokens."""
+    tokens, lps, ent = result
+    if len(tokens) <= max_tokens:
+        return result
+    return (
+        tokens[:max_tokens],
+        lps[:max_tokens],
+        None if ent is None else (ent[0][:max_tokens], ent[1][:max_tokens]),
+    )
 
 
 class HFRollout(BaseRollout):
@@ -171,14 +196,18 @@ class HFRollout(BaseRollout):
             self._server = asyncio.get_running_loop().create_task(self._serve())
         prompt = [int(t) for t in prompt_ids]
         key = sampling_key(sampling_params, len(prompt), self.prompt_length, self.response_length)
+        k = int(sampling_params.get(ENTROPY_TOPK_KEY, 0) or 0)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Request(prompt, key, future))
-        token_ids, log_probs = await future
+        await self._queue.put(_Request(prompt, (*key, k), future))
+        token_ids, log_probs, entropies = await future
+        extra: dict[str, Any] = {"global_steps": self.weights_version}
+        if entropies is not None:  # archer's agent loop: exact per-token entropies for branching
+            extra["archer_entropy"], extra["archer_topk_entropy"] = entropies
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if sampling_params.get("logprobs", True) else None,
             stop_reason="completed",
-            extra_fields={"global_steps": self.weights_version},
+            extra_fields=extra,
         )
 
     async def _collect(self) -> list[_Request]:
@@ -197,12 +226,18 @@ class HFRollout(BaseRollout):
     async def _serve(self) -> None:
         while True:
             batch = await self._collect()
+            # one decode per sampling setting; requests that differ only in max_tokens share it
+            # (decoded to the largest, each cut to its own: a prefix's tokens never depend on
+            # what is sampled after them), as an agent loop's turns with different room left do
             groups: dict[tuple, list[_Request]] = defaultdict(list)
             for req in batch:
-                groups[req.params].append(req)
-            for params, reqs in groups.items():
+                t, p, k, _, ek = req.params
+                groups[(t, p, k, ek)].append(req)
+            for (t, p, k, ek), reqs in groups.items():
+                params = (t, p, k, max(r.params[3] for r in reqs), ek)
                 try:
                     results = await asyncio.to_thread(self._decode, [r.prompt_ids for r in reqs], params)
+                    results = [_cut(res, r.params[3]) for res, r in zip(results, reqs, strict=True)]
                 except BaseException as e:  # noqa: BLE001 - handed to every waiting request
                     for r in reqs:
                         if not r.future.done():
@@ -214,10 +249,11 @@ class HFRollout(BaseRollout):
                     if not r.future.done():
                         r.future.set_result(res)
 
-    def _decode(self, prompts: list[list[int]], params: tuple) -> list[tuple[list[int], list[float]]]:
+    def _decode(self, prompts: list[list[int]], params: tuple) -> list[tuple[list[int], list[float], Any]]:
+        """(tokens, log-probs, (entropies, top-k entropies) or None) per prompt."""
         from archer.core.rollout.generation import generate
 
-        temperature, top_p, top_k, max_tokens = params
+        temperature, top_p, top_k, max_tokens, entropy_topk = params
         with torch.inference_mode():
             rollout = generate(
                 self.model,
@@ -230,19 +266,25 @@ class HFRollout(BaseRollout):
                 top_k=top_k,
                 device=self.device,
             )
-            lp = response_log_probs(
+            scored = response_log_probs(
                 self.model,
                 rollout.prompt_ids.to(self.device),
                 rollout.prompt_mask.to(self.device),
                 rollout.response_ids.to(self.device),
                 temperature,
-            ).cpu()
+                entropy_topk=entropy_topk,
+            )
+        lp, full, trunc = (scored, None, None) if entropy_topk <= 0 else scored
+        lp = lp.cpu()
+        if full is not None:
+            full, trunc = full.cpu(), trunc.cpu()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         out = []
         for i, L in enumerate(rollout.response_lengths.tolist()):
             L = max(1, int(L))  # an empty response still returns one token (the pad/EOS), as vLLM does
-            out.append((rollout.response_ids[i, :L].tolist(), lp[i, :L].tolist()))
+            ent = None if full is None else (full[i, :L].tolist(), trunc[i, :L].tolist())
+            out.append((rollout.response_ids[i, :L].tolist(), lp[i, :L].tolist(), ent))
         return out
 
 

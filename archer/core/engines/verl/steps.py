@@ -147,6 +147,46 @@ def correct_flags(extra_fields: Sequence[Any] | None, n: int) -> list[bool | Non
     return out if len(out) == n and any(a is not None for a in out) else None
 
 
+AGENT_ROW_FIELD = "archer_agent"  # extra_fields key of an agent row (agent_loop.ROW_FIELD)
+
+
+def agent_summaries(extra_fields: Sequence[Any] | None, n: int) -> list[dict | None] | None:
+    """Each row's agent summary (archer's agent loop), None where a row has none; None without any."""
+    if not extra_fields or len(extra_fields) != n:
+        return None
+    out = [ef.get(AGENT_ROW_FIELD) if isinstance(ef, dict) else None for ef in extra_fields]
+    return out if any(o is not None for o in out) else None
+
+
+def agent_metrics(
+    keys: Sequence[str], padding: np.ndarray, summaries: Sequence[dict | None], n: int
+) -> dict[str, float]:
+    """The step's `agent/*` metrics from the rows' summaries (the local engine's definitions,
+    archer.core.agent.stats), over the real rows."""
+    from archer.core.agent.stats import rollout_stats
+
+    rows = [s for i, s in enumerate(summaries) if not padding[i] and s is not None]
+    uids = {parse_key(keys[i])[0] for i, s in enumerate(summaries) if not padding[i] and s is not None}
+    return rollout_stats(
+        [str(s["origin"]) for s in rows],
+        [[(str(c[0]), str(c[1])) for c in s["calls"]] for s in rows],
+        [(float(d[0]), bool(d[1])) for s in rows for d in s["decisions"]],
+        len(uids),
+        n,
+    )
+
+
+def token_roles(summary: dict | None, length: int) -> np.ndarray:
+    """A row's ROLE_* codes cut (or padded with ROLE_MODEL) to its response length."""
+    from archer.core.trace.schema import ROLE_MODEL
+
+    roles = np.full(length, ROLE_MODEL, dtype=np.int8)
+    if summary is not None:
+        r = np.asarray(summary.get("roles", []), dtype=np.int8)[:length]
+        roles[: len(r)] = r
+    return roles
+
+
 def step_record(
     keys: Sequence[str],
     padding: np.ndarray,
@@ -168,7 +208,9 @@ def step_record(
     rewards = np.array([float(np.asarray(r, dtype=np.float64).sum()) for r in nested_rows(data["rm_scores"])])
     keys_in = data.keys() if hasattr(data, "keys") else []
     sources = as_list(data["data_source"]) if "data_source" in keys_in else None
-    correct = correct_flags(as_list(data["extra_fields"]) if "extra_fields" in keys_in else None, len(keys))
+    extras = as_list(data["extra_fields"]) if "extra_fields" in keys_in else None
+    correct = correct_flags(extras, len(keys))
+    agent = agent_summaries(extras, len(keys))
 
     parsed = [parse_key(k) for k in keys]
     order = sorted((i for i in range(len(keys)) if not padding[i]), key=lambda i: parsed[i])
@@ -192,6 +234,7 @@ def step_record(
         accepted=pick(accepted) if accepted is not None else None,
         influence=[influence.get(i) for i in order] if influence is not None else None,
         data_source=[None if s is None else str(s) for s in pick(sources)] if sources is not None else None,
+        token_role=[token_roles(agent[i], len(responses[i])) for i in order] if agent is not None else None,
     )
 
 

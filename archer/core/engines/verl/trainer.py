@@ -33,6 +33,8 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from archer.core.engines.verl.steps import (
+    agent_metrics,
+    agent_summaries,
     as_list,
     correct_flags,
     merge_influence,
@@ -148,10 +150,19 @@ class ArcherTrainer(PPOTrainerSync):
             model_path=self.config.actor_rollout_ref.model.path,
             rollout_n=int(self.config.actor_rollout_ref.rollout.n),
             influence=self.archer["influence"] if self.archer_influence is not None else None,
+            agent=self._archer_agent_summary(),
         )
         writer = open_trace(tcfg, run_dir, summary, resume_after_step=self.global_steps if resumed else None)
         log.warning("archer: writing the per-token trace to %s", writer.dir)
         return writer
+
+    def _archer_agent_summary(self) -> dict | None:
+        """agent.enable: the algorithm and tools, as the local engine's trace summary has them."""
+        agent = self.archer.get("agent")
+        if not agent or not agent.get("enable"):
+            return None
+        tools = [name for name in ("python", "search") if agent["tools"][name]["enable"]]
+        return {"algorithm": agent["algorithm"], "tools": tools, "engine_loop": "verl agent loop"}
 
     def fit(self, agent_loop_manager):
         try:
@@ -203,7 +214,20 @@ class ArcherTrainer(PPOTrainerSync):
         t3 = time.perf_counter()
         if plan is not None:
             metrics["time/influence"] = (t1 - t0) + (t3 - t2)
+        metrics.update(self._archer_agent_metrics(batch))
         return batch
+
+    def _archer_agent_metrics(self, batch) -> dict[str, float]:
+        """agent.enable: branches, tool calls, errors, budget fill, ΔH at the branch points."""
+        agent = getattr(self, "archer", {}).get("agent")
+        if not agent or not agent.get("enable"):
+            return {}
+        extra = self._archer_optional(batch, "extra_fields")
+        summaries = agent_summaries(as_list(extra) if extra is not None else None, len(batch.keys))
+        if summaries is None:
+            return {}
+        n = int(self.config.actor_rollout_ref.rollout.n)
+        return agent_metrics(batch.keys, padding_mask(batch.keys, batch.tags), summaries, n)
 
     def _archer_plan(self, batch, metrics):
         data = tq.kv_batch_get(
