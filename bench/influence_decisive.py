@@ -7,13 +7,14 @@ script takes the top-5 tokens by |influence| and counts how many are such result
 figure is that share over all scored responses, printed beside what a random choice of 5 tokens
 would give (the share of result digits among the scored tokens) and beside the top-5 by entropy.
 
-    python bench/influence_decisive.py                    # trains quickstart-influence, seed 0
-    python bench/influence_decisive.py --seed 1 -- trainer.total_steps=100
-    python bench/influence_decisive.py --run runs/qi       # an existing run (or trace) directory
+    python bench/influence_decisive.py --run archer/view/demo   # the shipped demo trace
+    python bench/influence_decisive.py                    # trains quickstart-influence on chains, seed 0
+    python bench/influence_decisive.py --seed 1 -- trainer.total_steps=250
 
-Training uses a clean run directory and an empty warm-up cache in a temp dir (as
-bench/quickstart_seeds.py does); `--run` reads a run made before. Needs the run's tokenizer
-(found next to the trace) and a trace written with influence on a chain task.
+Training uses the chain settings of bench/demo_trace.py (CHAIN), a clean run directory and an
+empty warm-up cache in a temp dir (as bench/quickstart_seeds.py does); `--run` reads a run made
+before. Needs the run's tokenizer (found next to the trace) and a trace written with
+influence on a chain task.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_trace import CHAIN  # noqa: E402
 from quickstart_seeds import commit, machine  # noqa: E402
 
 TOP = 5
@@ -94,7 +96,7 @@ def measure(run: Path, top: int = TOP) -> dict:
 def train(preset: str, seed: int, overrides: list[str], work: Path) -> Path:
     run = work / "run"
     cmd = [sys.executable, "-m", "archer", "train", "--preset", preset, "--out", str(run), f"seed={seed}"]
-    cmd += [f"trainer.cache_dir={work / 'cache'}", *overrides]
+    cmd += [f"trainer.cache_dir={work / 'cache'}", *CHAIN, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-2000:]

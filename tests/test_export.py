@@ -21,12 +21,6 @@ from archer.core.export.checkpoints import find_checkpoint
 runner = CliRunner()
 
 SMALL = [
-    # the two-operand arithmetic task (the quickstart's before it became worked chains): 1-3 token answers
-    "data.synth.task=arithmetic",
-    "reward.function=arithmetic",
-    "data.max_prompt_length=32",
-    "warmup.label_noise=0.5",
-    "actor.optim.lr=1e-4",
     "model.tiny.hidden_size=32",
     "model.tiny.num_layers=2",
     "model.tiny.intermediate_size=64",

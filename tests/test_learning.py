@@ -15,11 +15,10 @@ from archer.core.config import compose
 from archer.core.metrics import read_metrics
 from archer.core.outcome import outcome_of
 
-# The quickstart (worked arithmetic chains, 4 terms), shortened: the same model, task, warm-up,
-# teacher and algorithm, 100 GRPO steps instead of 250 (the learning rate is constant, so these are
-# the full run's first 100 steps; held-out accuracy makes most of its rise by then: 0.495 -> 0.705
-# at seed 0, reward 0.43 -> 0.58), validated before and after on the 200 held-out chains; one torch
-# thread, so a loaded CI machine does not slow it down by thread contention.
+# The quickstart, shortened: the same model, task, warm-up, teacher and algorithm, 100 GRPO steps
+# instead of 350 (held-out accuracy makes most of its rise in the first 100: 0.34 -> 0.64 at seed
+# 0 on main 2937de2, then 0.66 at 350), validated before and after; one torch thread, so a loaded
+# CI machine does not slow it down by thread contention.
 QUICKSTART_CI = ["seed=0", "trainer.total_steps=100", "trainer.val_every=100", "trainer.num_threads=1"]
 
 
@@ -40,5 +39,5 @@ def train(preset: str, tmp_path: Path, overrides: list[str]):
 
 def test_quickstart_learns_the_task_not_the_training_set(tmp_path):
     o = train("quickstart", tmp_path, QUICKSTART_CI)
-    assert o.reward_gain >= 0.08, o
-    assert o.val_gain >= 0.10, o  # held-out chains: the model learned to carry, not the answers
+    assert o.reward_gain >= 0.05, o
+    assert o.val_gain >= 0.15, o  # held-out problems: the model learned the task, not the answers
