@@ -71,6 +71,15 @@ def commit() -> str:
         return "unknown"
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (on a shared machine the wall time
+    also counts other jobs' turns; the CPU time does not)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_seed(preset: str, seed: int, overrides: list[str], work: Path) -> dict:
     run_dir, cache = work / f"seed{seed}", work / f"cache{seed}"
     cmd = [
@@ -86,9 +95,9 @@ def run_seed(preset: str, seed: int, overrides: list[str], work: Path) -> dict:
         f"trainer.cache_dir={cache}",
         *overrides,
     ]
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.monotonic() - t0
+    seconds, cpu = time.monotonic() - t0, _children_cpu() - cpu0
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-2000:]
         raise SystemExit(f"seed {seed}: archer train failed (exit {proc.returncode}):\n{tail}")
@@ -98,6 +107,7 @@ def run_seed(preset: str, seed: int, overrides: list[str], work: Path) -> dict:
     return {
         "seed": seed,
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
         "reward_first": o.reward_first,
         "reward_last": o.reward_last,
         "val_before": o.val_before,
@@ -148,8 +158,8 @@ def main() -> int:
         "overrides": args.overrides,
     }
     print(f"# {header['preset']} · commit {header['commit']} · {header['machine']} · {header['date']}")
-    print("| seed | wall s | reward first 5 → last 5 | held-out accuracy before → after | targets |")
-    print("|---|---|---|---|---|")
+    print("| seed | wall s | CPU s | reward first 5 → last 5 | held-out accuracy before → after | targets |")
+    print("|---|---|---|---|---|---|")
     results, ok = [], True
     with tempfile.TemporaryDirectory(prefix="archer-seeds-") as tmp:
         for seed in args.seeds:
@@ -169,7 +179,8 @@ def main() -> int:
             r["missed"] = misses
             results.append(r)
             print(
-                f"| {seed} | {r['seconds']:.0f} | {r['reward_first']:.3f} → {r['reward_last']:.3f} "
+                f"| {seed} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | "
+                f"{r['reward_first']:.3f} → {r['reward_last']:.3f} "
                 f"({rg:+.3f}) | {r['val_before']:.3f} → {r['val_after']:.3f} ({vg:+.3f}) | "
                 f"{'met' if not misses else 'missed: ' + ', '.join(misses)} |",
                 flush=True,

@@ -18,6 +18,7 @@ from archer.core.data.chain import (
     make_chains,
     parse_chain,
     resolve_chain_spec,
+    result_digit_mask,
     worked_solution,
     worked_steps,
     write_chains,
@@ -242,3 +243,17 @@ def test_chain_files_are_disjoint_and_limits_are_clear_errors(tmp_path):
         resolve_chain_spec(4, ops="+*")
     with pytest.raises(UsageError, match="min_terms"):
         resolve_chain_spec(4, min_terms=5)
+
+
+def test_result_digit_mask_marks_the_results_of_any_worked_response():
+    def marked(text: str, extra: tuple[str, ...] = ()) -> str:
+        tokens = [*text, *extra]
+        return "".join(t if m else "." for t, m in zip(tokens, result_digit_mask(tokens)))
+
+    assert marked("12-3+8=9+8=17", ("<eos>",)) == "12.....9...17."
+    # a wrong response: its own results count (the teacher's slip, a negative running value)
+    assert marked("2-3+8=-1+8=7") == "2.....-1...7"
+    # the same positions as decisive_char_positions on the worked solution
+    chain = "7+5-3+8="
+    sol = worked_solution(chain)
+    assert [i for i, m in enumerate(result_digit_mask(list(sol))) if m] == decisive_char_positions(chain)

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 EPILOG = (
-    "Examples:  archer view runs/quickstart  ·  archer view runs/quickstart/trace --step 12  ·  "
+    "Examples:  archer view --demo  ·  archer view runs/quickstart  ·  "
+    "archer view runs/quickstart/trace --step 12  ·  "
     "archer view runs/math --tokenizer ~/models/Qwen2.5-1.5B  ·  archer view runs/x --no-decode  ·  "
     "over SSH: ssh -t login-node 'archer view runs/x'   (press ? in the app for every key)"
 )
@@ -17,7 +18,9 @@ TRACE_MARKERS = ("trace", "manifest.jsonl", "summary.json", "steps")
 
 
 def view(
-    path: Path = typer.Argument(..., help="A run directory (one with trace/) or a trace directory."),
+    path: Path | None = typer.Argument(
+        None, help="A run directory (one with trace/) or a trace directory.", show_default=False
+    ),
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="Tokenizer folder for decoding; default: tokenizer_path in summary.json."
     ),
@@ -26,10 +29,28 @@ def view(
     export_dir: Path | None = typer.Option(
         None, "--export-dir", help="Where e / E write CSV files (default: the current directory)."
     ),
+    demo: bool = typer.Option(
+        False, "--demo", help="Open the demo trace shipped with archer (worked arithmetic chains)."
+    ),
 ) -> None:
     """Explore a trace: steps, responses, entropy and influence heatmaps, top-K tokens, groups."""
     from archer.errors import TraceError, UsageError
 
+    if demo:
+        if path is not None:
+            raise UsageError("pass a trace PATH or --demo, not both", hint="archer view --demo")
+        from archer.view.demo import demo_available, opened_demo
+
+        if not demo_available():
+            raise TraceError(
+                "the demo trace is missing from this installation",
+                hint="reinstall archer, or regenerate it with: python bench/demo_trace.py",
+            )
+        with opened_demo() as run:  # a copy: the viewer never writes into the package
+            view(run, tokenizer, step, no_decode, export_dir, demo=False)
+        return
+    if path is None:
+        raise UsageError("missing the trace to open", hint="archer view RUN_DIR, or archer view --demo")
     p = path.expanduser()
     if not p.exists():
         raise TraceError(

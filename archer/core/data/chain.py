@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,20 @@ def decisive_char_positions(text: str) -> list[int]:
         head = re.match(r"[0-9]+", step).group(0)
         out += range(pos, pos + len(head))
         pos += len(step) + 1
+    return out
+
+
+def result_digit_mask(tokens: Sequence[str]) -> list[bool]:
+    """Per token of a worked response (as the tokens' texts), whether it is a digit of an
+    intermediate or final result: the number that opens each `=`-separated step, e.g. `12`, `9`
+    and `17` in `12-3+8=9+8=17` (with the sign of a negative one). Defined on the response
+    itself, so a wrong response's results count too (they are what the model decided); the
+    other tokens are copies of the chain or `=`."""
+    out, at_head, first = [], True, True
+    for tok in tokens:
+        head = at_head and (tok.isdigit() or (first and tok == "-"))  # a negative result's sign too
+        out.append(head)
+        at_head, first = (True, True) if tok == "=" else (head, False)
     return out
 
 

@@ -384,7 +384,7 @@ def check_rollout_installed(engine: Any) -> None:
 def refuse_early(composed: Any) -> None:
     """The refusals that need neither the run directory nor verl's config: said before
     `archer train` takes the run's lock, so a refused run leaves no folder behind."""
-    refuse_agent(composed)
+    check_agent(composed)
 
 
 def train(
