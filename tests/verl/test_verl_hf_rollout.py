@@ -146,8 +146,12 @@ def test_the_replica_serves_from_the_worker_in_hybrid_mode_only():
     from verl.workers.config import RolloutConfig
     from verl.workers.rollout.replica import RolloutMode, RolloutReplicaRegistry
 
-    from archer.core.engines.verl import plugin  # noqa: F401  (registers "hf")
+    from archer.core.engines.verl import plugin
     from archer.core.engines.verl.rollout_hf import HFReplica
+
+    # the plugin registers when verl's core_algos loads (an import hook), which a process that only
+    # builds replicas may never import: register explicitly, as verl's trainer process has by then
+    plugin.register()
 
     assert RolloutReplicaRegistry.get("hf") is HFReplica
     replica = HFReplica(0, RolloutConfig(name="hf", tensor_model_parallel_size=1), None, gpus_per_node=1)
