@@ -12,6 +12,7 @@ import errno
 from pathlib import Path
 
 import pytest
+from small_run import SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -20,23 +21,8 @@ from archer.core.metrics import read_metrics
 from archer.core.storage import DiskFullError, disk_full_error
 
 TINY = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9",
-    "data.synth.n=100",
-    "data.synth.val_n=16",
-    "data.train_batch_size=4",
-    "actor.ppo_mini_batch_size=4",
-    "actor.ppo_micro_batch_size=8",
-    "rollout.n=4",
-    "rollout.max_new_tokens=4",
-    "warmup.steps=5",
-    "warmup.batch_size=16",
+    *SMALL_RUN,
     "rollout.val.max_prompts=8",
-    "trainer.num_threads=1",
     "trainer.total_steps=2",
     "trainer.save_every=1",
     "trainer.val_before_train=false",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from small_run import SMALL_RUN
 
 from archer.core.config import compose
 from archer.core.metrics import read_metrics
@@ -24,25 +25,10 @@ from archer.core.trace import TraceReader
 from archer.errors import Interrupted
 
 TINY = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.intermediate_size=64",
-    "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1",
-    "data.synth.max_operand=9",
-    "data.synth.n=100",
-    "data.synth.val_n=16",
-    "data.train_batch_size=4",
-    "actor.ppo_mini_batch_size=4",
-    "actor.ppo_micro_batch_size=8",
-    "rollout.n=4",
-    "rollout.max_new_tokens=4",
+    *SMALL_RUN,
     "rollout.temperature=1.5",
-    "warmup.steps=5",
-    "warmup.batch_size=16",
     "rollout.val.max_prompts=8",
     "rollout.val.temperature=1.0",
-    "trainer.num_threads=1",
     "trainer.total_steps=6",
     "trainer.save_every=2",
     "trainer.val_every=3",

@@ -52,6 +52,7 @@ from archer.core.agent.protocol import (
     format_result,
 )
 from archer.core.agent.stats import rollout_stats
+from archer.core.agent.tokens import TokenText
 
 
 @dataclass
@@ -166,18 +167,8 @@ class AgentRollout:
         self.gen = torch.Generator().manual_seed(seed)
         self.vocab = int(vocab_size or len(tokenizer))
         self.max_steps = max_steps
-        self._pieces: dict[int, str] = {}
+        self._text = TokenText(tokenizer)
         self.tools = tuple(getattr(toolbox, "available", ()) or ())
-
-    def _piece(self, tok: int) -> str:
-        p = self._pieces.get(tok)
-        if p is None:
-            p = self.tokenizer.decode([tok], skip_special_tokens=True)
-            self._pieces[tok] = p
-        return p
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ------------------------------------------------------------------ the loop
     def run(self, prompts: Sequence[Sequence[int]]) -> AgentBatch:
@@ -285,7 +276,7 @@ class AgentRollout:
             t.future = None
             tool = t.calls[-1][0]
             t.calls[-1] = (tool, result.status)
-            ids = self._encode(format_result(result.text))
+            ids = self._text.encode(format_result(result.text))
             room = self.s.max_response_tokens - len(t.tokens)
             t.tokens += ids[:room]
             t.roles += [ROLE_TOOL_RESULT] * len(ids[:room])
@@ -419,7 +410,7 @@ class AgentRollout:
                 self._segment_done(t)
                 self._done(t, "eos")
                 continue
-            piece = self._piece(int(tok))
+            piece = self._text.piece(int(tok))
             t.seg_text += piece
             t.seg_chars.append(len(t.seg_text))
             call = detect_call(t.seg_text, self.tools) if piece and ">" in piece else None

@@ -69,7 +69,7 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         self.archer_run_dir = Path(str(section.get("run_dir", ".")))
         self.archer_seed = int(self.config.actor_rollout_ref.rollout.get("seed", 0) or 0)
         self._toolbox = None
-        self._pieces: dict[int, str] = {}
+        self._text = None  # TokenText, built with the tokenizer on first use
         from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
         self._builder = create_continuous_token_builder(
@@ -103,15 +103,12 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         return ToolReply(result.text, result.status)
 
     # -- tokens --------------------------------------------------------------------------
-    def _piece(self, tok: int) -> str:
-        p = self._pieces.get(tok)
-        if p is None:
-            p = self.tokenizer.decode([tok], skip_special_tokens=True)
-            self._pieces[tok] = p
-        return p
+    def _token_text(self) -> Any:
+        if self._text is None:
+            from archer.core.agent.tokens import TokenText
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._text = TokenText(self.tokenizer)
+        return self._text
 
     async def _prompt_ids(self, messages: Any) -> list[int]:
         loop = asyncio.get_running_loop()
@@ -177,8 +174,8 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             settings,
             generate=generate,
             call_tool=call_tool,
-            encode=self._encode,
-            piece=self._piece,
+            encode=self._token_text().encode,
+            piece=self._token_text().piece,
             eos_ids=self._eos,
             tools=self.toolbox.available,
             vocab_size=self._vocab,
