@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from own_ray import OwnRay
 
 pytest.importorskip("verl", reason="the verl extra is not installed: pip install -e '.[verl]'")
 
@@ -29,7 +30,8 @@ def test_arpo_verl_smoke_trains_with_tool_calls_branches_and_a_role_marked_trace
 
     run = tmp_path / "run"
     log = tmp_path / "train.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    own_ray = OwnRay()  # this test's Ray processes only (own_ray.py)
+    env = own_ray.env({**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"})
     env.pop("VERL_USE_EXTERNAL_MODULES", None)
     args = [
         "train",
@@ -57,7 +59,7 @@ def test_arpo_verl_smoke_trains_with_tool_calls_branches_and_a_role_marked_trace
         except ProcessLookupError:
             pass
         proc.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=300)
+        own_ray.remove()
     assert rc == 0, log.read_text()[-8000:]
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

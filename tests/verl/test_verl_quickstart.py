@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from own_ray import OwnRay
 
 pytest.importorskip("verl", reason="the verl extra is not installed: pip install -e '.[verl]'")
 
@@ -26,19 +25,17 @@ REPO = Path(__file__).resolve().parents[2]
 HANG_S = 1500  # a hang, not a slow machine: a 3-step run takes a few minutes on 2 loaded cores
 
 
-# Ray's files for this test's runs: short (Ray's socket paths must fit 107 bytes) and ours alone, so
-# the clean-up below kills this test's Ray processes and no other Ray cluster on the machine.
-RAY_TMPDIR = tempfile.mkdtemp(prefix="archer-ray-", dir="/tmp")
+OWN_RAY = OwnRay()  # this test's Ray processes only (own_ray.py)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _remove_ray_tmpdir():
+def _remove_own_ray():
     yield
-    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
+    OWN_RAY.remove()
 
 
 def _archer(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": RAY_TMPDIR}
+    env = OWN_RAY.env({**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"})
     env.pop("VERL_USE_EXTERNAL_MODULES", None)
     return subprocess.Popen(
         [sys.executable, "-m", "archer", *args],
@@ -67,23 +64,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-    _kill_our_ray()  # what setsid'd away from the group
-
-
-def _kill_our_ray() -> None:
-    """SIGKILL every process started with this test's RAY_TMPDIR in its environment (raylet, GCS,
-    workers: they inherit it), never `ray stop --force`, which stops every Ray cluster here."""
-    mark = f"RAY_TMPDIR={RAY_TMPDIR}".encode()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue  # gone, or not ours to read
-        if mark in environ.split(b"\0") and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    OWN_RAY.kill()  # what setsid'd away from the group
 
 
 def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_path):
