@@ -172,6 +172,7 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
     trainer.global_steps = 1
     trainer.archer_influence = settings
     trainer.archer_trace = TraceWriter(tmp_path / "trace", {"engine": "verl"})
+    trainer.archer = {"logging": {"histograms_every": 0}}  # the section _setup reads (histograms off)
     worker = H.training_worker(model_dir, settings, mini=step.size + PADDING)
     trainer.actor_rollout_wg = InProcessWorkerGroup(worker, store)
 
