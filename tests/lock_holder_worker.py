@@ -42,7 +42,10 @@ def warmup(run_dir: Path, cache_dir: Path, status: Path, overrides: list[str]) -
                 time.sleep(0.01)
 
     def on_wait(holder: str) -> None:
-        (status / f"{pid}.waiting").write_text(holder)
+        # whole or absent: the test reads it as soon as it exists (a race seen on a loaded machine)
+        tmp = status / f".{pid}.waiting.tmp"
+        tmp.write_text(holder)
+        tmp.rename(status / f"{pid}.waiting")
 
     result = prepare_warmup(cfg, run_dir, cache_dir, train, device="cpu", on_step=on_step, on_wait=on_wait)
     (status / f"{pid}.{result.source}").touch()
