@@ -12,6 +12,7 @@
 # vllm: the half shape with rollout.backend=vllm (FSDP2, influence), 3 steps.
 # tiny1r: quickstart-verl with FSDP1, 2 steps + checkpoint, then --resume to step 3.
 # half2r: the half shape (FSDP2, influence), 2 steps + checkpoint, then --resume to step 3.
+# half1r: the same with FSDP1 (verl's default strategy).
 # Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
 # step-time split printed by bench/device/summarize.py.
 set -uo pipefail
@@ -98,6 +99,13 @@ if [[ "$what" == tiny1r ]]; then  # FSDP1: 2 steps + checkpoint, then --resume t
   run tiny1-a train --preset quickstart-verl --out "$r" trainer.total_steps=2 trainer.save_every=2 \
     "${fsdp1[@]}" "${gpu1[@]}" &&
     run tiny1-b train --resume --out "$r" trainer.total_steps=3 && copy_run tiny-fsdp1 "$r"
+fi
+if [[ "$what" == half1r ]]; then  # the half shape with FSDP1: 2 steps + checkpoint, then --resume to step 3
+  r="$runs/half-fsdp1-resume"
+  run half1-resume-a train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
+    verl.actor_rollout_ref.actor.strategy=fsdp verl.actor_rollout_ref.ref.strategy=fsdp \
+    trainer.total_steps=2 trainer.save_every=2 &&
+    run half1-resume-b train --resume --out "$r" trainer.total_steps=3 && copy_run half-fsdp1-resume "$r"
 fi
 if [[ "$what" == half2r ]]; then
   r="$runs/half-resume"
