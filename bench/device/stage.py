@@ -345,8 +345,10 @@ def stage(args) -> dict:
     if args.no_download:
         return {"carried": pins, "provided": provided, "conflicts": conflicts}
 
-    cap = int(args.batch_mib * MIB)
     tree = tree_bytes()
+    if args.batch_mib is None:
+        args.batch_mib = default_batch_mib(tree)
+    cap = int(args.batch_mib * MIB)
     if cap + tree > CALL_LIMIT_MIB * MIB:
         print(
             f"warning: a {args.batch_mib} MiB batch plus the {tree / MIB:.1f} MiB tree"
@@ -407,12 +409,24 @@ def render(plan: dict) -> str:
 RECORDED_FREEZE = HERE / "device-freeze-h100-2026-12-07.txt"
 
 
+def default_batch_mib(tree: int) -> float:
+    """The largest batch one call carries beside the repository copy, with a margin for what the
+    call counts besides tracked files (a 60 MiB batch with a 3.8 MiB tree was refused)."""
+    return float(int(CALL_LIMIT_MIB - tree / MIB - 4))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--out", type=Path, default=HERE / "wheels", help="download and batch folder (git-ignored)"
     )
-    p.add_argument("--batch-mib", type=float, default=60.0, help="most MiB of wheels carried in one call")
+    p.add_argument(
+        "--batch-mib",
+        type=float,
+        default=None,
+        help="most MiB of wheels carried in one call (default: what the call limit leaves beside the"
+        " repository copy, less a 4 MiB margin: a 60 MiB batch with a 3.8 MiB tree was refused)",
+    )
     p.add_argument(
         "--device-freeze",
         type=Path,

@@ -129,7 +129,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--exclude", action="append", default=[], help="another package not to carry")
     p.add_argument("--carry-excluded", action="append", default=[], help="carry one of EXCLUDED after all")
-    p.add_argument("--batch-mib", type=float, default=60.0)
+    p.add_argument("--batch-mib", type=float, default=None, help="default: as stage.py's")
     p.add_argument("--no-download", action="store_true", help="print the package set only")
     args = p.parse_args()
 
@@ -157,6 +157,8 @@ def main() -> None:
         return
     stage.PIP_TARGET = stage.PIP_TARGET + PLATFORMS
     wheels = stage.download(carry, OUT / "dl")
+    if args.batch_mib is None:
+        args.batch_mib = stage.default_batch_mib(stage.tree_bytes())
     cap = int(args.batch_mib * stage.MIB)
     batches = stage.write_batches(list(wheels.values()), cap, OUT)
     total = sum(w.stat().st_size for w in wheels.values())
