@@ -52,8 +52,6 @@ def check_config(cfg: Any) -> None:
 
 def check_verl(cfg: Any) -> None:
     """What archer's verl agent loop (a per-prompt server rollout, docs/agentic.md) runs today."""
-    from archer.core.agent.group import check_group_settings
-
     if cfg.rollout.backend != "hf":
         raise ConfigError(
             f"agent.enable on verl rolls out with archer's hf backend only, not {cfg.rollout.backend}: "
@@ -61,10 +59,6 @@ def check_verl(cfg: Any) -> None:
             "return (they send back the sampled token's log-prob only)",
             hint="add rollout.backend=hf, or run engine=local",
         )
-    try:
-        check_group_settings(branch_settings(cfg.agent, int(cfg.rollout.n)))
-    except ValueError as e:
-        raise ConfigError(f"agent.enable on verl: {e}", hint="or run engine=local") from e
 
 
 def prepare_task_data(cfg: Any, data_dir: Path) -> None:
