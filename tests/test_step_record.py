@@ -149,6 +149,21 @@ def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
     verl = step_record(keys, np.zeros(4, bool), data, max_response_length=4).table(2)
     assert verl.column("token_role").to_pylist() == local.column("token_role").to_pylist()
     assert verl.column("token_role").to_pylist()[2] == [ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_MODEL, ROLE_MODEL]
+    # influence of a selected group (rows 2, 3 here): one finite score per response token, tool
+    # results included (the worker's capture; test_verl_engine checks the scores), None elsewhere
+    scores = {2: np.array([0.5, -0.1, 0.2, 0.3], np.float32), 3: np.array([-0.4], np.float32)}
+    traced = step_record(
+        keys,
+        np.zeros(4, bool),
+        data,
+        max_response_length=4,
+        influence=scores,
+        accepted=[None, None, True, False],
+    ).table(2)
+    infl = traced.column("influence").to_pylist()
+    assert infl[0] is None and infl[1] is None
+    assert infl[2] == pytest.approx([0.5, -0.1, 0.2, 0.3]) and infl[3] == pytest.approx([-0.4])
+    assert len(infl[2]) == len(traced.column("token_role").to_pylist()[2])
 
     m = agent_metrics(keys, np.zeros(4, bool), summaries, n=2)
     ref = rollout_stats(
