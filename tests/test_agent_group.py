@@ -341,11 +341,16 @@ def test_aepo_lockstep_on_the_server_loop_matches_the_sources_loop_over_many_see
 
     branches, fresh, rate, k, cs = sample("iteration", 24)
     se = max(branches.std(ddof=1), ref_branches.std()) / np.sqrt(len(branches))
+    print(
+        f"source loop: {ref_branches.mean():.2f} branches/step, rate {ref_rate:.3f}; server loop: "
+        f"{branches.mean():.2f} ± {branches.std(ddof=1) / np.sqrt(len(branches)):.2f}, rate {rate:.3f}"
+    )
     assert abs(branches.mean() - ref_branches.mean()) < 4 * se, (branches.mean(), ref_branches.mean(), se)
     assert abs(fresh - ref_fresh) < 4 * se
     assert abs(rate - ref_rate) < 4 * np.sqrt(ref_rate * (1 - ref_rate) / k), (rate, ref_rate)
     assert max(cs) > 1
     old, _, old_rate, _, _ = sample("decision", 12)
+    print(f"per-decision counter: {old.mean():.2f} branches/step, rate {old_rate:.3f}")
     assert old.mean() - ref_branches.mean() > 6 * se and old_rate > ref_rate + 0.1, (old.mean(), old_rate)
 
 
