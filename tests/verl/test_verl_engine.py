@@ -125,17 +125,6 @@ def test_influence_and_entropy_match_local_engine(model_dir, step, layout):
         assert flat != order
 
 
-def tool_result_masks(step) -> list[list[int]]:
-    """Agent rows: each response is a call, a tool result (0: no loss), then the answer; the
-    result span is tokens [L/4, L/2) (at least one token), the last token is the model's."""
-    masks = []
-    for r in step.responses:
-        L = len(r)
-        lo, hi = max(1, L // 4), max(2, L // 2)
-        masks.append([0 if lo <= j < hi and j < L - 1 else 1 for j in range(L)])
-    return masks
-
-
 def test_agent_rows_influence_matches_local_engine_with_tool_results_out_of_the_loss(model_dir, step):
     """Influence in agent mode on verl (issue 21): rows whose tool-result tokens carry response_mask
     = loss_mask 0, as archer's agent loop hands them to verl. The selected groups' per-token scores
@@ -144,7 +133,7 @@ def test_agent_rows_influence_matches_local_engine_with_tool_results_out_of_the_
     garbage old log-probs and advantages on the tool-result tokens change nothing (they are out of
     the loss), while the same rows without the mask score differently (the mask is in effect)."""
     settings = H.influence_settings()
-    masks = tool_result_masks(step)
+    masks = H.tool_result_masks(step)
     assert sum(m.count(0) for m in masks) > 0
     ref = H.local_reference(model_dir, step, settings, loss_masks=masks)
     order = [int(i) for i in np.random.default_rng(11).permutation(step.size)]

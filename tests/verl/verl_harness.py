@@ -219,6 +219,17 @@ def influence_plan(
     )
 
 
+def tool_result_masks(step) -> list[list[int]]:
+    """Agent rows: each response is a call, a tool result (0: no loss), then the answer; the
+    result span is tokens [L/4, L/2) (at least one token), the last token is the model's."""
+    masks = []
+    for r in step.responses:
+        L = len(r)
+        lo, hi = max(1, L // 4), max(2, L // 2)
+        masks.append([0 if lo <= j < hi and j < L - 1 else 1 for j in range(L)])
+    return masks
+
+
 def nested(rows: list) -> torch.Tensor:
     return torch.nested.as_nested_tensor([torch.as_tensor(r) for r in rows], layout=torch.jagged)
 
