@@ -107,9 +107,9 @@ class SandboxFusionPython(PythonSandbox):
                 f"the python tool's SandboxFusion server {self.url} did not answer: {error}",
                 hint=f"start it or fix {URL_KEY}; or set {BACKEND_KEY}=local (bubblewrap on this machine)",
             )
-        return self._result(response, time.monotonic() - t0)
+        return self._from_response(response, time.monotonic() - t0)
 
-    def _result(self, response: dict[str, Any], seconds: float) -> ToolResult:  # type: ignore[override]
+    def _from_response(self, response: dict[str, Any], seconds: float) -> ToolResult:
         lim = self.limits
         status = response.get("status")
         run = response.get("run_result") or {}
