@@ -11,12 +11,28 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_agent import CALL, EOS, TOK, ScriptedDecoder, ids, scripted_run
+from test_agent import (
+    CALL,
+    EOS,
+    TOK,
+    EntropyScriptedDecoder,
+    ScriptedDecoder,
+    aepo_run,
+    aepo_source_loop,
+    ids,
+    scripted_run,
+    segment_entropies,
+)
 
 from archer.core.agent import group as group_mod
 from archer.core.agent import rollout as rollout_mod
-from archer.core.agent.branching import BranchSettings, token_entropies, topk_entropy
-from archer.core.agent.group import Generation, GroupRollout, ToolReply, check_group_settings
+from archer.core.agent.branching import (
+    BranchSettings,
+    dynamic_global_rollouts,
+    token_entropies,
+    topk_entropy,
+)
+from archer.core.agent.group import Generation, GroupRollout, Lockstep, ToolReply
 from archer.core.agent.protocol import ROLE_MODEL, ROLE_TOOL_CALL, ROLE_TOOL_RESULT
 
 
@@ -34,8 +50,10 @@ class ScriptedServer:
     EOS or `max_tokens` (past a closing tool tag too, as a server without stop strings does) and
     reports each token's log-prob and top-k truncated entropy, as archer's hf replica does."""
 
-    def __init__(self, p_call: dict[str, float], seed: int, topk: int = 10):
-        self.dec = ScriptedDecoder(p_call)
+    def __init__(
+        self, p_call: dict[str, float], seed: int, topk: int = 10, dec: ScriptedDecoder | None = None
+    ):
+        self.dec = dec or ScriptedDecoder(p_call)
         self.gen = torch.Generator().manual_seed(seed)
         self.topk = topk
         self.requests = 0
@@ -64,22 +82,72 @@ async def instant_tool(tool: str, content: str) -> ToolReply:
     return ToolReply("2", "ok")
 
 
-def group_run(prompt: str, p_call: dict[str, float], s: BranchSettings, seed: int, max_turns: int = 3):
-    server = ScriptedServer(p_call, seed)
-    runner = GroupRollout(
+def make_group(
+    server,
+    s: BranchSettings,
+    seed: int,
+    max_turns: int,
+    *,
+    lockstep=None,
+    tool=instant_tool,
+    max_response=120,
+):
+    return GroupRollout(
         s,
         generate=server.generate,
-        call_tool=instant_tool,
+        call_tool=tool,
         encode=ids,
         piece=lambda t: TOK.decode([t], skip_special_tokens=True),
         eos_ids=[EOS],
         tools=("python",),
         vocab_size=len(TOK),
-        max_response_tokens=120,
+        max_response_tokens=max_response,
         max_turns=max_turns,
         rng=random.Random(seed),
+        lockstep=lockstep,
     )
+
+
+def group_run(prompt: str, p_call: dict[str, float], s: BranchSettings, seed: int, max_turns: int = 3):
+    runner = make_group(ScriptedServer(p_call, seed), s, seed, max_turns)
     return asyncio.run(runner.run(ids(prompt)))
+
+
+HANG_S = 120  # a hang guard for the lock-step batches (they finish in well under a second)
+
+
+def batch_run(
+    prompts,
+    p_call,
+    s: BranchSettings,
+    seed: int,
+    max_turns: int = 3,
+    *,
+    dec=None,
+    tools=None,
+    max_response=120,
+):
+    """One step's groups as archer's verl worker runs them: concurrently, sharing one `Lockstep`
+    when AEPO counts c per iteration. Returns (groups, results or exceptions, the Lockstep)."""
+    lock = Lockstep(len(prompts)) if s.lockstep else None
+    groups = [
+        make_group(
+            ScriptedServer(p_call, seed * 101 + g, dec=dec),
+            s,
+            seed * 101 + g,
+            max_turns,
+            lockstep=lock,
+            tool=(tools or {}).get(g, instant_tool),
+            max_response=max_response,
+        )
+        for g in range(len(prompts))
+    ]
+
+    async def main():
+        runs = asyncio.gather(*(gr.run(ids(p)) for gr, p in zip(groups, prompts)), return_exceptions=True)
+        return await asyncio.wait_for(runs, HANG_S)
+
+    return groups, asyncio.run(main()), lock
 
 
 # ------------------------------------------------------------------------------ the estimator
@@ -132,13 +200,15 @@ def test_group_budget_is_never_exceeded_and_always_filled_and_branches_copy_thei
             entropy_weight=float(rng.random() * 2),
             mode=str(rng.choice(["arpo", "aepo", "none"])),
             refill=str(rng.choice(["one", "all"])),
-            consecutive_count="decision",
+            consecutive_count=str(rng.choice(["iteration", "decision"])),
+            dynamic_rollouts=bool(rng.integers(0, 2)),
         )
         prompt = list(p_call)[seed % 3]
         res = group_run(prompt, p_call, s, seed)
         ts = res.trajectories
         assert len(ts) == n and [t.session for t in ts] == list(range(n)), (seed, s)
-        assert sum(t.origin == "initial" for t in ts) == s.initial_rollouts
+        initial = res.dynamic[2] if s.mode == "aepo" and s.dynamic_rollouts else s.initial_rollouts
+        assert sum(t.origin == "initial" for t in ts) == initial
         for t in ts:
             assert t.finish in ("eos", "turns", "length")
             assert len(t.tokens) == len(t.roles) == len(t.log_probs) <= 120
@@ -214,13 +284,118 @@ def test_branching_statistics_equal_the_local_engines_over_many_seeds():
     assert 0.05 < b.mean() < 0.95  # the rule was exercised both ways
 
 
-def test_a_server_loop_refuses_what_needs_the_batch_in_lock_step():
-    with pytest.raises(ValueError, match="consecutive_count=decision"):
-        check_group_settings(BranchSettings(n=4, initial_rollouts=2, mode="aepo"))
-    with pytest.raises(ValueError, match="dynamic rollouts"):
-        check_group_settings(
-            BranchSettings(
-                n=4, initial_rollouts=2, mode="aepo", consecutive_count="decision", dynamic_rollouts=True
+# ------------------------------------------------------------------------------ AEPO on the server loop
+def aepo_settings(**kw) -> BranchSettings:
+    base = dict(n=8, initial_rollouts=1, beam_size=2, branch_probability=0.5, entropy_weight=0.0, mode="aepo")
+    return BranchSettings(**{**base, **kw})
+
+
+@pytest.mark.parametrize("alpha,refill", [(0.0, "one"), (0.0, "all"), (1.0, "one"), (1.0, "all")])
+def test_aepo_lockstep_counts_equal_the_local_engines_exactly_when_the_rule_is_deterministic(alpha, refill):
+    """Every row calls its tool (p = 1) and AEPO always (α = 0) or never (α = 1, β = 0) branches:
+    the batch of server groups sharing a `Lockstep` and the local engine's lock-step loop end with
+    the same branches, fresh rollouts, decisions, tool calls and lock-step iterations."""
+    prompts, p_call = ["1+1=", "2+2="], {"1+1=": 1.0, "2+2=": 1.0}
+    s = aepo_settings(
+        n=6, initial_rollouts=2, branch_probability=alpha, refill=refill, consecutive_penalty=0.3
+    )
+    keys = ("agent/branches", "agent/fresh_rollouts", "agent/branch_decisions", "agent/tool_calls")
+    for seed in range(2):
+        _, local = aepo_run(prompts, p_call, s, seed, max_turns=2)
+        groups, results, lock = batch_run(prompts, p_call, s, seed, max_turns=2)
+        for k in keys:
+            assert sum(r.stats[k] for r in results) == local.stats[k], (k, alpha, refill)
+        assert lock.iterations == local.stats["agent/iterations"] and lock.iterations > 1
+        assert all(r.stats["agent/iterations"] == lock.iterations for r in results)
+        assert all(len(r.trajectories) == s.n for r in results)
+
+
+@pytest.mark.slow
+def test_aepo_lockstep_on_the_server_loop_matches_the_sources_loop_over_many_seeds():
+    """The server groups of one batch sharing a `Lockstep` against the transcription of AEPO's
+    lock-step loop (test_agent.aepo_source_loop, the local engine's reference too): branches, fresh
+    rollouts and the branch rate agree within 4 standard errors; counting c per decision (the
+    control) branches far more. The counter c each decision read is recorded, and reaches > 1."""
+    prompts, p = ["1+1=", "2+2="], 0.9
+    n, initial, max_turns, penalty = 8, 1, 4, 0.25
+    rng = random.Random(0)
+    ref = [aepo_source_loop([p, p], n, initial, 2, 0.5, max_turns, penalty, rng) for _ in range(4000)]
+    ref_branches = np.array([sum(r[0]) for r in ref], dtype=float)
+    ref_fresh = np.mean([sum(r[1]) for r in ref])
+    ref_rate = sum(r[3] for r in ref) / sum(r[2] for r in ref)
+
+    def sample(rule: str, seeds: int):
+        s = aepo_settings(n=n, initial_rollouts=initial, consecutive_penalty=penalty, consecutive_count=rule)
+        branches, fresh, decisions, cs = [], [], [], []
+        for seed in range(seeds):
+            _, results, _ = batch_run(
+                prompts, dict.fromkeys(prompts, p), s, seed, max_turns, max_response=400
             )
-        )
-    check_group_settings(BranchSettings(n=4, initial_rollouts=2, mode="arpo"))
+            assert all(len(r.trajectories) == n for r in results), results
+            branches.append(sum(r.stats["agent/branches"] for r in results))
+            fresh.append(sum(r.stats["agent/fresh_rollouts"] for r in results))
+            ds = [d for r in results for t in r.trajectories for d in t.decisions]
+            decisions += [d[1] for d in ds]
+            cs += [d[2] for d in ds]
+        return np.array(branches), float(np.mean(fresh)), float(np.mean(decisions)), len(decisions), cs
+
+    branches, fresh, rate, k, cs = sample("iteration", 24)
+    se = max(branches.std(ddof=1), ref_branches.std()) / np.sqrt(len(branches))
+    print(
+        f"source loop: {ref_branches.mean():.2f} branches/step, rate {ref_rate:.3f}; server loop: "
+        f"{branches.mean():.2f} ± {branches.std(ddof=1) / np.sqrt(len(branches)):.2f}, rate {rate:.3f}"
+    )
+    assert abs(branches.mean() - ref_branches.mean()) < 4 * se, (branches.mean(), ref_branches.mean(), se)
+    assert abs(fresh - ref_fresh) < 4 * se
+    assert abs(rate - ref_rate) < 4 * np.sqrt(ref_rate * (1 - ref_rate) / k), (rate, ref_rate)
+    assert max(cs) > 1
+    old, _, old_rate, _, _ = sample("decision", 12)
+    print(f"per-decision counter: {old.mean():.2f} branches/step, rate {old_rate:.3f}")
+    assert old.mean() - ref_branches.mean() > 6 * se and old_rate > ref_rate + 0.1, (old.mean(), old_rate)
+
+
+def test_aepo_dynamic_rollouts_on_the_server_loop_use_the_local_engines_probes():
+    """Each group's dynamic phase (a root sample of entropy_tokens tokens and one monitoring tool
+    rollout, both discarded) gives H_root = its first segment's entropy and H̄_tool = the mean over
+    every monitor segment, recomputed here from the tokens; m = dynamic_global_rollouts(n, ...) initial
+    rollouts start (not agent.initial_rollouts), and the group still ends with exactly n."""
+    prompts = ["1+1=", "2+2=", "3+3="]
+    s = aepo_settings(n=8, initial_rollouts=2, dynamic_rollouts=True)
+    counts = set()
+    for seed in range(4):
+        dec = EntropyScriptedDecoder(p_first=0.5, p_after=0.02, q=0.98)
+        groups, results, lock = batch_run(prompts, {}, s, seed, dec=dec, max_response=200)
+        assert lock is not None
+        for prompt, g, r in zip(prompts, groups, results):
+            root, monitor = g.probes
+            assert root.origin == "root" and monitor.origin == "monitor" and not monitor.decisions
+            assert root not in r.trajectories and monitor not in r.trajectories
+            h_root = segment_entropies(dec, prompt, root, s.entropy_tokens, s.entropy_topk)[0]
+            h_tool = np.mean(segment_entropies(dec, prompt, monitor, s.entropy_tokens, s.entropy_topk))
+            got_root, got_tool, m = r.dynamic
+            assert got_root == pytest.approx(h_root, abs=1e-6) and got_tool == pytest.approx(h_tool, abs=1e-6)
+            assert m == dynamic_global_rollouts(s.n, h_root, h_tool)
+            assert sum(t.origin == "initial" for t in r.trajectories) == m and len(r.trajectories) == s.n
+            assert r.stats["agent/h_root_mean"] == got_root and r.stats["agent/h_tool_mean"] == got_tool
+            counts.add(m)
+    assert s.initial_rollouts not in counts, counts  # the dynamic phase set the count, not the setting
+
+
+def test_a_failed_group_does_not_hold_back_the_others_of_a_lockstep_batch():
+    """One group's tool raises: that group fails (its exception comes back), the others of the
+    batch still finish their iterations and fill their budgets (no group waits for a dead one)."""
+
+    async def broken_tool(tool: str, content: str) -> ToolReply:
+        await asyncio.sleep(0)
+        raise RuntimeError("the tool's worker died")
+
+    prompts, p_call = ["1+1=", "2+2=", "3+3="], {"1+1=": 0.9, "2+2=": 0.9, "3+3=": 0.9}
+    s = aepo_settings(n=4, initial_rollouts=2)
+    for seed in range(3):
+        _, results, lock = batch_run(prompts, p_call, s, seed, tools={1: broken_tool})
+        assert isinstance(results[1], RuntimeError) and "died" in str(results[1])
+        for r in (results[0], results[2]):
+            assert len(r.trajectories) == s.n and all(
+                t.finish in ("eos", "turns", "length") for t in r.trajectories
+            )
+    assert lock.members[1].failed

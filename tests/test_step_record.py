@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from archer.core.engines.local.trainer import StepBatch
@@ -148,6 +149,21 @@ def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
     verl = step_record(keys, np.zeros(4, bool), data, max_response_length=4).table(2)
     assert verl.column("token_role").to_pylist() == local.column("token_role").to_pylist()
     assert verl.column("token_role").to_pylist()[2] == [ROLE_MODEL, ROLE_TOOL_RESULT, ROLE_MODEL, ROLE_MODEL]
+    # influence of a selected group (rows 2, 3 here): one finite score per response token, tool
+    # results included (the worker's capture; test_verl_engine checks the scores), None elsewhere
+    scores = {2: np.array([0.5, -0.1, 0.2, 0.3], np.float32), 3: np.array([-0.4], np.float32)}
+    traced = step_record(
+        keys,
+        np.zeros(4, bool),
+        data,
+        max_response_length=4,
+        influence=scores,
+        accepted=[None, None, True, False],
+    ).table(2)
+    infl = traced.column("influence").to_pylist()
+    assert infl[0] is None and infl[1] is None
+    assert infl[2] == pytest.approx([0.5, -0.1, 0.2, 0.3]) and infl[3] == pytest.approx([-0.4])
+    assert len(infl[2]) == len(traced.column("token_role").to_pylist()[2])
 
     m = agent_metrics(keys, np.zeros(4, bool), summaries, n=2)
     ref = rollout_stats(
@@ -156,3 +172,34 @@ def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
     assert m == ref
     assert m["agent/branches"] == 1 and m["agent/fresh_rollouts"] == 1 and m["agent/tool_calls"] == 3
     assert m["agent/tool_errors"] == 1 and m["agent/branch_rate"] == 0.5 and m["agent/budget_fill"] == 1.0
+
+
+def test_aepo_rows_on_verl_report_dynamic_rollout_counts_iterations_and_the_counter():
+    """AEPO's rows carry their group's (H_root, H̄_tool, m), the lock-step iteration count and the c
+    each decision read: the step's metrics give the per-prompt means, m's range, and c's maximum."""
+    from archer.core.engines.verl.steps import agent_metrics
+
+    def row(origin, dynamic, decisions, iterations):
+        return {
+            "origin": origin,
+            "calls": [],
+            "decisions": decisions,
+            "dynamic": dynamic,
+            "iterations": iterations,
+        }
+
+    summaries = [
+        row("initial", [0.4, 0.2, 3], [[0.1, True, 0]], 4.0),
+        row("branch", [0.4, 0.2, 3], [[0.0, False, 2]], 4.0),
+        row("initial", [0.1, 0.3, 1], [], 5.0),
+        row("fresh", [0.1, 0.3, 1], [], 5.0),
+    ]
+    keys = ["a_0_0", "a_1_0", "b_0_0", "b_1_0"]
+    m = agent_metrics(keys, np.zeros(4, bool), summaries, n=2)
+    assert m["agent/h_root_mean"] == pytest.approx(0.25) and m["agent/h_tool_mean"] == pytest.approx(0.25)
+    assert m["agent/dynamic_rollouts_min"] == 1 and m["agent/dynamic_rollouts_max"] == 3
+    assert m["agent/iterations"] == 5 and m["agent/consecutive_max"] == 2
+    plain = agent_metrics(
+        keys, np.zeros(4, bool), [{**r, "dynamic": None, "iterations": None} for r in summaries], 2
+    )
+    assert not any(k in plain for k in ("agent/h_root_mean", "agent/iterations", "agent/consecutive_max"))

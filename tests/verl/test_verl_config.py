@@ -434,12 +434,25 @@ def test_agent_presets_on_verl_need_the_hf_rollout_and_are_refused_before_ray_ot
     assert not ray.is_initialized() and not out.exists()
 
 
-def test_aepo_lock_step_counting_is_refused_on_verl(tmp_path, inputs):
+def test_aepo_lock_step_counting_and_dynamic_rollouts_are_accepted_on_verl(tmp_path, inputs):
+    """AEPO's lock-step counter and dynamic rollouts run in archer's verl agent loop
+    (group.Lockstep, group.GroupRollout._dynamic_phase): the check that refused them says nothing."""
     out = tmp_path / "run"
-    args = ["train", "--preset", "aepo", *REQUIRED, "rollout.backend=hf", "--out", str(out)]
+    args = [
+        "train",
+        "--preset",
+        "aepo",
+        *inputs,
+        SDPA,
+        "rollout.backend=hf",
+        "agent.aepo.dynamic_rollouts=true",
+        "--out",
+        str(out),
+        "--dry-run",
+    ]
     r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    assert "consecutive_count=decision" in r.stderr and not out.exists()
+    assert r.exit_code == 0, r.output
+    assert "agent.enable on verl" not in r.stderr and "consecutive_count" not in r.stderr, r.stderr
 
 
 def test_agent_enable_installs_archers_agent_loop_manager_and_its_settings():

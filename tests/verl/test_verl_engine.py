@@ -40,7 +40,7 @@ def step():
     return H.make_step(seed=3)
 
 
-def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worker_kw):
+def _run_verl(model_dir, step, ref, settings, order, before_update=None, masks=None, **worker_kw):
     """One archer_sync update on verl's engine; returns (per-row influence, metrics, micro-batch rows seen).
     `before_update(worker)` runs first, on the initial weights."""
     worker = H.training_worker(model_dir, settings, **worker_kw)
@@ -60,8 +60,9 @@ def _run_verl(model_dir, step, ref, settings, order, before_update=None, **worke
             step,
             ref["old"],
             ref["advantages"],
-            H.influence_plan(step, ref["advantages"], settings).fields,
+            H.influence_plan(step, ref["advantages"], settings, masks).fields,
             order,
+            masks,
         ),
         mini_batch_size=step.size,
     )
@@ -122,6 +123,42 @@ def test_influence_and_entropy_match_local_engine(model_dir, step, layout):
     assert sorted(flat) == list(range(step.size))
     if layout == "dynamic":  # rows were regrouped by token budget, not kept in the order given
         assert flat != order
+
+
+def test_agent_rows_influence_matches_local_engine_with_tool_results_out_of_the_loss(model_dir, step):
+    """Influence in agent mode on verl (issue 21): rows whose tool-result tokens carry response_mask
+    = loss_mask 0, as archer's agent loop hands them to verl. The selected groups' per-token scores
+    equal the local engine's agent mode (loss_mask 0 on the same tokens) to 1e-5 of the largest, every
+    token finite, tool results included (they steer later tokens as context, docs/agentic.md);
+    garbage old log-probs and advantages on the tool-result tokens change nothing (they are out of
+    the loss), while the same rows without the mask score differently (the mask is in effect)."""
+    settings = H.influence_settings()
+    masks = H.tool_result_masks(step)
+    assert sum(m.count(0) for m in masks) > 0
+    ref = H.local_reference(model_dir, step, settings, loss_masks=masks)
+    order = [int(i) for i in np.random.default_rng(11).permutation(step.size)]
+    _, rows, metrics, _ = _run_verl(model_dir, step, ref, settings, order, masks=masks)
+    selected = step.traced_rows()
+    _assert_same_influence(rows, ref["influence"], selected)
+    assert metrics["influence/tokens_captured"] == sum(len(step.responses[r]) for r in selected)
+    tool_scores = np.concatenate([rows[r][np.array(masks[r]) == 0] for r in selected])
+    assert tool_scores.size and np.isfinite(tool_scores).all()
+
+    garbage = dict(ref)  # what a tool-result token holds must not matter: it carries no loss
+    noise = torch.randn(ref["old"].shape, generator=torch.Generator().manual_seed(2)) * 5
+    off = torch.zeros_like(ref["old"], dtype=torch.bool)
+    for i, m in enumerate(masks):
+        off[i, : len(m)] = torch.as_tensor(m) == 0
+    garbage["old"] = torch.where(off, ref["old"] + noise, ref["old"])
+    garbage["advantages"] = torch.where(off, noise, ref["advantages"])
+    _, rows_g, _, _ = _run_verl(model_dir, step, garbage, settings, order, masks=masks)
+    _assert_same_influence(rows_g, ref["influence"], selected)
+
+    plain = H.local_reference(model_dir, step, settings)
+    scale = max(float(np.abs(ref["influence"][r]).max()) for r in selected)
+    assert (
+        max(float(np.abs(plain["influence"][r] - ref["influence"][r]).max()) for r in selected) > 1e-3 * scale
+    )
 
 
 @pytest.mark.parametrize(

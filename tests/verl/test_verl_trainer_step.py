@@ -77,30 +77,38 @@ class InProcessWorkerGroup:
         return [self.worker.archer_take_influence()]
 
 
-def _store_rows(step, ref):
+def _store_rows(step, ref, masks=None):
     """The step's rows as TransferQueue holds them after old-log-prob and advantages, plus four
     of verl's padding rows (one shared `pad…` uid, empty response mask, no reward) that make the
-    batch a whole mini-batch, as verl's `_balance_batch` does."""
+    batch a whole mini-batch, as verl's `_balance_batch` does. `masks`: agent rows as archer's agent
+    loop hands them over (response_mask = loss_mask 0 on tool results; roles in extra_fields)."""
+    from archer.core.trace.schema import ROLE_MODEL, ROLE_TOOL_RESULT
+
     rows, keys, tags = {}, [], []
     for i in range(step.size):
         L = len(step.responses[i])
         key = f"{step.uids[i]}_{i}_0"
         rm = torch.zeros(L)
         rm[-1] = step.rewards[i]
+        mask = torch.tensor(masks[i] if masks is not None else [1] * L, dtype=torch.long)
+        extra = {"reward_extra_info": {"acc": step.rewards[i]}}
+        if masks is not None:
+            roles = [ROLE_MODEL if m else ROLE_TOOL_RESULT for m in masks[i]]
+            extra["archer_agent"] = {"origin": "initial", "calls": [], "decisions": [], "roles": roles}
         rows[key] = {
             "prompts": torch.tensor(step.prompts[i]),
             "responses": torch.tensor(step.responses[i]),
             "input_ids": torch.tensor(step.prompts[i] + step.responses[i]),
             "position_ids": torch.arange(len(step.prompts[i]) + L),
-            "response_mask": torch.ones(L, dtype=torch.long),
-            "loss_mask": torch.ones(L, dtype=torch.long),
+            "response_mask": mask,
+            "loss_mask": mask,
             "old_log_probs": ref["old"][i, :L].float(),
             "advantages": ref["advantages"][i, :L].float(),
             "entropy": ref["entropy"][i, :L].float(),
             "rm_scores": rm,
             "uid": step.uids[i],
             "data_source": "synthetic",
-            "extra_fields": {"reward_extra_info": {"acc": step.rewards[i]}},
+            "extra_fields": extra,
         }
         keys.append(key)
         tags.append({"status": "success"})
@@ -125,7 +133,11 @@ def _store_rows(step, ref):
     return rows, keys, tags
 
 
-def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
+@pytest.mark.parametrize("agent", [False, True], ids=["plain", "agent"])
+def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch, agent):
+    """`agent`: rows of archer's agent loop (tool-result tokens out of the loss, roles in
+    extra_fields): the trace's selected groups hold the local engine's agent-mode influence, one
+    finite score per token, tool results included, beside `token_role`."""
     from omegaconf import OmegaConf
     from transfer_queue import KVBatchMeta
 
@@ -135,8 +147,9 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
     model_dir = H.save_tiny_model(tmp_path / "tiny")
     step = H.make_step(seed=5)
     settings = H.influence_settings()
-    ref = H.local_reference(model_dir, step, settings)
-    rows, keys, tags = _store_rows(step, ref)
+    masks = H.tool_result_masks(step) if agent else None
+    ref = H.local_reference(model_dir, step, settings, loss_masks=masks)
+    rows, keys, tags = _store_rows(step, ref, masks)
     store = FakeTransferQueue()
     store.put_rows(rows)
     monkeypatch.setattr(trainer_mod, "tq", store)
@@ -212,6 +225,21 @@ def test_update_actor_plans_captures_and_traces_by_key(tmp_path, monkeypatch):
             np.testing.assert_allclose(
                 np.array(r["influence"], dtype=np.float32), ref["influence"][i], rtol=0, atol=1e-5 * scale
             )
+            assert np.isfinite(np.array(r["influence"], dtype=np.float64)).all()
+        if agent:
+            from archer.core.trace.schema import ROLE_TOOL_RESULT
+
+            roles = np.array(r["token_role"])
+            assert len(roles) == L and ((roles == ROLE_TOOL_RESULT) == (np.array(masks[i]) == 0)).all()
+    if agent:  # the selected groups' tool-result tokens were scored (as context), finitely
+        tool = [
+            v
+            for r in table
+            if r["influence"] is not None
+            for v, role in zip(r["influence"], r["token_role"])
+            if role == ROLE_TOOL_RESULT
+        ]
+        assert tool and np.isfinite(tool).all()
 
 
 def test_plan_marks_rows_and_leaves_padding_out():

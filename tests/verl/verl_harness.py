@@ -104,11 +104,14 @@ def local_reference(
     old_noise: float = 0.0,
     device: str = "cpu",
     dtype: str = "fp32",
+    loss_masks: list[list[int]] | None = None,
 ):
     """Old log-probs, entropy [B, R], advantages and per-row influence from archer's local
     engine (`ppo_update` with the tracer inside the real backward) on the same weights.
     `old_noise` perturbs the old log-probs (seeded) so that ratios leave the clip ranges.
-    `dtype` bf16 loads the weights in bf16, as the local engine does with model.dtype=bf16."""
+    `dtype` bf16 loads the weights in bf16, as the local engine does with model.dtype=bf16.
+    `loss_masks` (agent mode): per row, 0 on the tool-result tokens (the Rollout's loss_mask; the
+    advantages are computed over it, as the local trainer's `_advantages`)."""
     from transformers import AutoModelForCausalLM
 
     from archer.core.algorithms import get_adv_estimator
@@ -127,6 +130,11 @@ def local_reference(
     rmask = torch.zeros_like(resp)
     for i, r in enumerate(step.responses):
         rmask[i, : len(r)] = 1
+    lmask = None
+    if loss_masks is not None:
+        lmask = torch.zeros_like(resp)
+        for i, m in enumerate(loss_masks):
+            lmask[i, : len(m)] = torch.as_tensor(m)
     groups = sorted(set(step.uids), key=step.uids.index)
     ro = Rollout(
         prompt_ids=pid,
@@ -136,14 +144,17 @@ def local_reference(
         truncated=torch.zeros(step.size, dtype=torch.bool),
         group=[groups.index(u) for u in step.uids],
         sample=[0] * step.size,
+        loss_mask=lmask,
     )
+    tmask = ro.train_mask
     old, entropy = batch_logprobs(model, ro, micro_batch_size=micro, with_entropy=True, device=device)
     if old_noise:
         old = (old + old_noise * torch.randn(old.shape, generator=torch.Generator().manual_seed(5))) * rmask
     rewards = torch.tensor(step.rewards)
     token_rewards = torch.zeros(resp.shape, dtype=torch.float32)
     token_rewards[torch.arange(step.size), rmask.sum(-1) - 1] = rewards
-    adv, _ = get_adv_estimator("grpo")(token_rewards, rmask.float(), np.array(step.uids, dtype=object))
+    adv, _ = get_adv_estimator("grpo")(token_rewards, tmask.float(), np.array(step.uids, dtype=object))
+    adv = adv * tmask
     n = step.uids.count(step.uids[0])
     cfg = compose_dict(
         {
@@ -162,7 +173,7 @@ def local_reference(
         }
     )
     influence = LocalInfluence(model, settings)
-    seq_adv = adv.sum(-1) / rmask.sum(-1)
+    seq_adv = adv.sum(-1) / tmask.sum(-1)
     influence.begin(ro, rewards, seq_adv, step.uids)
     hook = influence.micro_hook
     if not settings.output.in_training_backward:  # log_prob*: one extra pass before the update
@@ -190,14 +201,33 @@ def row_keys(step: StepBatch) -> list[str]:
     return [f"{u}_{i}_0" for i, u in enumerate(step.uids)]
 
 
-def influence_plan(step: StepBatch, advantages: torch.Tensor, settings: InfluenceSettings):
-    """archer's selection of the groups to trace (plan_influence) with the step's sequence advantages."""
+def influence_plan(
+    step: StepBatch,
+    advantages: torch.Tensor,
+    settings: InfluenceSettings,
+    masks: list[list[int]] | None = None,
+):
+    """archer's selection of the groups to trace (plan_influence) with the step's sequence advantages
+    (over the response mask, as archer's verl trainer computes them)."""
     from archer.core.engines.verl.steps import plan_influence
+    from archer.core.rollout.record import sequence_advantages
 
-    seq_adv = (advantages.sum(-1) / torch.tensor([len(r) for r in step.responses])).numpy()
+    masks = masks if masks is not None else [[1] * len(r) for r in step.responses]
+    seq_adv = sequence_advantages([advantages[i, : len(m)] for i, m in enumerate(masks)], masks)
     return plan_influence(
         row_keys(step), np.zeros(step.size, dtype=bool), np.array(step.rewards), seq_adv, settings
     )
+
+
+def tool_result_masks(step) -> list[list[int]]:
+    """Agent rows: each response is a call, a tool result (0: no loss), then the answer; the
+    result span is tokens [L/4, L/2) (at least one token), the last token is the model's."""
+    masks = []
+    for r in step.responses:
+        L = len(r)
+        lo, hi = max(1, L // 4), max(2, L // 2)
+        masks.append([0 if lo <= j < hi and j < L - 1 else 1 for j in range(L)])
+    return masks
 
 
 def nested(rows: list) -> torch.Tensor:
@@ -205,11 +235,18 @@ def nested(rows: list) -> torch.Tensor:
 
 
 def v1_rows(
-    step: StepBatch, old: torch.Tensor, adv: torch.Tensor, plan_fields: dict | None, order: list[int]
+    step: StepBatch,
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    plan_fields: dict | None,
+    order: list[int],
+    masks: list[list[int]] | None = None,
 ):
     """The step's rows as verl's V1 trainer hands them to the actor: nested prompt+response
     tensors (`loss_mask` = `response_mask`), response-aligned old log-probs and advantages, plus
-    archer's row fields; `order` permutes the rows (as balancing would) — identity is archer_row."""
+    archer's row fields; `order` permutes the rows (as balancing would) — identity is archer_row.
+    `masks` (agent rows): per row 0 on tool-result tokens, as archer's agent loop sets
+    `response_mask` and verl's TQ adapter copies it to `loss_mask`."""
     from verl.utils import tensordict_utils as tu
 
     L = [len(step.responses[i]) for i in order]
@@ -218,8 +255,8 @@ def v1_rows(
         "responses": nested([step.responses[i] for i in order]),
         "input_ids": nested([step.prompts[i] + step.responses[i] for i in order]),
         "position_ids": nested([list(range(len(step.prompts[i]) + len(step.responses[i]))) for i in order]),
-        "response_mask": nested([[1] * n for n in L]),
-        "loss_mask": nested([[1] * n for n in L]),
+        "response_mask": nested([masks[i] if masks is not None else [1] * n for i, n in zip(order, L)]),
+        "loss_mask": nested([masks[i] if masks is not None else [1] * n for i, n in zip(order, L)]),
         "old_log_probs": nested([old[i, :n].float() for i, n in zip(order, L)]),
         "advantages": nested([adv[i, :n].float() for i, n in zip(order, L)]),
     }

@@ -22,7 +22,7 @@ root sample and H̄_tool the mean entropy of every segment of one monitoring too
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +128,42 @@ def dynamic_global_rollouts(n: int, h_root: float, h_tool: float) -> int:
     """AEPO's global-rollout count (β = 0.5 as hard-coded there)."""
     m = int(n / (1.0 + math.exp(-0.5 * (h_root - h_tool)))) + 1
     return max(1, min(n, m))
+
+
+def dynamic_rollout_count(
+    n: int, root_hs: Sequence[float], monitor_hs: Sequence[float]
+) -> tuple[float, float, int]:
+    """AEPO's dynamic phase for one prompt, from its two discarded probes (both engines' loops):
+    (H_root, H̄_tool, m). H_root is the root sample's first segment entropy (0 without one), H̄_tool
+    the mean over every segment of the monitoring tool rollout (H_root without any)."""
+    h_root = float(root_hs[0]) if len(root_hs) else 0.0
+    h_tool = float(np.mean(monitor_hs)) if len(monitor_hs) else h_root
+    return h_root, h_tool, dynamic_global_rollouts(n, h_root, h_tool)
+
+
+def lockstep_forks(
+    b: BranchSettings,
+    room: int,
+    deltas: Sequence[float],
+    consecutive: int,
+    draw: Callable[[], float],
+) -> tuple[list[int], list[tuple[int, float, bool]]]:
+    """One prompt's decisions at the end of an AEPO lock-step iteration (`vllm_rollout_with_tools.py:
+    911-1036`), both engines' loops: the waiting rows in order (their ΔH in `deltas`), each makes up
+    to beam_size − 1 copies, one draw U per copy, while the prompt has `room`; every decision reads
+    the c of the iteration before. Returns (the row of each copy, every decision as (row, ΔH, go))."""
+    forks: list[int] = []
+    decisions: list[tuple[int, float, bool]] = []
+    for i, delta in enumerate(deltas):
+        k = fork_budget(b, room - len(forks))
+        if k == 0:
+            break
+        for _ in range(k):
+            go = branch_decision(b, delta, draw(), consecutive)
+            decisions.append((i, float(delta), bool(go)))
+            if go:
+                forks.append(i)
+    return forks, decisions
 
 
 def token_entropies(logits: torch.Tensor, temperature: float, topk: int) -> tuple[torch.Tensor, torch.Tensor]:

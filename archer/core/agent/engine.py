@@ -37,6 +37,18 @@ def check_config(cfg: Any) -> None:
             "algorithm.filter_groups is not supported with agent.enable",
             hint="drop it: ~algorithm.filter_groups.enable",
         )
+    p = a.tools.python
+    if p.sandbox_fusion_url and p.backend != "sandbox_fusion":
+        raise ConfigError(
+            "agent.tools.python.sandbox_fusion_url is set, but the python tool runs locally "
+            f"(agent.tools.python.backend={p.backend})",
+            hint="add agent.tools.python.backend=sandbox_fusion, or drop the URL",
+        )
+    if p.backend == "sandbox_fusion" and not p.sandbox_fusion_url:
+        raise ConfigError(
+            "agent.tools.python.backend=sandbox_fusion needs the server's run_code URL",
+            hint="set agent.tools.python.sandbox_fusion_url=http://HOST:8080/run_code",
+        )
     if not (a.tools.python.enable or a.tools.search.enable):
         raise ConfigError("agent.enable with no tool enabled", hint="set agent.tools.python.enable=true")
     if cfg.model.path is None:
@@ -52,8 +64,6 @@ def check_config(cfg: Any) -> None:
 
 def check_verl(cfg: Any) -> None:
     """What archer's verl agent loop (a per-prompt server rollout, docs/agentic.md) runs today."""
-    from archer.core.agent.group import check_group_settings
-
     if cfg.rollout.backend != "hf":
         raise ConfigError(
             f"agent.enable on verl rolls out with archer's hf backend only, not {cfg.rollout.backend}: "
@@ -61,10 +71,6 @@ def check_verl(cfg: Any) -> None:
             "return (they send back the sampled token's log-prob only)",
             hint="add rollout.backend=hf, or run engine=local",
         )
-    try:
-        check_group_settings(branch_settings(cfg.agent, int(cfg.rollout.n)))
-    except ValueError as e:
-        raise ConfigError(f"agent.enable on verl: {e}", hint="or run engine=local") from e
 
 
 def prepare_task_data(cfg: Any, data_dir: Path) -> None:
@@ -129,18 +135,20 @@ def build_tools(
     python = None
     if a.tools.python.enable:
         p = a.tools.python
-        python = PythonSandbox(
-            SandboxLimits(
-                timeout_s=float(p.timeout_s),
-                cpu_s=int(p.cpu_s),
-                memory_mb=int(p.memory_mb),
-                max_processes=int(p.max_processes),
-                max_file_mb=int(p.max_file_mb),
-                max_output_chars=int(p.max_output_chars),
-            ),
-            isolation=str(p.isolation),
-            cache_size=int(p.cache_size),
+        limits = SandboxLimits(
+            timeout_s=float(p.timeout_s),
+            cpu_s=int(p.cpu_s),
+            memory_mb=int(p.memory_mb),
+            max_processes=int(p.max_processes),
+            max_file_mb=int(p.max_file_mb),
+            max_output_chars=int(p.max_output_chars),
         )
+        if str(p.get("backend", "local")) == "sandbox_fusion":  # the cluster's server runs the code
+            from archer.core.tools.sandbox_fusion import SandboxFusionPython
+
+            python = SandboxFusionPython(p.sandbox_fusion_url, limits, cache_size=int(p.cache_size))
+        else:
+            python = PythonSandbox(limits, isolation=str(p.isolation), cache_size=int(p.cache_size))
     search = None
     corpus_path: Path | None = None
     if a.tools.search.enable:

@@ -38,9 +38,10 @@ from archer.core.agent.branching import (
     BranchSettings,
     ConsecutiveCounter,
     branch_decision,
-    dynamic_global_rollouts,
+    dynamic_rollout_count,
     entropy_delta,
     fork_budget,
+    lockstep_forks,
     segment_entropy,
     token_entropies,
 )
@@ -236,13 +237,9 @@ class AgentRollout:
         rows = [Trajectory(id=-1, group=g, origin=o) for g in range(G) for o in ("root", "monitor")]
         self._loop(rows, main=False)
         self.probes = rows  # kept until the next run, for inspection (tests, debugging)
-        out = []
-        for g in range(G):
-            root, monitor = rows[2 * g], rows[2 * g + 1]
-            h_root = root.seg_hs[0] if root.seg_hs else 0.0
-            h_tool = float(np.mean(monitor.seg_hs)) if monitor.seg_hs else h_root
-            out.append((h_root, h_tool, dynamic_global_rollouts(self.branch.n, h_root, h_tool)))
-        return out
+        return [
+            dynamic_rollout_count(self.branch.n, rows[2 * g].seg_hs, rows[2 * g + 1].seg_hs) for g in range(G)
+        ]
 
     def _new(self, group: int, origin: str, parent: Trajectory | None = None) -> Trajectory:
         t = Trajectory(id=len(self.all), group=group, origin=origin)
@@ -358,19 +355,17 @@ class AgentRollout:
         for i in waiting:
             by_prompt.setdefault(rows[i].group, []).append(i)
         for g, idxs in by_prompt.items():
-            room = b.n - self.alloc[g]
-            made = 0
-            for i in idxs:
-                k = fork_budget(b, room - made)
-                if k == 0:
-                    break
-                t = rows[i]
-                for _ in range(k):
-                    go = self._branches(t, self.rng.random())
-                    self.decisions.append((g, float(self._delta(t)), bool(go), t.id, len(t.calls)))
-                    if go:
-                        forks.append(i)
-                        made += 1
+            made, decided = lockstep_forks(
+                b,
+                b.n - self.alloc[g],
+                [self._delta(rows[i]) for i in idxs],
+                self.counter.c[g],
+                self.rng.random,
+            )
+            for j, delta, go in decided:
+                t = rows[idxs[j]]
+                self.decisions.append((g, delta, go, t.id, len(t.calls)))
+            forks += [idxs[j] for j in made]
             if made:
                 gained.add(g)
         for i in waiting:

@@ -400,6 +400,17 @@ class PythonToolConfig:
     cache_size: int = opt(
         1024, "results of identical code kept per run (the tool is stateless; 0 = off)", ge=0
     )
+    backend: str = opt(
+        "local",
+        "where the code runs: local (this machine, isolated as `isolation` says) or sandbox_fusion "
+        "(a SandboxFusion server at sandbox_fusion_url, with that server's isolation; docs/security.md)",
+        choices=("local", "sandbox_fusion"),
+    )
+    sandbox_fusion_url: str | None = opt(
+        None,
+        "the SandboxFusion server's run_code endpoint (backend=sandbox_fusion), e.g. "
+        "http://HOST:8080/run_code",
+    )
 
 
 @dataclass

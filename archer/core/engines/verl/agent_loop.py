@@ -15,6 +15,12 @@ Each row's `extra_fields["archer_agent"]` carries what the trainer needs back: t
 `agent/*` metrics, `archer.core.agent.stats`). The per-token entropy the rule reads comes from the
 rollout server: archer's hf replica computes it exactly (`archer_entropy_topk` in the request).
 
+AEPO: with `agent.aepo.consecutive_count=iteration` the prompts of the chunk a worker gets in one
+`generate_sequences` call share a `group.Lockstep` (their trajectories wait for each other at the
+branching decisions, as AEPO's loop does; with several agent-loop workers, each worker's chunk is
+one lock-step batch); `agent.aepo.dynamic_rollouts` runs each group's root sample and monitoring
+rollout first. Rows then carry the group's (H_root, H̄_tool, m) and the iteration count.
+
 Installed by `actor_rollout_ref.rollout.agent.agent_loop_manager_class` (archer sets it with
 `agent.enable`); the settings come from the config's `archer.agent` section.
 """
@@ -38,13 +44,14 @@ from verl.trainer.ppo.v1.agent_loop_tq import (
     apply_greedy_sampling_params,
 )
 
-from archer.core.agent.group import Generation, GroupRollout, ToolReply
+from archer.core.agent.group import Generation, GroupRollout, Lockstep, ToolReply
 
 log = logging.getLogger("archer.verl")
 
 MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
 ROW_FIELD = "archer_agent"  # extra_fields key of every agent row
 ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the hf replica's request key (rollout_hf.ENTROPY_TOPK_KEY)
+LOCKSTEP_KEY = "__archer_lockstep__"  # a chunk's row field naming its AEPO lock-step batch
 
 
 def _plain(x: Any) -> Any:
@@ -87,6 +94,30 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         }
         self._eos = sorted(eos)
         self._server = str(self.config.actor_rollout_ref.rollout.name)
+        self._locks: dict[str, list] = {}  # chunk id -> [Lockstep, prompts yet to pick it up]
+
+    async def generate_sequences(self, batch: Any) -> None:
+        """verl's dispatch; with AEPO's per-iteration counter the chunk's prompts share a Lockstep."""
+        from archer.core.agent.engine import branch_settings
+
+        if branch_settings(self.archer_agent, int(self.config.actor_rollout_ref.rollout.n)).lockstep:
+            from tensordict import NonTensorData
+
+            key = uuid4().hex
+            self._locks[key] = [Lockstep(len(batch)), len(batch)]
+            batch[LOCKSTEP_KEY] = NonTensorData(key)
+        await super().generate_sequences(batch)
+
+    def _lockstep(self, prompt: dict) -> Lockstep | None:
+        """The prompt's lock-step batch (each prompt picks it up once; the last one drops the entry)."""
+        key = prompt.pop(LOCKSTEP_KEY, None)
+        entry = self._locks.get(key) if key is not None else None
+        if entry is None:
+            return None
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._locks[key]
+        return entry[0]
 
     # -- tools ---------------------------------------------------------------------------
     @property
@@ -122,16 +153,25 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     ) -> None:
         validate = bool(trajectory["validate"])
         uid, partition_id = prompt["uid"], "val" if validate else "train"
-        await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": "running"})
+        lock = self._lockstep(prompt)
+        made: list[tuple] = []  # (group, ...) once built: a group with the lock joins or leaves it itself
         try:
-            await self._archer_group(prompt, sampling_params, validate)
+            await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": "running"})
+            group = await self._archer_prepare(prompt, sampling_params, validate, lock)
+            made.append(group)
+            await self._archer_finish(prompt, *group)
             status = "finished"
         except Exception:
             log.exception("archer agent loop: prompt %s failed", uid)
             status = "failure"
+        finally:
+            if lock is not None and not (made and made[0][0].lock is lock):
+                lock.leave(None)  # never joined (validation, or failed before): nobody waits for it
         await tq.async_kv_put(key=uid, partition_id=partition_id, tag={"status": status})
 
-    async def _archer_group(self, prompt: dict, sampling_params: dict, validate: bool) -> None:
+    async def _archer_prepare(
+        self, prompt: dict, sampling_params: dict, validate: bool, lock: Lockstep | None
+    ) -> tuple:
         from archer.core.agent.engine import branch_settings
 
         config = self.config.actor_rollout_ref.rollout
@@ -182,12 +222,28 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             max_response_tokens=int(self.rollout_config.response_length),
             max_turns=int(a.max_turns),
             rng=random.Random(seed),
+            lockstep=lock if settings.lockstep else None,
         )
+        return group, prompt_ids, params, timing, steps, validate
+
+    async def _archer_finish(
+        self,
+        prompt: dict,
+        group: GroupRollout,
+        prompt_ids: list[int],
+        params: dict,
+        timing: dict,
+        steps: list[int],
+        validate: bool,
+    ) -> None:
         result = await group.run(prompt_ids)
         want_logprobs = bool(params.get("logprobs", False))
         for t in result.trajectories:
+            summary = t.summary()
+            summary["dynamic"] = list(result.dynamic) if result.dynamic is not None else None
+            summary["iterations"] = result.stats.get("agent/iterations")
             extra = {
-                ROW_FIELD: t.summary(),
+                ROW_FIELD: summary,
                 "turn_scores": [],
                 "tool_rewards": [],
                 "min_global_steps": min(steps) if steps else None,

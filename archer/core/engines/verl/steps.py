@@ -166,14 +166,26 @@ def agent_metrics(
     from archer.core.agent.stats import rollout_stats
 
     rows = [s for i, s in enumerate(summaries) if not padding[i] and s is not None]
-    uids = {parse_key(keys[i])[0] for i, s in enumerate(summaries) if not padding[i] and s is not None}
-    return rollout_stats(
+    by_uid = {parse_key(keys[i])[0]: s for i, s in enumerate(summaries) if not padding[i] and s is not None}
+    stats = rollout_stats(
         [str(s["origin"]) for s in rows],
         [[(str(c[0]), str(c[1])) for c in s["calls"]] for s in rows],
         [(float(d[0]), bool(d[1])) for s in rows for d in s["decisions"]],
-        len(uids),
+        len(by_uid),
         n,
     )
+    dynamic = [s["dynamic"] for s in by_uid.values() if s.get("dynamic") is not None]
+    if dynamic:  # AEPO's dynamic rollouts: one (H_root, H̄_tool, m) per prompt
+        stats["agent/h_root_mean"] = float(np.mean([d[0] for d in dynamic]))
+        stats["agent/h_tool_mean"] = float(np.mean([d[1] for d in dynamic]))
+        stats["agent/dynamic_rollouts_min"] = float(min(d[2] for d in dynamic))
+        stats["agent/dynamic_rollouts_max"] = float(max(d[2] for d in dynamic))
+    iterations = [s["iterations"] for s in by_uid.values() if s.get("iterations") is not None]
+    if iterations:  # AEPO's lock-step iterations (per agent-loop worker's batch; the largest)
+        stats["agent/iterations"] = float(max(iterations))
+        consecutive = [int(d[2]) for s in rows for d in s["decisions"] if len(d) > 2]
+        stats["agent/consecutive_max"] = float(max(consecutive, default=0))  # the largest c a decision read
+    return stats
 
 
 def token_roles(summary: dict | None, length: int) -> np.ndarray:
