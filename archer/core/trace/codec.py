@@ -1,0 +1,184 @@
+"""How a step table is stored on disk (schema v2), and read back as the logical table.
+
+The logical table (`schema.SCHEMA`: what `build_step_table` returns and every reader gets) has
+float32 `influence` and the per-response `influence_sum` / `influence_mean`. On disk, v2 keeps
+influence in half the bytes and the summaries not at all, because per-token influence must cost at
+most 10 % of an entropy-only trace (issue 19; docs/influence.md, "Trace size"):
+
+- `influence` is float16 of `score / 2^e`, with one exponent `e` per step, in the file's key-value
+  metadata (`archer.influence_scale_log2`), chosen so that the step's largest |score| lands in
+  (2^14, 2^15]. Dividing by a power of two is exact, so a stored score is the score rounded to
+  float16's 11 significant bits: relative error <= 2^-11 for every |score| >= 2^-29 of the step's
+  largest (smaller ones keep an absolute error <= 2^-39 of it). A per-response scale would need a
+  column, whose fixed cost per row group outweighs the saving on short responses.
+- `influence_sum` / `influence_mean` are derived when read, from the decoded scores in float64,
+  exactly as `build_step_table` computes them (it rounds the scores the same way first), so the
+  table in memory and the one read back are equal.
+
+v1 files (float32 influence, stored summaries) read unchanged. numpy/pyarrow only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .schema import COLUMNS, SCHEMA, segment_nan_stats
+
+#: Key-value metadata key of a v2 step file: the exponent e of the influence scale 2^e.
+META_INFLUENCE_SCALE = b"archer.influence_scale_log2"
+#: Per-response columns that v2 does not store: derived from `influence` when read.
+DERIVED_COLUMNS: tuple[str, ...] = ("influence_sum", "influence_mean")
+#: The v1 columns a v2 step file holds, in file order.
+STORED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in DERIVED_COLUMNS)
+#: The largest stored |value|, 2^15: float16 has full precision from 2^-14 up to it.
+_TOP = 15
+
+
+def scale_exponent(values: np.ndarray) -> int:
+    """e with the largest finite |value| in (2^(e+14), 2^(e+15)]; 0 when there is none (or all 0).
+
+    Rounding to float16 keeps the largest scaled value in [2^14, 2^15], so the exponent of rounded
+    values is e or e - 1, and e - 1 only doubles the stored values (exact): encoding what was
+    decoded gives back the same scores."""
+    v = np.abs(np.asarray(values, dtype=np.float32))
+    v = v[np.isfinite(v)]
+    m = float(v.max()) if len(v) else 0.0
+    if m == 0.0:
+        return 0
+    frac, exp = np.frexp(m)  # m = frac · 2^exp, frac in [0.5, 1)
+    ceil_log2 = int(exp) - 1 if frac == 0.5 else int(exp)
+    return ceil_log2 - _TOP
+
+
+def to_float16(values: np.ndarray, e: int) -> np.ndarray:
+    """The stored form: float16 of values / 2^e (NaN stays NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ldexp(np.asarray(values, dtype=np.float32), -e).astype(np.float16)
+
+
+def from_float16(stored: np.ndarray, e: int) -> np.ndarray:
+    """The scores as float32: stored · 2^e."""
+    return np.ldexp(np.asarray(stored).astype(np.float32), e).astype(np.float32, copy=False)
+
+
+def round_influence(values: np.ndarray) -> np.ndarray:
+    """The float32 scores exactly as a reader gets them back from a v2 file."""
+    e = scale_exponent(values)
+    return from_float16(to_float16(values, e), e)
+
+
+def influence_summaries(
+    values: np.ndarray, offsets: np.ndarray, present: np.ndarray
+) -> tuple[pa.Array, pa.Array]:
+    """(influence_sum, influence_mean) per list row: over the non-NaN scores, summed in float64;
+    null where the row is null (`present` False) or holds no captured token."""
+    s, c, _ = segment_nan_stats(values, offsets)
+    has = present & (c > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / np.maximum(c, 1)
+    return (
+        pa.array(s.astype(np.float32), type=pa.float32(), mask=~has),
+        pa.array(mean.astype(np.float32), type=pa.float32(), mask=~has),
+    )
+
+
+def _list_parts(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, offsets from 0, valid) of a list column, whatever its chunking or slicing."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    off = col.offsets.to_numpy()
+    values = col.values.to_numpy(zero_copy_only=False)[off[0] : off[-1]]
+    valid = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return values, (off - off[0]).astype(np.int32), valid
+
+
+def _list_array(
+    values: np.ndarray, offsets: np.ndarray, valid: np.ndarray, value_type: pa.DataType
+) -> pa.Array:
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, type=pa.int32()),
+        pa.array(values, type=value_type),
+        type=pa.list_(value_type),
+        mask=pa.array(~valid, type=pa.bool_()),
+    )
+
+
+def encode(table: pa.Table) -> pa.Table:
+    """The logical step table as a v2 file stores it: float16 `influence` scaled by 2^e (e in the
+    schema metadata), without `influence_sum` / `influence_mean`. Other columns and metadata stay."""
+    values, offsets, valid = _list_parts(table.column("influence"))
+    e = scale_exponent(values)
+    infl = _list_array(to_float16(values, e), offsets, valid, pa.float16())
+    meta = dict(table.schema.metadata or {})
+    meta[META_INFLUENCE_SCALE] = str(e).encode()
+    out = table.drop_columns(list(DERIVED_COLUMNS))
+    i = out.schema.get_field_index("influence")
+    out = out.set_column(i, pa.field("influence", infl.type), infl)
+    return out.replace_schema_metadata(meta)
+
+
+def is_encoded(schema: pa.Schema) -> bool:
+    """Whether a file's schema is v2 storage (float16 influence, derived summaries)."""
+    i = schema.get_field_index("influence")
+    return i >= 0 and schema.field(i).type == pa.list_(pa.float16())
+
+
+def columns_to_read(schema: pa.Schema, wanted: Sequence[str] | None) -> list[str] | None:
+    """The stored columns that give `wanted` (None: all): a derived one needs `influence`."""
+    if wanted is None or not is_encoded(schema):
+        return None if wanted is None else list(wanted)
+    out = [c for c in wanted if c not in DERIVED_COLUMNS]
+    if "influence" not in out and any(c in DERIVED_COLUMNS for c in wanted):
+        out.append("influence")
+    return out
+
+
+def decode(table: pa.Table, metadata: Mapping[bytes, bytes] | None, wanted: Sequence[str] | None) -> pa.Table:
+    """What `columns_to_read` read, as the logical table: `influence` as float32 scores and the
+    derived summaries computed from them, in the order of `wanted` (None: the v1 columns, then any
+    extra ones as stored). A v1 table (float32 influence) is only narrowed to `wanted`."""
+    if "influence" not in table.column_names or not is_encoded(table.schema):
+        return table if wanted is None else table.select(list(wanted))
+    raw = (metadata or {}).get(META_INFLUENCE_SCALE, b"0")
+    e = int(raw)
+    values, offsets, valid = _list_parts(table.column("influence"))
+    scores = from_float16(values, e)
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {n: table.column(n) for n in table.column_names}
+    cols["influence"] = _list_array(scores, offsets, valid, pa.float32())
+    if wanted is None or any(c in DERIVED_COLUMNS for c in wanted):
+        cols["influence_sum"], cols["influence_mean"] = influence_summaries(scores, offsets, valid)
+    if wanted is None:
+        names = list(COLUMNS) + [c for c in table.column_names if c not in COLUMNS]
+    else:
+        names = list(wanted)
+    logical = set(SCHEMA.names)
+    fields = [
+        pa.field(n, cols[n].type, nullable=SCHEMA.field(n).nullable)
+        if n in logical
+        else table.schema.field(n)
+        for n in names
+    ]
+    meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != META_INFLUENCE_SCALE}
+    return pa.Table.from_arrays([cols[n] for n in names], schema=pa.schema(fields, metadata=meta))
+
+
+def describe_columns(schema: pa.Schema) -> list[dict[str, str]]:
+    """A step file's columns as a reader gets them: name, type, and how the file stores it."""
+    if not is_encoded(schema):
+        return [{"name": f.name, "type": str(f.type), "stored": str(f.type)} for f in schema]
+    how = {
+        "influence": f"{schema.field('influence').type} of score / 2^e, e per step in the file metadata",
+        **{c: "not stored: computed from influence when read" for c in DERIVED_COLUMNS},
+    }
+    stored = schema.field("influence").type
+    read_as = {"influence": pa.list_(stored.value_field.with_type(pa.float32()))}
+    read_as.update({c: SCHEMA.field(c).type for c in DERIVED_COLUMNS})
+    names = list(COLUMNS) + [n for n in schema.names if n not in COLUMNS]
+    out = []
+    for n in names:
+        t = str(read_as.get(n) or schema.field(n).type)
+        out.append({"name": n, "type": t, "stored": how.get(n, t)})
+    return out
