@@ -22,6 +22,7 @@ from view.tracegen import (
     old_step,
     poison_prompt_ids,
     save_char_tokenizer,
+    stored_influence_for,
     write_old_npz_trace,
     write_trace,
 )
@@ -143,7 +144,11 @@ def test_export_tokens_jsonl_to_file_with_text(run, tok, tmp_path):
     assert "".join(x["text"] for x in row3) == STEP2[3]
     assert [x["token_id"] for x in row3] == char_ids(STEP2[3])
     inf = influence_for(5, 3)
-    # float16 on disk under one scale per step: within float16's rounding (2^-11 relative)
+    # as the trace keeps them (float16 under the step's scale), within 2^-11 of the scores
+    kept = stored_influence_for(5, 3)
+    assert [x["influence"] for x in row3] == [
+        None if math.isnan(v) else pytest.approx(float(v)) for v in kept
+    ]
     assert [x["influence"] for x in row3] == [
         None if math.isnan(v) else pytest.approx(float(v), rel=2.0**-11) for v in inf
     ]
