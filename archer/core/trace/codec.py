@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .schema import COLUMNS, SCHEMA, segment_nan_stats
+from .schema import COLUMNS, SCHEMA
 
 #: Key-value metadata key of a v2 step file: the exponent e of the influence scale 2^e.
 META_INFLUENCE_SCALE = b"archer.influence_scale_log2"
@@ -66,21 +66,43 @@ def from_float16(stored: np.ndarray, e: int) -> np.ndarray:
 
 def round_influence(values: np.ndarray) -> np.ndarray:
     """The float32 scores exactly as a reader gets them back from a v2 file."""
+    return from_float16(*stored_form(values))
+
+
+def stored_form(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """(float16 values, e): a step's scores as a v2 file stores them."""
     e = scale_exponent(values)
-    return from_float16(to_float16(values, e), e)
+    return to_float16(values, e), e
 
 
 def influence_summaries(
-    values: np.ndarray, offsets: np.ndarray, present: np.ndarray
+    stored: np.ndarray, e: int, offsets: np.ndarray, present: np.ndarray
 ) -> tuple[pa.Array, pa.Array]:
-    """(influence_sum, influence_mean) per list row: over the non-NaN scores, summed in float64;
-    null where the row is null (`present` False) or holds no captured token."""
-    s, c, _ = segment_nan_stats(values, offsets)
-    has = present & (c > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = s / np.maximum(c, 1)
+    """(influence_sum, influence_mean) per list row from the stored values (float16 of score /
+    2^e): over the non-NaN scores, summed in float64, then scaled by 2^e (exact, so equal to
+    summing the decoded scores); null where the row is null (`present` False) or holds no
+    captured token. Writer and reader both compute them here, so they agree bit for bit."""
+    v = np.asarray(stored).astype(np.float32)  # float16 arithmetic in numpy is emulated and slow
+    n = len(offsets) - 1
+    lengths = np.diff(offsets).astype(np.int64)
+    sums = np.zeros(n)
+    counts = np.zeros(n, dtype=np.int64)
+    nonempty = np.flatnonzero(lengths > 0)
+    if len(nonempty):
+        # reduceat over the starts of the non-empty rows only: each then spans exactly its own row
+        starts = offsets[:-1][nonempty]
+        nan = np.isnan(v)
+        counts[nonempty] = lengths[nonempty]
+        if nan.any():
+            counts[nonempty] -= np.add.reduceat(nan, starts, dtype=np.int64)
+            v[nan] = 0.0
+        sums[nonempty] = np.add.reduceat(v, starts, dtype=np.float64)
+    has = present & (counts > 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = np.ldexp(sums / np.maximum(counts, 1), e)
+        sums = np.ldexp(sums, e)
     return (
-        pa.array(s.astype(np.float32), type=pa.float32(), mask=~has),
+        pa.array(sums.astype(np.float32), type=pa.float32(), mask=~has),
         pa.array(mean.astype(np.float32), type=pa.float32(), mask=~has),
     )
 
@@ -145,11 +167,11 @@ def decode(table: pa.Table, metadata: Mapping[bytes, bytes] | None, wanted: Sequ
     raw = (metadata or {}).get(META_INFLUENCE_SCALE, b"0")
     e = int(raw)
     values, offsets, valid = _list_parts(table.column("influence"))
-    scores = from_float16(values, e)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {n: table.column(n) for n in table.column_names}
-    cols["influence"] = _list_array(scores, offsets, valid, pa.float32())
+    if wanted is None or "influence" in wanted:
+        cols["influence"] = _list_array(from_float16(values, e), offsets, valid, pa.float32())
     if wanted is None or any(c in DERIVED_COLUMNS for c in wanted):
-        cols["influence_sum"], cols["influence_mean"] = influence_summaries(scores, offsets, valid)
+        cols["influence_sum"], cols["influence_mean"] = influence_summaries(values, e, offsets, valid)
     if wanted is None:
         names = list(COLUMNS) + [c for c in table.column_names if c not in COLUMNS]
     else:

@@ -274,11 +274,11 @@ def build_step_table(
         i_vals = _concat([x for x in influence if x is not None], np.dtype(np.float32), int(i_off[-1]))
         # the scores as a v2 file keeps them (float16, one scale per step): the table in memory, its
         # summaries and what a reader gets back are then the same numbers
-        from .codec import influence_summaries, round_influence  # codec builds on this module
+        from .codec import from_float16, influence_summaries, stored_form  # codec builds on this module
 
-        i_vals = round_influence(i_vals)
-        infl_col = _list_array(i_vals, i_off, pa.float32(), mask=~present)
-        infl_sum, infl_mean = influence_summaries(i_vals, i_off, present)
+        stored, e = stored_form(i_vals)
+        infl_col = _list_array(from_float16(stored, e), i_off, pa.float32(), mask=~present)
+        infl_sum, infl_mean = influence_summaries(stored, e, i_off, present)
 
     if data_source is None:
         ds = pa.nulls(n, type=pa.string())
