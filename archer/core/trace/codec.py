@@ -11,9 +11,10 @@ most 10 % of an entropy-only trace (issue 19; docs/influence.md, "Trace size"):
   float16's 11 significant bits: relative error <= 2^-11 for every |score| >= 2^-29 of the step's
   largest (smaller ones keep an absolute error <= 2^-39 of it). A per-response scale would need a
   column, whose fixed cost per row group outweighs the saving on short responses.
-- `influence_sum` / `influence_mean` are derived when read, from the decoded scores in float64,
-  exactly as `build_step_table` computes them (it rounds the scores the same way first), so the
-  table in memory and the one read back are equal.
+- `influence_sum` / `influence_mean` are derived when read (float64 sums over the stored values,
+  `influence_summaries`), by the same function `build_step_table` uses after rounding the scores
+  the same way, so the table in memory and the one read back are equal. The price: a response
+  list (`TraceReader.step_overview`) of a v2 file reads the `influence` column too.
 
 v1 files (float32 influence, stored summaries) read unchanged. numpy/pyarrow only.
 """
