@@ -869,3 +869,34 @@ def test_a_v1_trace_written_by_the_old_writer_reads_as_before(tmp_path):
     assert [c["stored"] for c in describe_columns(r.schema(3)) if c["name"] == "influence_sum"] == [
         "not stored: computed from influence when read"
     ]
+
+
+def test_v2_keeps_the_summaries_of_long_responses_so_a_response_list_reads_no_token_column(tmp_path):
+    """Steps whose responses average >= 64 tokens store influence_sum/_mean (8 B per response is
+    then under 1/8 B per token); shorter ones derive them. Both read back the same numbers."""
+    from archer.core.trace.codec import DERIVED_COLUMNS, KEEP_SUMMARIES_MEAN_TOKENS, columns_to_read
+
+    short = make_table(1, n=12, max_len=40)  # about 20 tokens per response
+    inp = make_inputs(2, n=12, max_len=300)
+    inp["response_ids"] = [
+        np.resize(r, max(len(r), 2 * KEEP_SUMMARIES_MEAN_TOKENS)) for r in inp["response_ids"]
+    ]
+    inp["entropy"] = [np.resize(x, len(r)) for x, r in zip(inp["entropy"], inp["response_ids"])]
+    inp["influence"] = [
+        None if x is None else np.resize(x, len(r)) for x, r in zip(inp["influence"], inp["response_ids"])
+    ]
+    long = build_step_table(2, **inp)
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(1, short)
+        w.submit(2, long)
+    r = TraceReader(tmp_path)
+    for step, table, stored in ((1, short, False), (2, long, True)):
+        names = pq.read_schema(r.step_path(step)).names
+        assert all((c in names) == stored for c in DERIVED_COLUMNS), step
+        reads = columns_to_read(r.schema(step), SUMMARY_COLUMNS)
+        assert ("influence" in reads) == (not stored), step  # what a response list decompresses
+        overview = r.step_overview(step)
+        assert overview.column_names == list(SUMMARY_COLUMNS)
+        for name in DERIVED_COLUMNS:
+            assert overview.column(name).equals(table.column(name)), (step, name)
+            assert r.read_step(step).column(name).equals(table.column(name)), (step, name)

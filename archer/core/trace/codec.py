@@ -11,10 +11,12 @@ most 10 % of an entropy-only trace (issue 19; docs/influence.md, "Trace size"):
   float16's 11 significant bits: relative error <= 2^-11 for every |score| >= 2^-29 of the step's
   largest (smaller ones keep an absolute error <= 2^-39 of it). A per-response scale would need a
   column, whose fixed cost per row group outweighs the saving on short responses.
-- `influence_sum` / `influence_mean` are derived when read (float64 sums over the stored values,
-  `influence_summaries`), by the same function `build_step_table` uses after rounding the scores
-  the same way, so the table in memory and the one read back are equal. The price: a response
-  list (`TraceReader.step_overview`) of a v2 file reads the `influence` column too.
+- `influence_sum` / `influence_mean` are not stored in a step whose responses average fewer than
+  `KEEP_SUMMARIES_MEAN_TOKENS` tokens, where their 8 bytes per response cost as much as the token
+  column; the reader derives them (float64 sums over the stored values, `influence_summaries`,
+  the function `build_step_table` uses after rounding the scores the same way, so the table in
+  memory and the one read back are equal). Longer steps keep them: there they cost under 1/8 B
+  per token, and a response list (`TraceReader.step_overview`) then reads no token column.
 
 v1 files (float32 influence, stored summaries) read unchanged. numpy/pyarrow only.
 """
@@ -32,7 +34,9 @@ from .schema import COLUMNS, SCHEMA
 META_INFLUENCE_SCALE = b"archer.influence_scale_log2"
 #: Per-response columns that v2 does not store: derived from `influence` when read.
 DERIVED_COLUMNS: tuple[str, ...] = ("influence_sum", "influence_mean")
-#: The v1 columns a v2 step file holds, in file order.
+#: A v2 step file whose responses average at least this many tokens stores the derived columns.
+KEEP_SUMMARIES_MEAN_TOKENS = 64
+#: The v1 columns every v2 step file holds, in file order.
 STORED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in DERIVED_COLUMNS)
 #: The largest stored |value|, 2^15: float16 has full precision from 2^-14 up to it.
 _TOP = 15
@@ -129,15 +133,23 @@ def _list_array(
     )
 
 
+def keeps_summaries(table: pa.Table) -> bool:
+    """Whether v2 stores the step's `influence_sum` / `influence_mean` (long responses)."""
+    n = table.num_rows
+    tokens = table.column("response_length").to_numpy().sum(dtype=np.int64) if n else 0
+    return n > 0 and tokens >= KEEP_SUMMARIES_MEAN_TOKENS * n
+
+
 def encode(table: pa.Table) -> pa.Table:
     """The logical step table as a v2 file stores it: float16 `influence` scaled by 2^e (e in the
-    schema metadata), without `influence_sum` / `influence_mean`. Other columns and metadata stay."""
+    schema metadata), and `influence_sum` / `influence_mean` only for long responses
+    (`keeps_summaries`). Other columns and metadata stay."""
     values, offsets, valid = _list_parts(table.column("influence"))
     e = scale_exponent(values)
     infl = _list_array(to_float16(values, e), offsets, valid, pa.float16())
     meta = dict(table.schema.metadata or {})
     meta[META_INFLUENCE_SCALE] = str(e).encode()
-    out = table.drop_columns(list(DERIVED_COLUMNS))
+    out = table if keeps_summaries(table) else table.drop_columns(list(DERIVED_COLUMNS))
     i = out.schema.get_field_index("influence")
     out = out.set_column(i, pa.field("influence", infl.type), infl)
     return out.replace_schema_metadata(meta)
@@ -149,12 +161,20 @@ def is_encoded(schema: pa.Schema) -> bool:
     return i >= 0 and schema.field(i).type == pa.list_(pa.float16())
 
 
+def derived_here(schema: pa.Schema) -> list[str]:
+    """The logical columns a step file does not store (computed from `influence` when read)."""
+    if not is_encoded(schema):
+        return []
+    return [c for c in DERIVED_COLUMNS if c not in schema.names]
+
+
 def columns_to_read(schema: pa.Schema, wanted: Sequence[str] | None) -> list[str] | None:
     """The stored columns that give `wanted` (None: all): a derived one needs `influence`."""
-    if wanted is None or not is_encoded(schema):
+    derived = derived_here(schema)
+    if wanted is None or not derived:
         return None if wanted is None else list(wanted)
-    out = [c for c in wanted if c not in DERIVED_COLUMNS]
-    if "influence" not in out and any(c in DERIVED_COLUMNS for c in wanted):
+    out = [c for c in wanted if c not in derived]
+    if "influence" not in out and any(c in derived for c in wanted):
         out.append("influence")
     return out
 
@@ -171,7 +191,8 @@ def decode(table: pa.Table, metadata: Mapping[bytes, bytes] | None, wanted: Sequ
     cols: dict[str, pa.Array | pa.ChunkedArray] = {n: table.column(n) for n in table.column_names}
     if wanted is None or "influence" in wanted:
         cols["influence"] = _list_array(from_float16(values, e), offsets, valid, pa.float32())
-    if wanted is None or any(c in DERIVED_COLUMNS for c in wanted):
+    missing = [c for c in DERIVED_COLUMNS if c not in cols]
+    if missing and (wanted is None or any(c in missing for c in wanted)):
         cols["influence_sum"], cols["influence_mean"] = influence_summaries(values, e, offsets, valid)
     if wanted is None:
         names = list(COLUMNS) + [c for c in table.column_names if c not in COLUMNS]
@@ -194,7 +215,7 @@ def describe_columns(schema: pa.Schema) -> list[dict[str, str]]:
         return [{"name": f.name, "type": str(f.type), "stored": str(f.type)} for f in schema]
     how = {
         "influence": f"{schema.field('influence').type} of score / 2^e, e per step in the file metadata",
-        **{c: "not stored: computed from influence when read" for c in DERIVED_COLUMNS},
+        **{c: "not stored: computed from influence when read" for c in derived_here(schema)},
     }
     stored = schema.field("influence").type
     read_as = {"influence": pa.list_(stored.value_field.with_type(pa.float32()))}
