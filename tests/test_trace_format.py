@@ -809,6 +809,11 @@ def test_storage_rounding_is_stable_when_a_read_table_is_written_again(tmp_path)
     raw = np.array([2.0**14 * (1 + 2.0**-12), -3.0, 1e-3, np.nan], dtype=np.float32) * np.float32(2.0**-30)
     once = round_influence(raw)
     assert scale_exponent(once) == scale_exponent(raw) - 1
+    # NaN (not captured) and an infinite score stay what they are; the scale ignores both
+    odd = np.array([np.nan, -np.inf, 3.0, -1.0], dtype=np.float32)
+    assert scale_exponent(odd) == 2 - 15  # 3 is in (2^1, 2^2]
+    np.testing.assert_array_equal(round_influence(odd), odd)
+    assert scale_exponent(np.array([np.nan], np.float32)) == scale_exponent(np.zeros(0, np.float32)) == 0
     np.testing.assert_array_equal(round_influence(once), once)
     inp = make_inputs(2)
     inp["influence"] = [None if x is None else np.resize(raw, len(x)) for x in inp["influence"]]

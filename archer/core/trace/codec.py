@@ -48,9 +48,10 @@ def scale_exponent(values: np.ndarray) -> int:
     Rounding to float16 keeps the largest scaled value in [2^14, 2^15], so the exponent of rounded
     values is e or e - 1, and e - 1 only doubles the stored values (exact): encoding what was
     decoded gives back the same scores."""
-    v = np.abs(np.asarray(values, dtype=np.float32))
-    v = v[np.isfinite(v)]
-    m = float(v.max()) if len(v) else 0.0
+    a = np.abs(np.asarray(values, dtype=np.float32))
+    m = float(np.fmax.reduce(a)) if a.size else 0.0  # fmax skips NaN
+    if not np.isfinite(m):  # an infinite score (or only NaN): the largest finite one
+        m = float(np.max(a, where=np.isfinite(a), initial=0.0))
     if m == 0.0:
         return 0
     frac, exp = np.frexp(m)  # m = frac · 2^exp, frac in [0.5, 1)
@@ -58,15 +59,24 @@ def scale_exponent(values: np.ndarray) -> int:
     return ceil_log2 - _TOP
 
 
+def _times_power_of_two(values: np.ndarray, k: int) -> np.ndarray:
+    """values · 2^k, exact (a product with a power of two), as float32; float64 on the way when
+    2^k is not a normal float32."""
+    if -126 <= k <= 127:
+        return values * np.float32(2.0**k)
+    return (values.astype(np.float64) * 2.0**k).astype(np.float32)
+
+
 def to_float16(values: np.ndarray, e: int) -> np.ndarray:
     """The stored form: float16 of values / 2^e (NaN stays NaN)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.ldexp(np.asarray(values, dtype=np.float32), -e).astype(np.float16)
+        return _times_power_of_two(np.asarray(values, dtype=np.float32), -e).astype(np.float16)
 
 
 def from_float16(stored: np.ndarray, e: int) -> np.ndarray:
     """The scores as float32: stored · 2^e."""
-    return np.ldexp(np.asarray(stored).astype(np.float32), e).astype(np.float32, copy=False)
+    with np.errstate(over="ignore", under="ignore"):
+        return _times_power_of_two(np.asarray(stored).astype(np.float32), e)
 
 
 def round_influence(values: np.ndarray) -> np.ndarray:

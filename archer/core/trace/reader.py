@@ -260,8 +260,8 @@ class TraceReader:
             raise TraceError(f"cannot read {path}: {e}", hint="the step file is truncated or corrupt") from e
 
     def schema(self, step: int) -> pa.Schema:
-        """The Arrow schema of a step file as stored (v2: float16 `influence`, no summaries; v1:
-        the logical columns), plus any extra ones, from the footer."""
+        """The Arrow schema of a step file as stored (v2: float16 `influence`, the influence
+        summaries only for long responses; v1: the logical columns), plus any extra ones."""
         with self._open(step) as pf:
             return pf.schema_arrow
 
@@ -277,7 +277,7 @@ class TraceReader:
 
     def step_overview(self, step: int) -> pa.Table:
         """The per-response summary columns of a step (no token lists): the response list view.
-        In v2 files the influence summaries are computed from the `influence` column."""
+        In a v2 step of short responses the influence summaries come from its `influence` column."""
         with self._open(step) as pf:
             names = set(self._logical_names(pf))
             cols = [c for c in SUMMARY_COLUMNS if c in names]

@@ -363,7 +363,7 @@ class TraceWriter:
         final = self._steps_dir / name
         # The temp name does not end in .parquet, so 'steps/*.parquet' globs never match it.
         tmp = self._steps_dir / f".{name}.tmp-{os.getpid()}"
-        table = codec.encode(table)  # schema v2: float16 influence, summaries derived when read
+        table = codec.encode(table)  # schema v2: float16 influence (codec.py)
         names = table.schema.names
         try:
             pq.write_table(
