@@ -52,9 +52,10 @@ def storage_error(before, after) -> dict:
     rel, small, responses, moved = 0.0, 0.0, 0, 0
     for a, b in zip(before, after):
         x, off = list_values(a.column("influence"))
-        y, _ = list_values(b.column("influence"))
+        y, yoff = list_values(b.column("influence"))
         x = x[off[0] : off[-1]].astype(np.float64)
-        y = y[: len(x)].astype(np.float64)
+        y = y[yoff[0] : yoff[-1]].astype(np.float64)
+        assert np.array_equal(off - off[0], yoff - yoff[0]), "the rewritten trace holds other responses"
         ok = np.isfinite(x)
         if not ok.any():
             continue
@@ -83,17 +84,13 @@ def storage_error(before, after) -> dict:
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a run directory (or trace directory) with influence")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-
+def measure(run: Path) -> dict:
+    """The figures this script prints, for the trace of `run`."""
     import numpy as np
 
     from archer.core.trace import SCHEMA_VERSION, TraceReader, TraceWriter, list_values
 
-    reader = TraceReader(args.run)
+    reader = TraceReader(run)
     steps = reader.steps()
     tables = [reader.read_step(s) for s in steps]
     tokens = sum(int(t.column("response_length").to_numpy().sum()) for t in tables)
@@ -132,6 +129,15 @@ def main() -> int:
         ),
         **error,
     }
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a run directory (or trace directory) with influence")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    out = measure(args.run)
     if args.json:
         print(json.dumps(out))
     else:
