@@ -1,11 +1,16 @@
-"""Bytes per token that influence adds to a trace on disk (issue 19, item 4).
+"""Bytes per token that influence adds to a trace on disk (issue 19, item 4), and the error of
+storing the scores.
 
 Reads every step of a run's trace (one written with influence on) and writes it again with
-archer's own `TraceWriter` (zstd, the default row groups) twice: as it is, and as an entropy-only
-run would have written it (the `influence`, `influence_sum`, `influence_mean` and `accepted`
-columns null). Same responses, same tokens, so the difference is what influence costs per token.
+archer's own `TraceWriter` (the current schema, zstd, the default row groups) twice: as it is, and
+as an entropy-only run would have written it (the `influence`, `influence_sum`, `influence_mean`
+and `accepted` columns null). Same responses, same tokens, so the difference is what influence
+costs per token. Then it reads the rewritten scores back and compares them with the input's: on
+a schema-v1 trace (float32 scores, as the tracer computed them) that is the storage error of the
+current schema (float16 under one power-of-two scale per step: docs/trace-format.md, Precision).
 
     python bench/influence_trace_bytes.py runs/quickstart-influence
+    python bench/influence_trace_bytes.py archer/view/demo      # the shipped demo trace (v1)
 
 Needs numpy and pyarrow only (no torch).
 """
@@ -34,17 +39,58 @@ def entropy_only(table):
     return table
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a run directory (or trace directory) with influence")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-
+def storage_error(before, after) -> dict:
+    """The scores read back against the input's, step by step (m: the step's largest |score|):
+    the largest relative error over |score| >= 2^-29·m (float16's normal range under the step's
+    scale), the largest absolute error over m below that, and the responses whose top token by
+    |score| is no longer top (a strictly larger stored score elsewhere; ties created by rounding
+    keep it top)."""
     import numpy as np
 
-    from archer.core.trace import TraceReader, TraceWriter, list_values
+    from archer.core.trace import list_values
 
-    reader = TraceReader(args.run)
+    rel, small, responses, moved = 0.0, 0.0, 0, 0
+    for a, b in zip(before, after):
+        x, off = list_values(a.column("influence"))
+        y, yoff = list_values(b.column("influence"))
+        x = x[off[0] : off[-1]].astype(np.float64)
+        y = y[yoff[0] : yoff[-1]].astype(np.float64)
+        assert np.array_equal(off - off[0], yoff - yoff[0]), "the rewritten trace holds other responses"
+        ok = np.isfinite(x)
+        if not ok.any():
+            continue
+        m = np.abs(x[ok]).max()
+        big = ok & (np.abs(x) >= 2.0**-29 * m)
+        err = np.abs(y - x)
+        if big.any():
+            rel = max(rel, float((err[big] / np.abs(x[big])).max()))
+        if (ok & ~big).any():
+            small = max(small, float(err[ok & ~big].max() / m))
+        off = off - off[0]
+        null = np.asarray(a.column("influence").is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        for r in range(len(off) - 1):
+            xs, ys = np.abs(x[off[r] : off[r + 1]]), np.abs(y[off[r] : off[r + 1]])
+            fin = np.isfinite(xs)
+            if null[r] or not fin.any():
+                continue
+            responses += 1
+            top = int(np.flatnonzero(fin)[np.argmax(xs[fin])])
+            moved += bool(ys[top] < np.nanmax(ys))
+    return {
+        "storage_max_rel_error": rel,
+        "storage_max_abs_error_below_2^-29_of_step_max": small,
+        "responses_scored": responses,
+        "responses_top_token_changed": moved,
+    }
+
+
+def measure(run: Path) -> dict:
+    """The figures this script prints, for the trace of `run`."""
+    import numpy as np
+
+    from archer.core.trace import SCHEMA_VERSION, TraceReader, TraceWriter, list_values
+
+    reader = TraceReader(run)
     steps = reader.steps()
     tables = [reader.read_step(s) for s in steps]
     tokens = sum(int(t.column("response_length").to_numpy().sum()) for t in tables)
@@ -60,8 +106,14 @@ def main() -> int:
                 for s, t in zip(steps, tables):
                     w.submit(s, fn(t))
             sizes[variant] = sum(f.stat().st_size for f in (d / "steps").glob("*.parquet"))
+        back = TraceReader(Path(tmp) / "with_influence")
+        error = storage_error(tables, [back.read_step(s, columns=["influence"]) for s in steps])
     out = {
         "trace": str(reader.dir),
+        "input_schema_versions": sorted(
+            {int(reader.schema(s).metadata[b"archer.schema_version"]) for s in steps}
+        ),
+        "written_schema_version": SCHEMA_VERSION,
         "steps": len(steps),
         "response_tokens": tokens,
         "influence_scored_tokens": scored,
@@ -75,7 +127,17 @@ def main() -> int:
         "extra_bytes_per_scored_token": round(
             (sizes["with_influence"] - sizes["entropy_only"]) / max(1, scored), 3
         ),
+        **error,
     }
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a run directory (or trace directory) with influence")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    out = measure(args.run)
     if args.json:
         print(json.dumps(out))
     else:

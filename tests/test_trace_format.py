@@ -1,4 +1,5 @@
-"""The trace format: schema v1 round trip, summaries, parquet layout, writer protocol, reader errors."""
+"""The trace format: schema v2 round trip (v1 files still read), summaries, parquet layout, writer
+protocol, reader errors."""
 
 from __future__ import annotations
 
@@ -78,6 +79,23 @@ def write_steps(trace_dir: Path, steps, **writer_kw) -> None:
             w.submit(s, make_table(s))
 
 
+def step_max(influence) -> float:
+    """The step's largest finite |score| (what the v2 scale is chosen from)."""
+    vals = np.concatenate([np.abs(x[np.isfinite(x)]) for x in influence if x is not None])
+    return float(vals.max())
+
+
+def assert_stored_close(stored, original, m: float) -> None:
+    """The storage error of schema v2: relative <= 2^-11 for |score| >= 2^-29·m (float16's normal
+    range under the step's scale), absolute <= 2^-39·m below; NaN where the input has NaN."""
+    stored = np.asarray(stored, dtype=np.float64)
+    original = np.asarray(original, dtype=np.float32).astype(np.float64)
+    assert np.array_equal(np.isnan(stored), np.isnan(original))
+    ok = ~np.isnan(original)
+    err = np.abs(stored[ok] - original[ok])
+    assert np.all(err <= np.maximum(2.0**-11 * np.abs(original[ok]), 2.0**-39 * m))
+
+
 def manifest_steps(trace_dir: Path) -> list[int]:
     return [json.loads(x)["step"] for x in (trace_dir / "manifest.jsonl").read_text().splitlines()]
 
@@ -131,7 +149,10 @@ def test_round_trip_every_column_and_dtype(tmp_path):
         if inp["influence"][i] is None:
             assert infl is None
         else:
-            np.testing.assert_array_equal(infl, inp["influence"][i])  # NaN == NaN here
+            # the table in memory holds what the file holds, bit for bit (NaN == NaN here) ...
+            np.testing.assert_array_equal(infl, list_influence(table, i))
+            # ... the input rounded to float16's 11 bits (one power-of-two scale per step)
+            assert_stored_close(infl, inp["influence"][i], step_max(inp["influence"]))
         role_i = np.full(len(inp["response_ids"][i]), i % 3)
         np.testing.assert_array_equal(list_row(back, "token_role", i), role_i)
 
@@ -190,9 +211,14 @@ def test_summary_columns_match_a_per_row_numpy_computation():
             assert t.column("entropy_max")[i].as_py() == pytest.approx(e.max(), rel=1e-6)
         x = inp["influence"][i]
         if x is not None and np.isfinite(x).any():
-            x64 = x.astype(np.float64)
-            assert t.column("influence_sum")[i].as_py() == pytest.approx(np.nansum(x64), rel=1e-5)
-            assert t.column("influence_mean")[i].as_py() == pytest.approx(np.nanmean(x64), rel=1e-5)
+            # from the stored scores (float16 of score / 2^e, as the file keeps them), as for entropy
+            x64 = list_influence(t, i).astype(np.float64)
+            assert t.column("influence_sum")[i].as_py() == pytest.approx(np.nansum(x64), rel=1e-6)
+            assert t.column("influence_mean")[i].as_py() == pytest.approx(np.nanmean(x64), rel=1e-6)
+            # and the input's within the rounding: |sum of errors| <= 2^-11 · sum |x|
+            bound = 2.0**-11 * np.nansum(np.abs(x.astype(np.float64)))
+            err = abs(t.column("influence_sum")[i].as_py() - np.nansum(x.astype(np.float64)))
+            assert err <= bound * 1.001
         else:
             assert t.column("influence_sum")[i].as_py() is None
 
@@ -640,7 +666,7 @@ def test_unknown_schema_version_is_refused(tmp_path):
     meta[b"archer.schema_version"] = b"7"
     pq.write_table(t.replace_schema_metadata(meta), path)
     r = TraceReader(other)
-    with pytest.raises(TraceError, match=r"step_000001.parquet uses trace schema v7.*v1"):
+    with pytest.raises(TraceError, match=rf"step_000001.parquet uses trace schema v7.*v{SCHEMA_VERSION}"):
         r.read_step(1)
 
 
@@ -713,3 +739,169 @@ def test_writer_from_trace_config(tmp_path):
     other = TraceConfig(dir=str(tmp_path / "elsewhere"))
     with TraceWriter.from_config(other, tmp_path / "run2", {}, resume_after_step=0) as w:
         assert w.dir == tmp_path / "elsewhere"
+
+
+# ---------------------------------------------------------------------------------------------
+# schema v2 storage (float16 influence, one scale per step, derived summaries) and v1 files
+# ---------------------------------------------------------------------------------------------
+
+V1_TRACE = Path(__file__).resolve().parent / "data" / "trace_v1"
+
+
+def test_v2_stores_float16_influence_scaled_per_step_and_derives_the_summaries(tmp_path):
+    """On disk: list<float16> of score / 2^e with e in the footer, no influence_sum/_mean; read
+    back: float32 scores within float16 rounding of the input, for responses whose scores differ
+    by 10 orders of magnitude, and the summaries equal to the ones of the table in memory."""
+    from archer.core.trace.codec import DERIVED_COLUMNS, META_INFLUENCE_SCALE
+
+    inp = make_inputs(5, n=16, max_len=64)
+    rng = np.random.default_rng(5)
+    infl = []
+    for i, r in enumerate(inp["response_ids"]):
+        v = rng.standard_normal(len(r)).astype(np.float32) * np.float32(10.0 ** (-12 + 2.5 * (i % 5)))
+        v[rng.random(len(r)) < 0.2] = np.nan
+        infl.append(None if i % 4 == 0 else v)
+    inp["influence"] = infl
+    table = build_step_table(5, **inp)
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(5, table)
+    path = tmp_path / "steps" / "step_000005.parquet"
+    disk = pq.read_table(path)
+    assert disk.schema.field("influence").type == pa.list_(pa.float16())
+    assert not set(DERIVED_COLUMNS) & set(disk.column_names)
+    e = int(disk.schema.metadata[META_INFLUENCE_SCALE])
+    m = step_max(infl)
+    assert 2.0**14 < m / 2.0**e <= 2.0**15
+
+    r = TraceReader(tmp_path)
+    back = r.read_step(5)
+    assert back.column_names == list(COLUMNS)
+    assert back.schema.field("influence").type == pa.list_(pa.float32())
+    assert META_INFLUENCE_SCALE not in back.schema.metadata
+    for i in range(len(infl)):
+        got = list_influence(back, i)
+        if infl[i] is None:
+            assert got is None
+            continue
+        np.testing.assert_array_equal(got, list_influence(table, i))
+        assert_stored_close(got, infl[i], m)
+        # what DuckDB or plain pyarrow gets: the stored value times 2^e
+        raw = np.asarray(disk.column("influence")[i].as_py(), dtype=np.float64) * 2.0**e
+        np.testing.assert_array_equal(raw, got.astype(np.float64))
+    for name in DERIVED_COLUMNS:
+        assert back.column(name).equals(table.column(name)), name
+        assert r.step_overview(5).column(name).equals(table.column(name)), name
+    assert r.read_step(5, columns=["influence_mean"]).column_names == ["influence_mean"]
+    only = r.read_step(5, columns=["influence_sum"])
+    assert only.column("influence_sum").equals(table.column("influence_sum"))
+    one = r.read_response(5, 9, columns=["influence_sum", "reward"])
+    assert one["influence_sum"] == table.column("influence_sum")[9].as_py()
+    assert set(one) == {"influence_sum", "reward"}
+
+
+def test_storage_rounding_is_stable_when_a_read_table_is_written_again(tmp_path):
+    """A decoded table written again holds the same scores, also when rounding moved the step's
+    largest score onto a power of two (the scale's exponent then drops by one: an exact doubling)."""
+    from archer.core.trace.codec import round_influence, scale_exponent
+
+    # 2^14·(1 + 2^-12) rounds down to 2^14 in float16 (spacing 2^-10 there): the rounded max is a
+    # power of two, one binade lower than the exponent the raw max asked for
+    raw = np.array([2.0**14 * (1 + 2.0**-12), -3.0, 1e-3, np.nan], dtype=np.float32) * np.float32(2.0**-30)
+    once = round_influence(raw)
+    assert scale_exponent(once) == scale_exponent(raw) - 1
+    # NaN (not captured) and an infinite score stay what they are; the scale ignores both
+    odd = np.array([np.nan, -np.inf, 3.0, -1.0], dtype=np.float32)
+    assert scale_exponent(odd) == 2 - 15  # 3 is in (2^1, 2^2]
+    np.testing.assert_array_equal(round_influence(odd), odd)
+    assert scale_exponent(np.array([np.nan], np.float32)) == scale_exponent(np.zeros(0, np.float32)) == 0
+    np.testing.assert_array_equal(round_influence(once), once)
+    inp = make_inputs(2)
+    inp["influence"] = [None if x is None else np.resize(raw, len(x)) for x in inp["influence"]]
+    table = build_step_table(2, **inp)
+    with TraceWriter(tmp_path / "a", {}) as w:
+        w.submit(2, table)
+    first = TraceReader(tmp_path / "a").read_step(2)
+    with TraceWriter(tmp_path / "b", {}) as w:
+        w.submit(2, first)
+    second = TraceReader(tmp_path / "b").read_step(2)
+    for i in range(first.num_rows):
+        a, b = list_influence(first, i), list_influence(second, i)
+        assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
+    assert second.column("influence_sum").equals(first.column("influence_sum"))
+
+
+def test_a_v1_trace_written_by_the_old_writer_reads_as_before(tmp_path):
+    """tests/data/trace_v1: two steps written by archer's schema-v1 writer (main 09b82a9, from
+    make_table(1) and make_table(2)): float32 influence and stored summaries, read unchanged; a
+    v2 writer resuming it adds a v2 step, and all three read alike."""
+    import shutil
+
+    from archer.core.trace.codec import describe_columns
+
+    trace = tmp_path / "t"
+    shutil.copytree(V1_TRACE, trace)
+    r = TraceReader(trace)
+    assert r.schema_version == 1 and r.steps() == [1, 2]
+    for step in (1, 2):
+        assert r.schema(step).field("influence").type == pa.list_(pa.float32())
+        assert r.schema(step).metadata[b"archer.schema_version"] == b"1"
+        inp = make_inputs(step)
+        back = r.read_step(step)
+        assert back.column_names == list(COLUMNS)
+        for i, x in enumerate(inp["influence"]):
+            got = list_influence(back, i)
+            if x is None:
+                assert got is None and back.column("influence_sum")[i].as_py() is None
+            else:  # float32 as it was computed: exact
+                np.testing.assert_array_equal(got, x)
+                want = np.nansum(x.astype(np.float64)) if np.isfinite(x).any() else None
+                assert back.column("influence_sum")[i].as_py() == (want and pytest.approx(want, rel=1e-6))
+        overview = r.step_overview(step)
+        assert overview.column_names == list(SUMMARY_COLUMNS)
+        assert overview.column("influence_mean").equals(back.column("influence_mean"))
+        one = r.read_response(step, 1, columns=["influence", "influence_mean"])
+        np.testing.assert_array_equal(one["influence"], inp["influence"][1])
+    assert [c["stored"] for c in describe_columns(r.schema(2)) if c["name"] == "influence_sum"] == ["float"]
+
+    with TraceWriter(trace, {"model": "tiny"}, resume_after_step=2) as w:
+        w.submit(3, make_table(3))
+    r = TraceReader(trace)
+    assert r.steps() == [1, 2, 3] and r.schema_version == SCHEMA_VERSION
+    assert r.schema(3).field("influence").type == pa.list_(pa.float16())
+    assert r.read_step(1).schema == r.read_step(3).schema  # the same logical table (metadata aside)
+    for step in (1, 2, 3):
+        assert r.step_overview(step).column_names == list(SUMMARY_COLUMNS)
+    assert [c["stored"] for c in describe_columns(r.schema(3)) if c["name"] == "influence_sum"] == [
+        "not stored: computed from influence when read"
+    ]
+
+
+def test_v2_keeps_the_summaries_of_long_responses_so_a_response_list_reads_no_token_column(tmp_path):
+    """Steps whose responses average >= 64 tokens store influence_sum/_mean (8 B per response is
+    then under 1/8 B per token); shorter ones derive them. Both read back the same numbers."""
+    from archer.core.trace.codec import DERIVED_COLUMNS, KEEP_SUMMARIES_MEAN_TOKENS, columns_to_read
+
+    short = make_table(1, n=12, max_len=40)  # about 20 tokens per response
+    inp = make_inputs(2, n=12, max_len=300)
+    inp["response_ids"] = [
+        np.resize(r, max(len(r), 2 * KEEP_SUMMARIES_MEAN_TOKENS)) for r in inp["response_ids"]
+    ]
+    inp["entropy"] = [np.resize(x, len(r)) for x, r in zip(inp["entropy"], inp["response_ids"])]
+    inp["influence"] = [
+        None if x is None else np.resize(x, len(r)) for x, r in zip(inp["influence"], inp["response_ids"])
+    ]
+    long = build_step_table(2, **inp)
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(1, short)
+        w.submit(2, long)
+    r = TraceReader(tmp_path)
+    for step, table, stored in ((1, short, False), (2, long, True)):
+        names = pq.read_schema(r.step_path(step)).names
+        assert all((c in names) == stored for c in DERIVED_COLUMNS), step
+        reads = columns_to_read(r.schema(step), SUMMARY_COLUMNS)
+        assert ("influence" in reads) == (not stored), step  # what a response list decompresses
+        overview = r.step_overview(step)
+        assert overview.column_names == list(SUMMARY_COLUMNS)
+        for name in DERIVED_COLUMNS:
+            assert overview.column(name).equals(table.column(name)), (step, name)
+            assert r.read_step(step).column(name).equals(table.column(name)), (step, name)

@@ -22,12 +22,13 @@ from view.tracegen import (
     old_step,
     poison_prompt_ids,
     save_char_tokenizer,
+    stored_influence_for,
     write_old_npz_trace,
     write_trace,
 )
 
 from archer.cli.main import app
-from archer.core.trace import TraceReader
+from archer.core.trace import SCHEMA_VERSION, TraceReader
 from archer.core.trace.export import RESPONSE_EXPORT_COLUMNS, RESPONSE_TEXT_COLUMNS, TOKEN_EXPORT_COLUMNS
 from archer.core.trace.npz_import import load_npz
 from archer.errors import TraceError
@@ -64,7 +65,7 @@ def test_info_text_and_json(run):
     assert r.exit_code == 0, r.output
     for words in (
         "schema",
-        "v1 (archer-trace)",
+        f"v{SCHEMA_VERSION} (archer-trace)",
         "4 (1..4)",
         "24  (with influence: 8)",
         "3,071",
@@ -79,9 +80,12 @@ def test_info_text_and_json(run):
     assert d["responses"] == 24 and d["influence_rows"] == 8 and d["tokens"] == 3071
     assert [c["name"] for c in d["columns"]][:3] == ["step", "row", "uid"]
     types = {c["name"]: c["type"] for c in d["columns"]}
-    assert "halffloat" in types["entropy"] and "float" in types["influence"]
+    assert "halffloat" in types["entropy"] and types["influence"] == "list<element: float>"  # as read
+    stored = {c["name"]: c["stored"] for c in d["columns"]}
+    assert stored["influence"].startswith("list<element: halffloat> of score / 2^e")  # as kept (v2)
+    assert stored["influence_sum"] == "not stored: computed from influence when read"
     assert d["bytes_total"] >= d["bytes_steps"] > 0
-    assert d["summary"]["preset"] == "fixture" and d["schema_version"] == 1
+    assert d["summary"]["preset"] == "fixture" and d["schema_version"] == SCHEMA_VERSION
 
 
 def test_info_errors_exit_1_with_a_hint(tmp_path):
@@ -140,7 +144,14 @@ def test_export_tokens_jsonl_to_file_with_text(run, tok, tmp_path):
     assert "".join(x["text"] for x in row3) == STEP2[3]
     assert [x["token_id"] for x in row3] == char_ids(STEP2[3])
     inf = influence_for(5, 3)
-    assert [x["influence"] for x in row3] == [None if math.isnan(v) else pytest.approx(float(v)) for v in inf]
+    # as the trace keeps them (float16 under the step's scale), within 2^-11 of the scores
+    kept = stored_influence_for(5, 3)
+    assert [x["influence"] for x in row3] == [
+        None if math.isnan(v) else pytest.approx(float(v)) for v in kept
+    ]
+    assert [x["influence"] for x in row3] == [
+        None if math.isnan(v) else pytest.approx(float(v), rel=2.0**-11) for v in inf
+    ]
     assert row3[1]["entropy"] == pytest.approx(float(np.float16(entropy_for(5, 3, 2)[1])), rel=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # written atomically
     r = invoke("trace", "export", str(run), "--step", "1", "--tokens")

@@ -16,7 +16,7 @@ from archer.view.colors import DIM_STYLE, NAN_STYLE
 from archer.view.widgets.help import HelpScreen
 
 from .conftest import SIZE, screen_text, settle, static_text
-from .tracegen import STEP1, STEP2, char_ids, entropy_for, influence_for
+from .tracegen import STEP1, STEP2, char_ids, entropy_for, stored_influence_for
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +154,7 @@ async def test_cursor_readout_shows_position_id_text_entropy_influence(run_dir):
         await press(pilot, "right")
         r = readout(app)
         ent = float(np.float16(entropy_for(5, 3, 2)[1]))
-        inf = float(influence_for(5, 3)[1])
+        inf = float(stored_influence_for(5, 3)[1])
         assert "pos 1" in r and f"id {char_ids('1')[0]}" in r and 'text "1"' in r
         assert f"entropy {ent:.3f}" in r and f"influence {inf:.3f}" in r
         await press(pilot, "right")
@@ -343,7 +343,7 @@ async def test_topk_lists_extremes_and_jumps_to_response_and_token(run_dir):
         all_ent = np.concatenate([entropy_for(len(t), i, 2).astype(np.float16) for i, t in enumerate(STEP2)])
         assert top.value == pytest.approx(float(all_ent.max()))
         low_inf = hits["influence low:1"]
-        all_inf = np.concatenate([influence_for(len(t), i) for i, t in enumerate(STEP2)])
+        all_inf = np.concatenate([stored_influence_for(len(t), i) for i, t in enumerate(STEP2)])
         assert low_inf.value == pytest.approx(float(np.nanmin(all_inf)))
         assert "influence captured for" in static_text(app, "#topk-note")
         # jump: move the cursor to the first "influence low" row and press enter

@@ -23,7 +23,7 @@ from archer.view.model import (
     token_order,
 )
 
-from .tracegen import STEP2, char_ids, entropy_for, influence_for
+from .tracegen import STEP2, char_ids, entropy_for, stored_influence_for
 
 # ---------------------------------------------------------------------------------- data layer
 
@@ -82,7 +82,7 @@ def test_response_tokens_and_lru_bound_memory(bare_trace):
     r = d.response(2, 3)
     assert r.ids.tolist() == char_ids(STEP2[3])
     np.testing.assert_array_equal(r.entropy, entropy_for(5, 3, 2).astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(r.influence, influence_for(5, 3))
+    np.testing.assert_array_equal(r.influence, stored_influence_for(5, 3))
     assert d.response(1, 0).influence is None  # step 1 has no influence
     for step in (1, 2, 3):
         d.step_table(step)
@@ -122,7 +122,7 @@ def test_step_stats_topk_and_scales(bare_trace):
     ent = np.concatenate(
         [entropy_for(len(t), i, 2).astype(np.float16).astype(np.float32) for i, t in enumerate(STEP2)]
     )
-    inf = np.concatenate([influence_for(len(t), i) for i, t in enumerate(STEP2)])
+    inf = np.concatenate([stored_influence_for(len(t), i) for i, t in enumerate(STEP2)])
     assert s.tokens == len(ent) and s.entropy_max == pytest.approx(ent.max())
     assert s.entropy_p95 == pytest.approx(np.percentile(ent, 95))
     assert s.influence_tokens == int(np.isfinite(inf).sum())
@@ -149,7 +149,7 @@ def test_step_influence_statistics_by_hand(bare_trace):
 
     d = TraceData(bare_trace)
     s = d.step_stats(2, k=3)
-    inf = [influence_for(len(t), i).astype(np.float64) for i, t in enumerate(STEP2)]
+    inf = [stored_influence_for(len(t), i).astype(np.float64) for i, t in enumerate(STEP2)]
     flat = np.concatenate(inf)
     ok = flat[np.isfinite(flat)]
     assert s.influence_row_tokens == len(flat) and s.influence_tokens == len(ok)

@@ -55,6 +55,17 @@ def influence_for(n: int, row: int) -> np.ndarray:
     return v
 
 
+def stored_influence_for(n: int, row: int, texts: list[str] = STEP2) -> np.ndarray:
+    """`influence_for(n, row)` as the trace keeps it (what a reader gets back): the step's scores
+    rounded to float16 under the one power-of-two scale of the step (docs/trace-format.md)."""
+    from archer.core.trace.codec import round_influence
+
+    rows = [influence_for(len(t), i) for i, t in enumerate(texts)]
+    assert len(rows[row]) == n
+    start = sum(len(r) for r in rows[:row])
+    return round_influence(np.concatenate(rows))[start : start + n]
+
+
 def _step_table(step: int, texts: list[str], with_influence: bool) -> object:
     n = len(texts)
     uid = ["p0"] * 4 + ["p1"] * 4

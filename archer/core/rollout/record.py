@@ -73,7 +73,7 @@ class StepRecord:
         return sequence_advantages(self.advantages, self.loss_mask)
 
     def table(self, step: int) -> pa.Table:
-        """The schema-v1 step table (plus `token_role` in agent mode)."""
+        """The trace step table (plus `token_role` in agent mode)."""
         from archer.core.trace.schema import build_step_table
 
         extra = None if self.token_role is None else {TOKEN_ROLE_COLUMN: role_column(self.token_role)}

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from archer.errors import TraceError
 
+from . import codec
 from .schema import (
-    COLUMNS,
     FORMAT,
     META_SCHEMA_VERSION,
     SCHEMA_VERSION,
@@ -245,7 +245,8 @@ class TraceReader:
                 meta = pf.schema_arrow.metadata or {}
                 raw = meta.get(META_SCHEMA_VERSION)
                 _check_version(int(raw) if raw is not None and raw.isdigit() else raw, path)
-                missing = [c for c in COLUMNS if c not in pf.schema_arrow.names]
+                stored = codec.STORED_COLUMNS if codec.is_encoded(pf.schema_arrow) else codec.COLUMNS
+                missing = [c for c in stored if c not in pf.schema_arrow.names]
                 if missing:  # a foreign parquet listed in the manifest
                     raise TraceError(
                         f"{path} (step {step}) is not an archer trace step: it lacks the columns "
@@ -259,7 +260,8 @@ class TraceReader:
             raise TraceError(f"cannot read {path}: {e}", hint="the step file is truncated or corrupt") from e
 
     def schema(self, step: int) -> pa.Schema:
-        """The Arrow schema of a step file (v1 columns plus any extra ones), from the footer."""
+        """The Arrow schema of a step file as stored (v2: float16 `influence`, the influence
+        summaries only for long responses; v1: the logical columns), plus any extra ones."""
         with self._open(step) as pf:
             return pf.schema_arrow
 
@@ -271,13 +273,15 @@ class TraceReader:
     def read_step(self, step: int, columns: Sequence[str] | None = None) -> pa.Table:
         """A whole step, or only `columns` (parquet is columnar: unread columns cost nothing)."""
         with self._open(step) as pf:
-            return pf.read(columns=self._columns(pf, columns))
+            return self._read(pf, self._columns(pf, columns), lambda cols: pf.read(columns=cols))
 
     def step_overview(self, step: int) -> pa.Table:
-        """The per-response summary columns of a step (no token lists): the response list view."""
+        """The per-response summary columns of a step (no token lists): the response list view.
+        In a v2 step of short responses the influence summaries come from its `influence` column."""
         with self._open(step) as pf:
-            names = set(pf.schema_arrow.names)
-            return pf.read(columns=[c for c in SUMMARY_COLUMNS if c in names])
+            names = set(self._logical_names(pf))
+            cols = [c for c in SUMMARY_COLUMNS if c in names]
+            return self._read(pf, cols, lambda c: pf.read(columns=c))
 
     def read_response(self, step: int, row: int, columns: Sequence[str] | None = None) -> dict[str, Any]:
         """One response as a dict (see `row_dict`), reading only the row group that holds it."""
@@ -292,14 +296,27 @@ class TraceReader:
                 if row < start + n:
                     break
                 start += n
-            return row_dict(pf.read_row_group(rg, columns=cols), row - start)
+            return row_dict(self._read(pf, cols, lambda c: pf.read_row_group(rg, columns=c)), row - start)
 
     @staticmethod
-    def _columns(pf: pq.ParquetFile, columns: Iterable[str] | None) -> list[str] | None:
+    def _read(pf: pq.ParquetFile, columns: list[str] | None, read: Any) -> pa.Table:
+        """`read(stored columns)` of what gives `columns`, decoded to the logical table."""
+        schema = pf.schema_arrow
+        return codec.decode(read(codec.columns_to_read(schema, columns)), schema.metadata, columns)
+
+    @staticmethod
+    def _logical_names(pf: pq.ParquetFile) -> list[str]:
+        names = pf.schema_arrow.names
+        if codec.is_encoded(pf.schema_arrow):
+            return list(codec.COLUMNS) + [c for c in names if c not in codec.COLUMNS]
+        return list(names)
+
+    @classmethod
+    def _columns(cls, pf: pq.ParquetFile, columns: Iterable[str] | None) -> list[str] | None:
         if columns is None:
             return None
         cols = list(columns)
-        names = pf.schema_arrow.names
+        names = cls._logical_names(pf)
         unknown = [c for c in cols if c not in names]
         if unknown:
             raise ValueError(f"unknown trace column(s) {unknown}; this file has {names}")

@@ -1,4 +1,8 @@
-"""Schema v1 of a trace step file: one parquet row per response, token data as list columns.
+"""The trace step table: one row per response, token data as list columns.
+
+`SCHEMA` is the logical table, the same since v1: what `build_step_table` returns and what every
+reader gets back. How schema v2 stores it on disk (float16 influence, derived summaries) is in
+`codec.py`; v1 files stored this table as it is.
 
 Everything here is numpy/pyarrow only, so the viewer, `collect` and sweeps can read traces
 without importing torch. `build_step_table` turns one rollout step into an Arrow table; the
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMAT = "archer-trace"
 
 # Keys of the parquet key-value metadata of every step file.
@@ -23,7 +27,7 @@ META_SCHEMA_VERSION = b"archer.schema_version"
 META_STEP = b"archer.step"
 META_FORMAT = b"archer.format"
 
-#: The v1 columns in file order, with their Arrow types. `nullable=False` fields are REQUIRED in
+#: The v1 (logical) columns in order, with their Arrow types. `nullable=False` fields are REQUIRED in
 #: parquet; the nullable ones are null when the value is unknown (see docs/trace-format.md).
 SCHEMA = pa.schema(
     [
@@ -171,7 +175,7 @@ def _nullable_bool(values: Any, name: str, n: int) -> pa.Array:
     return pa.array([None if v is None else bool(v) for v in values], type=pa.bool_())
 
 
-def _segment_nan_stats(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segment_nan_stats(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-segment (sum, count, max) over the non-NaN values; sums in float64, NaN max if none."""
     n = len(offsets) - 1
     lengths = np.diff(offsets).astype(np.int64)
@@ -246,7 +250,7 @@ def build_step_table(
     ent_vals = _concat(entropy, np.dtype(np.float16), r_total)
 
     # Summaries come from the stored float16 values, so they agree with what a reader recomputes.
-    e_sum, e_cnt, e_max = _segment_nan_stats(ent_vals, r_off)
+    e_sum, e_cnt, e_max = segment_nan_stats(ent_vals, r_off)
     with np.errstate(invalid="ignore", divide="ignore"):
         e_mean = np.where(e_cnt > 0, e_sum / np.maximum(e_cnt, 1), np.nan)
 
@@ -268,13 +272,13 @@ def build_step_table(
             )
         i_off = _offsets(i_len)
         i_vals = _concat([x for x in influence if x is not None], np.dtype(np.float32), int(i_off[-1]))
-        infl_col = _list_array(i_vals, i_off, pa.float32(), mask=~present)
-        s, c, _ = _segment_nan_stats(i_vals, i_off)
-        has = present & (c > 0)  # null summaries when not computed or when no token was captured
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = s / np.maximum(c, 1)
-        infl_sum = pa.array(s.astype(np.float32), type=pa.float32(), mask=~has)
-        infl_mean = pa.array(mean.astype(np.float32), type=pa.float32(), mask=~has)
+        # the scores as a v2 file keeps them (float16, one scale per step): the table in memory, its
+        # summaries and what a reader gets back are then the same numbers
+        from .codec import from_float16, influence_summaries, stored_form  # codec builds on this module
+
+        stored, e = stored_form(i_vals)
+        infl_col = _list_array(from_float16(stored, e), i_off, pa.float32(), mask=~present)
+        infl_sum, infl_mean = influence_summaries(stored, e, i_off, present)
 
     if data_source is None:
         ds = pa.nulls(n, type=pa.string())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .codec import describe_columns
 from .reader import TraceReader
 
 
@@ -23,8 +24,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     total = sum(p.stat().st_size for p in r.dir.rglob("*") if p.is_file())
     columns: list[dict[str, str]] = []
     if steps:
-        schema = r.schema(steps[-1])
-        columns = [{"name": f.name, "type": str(f.type)} for f in schema]
+        columns = describe_columns(r.schema(steps[-1]))  # as read, with how the file stores them
     return {
         "trace": str(r.dir),
         "format": r.summary.get("format"),

@@ -31,6 +31,7 @@ from archer.core.run import atomic_write_text
 from archer.core.storage import DiskFullError, disk_full_error
 from archer.errors import ArcherError, TraceError
 
+from . import codec
 from .schema import (
     DICTIONARY_COLUMNS,
     FORMAT,
@@ -362,6 +363,7 @@ class TraceWriter:
         final = self._steps_dir / name
         # The temp name does not end in .parquet, so 'steps/*.parquet' globs never match it.
         tmp = self._steps_dir / f".{name}.tmp-{os.getpid()}"
+        table = codec.encode(table)  # schema v2: float16 influence (codec.py)
         names = table.schema.names
         try:
             pq.write_table(
@@ -371,7 +373,8 @@ class TraceWriter:
                 compression_level=self.compression_level,
                 use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
                 row_group_size=self.row_group_size,
-                write_statistics=True,
+                # min/max of the scaled float16 influence mean nothing without the step's scale
+                write_statistics=[c for c in names if c != "influence"],
                 write_page_checksum=True,  # readers verify it: bit rot is an error, not wrong numbers
             )
             if self.fsync:
