@@ -416,22 +416,42 @@ def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path, inputs):
     assert not ray.is_initialized() and not out.exists()
 
 
-@pytest.mark.parametrize("preset", ["arpo", "aepo"])
-def test_agent_presets_on_verl_need_the_hf_rollout_and_are_refused_before_ray_otherwise(
-    preset, tmp_path, inputs
-):
-    """agent.enable on verl runs archer's agent loop with the hf rollout (its entropy source);
-    with vLLM (the presets' backend) the dry run warns and training is refused before Ray."""
+def test_the_arpo_preset_runs_its_agent_loop_on_vllm_and_only_lacks_vllm_here(tmp_path, inputs):
+    """agent.enable on verl rolls out with vLLM (archer's top-k entropy server, rollout_vllm.py) or
+    the hf replica: the dry run has nothing against the arpo preset's vLLM backend, and training
+    here stops before Ray only because vLLM is not installed."""
+    import importlib.util
+
     import ray
 
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", preset, *inputs, SDPA, "--out", str(out), "--dry-run"])
+    r = runner.invoke(app, ["train", "--preset", "arpo", *inputs, SDPA, "--out", str(out), "--dry-run"])
     assert r.exit_code == 0, r.output
-    assert "hf backend only" in r.stderr
-    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out)])
-    assert r.exit_code == 2, r.output
-    assert "hf backend only" in r.stderr and "rollout.backend=hf" in r.stderr and "engine=local" in r.stderr
+    assert "backend" not in r.stderr and "agent.enable" not in r.stderr, r.stderr
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    r = runner.invoke(app, ["train", "--preset", "arpo", *inputs, SDPA, "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert "rolls out with vllm, which is not installed here" in r.stderr
     assert not ray.is_initialized() and not out.exists()
+
+
+def test_agent_rollouts_on_verl_refuse_servers_without_entropies(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--preset", "arpo", *REQUIRED, "rollout.backend=sglang", "--out", str(out)]
+    )
+    assert r.exit_code == 2, r.output
+    assert "not sglang" in r.stderr and "rollout.backend=vllm" in r.stderr and "engine=local" in r.stderr
+    assert not out.exists()
+
+
+def test_vllm_is_allowed_the_top_k_log_probs_the_agent_loop_asks_for():
+    key = "actor_rollout_ref.rollout.engine_kwargs.vllm.max_logprobs"
+    assert verl_config("arpo").select("archer.agent.entropy_topk") == 10
+    assert verl_config("arpo").select(key) is None  # vLLM's default 20 covers it
+    assert verl_config("arpo", "agent.entropy_topk=32").select(key) == 32
+    assert verl_config("arpo", "agent.entropy_topk=32", "rollout.backend=hf").select(key) is None
 
 
 def test_aepo_lock_step_counting_is_refused_on_verl(tmp_path, inputs):

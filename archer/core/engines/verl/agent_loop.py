@@ -13,7 +13,9 @@ get `response_mask` 0, which verl's TQ adapter also uses as the `loss_mask`: no 
 Each row's `extra_fields["archer_agent"]` carries what the trainer needs back: the token roles
 (the trace's `token_role`), the trajectory's origin, its tool calls and its decisions (the step's
 `agent/*` metrics, `archer.core.agent.stats`). The per-token entropy the rule reads comes from the
-rollout server: archer's hf replica computes it exactly (`archer_entropy_topk` in the request).
+rollout server (`archer_entropy_topk: k` in the request, `archer_topk_entropy` in the reply): archer's
+hf replica computes it from the whole distribution, archer's vLLM server (rollout_vllm.py) from the
+top-k log-probs it asks vLLM for.
 
 Installed by `actor_rollout_ref.rollout.agent.agent_loop_manager_class` (archer sets it with
 `agent.enable`); the settings come from the config's `archer.agent` section.
@@ -44,7 +46,8 @@ log = logging.getLogger("archer.verl")
 
 MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
 ROW_FIELD = "archer_agent"  # extra_fields key of every agent row
-ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the hf replica's request key (rollout_hf.ENTROPY_TOPK_KEY)
+ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the request key of rollout_hf and rollout_vllm
+TOPK_ENTROPY_SERVERS = ("hf", "vllm")  # rollout.name values whose servers return top-k entropies
 
 
 def _plain(x: Any) -> Any:
@@ -143,7 +146,7 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             apply_greedy_sampling_params(params)
         a = self.archer_agent
         settings = branch_settings(a, n, validation=validate)
-        if self._server == "hf":
+        if self._server in TOPK_ENTROPY_SERVERS:
             params[ENTROPY_TOPK_KEY] = int(settings.entropy_topk)
         prompt_ids = await self._prompt_ids(prompt["raw_prompt"])
         timing = {"generate": 0.0, "tools": 0.0}

@@ -73,6 +73,7 @@ HF_ROLLOUT_DEFAULTS: dict[str, Any] = {
 
 # agent.enable: archer's agent-loop manager (agent_loop.py, named here so composing imports nothing)
 AGENT_LOOP_MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
+VLLM_MAX_LOGPROBS = 20  # vLLM's default ModelConfig.max_logprobs (the most log-probs a request gets)
 
 # Keys archer's mapping adds although verl's yaml does not declare them.
 ADDED_KEYS = (
@@ -269,6 +270,9 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         cache_dir = t["cache_dir"] or str(Path(t["out_dir"]) / ".cache")
         out["archer"]["agent"] = {**c["agent"], "cache_dir": str(Path(cache_dir).resolve())}
         out["reward.custom_reward_function.reward_kwargs"]["agent_answer"] = True
+        topk = int(c["agent"]["entropy_topk"])
+        if r["backend"] == "vllm" and topk > VLLM_MAX_LOGPROBS:  # rollout_vllm asks vLLM for k log-probs
+            out[f"{arr}.rollout.engine_kwargs.vllm.max_logprobs"] = topk
     if m["dtype"] in MIXED_PRECISION:
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:
