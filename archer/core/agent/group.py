@@ -180,7 +180,12 @@ class GroupRollout:
             raise RuntimeError(f"a group ended with {len(self.all)} trajectories, budget {self.b.n}")
         decisions = [d for t in self.all for d in t.decisions]
         stats = rollout_stats(
-            [t.origin for t in self.all], [t.calls for t in self.all], decisions, 1, self.b.n
+            [t.origin for t in self.all],
+            [t.calls for t in self.all],
+            decisions,
+            1,
+            self.b.n,
+            [h for t in self.all for h in t.seg_hs],
         )
         return GroupResult(list(self.all), stats)
 

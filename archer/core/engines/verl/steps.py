@@ -173,6 +173,7 @@ def agent_metrics(
         [(float(d[0]), bool(d[1])) for s in rows for d in s["decisions"]],
         len(uids),
         n,
+        [float(h) for s in rows for h in s.get("segment_entropy", [])],
     )
 
 
