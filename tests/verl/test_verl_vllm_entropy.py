@@ -142,7 +142,15 @@ def test_a_topk_request_asks_vllm_for_k_logprobs_and_returns_the_topk_entropy_pe
     srv = make_server(rv, engine)
     prompt = [3, 4, 5]
     params = {"temperature": 0.8, "top_p": 1.0, "logprobs": True, rv.ENTROPY_TOPK_KEY: 5}
-    out = asyncio.run(srv.generate(prompt, dict(params), "req-a"))
+    out = asyncio.run(  # as verl's LLMServerClient calls it (server.generate.remote(...))
+        srv.generate(
+            request_id="req-a",
+            prompt_ids=prompt,
+            sampling_params=dict(params),
+            image_data=None,
+            video_data=None,
+        )
+    )
     assert engine.seen == [("req-a", 5)]  # verl alone would send logprobs=0
     hs, lps = expected(prompt, engine.tokens, 5, 0.8)
     assert len(out.token_ids) == engine.tokens

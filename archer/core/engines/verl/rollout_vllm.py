@@ -100,9 +100,14 @@ class TopkLogprobsEngine:
 
     async def _capture(self, outputs: AsyncIterator[Any], request_id: str, k: int) -> AsyncIterator[Any]:
         last = None
-        async for out in outputs:
-            last = out
-            yield out
+        try:
+            async for out in outputs:
+                last = out
+                yield out
+        finally:  # a cancelled caller closes vLLM's generator now (vLLM aborts the request there)
+            close = getattr(outputs, "aclose", None)
+            if close is not None:
+                await close()
         if last is not None and last.outputs:
             logprobs = last.outputs[0].logprobs
             self._requests.entropies[request_id] = topk_entropies(
