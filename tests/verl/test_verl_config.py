@@ -446,6 +446,15 @@ def test_agent_rollouts_on_verl_refuse_servers_without_entropies(tmp_path):
     assert not out.exists()
 
 
+def test_the_full_entropy_is_refused_on_verl_where_servers_return_top_k(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--preset", "arpo", *REQUIRED, "agent.entropy_topk=0", "--out", str(out)]
+    )
+    assert r.exit_code == 2, r.output
+    assert "agent.entropy_topk=0" in r.stderr and "agent.entropy_topk=10" in r.stderr and not out.exists()
+
+
 def test_vllm_is_allowed_the_top_k_log_probs_the_agent_loop_asks_for():
     key = "actor_rollout_ref.rollout.engine_kwargs.vllm.max_logprobs"
     assert verl_config("arpo").select("archer.agent.entropy_topk") == 10

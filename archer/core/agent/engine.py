@@ -61,6 +61,12 @@ def check_verl(cfg: Any) -> None:
             "and the hf replica return and verl's other servers do not",
             hint="add rollout.backend=vllm (GPU) or rollout.backend=hf, or run engine=local",
         )
+    if int(cfg.agent.entropy_topk) < 1:
+        raise ConfigError(
+            "agent.entropy_topk=0 (the full entropy) runs on the local engine only: verl's rollout "
+            "servers return each token's top-k entropy (vLLM sends k log-probs, never the whole softmax)",
+            hint="set agent.entropy_topk=10 (ARPO's vLLM logprobs), or run engine=local",
+        )
     try:
         check_group_settings(branch_settings(cfg.agent, int(cfg.rollout.n)))
     except ValueError as e:

@@ -163,7 +163,13 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             gs = out.extra_fields.get("global_steps")
             if gs is not None:
                 steps.append(int(gs))
-            return Generation(list(out.token_ids), out.log_probs, out.extra_fields.get("archer_topk_entropy"))
+            entropies = out.extra_fields.get("archer_topk_entropy")
+            if entropies is None and out.token_ids and ENTROPY_TOPK_KEY in params:
+                raise RuntimeError(  # never branch on silent zeros
+                    f"the {self._server} rollout server returned no top-k entropies (archer's replica "
+                    "was not installed: PD disaggregation or fully-async rollouts are not supported)"
+                )
+            return Generation(list(out.token_ids), out.log_probs, entropies)
 
         async def call_tool(tool: str, content: str) -> ToolReply:
             t0 = time.perf_counter()
