@@ -416,21 +416,25 @@ def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path, inputs):
     assert not ray.is_initialized() and not out.exists()
 
 
-def test_the_arpo_preset_runs_its_agent_loop_on_vllm_and_only_lacks_vllm_here(tmp_path, inputs):
+@pytest.mark.parametrize("preset,extra", [("arpo", []), ("aepo", ["agent.aepo.consecutive_count=decision"])])
+def test_the_agent_presets_run_their_agent_loop_on_vllm_and_only_lack_vllm_here(
+    preset, extra, tmp_path, inputs
+):
     """agent.enable on verl rolls out with vLLM (archer's top-k entropy server, rollout_vllm.py) or
-    the hf replica: the dry run has nothing against the arpo preset's vLLM backend, and training
-    here stops before Ray only because vLLM is not installed."""
+    the hf replica: the dry run has nothing against the presets' vLLM backend, and training here
+    stops before Ray only because vLLM is not installed."""
     import importlib.util
 
     import ray
 
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", "arpo", *inputs, SDPA, "--out", str(out), "--dry-run"])
+    args = ["train", "--preset", preset, *inputs, SDPA, *extra, "--out", str(out)]
+    r = runner.invoke(app, [*args, "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "backend" not in r.stderr and "agent.enable" not in r.stderr, r.stderr
     if importlib.util.find_spec("vllm") is not None:
         return
-    r = runner.invoke(app, ["train", "--preset", "arpo", *inputs, SDPA, "--out", str(out)])
+    r = runner.invoke(app, args)
     assert r.exit_code == 1, r.output
     assert "rolls out with vllm, which is not installed here" in r.stderr
     assert not ray.is_initialized() and not out.exists()
