@@ -205,6 +205,17 @@ def test_concurrent_requests_each_get_their_own_k_and_entropies(rv):
             assert rv.TOPK_ENTROPY_FIELD not in out.extra_fields
 
 
+def test_logits_instead_of_log_probs_are_refused(rv):
+    engine = FakeEngine()
+    srv = make_server(rv, engine)
+    srv.config.logprobs_mode = "processed_logits"
+    with pytest.raises(ValueError, match="logprobs_mode=processed_logits"):
+        asyncio.run(srv.generate([1], {"temperature": 1.0, rv.ENTROPY_TOPK_KEY: 3}, "req-l"))
+    assert engine.seen == []
+    asyncio.run(srv.generate([1], {"temperature": 1.0}, "req-plain"))  # verl's own requests still run
+    assert engine.seen == [("req-plain", None)]
+
+
 def test_masked_tokens_add_nothing_and_missing_logprobs_are_an_error(rv):
     lp = [math.log(0.5), math.log(0.3), -math.inf, math.log(0.2)]
     position = {i: Logprob(v, i + 1) for i, v in enumerate(lp)}

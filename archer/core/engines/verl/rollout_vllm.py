@@ -23,10 +23,11 @@ token, the log-prob of the sampled token. The original ARPO asks vLLM for `logpr
 
 Log-probs are vLLM's `processed_logprobs` (verl's default `rollout.logprobs_mode`): after
 temperature and top-k/top-p, i.e. of the distribution the token was sampled from, as the hf
-replica's are with top-p 1. vLLM refuses k above its `max_logprobs` (20 unless
-`engine_kwargs.vllm.max_logprobs` says more; archer sets it when `agent.entropy_topk` > 20).
-Requests without the key behave exactly as on verl's server. Prefill/decode disaggregation is
-refused with a top-k request (the request id changes on its way to the decode peer).
+replica's are with top-p 1 (a `*_logits` mode is refused: those are no probabilities). vLLM
+refuses k above its `max_logprobs` (20 unless `engine_kwargs.vllm.max_logprobs` says more; archer
+sets it when `agent.entropy_topk` > 20). Requests without the key behave exactly as on verl's
+server. Prefill/decode disaggregation is refused with a top-k request (the request id changes on
+its way to the decode peer).
 
 Installed only where archer's trainer runs an agent loop with `rollout.name=vllm`
 (`install()`, from `ArcherTrainer._setup`): verl's replica registry then gives `ArcherVLLMReplica`
@@ -153,6 +154,12 @@ class ArcherVLLMHttpServer(vLLMHttpServer):
         if self._disaggregation_role != "null":
             raise ValueError(
                 "top-k entropies (archer's agent loop) need a vLLM replica without PD disaggregation"
+            )
+        mode = str(getattr(self.config, "logprobs_mode", None) or "processed_logprobs")
+        if not mode.endswith("_logprobs"):  # *_logits modes return logits, which are no probabilities
+            raise ValueError(
+                f"top-k entropies need log-probs from vLLM, not rollout.logprobs_mode={mode} "
+                "(use processed_logprobs, verl's default)"
             )
         asked = bool(sampling_params.get("logprobs", False))
         requests = self._archer_requests()
