@@ -459,6 +459,21 @@ def test_the_full_entropy_is_refused_on_verl_where_servers_return_top_k(tmp_path
     assert "agent.entropy_topk=0" in r.stderr and "agent.entropy_topk=10" in r.stderr and not out.exists()
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("verl.actor_rollout_ref.rollout.disaggregation.enabled=true", "disaggregation"),
+        ("verl.actor_rollout_ref.rollout.logprobs_mode=processed_logits", "logprobs_mode=processed_logits"),
+    ],
+)
+def test_what_bypasses_the_vllm_entropy_server_is_refused_for_agent_rollouts(override, message):
+    with pytest.raises(ConfigError, match=message):
+        verl_config("arpo", override)
+    verl_config(
+        "math", override.replace("processed_logits", "raw_logprobs")
+    )  # without agent: verl's business
+
+
 def test_vllm_is_allowed_the_top_k_log_probs_the_agent_loop_asks_for():
     key = "actor_rollout_ref.rollout.engine_kwargs.vllm.max_logprobs"
     assert verl_config("arpo").select("archer.agent.entropy_topk") == 10

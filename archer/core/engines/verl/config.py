@@ -578,6 +578,7 @@ def _cross_checks(cfg: Any) -> None:
                     hint=f"set verl.{key}=false, or influence.enable=false",
                 )
     _rollout_fits_the_gpus(sel)
+    _agent_rollout_has_entropies(sel)
     if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
         raise ConfigError(
             "the trace needs the entropy of the old-log-prob pass, which "
@@ -597,6 +598,26 @@ def _cross_checks(cfg: Any) -> None:
             f"trainer.v1.trainer_mode must stay {VERL_TRAINER_MODE!r} under archer: archer's trainer "
             f"({ARCHER_TRAINER}, where traces, influence and archer's losses live) is verl's synchronous "
             "trainer; verl's async modes (replay buffer, partial rollouts) are not supported"
+        )
+
+
+def _agent_rollout_has_entropies(sel: Any) -> None:
+    """archer's agent loop on vLLM reads top-k entropies from archer's vLLM server
+    (rollout_vllm.py), which needs log-probs and an undivided replica."""
+    key = "actor_rollout_ref.rollout"
+    if sel("archer.agent") is None or sel(f"{key}.name") != "vllm":
+        return
+    if sel(f"{key}.disaggregation.enabled"):
+        raise ConfigError(
+            "agent.enable with vLLM needs archer's top-k entropy server, which prefill/decode "
+            "disaggregation bypasses",
+            hint=f"drop verl.{key}.disaggregation.enabled",
+        )
+    mode = str(sel(f"{key}.logprobs_mode") or "processed_logprobs")
+    if not mode.endswith("_logprobs"):
+        raise ConfigError(
+            f"agent.enable with vLLM computes entropies from log-probs, not {key}.logprobs_mode={mode}",
+            hint=f"set verl.{key}.logprobs_mode=processed_logprobs (verl's default)",
         )
 
 
