@@ -41,12 +41,12 @@ from verl.trainer.ppo.v1.agent_loop_tq import (
 )
 
 from archer.core.agent.group import Generation, GroupRollout, ToolReply
+from archer.core.engines.verl.rollout_hf import ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD
 
 log = logging.getLogger("archer.verl")
 
 MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
 ROW_FIELD = "archer_agent"  # extra_fields key of every agent row
-ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the request key of rollout_hf and rollout_vllm
 TOPK_ENTROPY_SERVERS = ("hf", "vllm")  # rollout.name values whose servers return top-k entropies
 
 
@@ -163,7 +163,7 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             gs = out.extra_fields.get("global_steps")
             if gs is not None:
                 steps.append(int(gs))
-            entropies = out.extra_fields.get("archer_topk_entropy")
+            entropies = out.extra_fields.get(TOPK_ENTROPY_FIELD)
             if entropies is None and out.token_ids and ENTROPY_TOPK_KEY in params:
                 raise RuntimeError(  # never branch on silent zeros
                     f"the {self._server} rollout server returned no top-k entropies (archer's replica "

@@ -37,6 +37,7 @@ MAX_COLLECT_S = 0.5
 
 
 ENTROPY_TOPK_KEY = "archer_entropy_topk"  # a request's sampling_params key: per-token entropies wanted
+TOPK_ENTROPY_FIELD = "archer_topk_entropy"  # the reply's extra_fields key: per-token top-k entropies
 
 
 @dataclass
@@ -202,7 +203,7 @@ class HFRollout(BaseRollout):
         token_ids, log_probs, entropies = await future
         extra: dict[str, Any] = {"global_steps": self.weights_version}
         if entropies is not None:  # archer's agent loop: exact per-token entropies for branching
-            extra["archer_entropy"], extra["archer_topk_entropy"] = entropies
+            extra["archer_entropy"], extra[TOPK_ENTROPY_FIELD] = entropies
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if sampling_params.get("logprobs", True) else None,

@@ -45,9 +45,9 @@ from verl.workers.rollout.replica import RolloutReplicaRegistry, TokenOutput
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
 from archer.core.agent.branching import topk_entropy
+from archer.core.engines.verl.rollout_hf import ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD  # the hf replica's keys
 
-ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the request key archer's agent loop sets (as for the hf replica)
-TOPK_ENTROPY_FIELD = "archer_topk_entropy"  # the reply's extra_fields key the agent loop reads
+__all__ = ["ENTROPY_TOPK_KEY", "TOPK_ENTROPY_FIELD", "ArcherVLLMHttpServer", "ArcherVLLMReplica", "install"]
 
 
 def position_topk(position: Mapping[Any, Any] | None, k: int) -> list[float]:
