@@ -205,6 +205,21 @@ def test_concurrent_requests_each_get_their_own_k_and_entropies(rv):
             assert rv.TOPK_ENTROPY_FIELD not in out.extra_fields
 
 
+def test_a_request_naming_its_first_tokens_gets_their_entropies_only(rv):
+    """One reply is one segment, whose first agent.entropy_tokens the rule reads: the server
+    computes those and no more; the sampled log-probs still cover every token."""
+    engine = FakeEngine(tokens=6)
+    srv = make_server(rv, engine)
+    params = {"temperature": 1.0, "logprobs": True, rv.ENTROPY_TOPK_KEY: 4, rv.ENTROPY_TOKENS_KEY: 3}
+    out = asyncio.run(srv.generate([2, 7], dict(params), "req-n"))
+    hs, lps = expected([2, 7], 6, 4, 1.0)
+    assert out.extra_fields[rv.TOPK_ENTROPY_FIELD] == pytest.approx(hs[:3], abs=1e-5)
+    assert out.log_probs == pytest.approx(lps, abs=1e-9) and len(out.token_ids) == 6
+    params[rv.ENTROPY_TOKENS_KEY] = 50  # more than were generated: all of them
+    out = asyncio.run(srv.generate([2, 7], dict(params), "req-m"))
+    assert out.extra_fields[rv.TOPK_ENTROPY_FIELD] == pytest.approx(hs, abs=1e-5)
+
+
 def test_logits_instead_of_log_probs_are_refused(rv):
     engine = FakeEngine()
     srv = make_server(rv, engine)
@@ -241,7 +256,13 @@ def test_the_agent_loops_segment_entropy_from_vllm_equals_the_exact_topk_one(rv)
     counter = iter(range(100))
 
     async def generate(context, max_tokens):
-        params = {"temperature": 1.0, "logprobs": True, "max_tokens": max_tokens, rv.ENTROPY_TOPK_KEY: k}
+        params = {
+            "temperature": 1.0,
+            "logprobs": True,
+            "max_tokens": max_tokens,
+            rv.ENTROPY_TOPK_KEY: k,
+            rv.ENTROPY_TOKENS_KEY: first,  # as agent_loop.py sends them
+        }
         out = await srv.generate(context, params, f"g{next(counter)}")
         return Generation(list(out.token_ids), out.log_probs, out.extra_fields.get(rv.TOPK_ENTROPY_FIELD))
 

@@ -41,7 +41,7 @@ from verl.trainer.ppo.v1.agent_loop_tq import (
 )
 
 from archer.core.agent.group import Generation, GroupRollout, ToolReply
-from archer.core.engines.verl.rollout_hf import ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD
+from archer.core.engines.verl.rollout_hf import ENTROPY_TOKENS_KEY, ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD
 
 log = logging.getLogger("archer.verl")
 
@@ -148,6 +148,7 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
         settings = branch_settings(a, n, validation=validate)
         if self._server in TOPK_ENTROPY_SERVERS:
             params[ENTROPY_TOPK_KEY] = int(settings.entropy_topk)
+            params[ENTROPY_TOKENS_KEY] = int(settings.entropy_tokens)  # one reply = one segment
         prompt_ids = await self._prompt_ids(prompt["raw_prompt"])
         timing = {"generate": 0.0, "tools": 0.0}
         steps: list[int] = []

@@ -17,9 +17,13 @@ token, the log-prob of the sampled token. The original ARPO asks vLLM for `logpr
   estimator the hf replica and the local engine use; with k entries vLLM may add the sampled token
   as a (k+1)-th one, which is left out, and tokens masked by top-k/top-p sampling, log-prob -inf,
   add nothing);
-- the reply (verl's `TokenOutput`) gets `extra_fields["archer_topk_entropy"]`, one value per token,
-  where archer's agent loop reads it (as from the hf replica); its `log_probs` are the sampled
-  tokens' as before (`None` when the request did not ask for them).
+- the reply (verl's `TokenOutput`) gets `extra_fields["archer_topk_entropy"]`, one value per token
+  (of the first `archer_entropy_tokens` tokens when the request names N: a reply is one segment and
+  the rule reads only its first `agent.entropy_tokens`; the Python work is ~30 µs a token on a
+  loaded 2-core VM, so a 4096-token reply would cost 0.1 s of the server's event loop), where
+  archer's agent loop reads it (as from the hf replica); its `log_probs` are the sampled tokens' as
+  before (`None` when the request did not ask for them). vLLM itself still returns k log-probs for
+  every token of the request (no per-position setting), as for ARPO's own rollout.
 
 Log-probs are vLLM's `processed_logprobs` (verl's default `rollout.logprobs_mode`): after
 temperature and top-k/top-p, i.e. of the distribution the token was sampled from, as the hf
@@ -45,9 +49,20 @@ from verl.workers.rollout.replica import RolloutReplicaRegistry, TokenOutput
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
 from archer.core.agent.branching import topk_entropy
-from archer.core.engines.verl.rollout_hf import ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD  # the hf replica's keys
+from archer.core.engines.verl.rollout_hf import (  # the hf replica's keys
+    ENTROPY_TOKENS_KEY,
+    ENTROPY_TOPK_KEY,
+    TOPK_ENTROPY_FIELD,
+)
 
-__all__ = ["ENTROPY_TOPK_KEY", "TOPK_ENTROPY_FIELD", "ArcherVLLMHttpServer", "ArcherVLLMReplica", "install"]
+__all__ = [
+    "ENTROPY_TOKENS_KEY",
+    "ENTROPY_TOPK_KEY",
+    "TOPK_ENTROPY_FIELD",
+    "ArcherVLLMHttpServer",
+    "ArcherVLLMReplica",
+    "install",
+]
 
 
 def position_topk(position: Mapping[Any, Any] | None, k: int) -> list[float]:
@@ -71,11 +86,12 @@ def topk_entropies(positions: Iterable[Mapping[Any, Any] | None], k: int, vocab_
 
 
 class _Requests:
-    """The top-k requests in flight on one server: request id -> k, and their results."""
+    """The top-k requests in flight on one server: request id -> (k, first N tokens or 0 for all),
+    and their results."""
 
     def __init__(self, vocab_size: int):
         self.vocab_size = int(vocab_size)
-        self.wanted: dict[str, int] = {}
+        self.wanted: dict[str, tuple[int, int]] = {}
         self.entropies: dict[str, list[float]] = {}
 
 
@@ -92,14 +108,17 @@ class TopkLogprobsEngine:
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         request_id = kwargs.get("request_id", args[2] if len(args) > 2 else None)
-        k = self._requests.wanted.get(request_id)
-        if not k:
+        wanted = self._requests.wanted.get(request_id)
+        if not wanted:
             return self._engine.generate(*args, **kwargs)
+        k, first = wanted
         params = kwargs["sampling_params"] if "sampling_params" in kwargs else args[1]
         params.logprobs = max(int(params.logprobs or 0), int(k))
-        return self._capture(self._engine.generate(*args, **kwargs), request_id, int(k))
+        return self._capture(self._engine.generate(*args, **kwargs), request_id, int(k), int(first))
 
-    async def _capture(self, outputs: AsyncIterator[Any], request_id: str, k: int) -> AsyncIterator[Any]:
+    async def _capture(
+        self, outputs: AsyncIterator[Any], request_id: str, k: int, first: int
+    ) -> AsyncIterator[Any]:
         last = None
         try:
             async for out in outputs:
@@ -110,10 +129,11 @@ class TopkLogprobsEngine:
             if close is not None:
                 await close()
         if last is not None and last.outputs:
+            n = len(last.outputs[0].token_ids)
+            n = min(n, first) if first > 0 else n
             logprobs = last.outputs[0].logprobs
-            self._requests.entropies[request_id] = topk_entropies(
-                logprobs or [None] * len(last.outputs[0].token_ids), k, self._requests.vocab_size
-            )
+            positions = list(logprobs[:n]) if logprobs is not None else [None] * n
+            self._requests.entropies[request_id] = topk_entropies(positions, k, self._requests.vocab_size)
 
 
 class ArcherVLLMHttpServer(vLLMHttpServer):
@@ -149,6 +169,7 @@ class ArcherVLLMHttpServer(vLLMHttpServer):
         **kwargs: Any,
     ) -> TokenOutput:
         k = int(sampling_params.pop(ENTROPY_TOPK_KEY, 0) or 0)
+        first = int(sampling_params.pop(ENTROPY_TOKENS_KEY, 0) or 0)
         if k <= 0:
             return await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
         if self._disaggregation_role != "null":
@@ -163,7 +184,7 @@ class ArcherVLLMHttpServer(vLLMHttpServer):
             )
         asked = bool(sampling_params.get("logprobs", False))
         requests = self._archer_requests()
-        requests.wanted[request_id] = k
+        requests.wanted[request_id] = (k, first)
         try:
             out = await super().generate(prompt_ids, sampling_params, request_id, *args, **kwargs)
             entropies = requests.entropies.pop(request_id, None)
@@ -171,7 +192,8 @@ class ArcherVLLMHttpServer(vLLMHttpServer):
             requests.wanted.pop(request_id, None)
             requests.entropies.pop(request_id, None)
         if out.stop_reason != "aborted" or entropies is not None:
-            if entropies is None or len(entropies) != len(out.token_ids):
+            n = min(len(out.token_ids), first) if first > 0 else len(out.token_ids)
+            if entropies is None or len(entropies) != n:
                 raise RuntimeError(
                     f"vLLM request {request_id}: {len(out.token_ids)} tokens, top-k entropies for "
                     f"{'none' if entropies is None else len(entropies)}"
