@@ -19,8 +19,8 @@ token, the log-prob of the sampled token. The original ARPO asks vLLM for `logpr
   add nothing);
 - the reply (verl's `TokenOutput`) gets `extra_fields["archer_topk_entropy"]`, one value per token
   (of the first `archer_entropy_tokens` tokens when the request names N: a reply is one segment and
-  the rule reads only its first `agent.entropy_tokens`; the Python work is ~30 µs a token on a
-  loaded 2-core VM, so a 4096-token reply would cost 0.1 s of the server's event loop), where
+  the rule reads only its first `agent.entropy_tokens`, and the per-token Python work would
+  otherwise grow with every long reply on the server's event loop), where
   archer's agent loop reads it (as from the hf replica); its `log_probs` are the sampled tokens' as
   before (`None` when the request did not ask for them). vLLM itself still returns k log-probs for
   every token of the request (no per-position setting), as for ARPO's own rollout.
