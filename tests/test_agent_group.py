@@ -253,15 +253,23 @@ def test_deterministic_rules_give_the_local_engines_counts_exactly(alpha, beta, 
         res = group_run("1+1=", p_call, s, seed, max_turns=2)
         for key in ("agent/branches", "agent/fresh_rollouts", "agent/tool_calls", "agent/branch_decisions"):
             assert res.stats[key] == local.stats[key], (key, alpha, refill)
+        for key in ("agent/segment_entropy_mean", "agent/segment_entropy_max"):
+            assert res.stats[key] == pytest.approx(local.stats[key], rel=1e-5), (key, alpha, refill)
 
 
 def test_branching_statistics_equal_the_local_engines_over_many_seeds():
     """ARPO at α = 0.5 with entropy-dependent ΔH (two tool calls, uncertain prompts): over many
-    seeds the mean branches, fresh rollouts, decisions, tool calls and branch rate of the server
-    loop and the local engine's batched loop agree within 4 standard errors."""
+    seeds the mean branches, fresh rollouts, decisions, tool calls, branch rate and segment entropy
+    of the server loop and the local engine's batched loop agree within 4 standard errors."""
     s = BranchSettings(n=8, initial_rollouts=3, beam_size=2, branch_probability=0.5, entropy_weight=2.0)
     p_call = {"1+1=": 0.6, "2+2=": 0.8}
-    keys = ("agent/branches", "agent/fresh_rollouts", "agent/branch_decisions", "agent/tool_calls")
+    keys = (
+        "agent/branches",
+        "agent/fresh_rollouts",
+        "agent/branch_decisions",
+        "agent/tool_calls",
+        "agent/segment_entropy_mean",
+    )
     local, server = {k: [] for k in keys}, {k: [] for k in keys}
     rates_l, rates_s = [], []
     seeds = 120
@@ -282,6 +290,7 @@ def test_branching_statistics_equal_the_local_engines_over_many_seeds():
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     assert abs(a.mean() - b.mean()) <= 4 * se
     assert 0.05 < b.mean() < 0.95  # the rule was exercised both ways
+    assert np.mean(server["agent/segment_entropy_mean"]) > 1e-3  # entropies were there to compare
 
 
 # ------------------------------------------------------------------------------ AEPO on the server loop

@@ -126,8 +126,15 @@ def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
     decisions = [[[0.0, True]], [], [[0.1, False]], []]
     keys = [f"{uids[i]}_{ro.sample[i]}_0" for i in range(4)]
     trimmed = lambda t: [t[i, : lengths[i]] for i in range(4)]  # noqa: E731
+    seg_hs = [[0.2, 0.3], [0.5], [0.1, 0.0], [0.4]]
     summaries = [
-        {"origin": origins[i], "calls": calls[i], "decisions": decisions[i], "roles": roles[i].tolist()}
+        {
+            "origin": origins[i],
+            "calls": calls[i],
+            "decisions": decisions[i],
+            "roles": roles[i].tolist(),
+            "segment_entropy": seg_hs[i],
+        }
         for i in range(4)
     ]
     data = {
@@ -167,9 +174,15 @@ def test_agent_rows_give_the_same_token_roles_and_metrics_on_both_engines():
 
     m = agent_metrics(keys, np.zeros(4, bool), summaries, n=2)
     ref = rollout_stats(
-        origins, [[tuple(c) for c in cs] for cs in calls], [(0.0, True), (0.1, False)], prompts=2, n=2
+        origins,
+        [[tuple(c) for c in cs] for cs in calls],
+        [(0.0, True), (0.1, False)],
+        prompts=2,
+        n=2,
+        segment_entropies=[h for hs in seg_hs for h in hs],
     )
     assert m == ref
+    assert m["agent/segment_entropy_mean"] == pytest.approx(0.25) and m["agent/segment_entropy_max"] == 0.5
     assert m["agent/branches"] == 1 and m["agent/fresh_rollouts"] == 1 and m["agent/tool_calls"] == 3
     assert m["agent/tool_errors"] == 1 and m["agent/branch_rate"] == 0.5 and m["agent/budget_fill"] == 1.0
 

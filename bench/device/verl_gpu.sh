@@ -13,6 +13,12 @@
 # tiny1r: quickstart-verl with FSDP1, 2 steps + checkpoint, then --resume to step 3.
 # half2r: the half shape (FSDP2, influence), 2 steps + checkpoint, then --resume to step 3.
 # half1r: the same with FSDP1 (verl's default strategy).
+# arpo-vllm: ARPO through verl's agent loop with vLLM rollouts (archer's top-k entropy server,
+#       rollout_vllm.py): arpo-verl-smoke's tiny model, tool task and warm-up, widened for a GPU
+#       (16 prompts x 8 trajectories from 2 roots), python + search tools, branching; 2 steps, then
+#       the agent metrics (branches, tool calls, ΔH at the decisions, segment entropies) and
+#       `summarize.py --check-agent` (exit 3 without a tool call, a branch or non-zero entropies).
+# aepo-vllm: the same with aepo-verl-smoke (AEPO's lock-step counter, dynamic rollouts, aepo loss).
 # Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
 # step-time split printed by bench/device/summarize.py.
 set -uo pipefail
@@ -112,6 +118,38 @@ if [[ "$what" == half2r ]]; then
   run half-resume-a train --preset quickstart-verl --out "$r" "${half[@]}" "${gpu1[@]}" \
     trainer.total_steps=2 trainer.save_every=2 &&
     run half-resume-b train --resume --out "$r" trainer.total_steps=3 && copy_run half-resume "$r"
+fi
+# agent runs: the python tool isolates model-written code with bubblewrap where it holds here;
+# otherwise (a container without user namespaces) it runs unisolated, said in runs.txt: the
+# lent machine is disposable and the code is the tiny model's arithmetic.
+agent_gpu=(data.train_batch_size=16 rollout.n=8 agent.initial_rollouts=2 actor.ppo_mini_batch_size=16
+  warmup.steps=200 trainer.total_steps=2 trainer.save_every=0 trainer.val_every=0)
+sandbox() {
+  if python3 -c "from archer.core.tools.python_sandbox import PythonSandbox; PythonSandbox().probe()" \
+    >"$out/sandbox-probe.txt" 2>&1; then
+    echo "agent.tools.python.isolation=bwrap"
+  else
+    echo "== python tool: bubblewrap does not hold here ($(tail -1 "$out/sandbox-probe.txt")); isolation=none" \
+      >>"$out/runs.txt"
+    echo "agent.tools.python.isolation=none"
+  fi
+}
+agent_run() {  # name, [--preset P], extra args...
+  local name="$1"; shift
+  local preset=arpo-verl-smoke
+  if [[ "${1:-}" == --preset ]]; then preset="$2"; shift 2; fi
+  local r="$runs/$name"
+  run "$name" train --preset "$preset" --out "$r" "${agent_gpu[@]}" "${vllm[@]}" "${gpu1[@]}" \
+    "$(sandbox)" "$@" && copy_run "$name" "$r" &&
+    python3 bench/device/summarize.py "$r" --check-agent | tail -20 | tee "$out/$name/agent-check.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: agent check rc=$rc" | tee -a "$out/runs.txt"
+}
+if [[ "$what" == arpo-vllm ]]; then
+  agent_run arpo-vllm
+fi
+if [[ "$what" == aepo-vllm ]]; then
+  agent_run aepo-vllm --preset aepo-verl-smoke
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$out/gpu.txt" 2>&1
 cat "$out/runs.txt"

@@ -73,6 +73,8 @@ def test_arpo_verl_smoke_trains_with_tool_calls_branches_and_a_role_marked_trace
     assert sum(r["agent/branches"] for r in steps.values()) >= 1, steps
     assert sum(r["agent/branch_decisions"] for r in steps.values()) >= 1
     assert "agent/entropy_delta_mean" in steps[1] or "agent/entropy_delta_mean" in steps[2]
+    # the hf replica's per-token top-k entropies reached the branching rule (the segment entropies)
+    assert max(r.get("agent/segment_entropy_max", 0.0) for r in steps.values()) > 0, steps
 
     from archer.core.trace.reader import TraceReader
 

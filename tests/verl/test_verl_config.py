@@ -416,22 +416,70 @@ def test_train_refuses_to_start_ray_without_a_rollout_engine(tmp_path, inputs):
     assert not ray.is_initialized() and not out.exists()
 
 
-@pytest.mark.parametrize("preset", ["arpo", "aepo"])
-def test_agent_presets_on_verl_need_the_hf_rollout_and_are_refused_before_ray_otherwise(
-    preset, tmp_path, inputs
+@pytest.mark.parametrize("preset,extra", [("arpo", []), ("aepo", [])])
+def test_the_agent_presets_run_their_agent_loop_on_vllm_and_only_lack_vllm_here(
+    preset, extra, tmp_path, inputs
 ):
-    """agent.enable on verl runs archer's agent loop with the hf rollout (its entropy source);
-    with vLLM (the presets' backend) the dry run warns and training is refused before Ray."""
+    """agent.enable on verl rolls out with vLLM (archer's top-k entropy server, rollout_vllm.py) or
+    the hf replica: the dry run has nothing against the presets' vLLM backend, and training here
+    stops before Ray only because vLLM is not installed."""
+    import importlib.util
+
     import ray
 
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--preset", preset, *inputs, SDPA, "--out", str(out), "--dry-run"])
+    args = ["train", "--preset", preset, *inputs, SDPA, *extra, "--out", str(out)]
+    r = runner.invoke(app, [*args, "--dry-run"])
     assert r.exit_code == 0, r.output
-    assert "hf backend only" in r.stderr
-    r = runner.invoke(app, ["train", "--preset", preset, *REQUIRED, "--out", str(out)])
-    assert r.exit_code == 2, r.output
-    assert "hf backend only" in r.stderr and "rollout.backend=hf" in r.stderr and "engine=local" in r.stderr
+    assert "backend" not in r.stderr and "agent.enable" not in r.stderr, r.stderr
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output
+    assert "rolls out with vllm, which is not installed here" in r.stderr
     assert not ray.is_initialized() and not out.exists()
+
+
+def test_agent_rollouts_on_verl_refuse_servers_without_entropies(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--preset", "arpo", *REQUIRED, "rollout.backend=sglang", "--out", str(out)]
+    )
+    assert r.exit_code == 2, r.output
+    assert "not sglang" in r.stderr and "rollout.backend=vllm" in r.stderr and "engine=local" in r.stderr
+    assert not out.exists()
+
+
+def test_the_full_entropy_is_refused_on_verl_where_servers_return_top_k(tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--preset", "arpo", *REQUIRED, "agent.entropy_topk=0", "--out", str(out)]
+    )
+    assert r.exit_code == 2, r.output
+    assert "agent.entropy_topk=0" in r.stderr and "agent.entropy_topk=10" in r.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("verl.actor_rollout_ref.rollout.disaggregation.enabled=true", "disaggregation"),
+        ("verl.actor_rollout_ref.rollout.logprobs_mode=processed_logits", "logprobs_mode=processed_logits"),
+    ],
+)
+def test_what_bypasses_the_vllm_entropy_server_is_refused_for_agent_rollouts(override, message):
+    with pytest.raises(ConfigError, match=message):
+        verl_config("arpo", override)
+    verl_config(
+        "math", override.replace("processed_logits", "raw_logprobs")
+    )  # without agent: verl's business
+
+
+def test_vllm_is_allowed_the_top_k_log_probs_the_agent_loop_asks_for():
+    key = "actor_rollout_ref.rollout.engine_kwargs.vllm.max_logprobs"
+    assert verl_config("arpo").select("archer.agent.entropy_topk") == 10
+    assert verl_config("arpo").select(key) is None  # vLLM's default 20 covers it
+    assert verl_config("arpo", "agent.entropy_topk=32").select(key) == 32
+    assert verl_config("arpo", "agent.entropy_topk=32", "rollout.backend=hf").select(key) is None
 
 
 def test_aepo_lock_step_counting_and_dynamic_rollouts_are_accepted_on_verl(tmp_path, inputs):

@@ -98,6 +98,7 @@ def test_entropy_requests_get_the_exact_entropy_of_every_sampled_position(model_
     adapter = make_adapter(model_dir)
     T, k = 0.8, 5
     params = {"temperature": T, "top_p": 1.0, "top_k": -1, "logprobs": True, "archer_entropy_topk": k}
+    params["archer_entropy_tokens"] = 2  # the agent loop sends it too; this server returns all tokens
     prompt = [5, 6, 7, 8]
     out = asyncio.run(adapter.generate(prompt, dict(params), "e"))
     full, trunc = out.extra_fields["archer_entropy"], out.extra_fields["archer_topk_entropy"]

@@ -64,12 +64,18 @@ def check_config(cfg: Any) -> None:
 
 def check_verl(cfg: Any) -> None:
     """What archer's verl agent loop (a per-prompt server rollout, docs/agentic.md) runs today."""
-    if cfg.rollout.backend != "hf":
+    if cfg.rollout.backend not in ("hf", "vllm"):
         raise ConfigError(
-            f"agent.enable on verl rolls out with archer's hf backend only, not {cfg.rollout.backend}: "
-            "the branching rule needs per-token entropies, which verl's vLLM/SGLang servers do not "
-            "return (they send back the sampled token's log-prob only)",
-            hint="add rollout.backend=hf, or run engine=local",
+            f"agent.enable on verl rolls out with vllm or archer's hf backend, not {cfg.rollout.backend}: "
+            "the branching rule needs per-token entropies, which archer's vLLM server (top-k log-probs) "
+            "and the hf replica return and verl's other servers do not",
+            hint="add rollout.backend=vllm (GPU) or rollout.backend=hf, or run engine=local",
+        )
+    if int(cfg.agent.entropy_topk) < 1:
+        raise ConfigError(
+            "agent.entropy_topk=0 (the full entropy) runs on the local engine only: verl's rollout "
+            "servers return each token's top-k entropy (vLLM sends k log-probs, never the whole softmax)",
+            hint="set agent.entropy_topk=10 (ARPO's vLLM logprobs), or run engine=local",
         )
 
 

@@ -270,7 +270,12 @@ class GroupRollout:
             raise RuntimeError(f"a group ended with {len(self.all)} trajectories, budget {self.b.n}")
         decisions = [d[:2] for t in self.all for d in t.decisions]
         stats = rollout_stats(
-            [t.origin for t in self.all], [t.calls for t in self.all], decisions, 1, self.b.n
+            [t.origin for t in self.all],
+            [t.calls for t in self.all],
+            decisions,
+            1,
+            self.b.n,
+            [h for t in self.all for h in t.seg_hs],
         )
         if self.dynamic is not None:
             stats["agent/h_root_mean"], stats["agent/h_tool_mean"] = self.dynamic[:2]

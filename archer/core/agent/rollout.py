@@ -515,6 +515,7 @@ class AgentRollout:
             [(d[1], d[2]) for d in self.decisions],
             len(by_group),
             b.n,
+            [h for t in trajs for h in t.seg_hs],
         )
         if self.branch.lockstep:
             stats["agent/iterations"] = float(self.iterations)

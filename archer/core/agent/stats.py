@@ -21,9 +21,12 @@ def rollout_stats(
     decisions: Sequence[tuple[float, bool]],
     prompts: int,
     n: int,
+    segment_entropies: Sequence[float] = (),
 ) -> dict[str, float]:
     """`agent/*` metrics of one step: `origins[i]` and `calls[i]` per trajectory, every decision
-    as (ΔH, branched), `prompts` groups with a budget of `n` each."""
+    as (ΔH, branched), `prompts` groups with a budget of `n` each; `segment_entropies`: the
+    (normalised) entropy of every generated segment, the quantity ΔH is made of, so that a run
+    shows what its entropy source (the hf replica, vLLM's top-k log-probs, the local decoder) gave."""
     groups = max(1, prompts)
     turns = [len(c) for c in calls]
     flat = [c for cs in calls for c in cs]
@@ -49,4 +52,7 @@ def rollout_stats(
         stats["agent/entropy_delta_max"] = float(np.max(deltas))
         stats["agent/entropy_delta_min"] = float(np.min(deltas))
         stats["agent/branch_rate"] = float(np.mean([bool(d[1]) for d in decisions]))
+    if len(segment_entropies):
+        stats["agent/segment_entropy_mean"] = float(np.mean(segment_entropies))
+        stats["agent/segment_entropy_max"] = float(np.max(segment_entropies))
     return stats

@@ -490,7 +490,9 @@ class AgentConfig:
     entropy_weight: float = opt(0.2, "β: how much the entropy change ΔH moves the branch probability", ge=0.0)
     entropy_tokens: int = opt(20, "generated tokens per segment whose entropy is measured", ge=1)
     entropy_topk: int = opt(
-        10, "top-k truncation of each token's entropy, as ARPO's vLLM logprobs (0 = full)", ge=0
+        10,
+        "top-k truncation of each token's entropy, as ARPO's vLLM logprobs (0 = full: local engine only)",
+        ge=0,
     )
     refill: str = opt(
         "one",

@@ -13,7 +13,9 @@ get `response_mask` 0, which verl's TQ adapter also uses as the `loss_mask`: no 
 Each row's `extra_fields["archer_agent"]` carries what the trainer needs back: the token roles
 (the trace's `token_role`), the trajectory's origin, its tool calls and its decisions (the step's
 `agent/*` metrics, `archer.core.agent.stats`). The per-token entropy the rule reads comes from the
-rollout server: archer's hf replica computes it exactly (`archer_entropy_topk` in the request).
+rollout server (`archer_entropy_topk: k` in the request, `archer_topk_entropy` in the reply): archer's
+hf replica computes it from the whole distribution, archer's vLLM server (rollout_vllm.py) from the
+top-k log-probs it asks vLLM for.
 
 AEPO: with `agent.aepo.consecutive_count=iteration` the prompts of the chunk a worker gets in one
 `generate_sequences` call share a `group.Lockstep` (their trajectories wait for each other at the
@@ -45,13 +47,14 @@ from verl.trainer.ppo.v1.agent_loop_tq import (
 )
 
 from archer.core.agent.group import Generation, GroupRollout, Lockstep, ToolReply
+from archer.core.engines.verl.rollout_hf import ENTROPY_TOKENS_KEY, ENTROPY_TOPK_KEY, TOPK_ENTROPY_FIELD
 
 log = logging.getLogger("archer.verl")
 
 MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
 ROW_FIELD = "archer_agent"  # extra_fields key of every agent row
-ENTROPY_TOPK_KEY = "archer_entropy_topk"  # the hf replica's request key (rollout_hf.ENTROPY_TOPK_KEY)
 LOCKSTEP_KEY = "__archer_lockstep__"  # a chunk's row field naming its AEPO lock-step batch
+TOPK_ENTROPY_SERVERS = ("hf", "vllm")  # rollout.name values whose servers return top-k entropies
 
 
 def _plain(x: Any) -> Any:
@@ -183,8 +186,9 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             apply_greedy_sampling_params(params)
         a = self.archer_agent
         settings = branch_settings(a, n, validation=validate)
-        if self._server == "hf":
+        if self._server in TOPK_ENTROPY_SERVERS:
             params[ENTROPY_TOPK_KEY] = int(settings.entropy_topk)
+            params[ENTROPY_TOKENS_KEY] = int(settings.entropy_tokens)  # one reply = one segment
         prompt_ids = await self._prompt_ids(prompt["raw_prompt"])
         timing = {"generate": 0.0, "tools": 0.0}
         steps: list[int] = []
@@ -200,7 +204,13 @@ class _ArcherAgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
             gs = out.extra_fields.get("global_steps")
             if gs is not None:
                 steps.append(int(gs))
-            return Generation(list(out.token_ids), out.log_probs, out.extra_fields.get("archer_topk_entropy"))
+            entropies = out.extra_fields.get(TOPK_ENTROPY_FIELD)
+            if entropies is None and out.token_ids and ENTROPY_TOPK_KEY in params:
+                raise RuntimeError(  # never branch on silent zeros
+                    f"the {self._server} rollout server returned no top-k entropies (archer's replica "
+                    "was not installed: PD disaggregation or fully-async rollouts are not supported)"
+                )
+            return Generation(list(out.token_ids), out.log_probs, entropies)
 
         async def call_tool(tool: str, content: str) -> ToolReply:
             t0 = time.perf_counter()

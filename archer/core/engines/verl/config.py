@@ -73,6 +73,7 @@ HF_ROLLOUT_DEFAULTS: dict[str, Any] = {
 
 # agent.enable: archer's agent-loop manager (agent_loop.py, named here so composing imports nothing)
 AGENT_LOOP_MANAGER = "archer.core.engines.verl.agent_loop.ArcherAgentLoopManager"
+VLLM_MAX_LOGPROBS = 20  # vLLM's default ModelConfig.max_logprobs (the most log-probs a request gets)
 
 # Keys archer's mapping adds although verl's yaml does not declare them.
 ADDED_KEYS = (
@@ -269,6 +270,9 @@ def mapped_values(cfg: Any, run_dir: Path, *, resume: bool, preset: str = "") ->
         cache_dir = t["cache_dir"] or str(Path(t["out_dir"]) / ".cache")
         out["archer"]["agent"] = {**c["agent"], "cache_dir": str(Path(cache_dir).resolve())}
         out["reward.custom_reward_function.reward_kwargs"]["agent_answer"] = True
+        topk = int(c["agent"]["entropy_topk"])
+        if r["backend"] == "vllm" and topk > VLLM_MAX_LOGPROBS:  # rollout_vllm asks vLLM for k log-probs
+            out[f"{arr}.rollout.engine_kwargs.vllm.max_logprobs"] = topk
     if m["dtype"] in MIXED_PRECISION:
         out[f"{act}.fsdp_config.mixed_precision"] = MIXED_PRECISION[m["dtype"]]
     if m["tokenizer_path"]:
@@ -574,6 +578,7 @@ def _cross_checks(cfg: Any) -> None:
                     hint=f"set verl.{key}=false, or influence.enable=false",
                 )
     _rollout_fits_the_gpus(sel)
+    _agent_rollout_has_entropies(sel)
     if sel("archer.trace.enable") and sel("algorithm.rollout_correction.bypass_mode"):
         raise ConfigError(
             "the trace needs the entropy of the old-log-prob pass, which "
@@ -593,6 +598,26 @@ def _cross_checks(cfg: Any) -> None:
             f"trainer.v1.trainer_mode must stay {VERL_TRAINER_MODE!r} under archer: archer's trainer "
             f"({ARCHER_TRAINER}, where traces, influence and archer's losses live) is verl's synchronous "
             "trainer; verl's async modes (replay buffer, partial rollouts) are not supported"
+        )
+
+
+def _agent_rollout_has_entropies(sel: Any) -> None:
+    """archer's agent loop on vLLM reads top-k entropies from archer's vLLM server
+    (rollout_vllm.py), which needs log-probs and an undivided replica."""
+    key = "actor_rollout_ref.rollout"
+    if sel("archer.agent") is None or sel(f"{key}.name") != "vllm":
+        return
+    if sel(f"{key}.disaggregation.enabled"):
+        raise ConfigError(
+            "agent.enable with vLLM needs archer's top-k entropy server, which prefill/decode "
+            "disaggregation bypasses",
+            hint=f"drop verl.{key}.disaggregation.enabled",
+        )
+    mode = str(sel(f"{key}.logprobs_mode") or "processed_logprobs")
+    if not mode.endswith("_logprobs"):
+        raise ConfigError(
+            f"agent.enable with vLLM computes entropies from log-probs, not {key}.logprobs_mode={mode}",
+            hint=f"set verl.{key}.logprobs_mode=processed_logprobs (verl's default)",
         )
 
 

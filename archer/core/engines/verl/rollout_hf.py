@@ -37,6 +37,10 @@ MAX_COLLECT_S = 0.5
 
 
 ENTROPY_TOPK_KEY = "archer_entropy_topk"  # a request's sampling_params key: per-token entropies wanted
+TOPK_ENTROPY_FIELD = "archer_topk_entropy"  # the reply's extra_fields key: per-token top-k entropies
+# the request's first N tokens are all that is read (a reply is one segment; the rule reads its
+# first agent.entropy_tokens); a server may return more (this one returns them all)
+ENTROPY_TOKENS_KEY = "archer_entropy_tokens"
 
 
 @dataclass
@@ -145,6 +149,7 @@ class HFRollout(BaseRollout):
         self.max_batch = max(1, int(getattr(cfg, "max_num_seqs", 0) or 256))
         self.weights_version: int | None = None
         self._queue: asyncio.Queue | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Task | None = None
         seed = int(getattr(cfg, "seed", 0) or 0)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -190,10 +195,13 @@ class HFRollout(BaseRollout):
     # -- generation --------------------------------------------------------------------
     async def generate(self, prompt_ids: list[int], sampling_params: dict, request_id: str) -> TokenOutput:
         """One response for `prompt_ids` (verl's agent loop sends n requests per prompt)."""
-        if self._queue is None:  # created lazily: the worker's event loop exists only now
-            self._queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        # created lazily, in the loop that serves: an asyncio.Queue binds to one event loop (the
+        # worker has one; a caller with several, such as tests' asyncio.run, gets a fresh queue)
+        if self._queue is None or self._loop is not loop:
+            self._queue, self._server, self._loop = asyncio.Queue(), None, loop
         if self._server is None or self._server.done():
-            self._server = asyncio.get_running_loop().create_task(self._serve())
+            self._server = loop.create_task(self._serve())
         prompt = [int(t) for t in prompt_ids]
         key = sampling_key(sampling_params, len(prompt), self.prompt_length, self.response_length)
         k = int(sampling_params.get(ENTROPY_TOPK_KEY, 0) or 0)
@@ -202,7 +210,7 @@ class HFRollout(BaseRollout):
         token_ids, log_probs, entropies = await future
         extra: dict[str, Any] = {"global_steps": self.weights_version}
         if entropies is not None:  # archer's agent loop: exact per-token entropies for branching
-            extra["archer_entropy"], extra["archer_topk_entropy"] = entropies
+            extra["archer_entropy"], extra[TOPK_ENTROPY_FIELD] = entropies
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if sampling_params.get("logprobs", True) else None,

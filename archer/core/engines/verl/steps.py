@@ -173,6 +173,7 @@ def agent_metrics(
         [(float(d[0]), bool(d[1])) for s in rows for d in s["decisions"]],
         len(by_uid),
         n,
+        [float(h) for s in rows for h in s.get("segment_entropy", [])],
     )
     dynamic = [s["dynamic"] for s in by_uid.values() if s.get("dynamic") is not None]
     if dynamic:  # AEPO's dynamic rollouts: one (H_root, H̄_tool, m) per prompt

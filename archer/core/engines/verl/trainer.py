@@ -103,6 +103,10 @@ class ArcherTrainer(PPOTrainerSync):
         )
 
     def _setup(self):
+        if self.config.actor_rollout_ref.rollout.name == "vllm" and "agent" in self.config.get("archer", {}):
+            from archer.core.engines.verl.rollout_vllm import install
+
+            install()  # vLLM servers that return top-k entropies for archer's agent loop
         super()._setup()
         from archer.influence.settings import InfluenceSettings
 
