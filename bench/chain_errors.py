@@ -11,8 +11,13 @@ checkpoint answer every validation chain greedily; each answer is
 
     python bench/chain_errors.py runs/qs            # a quickstart run (save_every=0 keeps the last)
     python bench/chain_errors.py runs/qs --examples 5
+    python bench/chain_errors.py runs/qs --rollouts 25   # what GRPO sampled, per 25 traced steps
 
-Needs the run's `config.yaml`, `data/val.parquet`, `warmup/` and a checkpoint.
+Needs the run's `config.yaml`, `data/val.parquet`, `warmup/` and a checkpoint. With `--rollouts K`
+it reads only the trace (`<run>/trace`, every response sampled in training) and prints, per window
+of K steps, the same kinds over the sampled responses, the share of prompt groups with contrast
+(both rewards present: the only groups GRPO learns from) and the mean group accuracy of the chains
+with and without a carry or borrow (where the warm-up's errors sit).
 """
 
 from __future__ import annotations
@@ -56,11 +61,61 @@ def answers(model_dir: Path, cfg, tokenizer, prompts) -> list[str]:
     return [tokenizer.decode(cs[0].token_ids, skip_special_tokens=True) for cs in out]
 
 
+def rollouts(run: Path, window: int) -> int:
+    """The kinds of the sampled training responses of the trace, per window of `window` steps."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from archer.core.data.chain import has_carry
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    files = sorted((run / "trace" / "steps").glob("step_*.parquet"))
+    if not files:
+        raise SystemExit(f"no trace steps under {run / 'trace' / 'steps'}")
+    cols = ["step", "group_index", "prompt_ids", "response_ids", "reward"]
+    print(f"# {run}: sampled training responses, per {window} steps")
+    print(
+        "| steps | responses | "
+        + " | ".join(KINDS)
+        + " | groups with contrast | accuracy: carry / no carry |"
+    )
+    print("|---|---|" + "---|" * len(KINDS) + "---|---|")
+    for lo in range(0, len(files), window):
+        counts: Counter = Counter()
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for f in files[lo : lo + window]:
+            for r in pq.read_table(f, columns=cols).to_pylist():
+                groups.setdefault((r["step"], r["group_index"]), []).append(r)
+        acc: dict[bool, list[float]] = {True: [], False: []}
+        contrast = 0
+        for rows in groups.values():
+            chain = tokenizer.decode(rows[0]["prompt_ids"], skip_special_tokens=True)
+            for r in rows:
+                counts[classify(chain, tokenizer.decode(r["response_ids"], skip_special_tokens=True))] += 1
+            rewards = [r["reward"] for r in rows]
+            contrast += len(set(rewards)) > 1
+            acc[has_carry(chain)].append(sum(rewards) / len(rewards))
+        n = sum(counts.values())
+        steps = sorted({s for s, _ in groups})
+        mean = {k: sum(v) / len(v) if v else float("nan") for k, v in acc.items()}
+        print(
+            f"| {steps[0]}–{steps[-1]} | {n} | "
+            + " | ".join(f"{counts.get(k, 0) / n:.2f}" for k in KINDS)
+            + f" | {contrast / len(groups):.2f} | {mean[True]:.2f} / {mean[False]:.2f} |"
+        )
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--examples", type=int, default=3, help="examples of each wrong kind to print")
+    ap.add_argument(
+        "--rollouts", type=int, metavar="K", help="classify the traced training samples, per K steps"
+    )
     args = ap.parse_args()
+    if args.rollouts:
+        return rollouts(args.run, args.rollouts)
 
     import torch
 
