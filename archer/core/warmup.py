@@ -208,6 +208,40 @@ def supervised_batch(
     return ids, mask, labels
 
 
+PROBE_PROMPTS = 64  # training prompts the early-stop probe answers (warmup.target_accuracy)
+PROBE_EVERY = 25  # warm-up steps between probes
+
+
+def teacher_forced_probe(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    device: torch.device | str,
+    demos: Sequence[Sequence[tuple[str, int]]] | None = None,
+) -> Callable[[], float]:
+    """Greedy accuracy on `prompts` without generating: the share of rows in which every trained
+    token (the clean answer, or a demonstration's call and answer) is the model's argmax given
+    the tokens before it. With deterministic tools that is exactly the rows greedy decoding gets
+    right, at the cost of one forward pass."""
+    answers = [right for right, _ in teacher_answers(tokenizer, prompts)]
+    ids, mask, labels = supervised_batch(tokenizer, prompts, answers, demos)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, pos, labels = (t.to(device) for t in (ids, mask, pos, labels))
+
+    def probe() -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        finally:
+            model.train(was_training)
+        pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+        return float(((pred == target) | (target == -100)).all(-1).float().mean())
+
+    return probe
+
+
 def run_warmup(
     model: Any,
     tokenizer: Any,
@@ -220,7 +254,8 @@ def run_warmup(
     probe: Callable[[], float] | None = None,
     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
 ) -> dict[str, float]:
-    """Train in place for `wcfg.steps` steps (or until `probe()` reaches the target accuracy).
+    """Train in place for `wcfg.steps` steps, or until `probe()` (every PROBE_EVERY steps)
+    reaches `wcfg.target_accuracy`.
 
     `demos[i]` replaces prompt i's answer by a tool-use demonstration (see `supervised_batch`);
     label noise then applies to its last span, the final answer."""
@@ -237,7 +272,7 @@ def run_warmup(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     targets = teacher_answers(tokenizer, prompts)
     model.train()
-    loss_value = float("nan")
+    loss_value = probe_value = float("nan")
     steps_done = 0
     for step in range(total):
         idx = torch.randint(len(prompts), (wcfg.batch_size,), generator=gen).tolist()
@@ -269,11 +304,15 @@ def run_warmup(
         steps_done = step + 1
         if on_step is not None:
             on_step(steps_done, loss_value)
-        if probe is not None and wcfg.target_accuracy > 0 and steps_done % 25 == 0:
-            if probe() >= wcfg.target_accuracy:
+        if probe is not None and wcfg.target_accuracy > 0 and steps_done % PROBE_EVERY == 0:
+            probe_value = probe()
+            if probe_value >= wcfg.target_accuracy:
                 break
     model.zero_grad(set_to_none=True)
-    return {"warmup/steps": float(steps_done), "warmup/final_loss": loss_value}
+    out = {"warmup/steps": float(steps_done), "warmup/final_loss": loss_value}
+    if probe is not None and wcfg.target_accuracy > 0:
+        out["warmup/probe_accuracy"] = probe_value
+    return out
 
 
 def cached_warmup_path(cache_dir: Path, key: str) -> Path:
@@ -372,6 +411,13 @@ def _build(
     model, tok = load_policy(cfg)
     model.to(device)
     t0 = time.time()
+    shown = demos() if demos is not None else None
+    probe = None
+    if cfg.warmup.target_accuracy > 0:  # early stop: greedy accuracy on the first training prompts
+        k = min(PROBE_PROMPTS, len(prompts))
+        probe = teacher_forced_probe(
+            model, tok, prompts[:k], device, list(shown[:k]) if shown is not None else None
+        )
     stats = run_warmup(
         model,
         tok,
@@ -380,7 +426,8 @@ def _build(
         seed=int(cfg.seed),
         device=device,
         on_step=on_step,
-        demos=demos() if demos is not None else None,
+        probe=probe,
+        demos=shown,
     )
     tmp = target.with_name(f".{WARMUP_DIR}.tmp")
     if tmp.exists():
