@@ -131,3 +131,48 @@ def test_warmup_stops_once_the_probe_reaches_the_target(monkeypatch):
         assert torch.isfinite(torch.tensor(stats["warmup/final_loss"]))
     finally:
         torch.set_num_threads(before)
+
+
+class _Writes:
+    """A model double that writes `answers[prompt]` after each prompt, whatever it is fed."""
+
+    def __init__(self, tok, answers: dict[str, str]):
+        self.tok, self.answers, self.training = tok, answers, True
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode: bool = True):
+        self.training = mode
+
+    def __call__(self, input_ids, attention_mask, position_ids):
+        from types import SimpleNamespace
+
+        import torch
+
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, 200)
+        for i in range(B):
+            start = T - int(attention_mask[i].sum())
+            text = self.tok.decode(input_ids[i, start:].tolist(), skip_special_tokens=True)
+            prompt = text[: text.index("=") + 1]
+            want = self.tok.encode(prompt + self.answers[prompt], add_special_tokens=False) + [1]
+            for j, t in enumerate(want[1:]):
+                if start + j < T:
+                    logits[i, start + j, t] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_probe_with_slips_counts_the_teachers_slip_as_done_as_shown():
+    """Under label noise the teacher writes the answer or its slip (+1): a model that writes the
+    slip did what it was shown; without `slips` only the right answer counts."""
+    tok = build_char_tokenizer()
+    texts = [("23+45=", "68"), ("1+2=", "3"), ("7+7=", "14"), ("9+9=", "18")]
+    prompts = [
+        Prompt(ids=tok.encode(q, add_special_tokens=False), answer=a, data_source="arithmetic", index=i)
+        for i, (q, a) in enumerate(texts)
+    ]
+    writes = {"23+45=": "68", "1+2=": "4", "7+7=": "15", "9+9=": "20"}  # right, slip, slip, neither
+    model = _Writes(tok, writes)
+    assert warmup.teacher_forced_probe(model, tok, prompts, "cpu")() == 0.25
+    assert warmup.teacher_forced_probe(model, tok, prompts, "cpu", slips=True)() == 0.75

@@ -218,26 +218,39 @@ def teacher_forced_probe(
     prompts: Sequence[Any],
     device: torch.device | str,
     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
+    *,
+    slips: bool = False,
 ) -> Callable[[], float]:
-    """Greedy accuracy on `prompts` without generating: the share of rows in which every trained
-    token (the clean answer, or a demonstration's call and answer) is the model's argmax given
-    the tokens before it. With deterministic tools that is exactly the rows greedy decoding gets
-    right, at the cost of one forward pass."""
-    answers = [right for right, _ in teacher_answers(tokenizer, prompts)]
-    ids, mask, labels = supervised_batch(tokenizer, prompts, answers, demos)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    ids, mask, pos, labels = (t.to(device) for t in (ids, mask, pos, labels))
+    """Greedy decoding's share of `prompts` answered as the teacher answers, without generating:
+    a row counts when every trained token (the answer, or a demonstration's call and answer) is the
+    model's argmax given the tokens before it, which with deterministic tools is exactly what
+    greedy decoding would write. `slips`: the teacher's slip (warmup.label_noise) counts too, so
+    the probe measures whether the model does what it was shown (call, copy, answer) rather than
+    which of the two answers it was shown more often. One forward pass per answer set."""
+    batches = []
+    for k in (0, 1) if slips else (0,):
+        answers = [pair[k] for pair in teacher_answers(tokenizer, prompts)]
+        shown = None
+        if demos is not None:
+            shown = [[*d[:-1], (a, d[-1][1])] if d else d for d, a in zip(demos, answers)]
+        ids, mask, labels = supervised_batch(tokenizer, prompts, answers, shown)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        batches.append(tuple(t.to(device) for t in (ids, mask, pos, labels)))
 
     def probe() -> float:
         was_training = model.training
         model.eval()
+        ok = None
         try:
             with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+                for ids, mask, pos, labels in batches:
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+                    pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+                    row = ((pred == target) | (target == -100)).all(-1)
+                    ok = row if ok is None else ok | row
         finally:
             model.train(was_training)
-        pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
-        return float(((pred == target) | (target == -100)).all(-1).float().mean())
+        return float(ok.float().mean())
 
     return probe
 
@@ -416,7 +429,12 @@ def _build(
     if cfg.warmup.target_accuracy > 0:  # early stop: greedy accuracy on the first training prompts
         k = min(PROBE_PROMPTS, len(prompts))
         probe = teacher_forced_probe(
-            model, tok, prompts[:k], device, list(shown[:k]) if shown is not None else None
+            model,
+            tok,
+            prompts[:k],
+            device,
+            list(shown[:k]) if shown is not None else None,
+            slips=cfg.warmup.label_noise > 0,
         )
     stats = run_warmup(
         model,
