@@ -37,6 +37,9 @@ TARGETS = {
     "arpo-quickstart": (0.10, 0.10, 300.0),
     "aepo-quickstart": (0.10, 0.10, 300.0),
 }
+# Held-out accuracy the warm-up must reach before RL starts (issue 23: RL learns from a model that
+# is right some of the time).
+BEFORE_MIN = {"arpo-quickstart": 0.3, "aepo-quickstart": 0.3}
 
 
 def machine() -> str:
@@ -150,6 +153,7 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides (after --)")
     args = ap.parse_args()
     reward_min, val_min, seconds_max = TARGETS.get(args.preset, (0.0, 0.0, float("inf")))
+    before_min = BEFORE_MIN.get(args.preset, 0.0)
     header = {
         "preset": args.preset,
         "commit": commit(),
@@ -171,6 +175,7 @@ def main() -> int:
                 for name, miss in (
                     (f"reward +{reward_min}", rg < reward_min),
                     (f"held-out +{val_min}", vg < val_min),
+                    (f"held-out before ≥ {before_min}", (r["val_before"] or 0) < before_min),
                     (f"≤ {seconds_max:.0f}s", r["seconds"] > seconds_max),
                 )
                 if miss

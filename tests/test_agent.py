@@ -726,6 +726,7 @@ TINY_AGENT = [
     "agent.branch_probability=1.0",
     "rollout.max_new_tokens=64",
     "warmup.steps=150",
+    "warmup.target_accuracy=0",  # all 150 steps, as these tests were written for
     "warmup.batch_size=16",
     "warmup.lr=0.01",
     "warmup.label_noise=0.0",

@@ -208,6 +208,53 @@ def supervised_batch(
     return ids, mask, labels
 
 
+PROBE_PROMPTS = 64  # training prompts the early-stop probe answers (warmup.target_accuracy)
+PROBE_EVERY = 25  # warm-up steps between probes
+
+
+def teacher_forced_probe(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    device: torch.device | str,
+    demos: Sequence[Sequence[tuple[str, int]]] | None = None,
+    *,
+    slips: bool = False,
+) -> Callable[[], float]:
+    """Greedy decoding's share of `prompts` answered as the teacher answers, without generating:
+    a row counts when every trained token (the answer, or a demonstration's call and answer) is the
+    model's argmax given the tokens before it, which with deterministic tools is exactly what
+    greedy decoding would write. `slips`: the teacher's slip (warmup.label_noise) counts too, so
+    the probe measures whether the model does what it was shown (call, copy, answer) rather than
+    which of the two answers it was shown more often. One forward pass per answer set."""
+    batches = []
+    for k in (0, 1) if slips else (0,):
+        answers = [pair[k] for pair in teacher_answers(tokenizer, prompts)]
+        shown = None
+        if demos is not None:
+            shown = [[*d[:-1], (a, d[-1][1])] if d else d for d, a in zip(demos, answers)]
+        ids, mask, labels = supervised_batch(tokenizer, prompts, answers, shown)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        batches.append(tuple(t.to(device) for t in (ids, mask, pos, labels)))
+
+    def probe() -> float:
+        was_training = model.training
+        model.eval()
+        ok = None
+        try:
+            with torch.no_grad():
+                for ids, mask, pos, labels in batches:
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+                    pred, target = logits[:, :-1].argmax(-1), labels[:, 1:]
+                    row = ((pred == target) | (target == -100)).all(-1)
+                    ok = row if ok is None else ok | row
+        finally:
+            model.train(was_training)
+        return float(ok.float().mean())
+
+    return probe
+
+
 def run_warmup(
     model: Any,
     tokenizer: Any,
@@ -220,7 +267,8 @@ def run_warmup(
     probe: Callable[[], float] | None = None,
     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
 ) -> dict[str, float]:
-    """Train in place for `wcfg.steps` steps (or until `probe()` reaches the target accuracy).
+    """Train in place for `wcfg.steps` steps, or until `probe()` (every PROBE_EVERY steps)
+    reaches `wcfg.target_accuracy`.
 
     `demos[i]` replaces prompt i's answer by a tool-use demonstration (see `supervised_batch`);
     label noise then applies to its last span, the final answer."""
@@ -237,7 +285,7 @@ def run_warmup(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     targets = teacher_answers(tokenizer, prompts)
     model.train()
-    loss_value = float("nan")
+    loss_value = probe_value = float("nan")
     steps_done = 0
     for step in range(total):
         idx = torch.randint(len(prompts), (wcfg.batch_size,), generator=gen).tolist()
@@ -269,11 +317,15 @@ def run_warmup(
         steps_done = step + 1
         if on_step is not None:
             on_step(steps_done, loss_value)
-        if probe is not None and wcfg.target_accuracy > 0 and steps_done % 25 == 0:
-            if probe() >= wcfg.target_accuracy:
+        if probe is not None and wcfg.target_accuracy > 0 and steps_done % PROBE_EVERY == 0:
+            probe_value = probe()
+            if probe_value >= wcfg.target_accuracy:
                 break
     model.zero_grad(set_to_none=True)
-    return {"warmup/steps": float(steps_done), "warmup/final_loss": loss_value}
+    out = {"warmup/steps": float(steps_done), "warmup/final_loss": loss_value}
+    if probe is not None and wcfg.target_accuracy > 0:
+        out["warmup/probe_accuracy"] = probe_value
+    return out
 
 
 def cached_warmup_path(cache_dir: Path, key: str) -> Path:
@@ -372,6 +424,18 @@ def _build(
     model, tok = load_policy(cfg)
     model.to(device)
     t0 = time.time()
+    shown = demos() if demos is not None else None
+    probe = None
+    if cfg.warmup.target_accuracy > 0:  # early stop: greedy accuracy on the first training prompts
+        k = min(PROBE_PROMPTS, len(prompts))
+        probe = teacher_forced_probe(
+            model,
+            tok,
+            prompts[:k],
+            device,
+            list(shown[:k]) if shown is not None else None,
+            slips=cfg.warmup.label_noise > 0,
+        )
     stats = run_warmup(
         model,
         tok,
@@ -380,7 +444,8 @@ def _build(
         seed=int(cfg.seed),
         device=device,
         on_step=on_step,
-        demos=demos() if demos is not None else None,
+        probe=probe,
+        demos=shown,
     )
     tmp = target.with_name(f".{WARMUP_DIR}.tmp")
     if tmp.exists():

@@ -227,7 +227,12 @@ class WarmupConfig:
         le=1.0,
     )
     target_accuracy: float = opt(
-        0.0, "stop early once greedy accuracy on a probe set reaches this (0 = run all steps)", ge=0.0, le=1.0
+        0.0,
+        "stop early once greedy decoding writes what the teacher writes (its answer, or its slip "
+        "under label_noise) on this share of the first 64 training prompts (teacher-forced, every "
+        "25 steps); `steps` is then the cap (0 = run all steps)",
+        ge=0.0,
+        le=1.0,
     )
     cache: bool = opt(True, "reuse a finished warm-up of the same settings from the cache directory")
 

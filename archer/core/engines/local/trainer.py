@@ -258,7 +258,13 @@ class LocalTrainer:
         elif result.source == "trained":
             self.reporter.note(
                 f"warm-up: {int(result.stats['warmup/steps'])} steps in {result.seconds:.1f}s "
-                f"(final loss {result.stats['warmup/final_loss']:.3f})"
+                f"(final loss {result.stats['warmup/final_loss']:.3f}"
+                + (
+                    f", probe accuracy {result.stats['warmup/probe_accuracy']:.2f}"
+                    if "warmup/probe_accuracy" in result.stats
+                    else ""
+                )
+                + ")"
             )
         return result
 
