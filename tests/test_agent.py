@@ -329,6 +329,17 @@ def test_base_entropy_is_per_trajectory_and_reset_for_every_prompt():
 
 
 # ---------------------------------------------------------------------------------------- AEPO loop
+def aepo_source_stats(p_call, n, initial, max_turns, penalty, runs=4000):
+    """AEPO's transcribed loop over `runs` seeded runs (beam 2, alpha 0.5): branches per run,
+    mean fresh rollouts, branch rate — the reference both engines' statistics are checked against."""
+    import random
+
+    rng = random.Random(0)
+    ref = [aepo_source_loop(p_call, n, initial, 2, 0.5, max_turns, penalty, rng) for _ in range(runs)]
+    branches = np.array([sum(r[0]) for r in ref], dtype=float)
+    return branches, np.mean([sum(r[1]) for r in ref]), sum(r[3] for r in ref) / sum(r[2] for r in ref)
+
+
 def aepo_source_loop(p_call, n, initial, beam, alpha, max_turns, penalty, rng):
     """AEPO's lock-step rollout loop (wangevan6/ARPO adacf0c = upstream 30efc15,
     AEPO/verl_aepo_entropy/verl/workers/rollout/vllm_rollout/vllm_rollout_with_tools.py) transcribed
@@ -404,15 +415,10 @@ def test_aepo_branching_matches_the_sources_lockstep_loop_over_many_seeds():
     """archer's real decode loop against a transcription of AEPO's: branches per prompt, fresh
     rollouts and the branch rate agree within 4 standard errors over many seeds. The counter per
     decision (archer's earlier rule) resets after every "no", so it branches far more: the control."""
-    import random
 
     prompts, p = ["1+1=", "2+2="], 0.9
     n, initial, max_turns, penalty = 8, 1, 4, 0.25  # a strong penalty makes the counting rule visible
-    rng = random.Random(0)
-    ref = [aepo_source_loop([p, p], n, initial, 2, 0.5, max_turns, penalty, rng) for _ in range(4000)]
-    ref_branches = np.array([sum(r[0]) for r in ref], dtype=float)
-    ref_fresh = np.mean([sum(r[1]) for r in ref])
-    ref_rate = sum(r[3] for r in ref) / sum(r[2] for r in ref)
+    ref_branches, ref_fresh, ref_rate = aepo_source_stats([p, p], n, initial, max_turns, penalty)
 
     def sample(rule: str, seeds: int):
         s = BranchSettings(

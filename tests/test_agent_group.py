@@ -18,7 +18,7 @@ from test_agent import (
     EntropyScriptedDecoder,
     ScriptedDecoder,
     aepo_run,
-    aepo_source_loop,
+    aepo_source_stats,
     ids,
     scripted_run,
     segment_entropies,
@@ -327,11 +327,7 @@ def test_aepo_lockstep_on_the_server_loop_matches_the_sources_loop_over_many_see
     control) branches far more. The counter c each decision read is recorded, and reaches > 1."""
     prompts, p = ["1+1=", "2+2="], 0.9
     n, initial, max_turns, penalty = 8, 1, 4, 0.25
-    rng = random.Random(0)
-    ref = [aepo_source_loop([p, p], n, initial, 2, 0.5, max_turns, penalty, rng) for _ in range(4000)]
-    ref_branches = np.array([sum(r[0]) for r in ref], dtype=float)
-    ref_fresh = np.mean([sum(r[1]) for r in ref])
-    ref_rate = sum(r[3] for r in ref) / sum(r[2] for r in ref)
+    ref_branches, ref_fresh, ref_rate = aepo_source_stats([p, p], n, initial, max_turns, penalty)
 
     def sample(rule: str, seeds: int):
         s = aepo_settings(n=n, initial_rollouts=initial, consecutive_penalty=penalty, consecutive_count=rule)
