@@ -137,6 +137,17 @@ ENTRIES: list[Entry] = [
             (2, "0.492 → 0.730", "0.370 → 0.540"),
         ],
     ),
+    seeds_entry(
+        "arpo-quickstart",
+        "arpo-quickstart",
+        "ARPO quickstart (local engine, agent mode, CPU)",
+        "3 runs of about 5 CPU-min each",
+        [
+            (0, "0.422 → 0.681", "0.375 → 0.703"),
+            (1, "0.369 → 0.569", "0.312 → 0.531"),
+            (2, "0.328 → 0.675", "0.266 → 0.703"),
+        ],
+    ),
     Entry(
         "trace-io",
         "Trace I/O",
