@@ -18,6 +18,7 @@
 #       (16 prompts x 8 trajectories from 2 roots), python + search tools, branching; 2 steps, then
 #       the agent metrics (branches, tool calls, ΔH at the decisions, segment entropies) and
 #       `summarize.py --check-agent` (exit 3 without a tool call, a branch or non-zero entropies).
+# arpo-hf: the same run with archer's hf rollout replica (no vLLM staging) and influence on.
 # aepo-vllm: the same with aepo-verl-smoke (AEPO's lock-step counter, dynamic rollouts, aepo loss).
 # Everything lands in $OUT (or ./device-out): each run's log, metrics.jsonl, trace info and the
 # step-time split printed by bench/device/summarize.py.
@@ -138,8 +139,10 @@ agent_run() {  # name, [--preset P], extra args...
   local name="$1"; shift
   local preset=arpo-verl-smoke
   if [[ "${1:-}" == --preset ]]; then preset="$2"; shift 2; fi
+  local backend=("${vllm[@]}")
+  if [[ "${1:-}" == --hf ]]; then backend=(); shift; fi
   local r="$runs/$name"
-  run "$name" train --preset "$preset" --out "$r" "${agent_gpu[@]}" "${vllm[@]}" "${gpu1[@]}" \
+  run "$name" train --preset "$preset" --out "$r" "${agent_gpu[@]}" "${backend[@]}" "${gpu1[@]}" \
     "$(sandbox)" "$@" && copy_run "$name" "$r" &&
     python3 bench/device/summarize.py "$r" --check-agent | tail -20 | tee "$out/$name/agent-check.txt"
   local rc=${PIPESTATUS[0]}
@@ -147,6 +150,9 @@ agent_run() {  # name, [--preset P], extra args...
 }
 if [[ "$what" == arpo-vllm ]]; then
   agent_run arpo-vllm
+fi
+if [[ "$what" == arpo-hf ]]; then  # archer's hf replica (exact entropy), influence of agent groups
+  agent_run arpo-hf --hf influence.enable=true
 fi
 if [[ "$what" == aepo-vllm ]]; then
   agent_run aepo-vllm --preset aepo-verl-smoke
