@@ -60,3 +60,22 @@ def test_run_summary_prints_the_verdict_warns_on_a_fall_and_names_the_warmup_sou
     assert "warning: held-out accuracy 0.430 → 0.370 while the training reward rose" in fell
     assert "warm-up: trained in this run" in fell
     assert "warm-up:" not in summary(0.43, "off")
+
+
+def test_a_change_within_the_noise_of_few_problems_is_not_called_learning():
+    # 32 problems at ~0.25: two standard errors of the difference are ±0.22 (a verl GPU run's
+    # 3 steps moved 0.219 -> 0.312 and the summary said "learned")
+    few = Outcome(0.36, 0.36, 3, 0.219, 0.312, val_problems=32)
+    assert abs(few.val_noise - 2 * ((0.219 * 0.781 + 0.312 * 0.688) / 32) ** 0.5) < 1e-12
+    assert "within the noise of 32 held-out problems (±0.22)" in few.verdict()
+    assert "learned" not in few.verdict() and not few.val_fell
+    assert not Outcome(0.5, 0.6, 5, 0.312, 0.219, val_problems=32).val_fell  # nor a fall
+    # the same change over 1,000 problems is real
+    many = Outcome(0.36, 0.36, 3, 0.219, 0.312, val_problems=1000)
+    assert "the model learned the task" in many.verdict()
+    assert Outcome(0.5, 0.6, 5, 0.312, 0.219, val_problems=1000).val_fell
+    # outcome_of reads the count the engines log with the accuracy
+    o = outcome_of(
+        [], {"val/accuracy": 0.219, "val/prompts": 32.0}, {"val/accuracy": 0.312, "val/prompts": 32.0}
+    )
+    assert o.val_problems == 32 and "within the noise" in o.verdict()

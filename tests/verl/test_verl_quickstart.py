@@ -114,6 +114,7 @@ def test_quickstart_verl_trains_is_killed_after_a_checkpoint_and_resumes(tmp_pat
     last = [r for r in rows if r["step"] == 3][0]
     assert any(k.startswith("val-core/") for k in last), sorted(last)  # validation ran
     assert 0 <= last["val/accuracy"] <= 1  # archer's name for verl's val-core accuracy
+    assert last["val/prompts"] == 32  # the summary's noise bound: the preset's 32 held-out problems
     # the driver printed the validation as it happened, and the closing summary
     second_log = (tmp_path / "second.log").read_text()
     assert "validation at step 3: accuracy" in second_log, second_log[-3000:]

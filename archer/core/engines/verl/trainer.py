@@ -193,6 +193,9 @@ class ArcherTrainer(PPOTrainerSync):
         acc = val_accuracy(val_metrics or {})
         if acc is not None:
             val_metrics["val/accuracy"] = acc
+            n = len(getattr(self, "val_dataset", None) or ())
+            if n:  # the run summary judges a change of accuracy against the noise of n problems
+                val_metrics["val/prompts"] = float(n)
         if int(self.global_steps) == 0 and val_metrics:  # before training; later ones join the step's line
             self.archer_metrics.log(0, val_metrics)
         return val_metrics
