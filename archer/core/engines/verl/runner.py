@@ -66,12 +66,28 @@ class ArcherTaskRunner:
             self.trainer.fit(self.agent_loop_manager)
             succeeded = True
         finally:
+            stop_dataloader_workers(self.trainer)
             try:
                 tracking = getattr(self.trainer, "logger", None)
                 if tracking is not None:
                     tracking.finish(exit_code=0 if succeeded else 1)
             finally:
                 tq.close()
+
+
+def stop_dataloader_workers(trainer: Any) -> None:
+    """End the worker processes of the trainer's live train-data iterator (verl keeps it in
+    `train_dataloader_it` between steps). Left running, they are killed by Ray with this actor while
+    torch's SIGCHLD handler is still armed here, and a run that succeeded ends with a "DataLoader
+    worker ... is killed by signal: Killed" traceback (seen on the GPU, where verl's default is 8
+    workers)."""
+    it = getattr(trainer, "train_dataloader_it", None)
+    if it is None:
+        return
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    trainer.train_dataloader_it = None
 
 
 class pinned_runner:
