@@ -18,12 +18,7 @@ class OwnRay:
         self.tmpdir = tempfile.mkdtemp(prefix="archer-ray-", dir="/tmp")
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        # One OpenMP (torch) thread per process unless the caller set a number: Ray gives its
-        # workers one already, but the driver's warm-up (trainer.num_threads is the local engine's
-        # only) ran two that spin against each other and everything else on a loaded 2-core
-        # machine: 20 warm-up steps of arpo-verl-smoke took 59 CPU-s (281 s) with two threads and
-        # 10.6 CPU-s (103 s) with one, side by side at load 13 (2026-12-07).
-        return {**base, "RAY_TMPDIR": self.tmpdir, "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1")}
+        return {**base, "RAY_TMPDIR": self.tmpdir}
 
     def kill(self) -> None:
         """SIGKILL every process started with this RAY_TMPDIR (what setsid'd away from the group)."""
