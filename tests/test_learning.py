@@ -46,8 +46,9 @@ def test_quickstart_learns_the_task_not_the_training_set(tmp_path):
 
 # The quickstart with per-token influence, shortened to 50 GRPO steps of its 350: influence only
 # measures (the update is the quickstart's), so it learns as fast: seed 0 on main 96ceb30, reward
-# 0.503 -> 0.614 and held-out accuracy 0.34 -> 0.66 at step 50 (0.64 at 100), 64 CPU-s in all on
-# the 2-core VM (tests/test_learning.py's own run; 77 CPU-s for 100 steps).
+# 0.503 -> 0.614 and held-out accuracy 0.34 -> 0.66 at step 50 (0.653 and 0.64 at step 100), from
+# an empty cache with these overrides (2-core VM, 2026-12-07): this test takes 66 CPU-s, the
+# 100-step run 77 CPU-s.
 QUICKSTART_INFLUENCE_CI = [
     "seed=0",
     "trainer.total_steps=50",
