@@ -102,7 +102,8 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
     for name, _ in names_mods:
         X = inputs[name].reshape(-1, inputs[name].shape[-1]).detach()
         Y = outputs[name].grad.reshape(-1, outputs[name].shape[-1]).detach()
-        g = torch.stack([torch.outer(Y[p], X[p]).reshape(-1) for _, _, p in toks])  # [N, D]
+        at = torch.tensor([p for _, _, p in toks])
+        g = (Y[at][:, :, None] * X[at][:, None, :]).reshape(len(toks), -1)  # [N, D]: outer(Y_p, X_p)
         D = g.shape[1]
         scores = torch.full((len(toks),), float("nan"), dtype=torch.float64)
         groups = {}
@@ -129,17 +130,22 @@ def brute_force(model, batch, s, metas, *, token_sigma=True):
             denom = min(n_rows, D) if s.damping == "rank" else D
             lam = s.reg_lambda if s.reg_lambda > 0 else 0.1 * torch.trace(H_full).item() / denom
             eye = torch.eye(D, dtype=torch.float64)
+            shared = None  # the include contrast: one d and one H for the whole unit, solved once
             for r in unit_rows:
                 if s.contrast == "leave_one_out":  # the unit without r: its contrast and its Hessian
                     others = [x for x in unit if x.row != r]
                     d = _bf_contrast(s, others, grads)
                     H = _bf_hessian(s, [x.row for x in others], grads, tok_idx, g)
+                    sol = d if s.hessian_mode == "identity" else torch.linalg.solve(H + lam * eye, d)
                 else:
-                    d = _bf_contrast(s, unit, grads)
-                    H = H_full
-                sol = d if s.hessian_mode == "identity" else torch.linalg.solve(H + lam * eye, d)
-                for j in tok_idx[r]:
-                    scores[j] = (g[j] @ sol) * (by_row[r].sign if token_sigma else 1.0)
+                    if shared is None:
+                        d = _bf_contrast(s, unit, grads)
+                        shared = (
+                            d if s.hessian_mode == "identity" else torch.linalg.solve(H_full + lam * eye, d)
+                        )
+                    sol = shared
+                at_r = tok_idx[r]
+                scores[at_r] = (g[at_r] @ sol) * (by_row[r].sign if token_sigma else 1.0)
         per_module.append(scores)
     total = torch.stack(per_module).sum(0)
     return {(r, t): total[j].item() for j, (r, t, _) in enumerate(toks)}

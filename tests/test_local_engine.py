@@ -24,15 +24,15 @@ SMALL = [
 ]
 
 
-def small(tmp_path: Path, *extra: str) -> list[str]:
-    return [*SMALL, f"trainer.cache_dir={tmp_path / 'cache'}", *extra]
+def small(tmp_path: Path, *extra: str, cache: Path | None = None) -> list[str]:
+    return [*SMALL, f"trainer.cache_dir={cache or tmp_path / 'cache'}", *extra]
 
 
-def run_local(tmp_path: Path, out: Path, *overrides: str, resume: bool = False):
+def run_local(tmp_path: Path, out: Path, *overrides: str, resume: bool = False, cache: Path | None = None):
     from archer.core.engines.local.trainer import LocalTrainer
 
     source = str(out / "config.yaml") if resume else "quickstart"
-    c = compose(source, small(tmp_path, *overrides))
+    c = compose(source, small(tmp_path, *overrides, cache=cache))
     t = LocalTrainer(c, out, resume=resume)
     try:
         t.setup()
@@ -139,6 +139,12 @@ def test_algorithm_options_run(tmp_path, extra):
         assert rows[0]["rollout/gen_rounds"] >= 1
 
 
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory) -> Path:
+    """One warm-up cache for the influence cases: their 150-step warm-up is the same (5 CPU-s each)."""
+    return tmp_path_factory.mktemp("influence-warmup-cache")
+
+
 @pytest.mark.parametrize(
     "output_function,contrast,projection",
     [
@@ -147,7 +153,7 @@ def test_algorithm_options_run(tmp_path, extra):
         ("training_loss", "leave_one_out", "identity"),  # exact scores, own gradient left out
     ],
 )
-def test_influence_fills_the_trace(tmp_path, output_function, contrast, projection):
+def test_influence_fills_the_trace(tmp_path, warm_cache, output_function, contrast, projection):
     out = tmp_path / "run"
     # a warm model and many samples so that some groups have both right and wrong answers
     run_local(
@@ -168,6 +174,7 @@ def test_influence_fills_the_trace(tmp_path, output_function, contrast, projecti
         f"influence.projection={projection}",
         "influence.check_every=1",
         "influence.check_keep=1",
+        cache=warm_cache,
     )
     # the state going into the last step's update is kept (check_keep=1 pruned the first)
     snaps = sorted(p.name for p in (out / "checkpoints" / "influence").iterdir())
