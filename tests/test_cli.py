@@ -146,11 +146,19 @@ def test_explain_marks_the_keys_the_presets_engine_ignores():
         "model.tiny.num_layers",
         "warmup.steps",
         "data.synth.n",
-        "agent.enable",
     ):
         assert "[ignored on verl:" in verl[key], key
     for key in ("rollout.n", "actor.clip_ratio_high", "influence.enable", "trainer.logging.wandb"):
         assert "ignored" not in verl[key], key
+    # archer's agent loop runs inside verl's, and the driver's warm-up honours the thread count
+    agent = _explain_lines("arpo-verl-smoke")
+    for key in (
+        "agent.enable",
+        "agent.branch_probability",
+        "agent.tools.python.timeout_s",
+        "trainer.num_threads",
+    ):
+        assert "ignored" not in agent[key], key
     # the tiny model and the synthetic task are read where model.path / data.train_files are unset
     own = _explain_lines("math-influence", "model.path=null", "data.train_files=[]")
     assert "ignored" not in own["model.tiny.num_layers"] and "ignored" not in own["data.synth.n"]

@@ -377,7 +377,9 @@ class TrainerConfig:
     out_dir: str = opt("runs", "root folder for run directories")
     run_name: str | None = opt(None, "run directory name; null means <preset>-<timestamp>")
     device: str = opt("auto", "where the local engine runs", choices=("auto", "cpu", "cuda"))
-    num_threads: int = opt(0, "torch CPU threads (0 = all cores)", ge=0)
+    num_threads: int = opt(
+        0, "torch CPU threads (0 = all cores); on verl, the driver's (where the warm-up runs)", ge=0
+    )
     cache_dir: str | None = opt(None, "cache for warm-ups and tokenizers; null means <out_dir>/.cache")
     logging: LoggingConfig = section(LoggingConfig, "metric sinks")
 

@@ -34,9 +34,7 @@ RULES: dict[str, list[Rule]] = {
     "verl": [
         ("rollout.generation_batch_size", "local engine only (verl batches rollouts itself)", _always),
         ("rollout.compile_decode", "local engine only (HF generate)", _always),
-        ("trainer.num_threads", "local engine only", _always),
         ("trainer.logging.log_every", "local engine only (verl prints every step)", _always),
-        ("agent.", "local engine only (verl refuses agent.enable=true)", _always),
         ("model.tiny.", "used only without model.path (here it is set)", _model_given),
         ("warmup.", "used only without model.path (here it is set)", _model_given),
         ("data.synth.", "used only without data.train_files (here they are set)", _data_given),

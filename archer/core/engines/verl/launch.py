@@ -407,6 +407,11 @@ def train(
         reporter.note(note)
     cache_dir = Path(composed.cfg.trainer.cache_dir or Path(composed.cfg.trainer.out_dir) / ".cache")
     steps = int(composed.cfg.warmup.steps)
+    threads = int(composed.cfg.trainer.num_threads)
+    if threads > 0:  # the tiny model's warm-up runs here, in the driver (Ray's workers keep their own)
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         inputs = make_inputs(
             composed.cfg,
