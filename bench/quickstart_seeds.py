@@ -116,8 +116,22 @@ def run_seed(preset: str, seed: int, overrides: list[str], work: Path) -> dict:
         "val_before": o.val_before,
         "val_after": o.val_after,
         "verdict": o.verdict(),
+        "val_curve": [[r["step"], r["val/accuracy"]] for r in vals],
+        **warmup_figures(run_dir),
         **agent_figures(rows),
     }
+
+
+def warmup_figures(run_dir: Path) -> dict:
+    """The warm-up's own figures (steps run, probe accuracy at its stop), from the note it leaves in
+    `<run>/warmup/.complete` (a dict's repr); empty when the preset has no warm-up."""
+    import ast
+
+    try:
+        stats = ast.literal_eval((run_dir / "warmup" / ".complete").read_text().strip())
+    except (OSError, ValueError, SyntaxError):
+        return {}
+    return {k.replace("warmup/", "warmup_"): v for k, v in stats.items()}
 
 
 # Agent-mode figures (empty for presets without tools): what the branching and the tools did over

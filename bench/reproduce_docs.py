@@ -21,8 +21,7 @@ so the table and the doc cannot drift apart silently. Exit status: 0 nothing fla
 flagged or an entry failed, 2 bad arguments. An entry whose script needs a package that is not
 installed (TRL for the engine comparison) is reported as SKIP, with the install hint.
 
-Not covered yet: the ARPO quickstart (one seed documented, no 3-seed table: `python
-bench/quickstart_seeds.py --preset arpo-quickstart` measures it), and the figures that need a trained
+Not covered yet: the AEPO quickstart's seed 0 (not measured yet), and the figures that need a trained
 run first (influence fidelity and trace size: bench/influence_fidelity.py, influence_trace_bytes.py)
 or a verl install (bench/verl_import_cost.py); their commands are in docs/benchmarks.md.
 """
@@ -141,11 +140,21 @@ ENTRIES: list[Entry] = [
         "arpo-quickstart",
         "arpo-quickstart",
         "ARPO quickstart (local engine, agent mode, CPU)",
-        "3 runs of about 5 CPU-min each",
+        "3 runs of 4-5 CPU-min each",
         [
-            (0, "0.422 → 0.681", "0.375 → 0.703"),
-            (1, "0.369 → 0.569", "0.312 → 0.531"),
-            (2, "0.328 → 0.675", "0.266 → 0.703"),
+            (0, "0.334 → 0.606", "0.328 → 0.473"),
+            (1, "0.447 → 0.672", "0.602 → 0.723"),
+            (2, "0.394 → 0.706", "0.570 → 0.680"),
+        ],
+    ),
+    seeds_entry(
+        "aepo-quickstart",
+        "aepo-quickstart",
+        "AEPO quickstart (local engine, agent mode, CPU)",
+        "2 runs of about 4 CPU-min each",
+        [
+            (1, "0.447 → 0.603", "0.602 → 0.695"),
+            (2, "0.472 → 0.728", "0.570 → 0.664"),
         ],
     ),
     Entry(
