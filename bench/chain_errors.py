@@ -32,13 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 KINDS = ("exact", "teacher slip", "wrong result", "wrong copy")
 
 
-def classify(chain: str, response: str) -> str:
+def classify(chain: str, response: str, slip: str = "carry") -> str:
+    """`slip`: the run's warmup.slip (the teacher's slip that counts as `teacher slip`)."""
     from archer.core.data.chain import result_digit_mask, worked_solution
 
     gold = worked_solution(chain)
     if response == gold:
         return "exact"
-    if response == worked_solution(chain, slip=True):
+    if response == worked_solution(chain, slip=slip):
         return "teacher slip"
     i = next((k for k, (a, b) in enumerate(zip(response, gold)) if a != b), min(len(response), len(gold)))
     return "wrong result" if i < len(gold) and result_digit_mask(list(gold))[i] else "wrong copy"
@@ -61,6 +62,16 @@ def answers(model_dir: Path, cfg, tokenizer, prompts) -> list[str]:
     return [tokenizer.decode(cs[0].token_ids, skip_special_tokens=True) for cs in out]
 
 
+def run_slip(run: Path) -> str:
+    """The run's warmup.slip from its config.yaml (`carry` where the file or key is missing)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return str(OmegaConf.load(run / "config.yaml").warmup.get("slip", "carry"))
+    except (OSError, AttributeError):
+        return "carry"
+
+
 def rollouts(run: Path, window: int) -> int:
     """The kinds of the sampled training responses of the trace, per window of `window` steps."""
     import pyarrow.parquet as pq
@@ -69,6 +80,7 @@ def rollouts(run: Path, window: int) -> int:
     from archer.core.data.chain import has_carry
 
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    slip = run_slip(run)
     files = sorted((run / "trace" / "steps").glob("step_*.parquet"))
     if not files:
         raise SystemExit(f"no trace steps under {run / 'trace' / 'steps'}")
@@ -91,7 +103,8 @@ def rollouts(run: Path, window: int) -> int:
         for rows in groups.values():
             chain = tokenizer.decode(rows[0]["prompt_ids"], skip_special_tokens=True)
             for r in rows:
-                counts[classify(chain, tokenizer.decode(r["response_ids"], skip_special_tokens=True))] += 1
+                text = tokenizer.decode(r["response_ids"], skip_special_tokens=True)
+                counts[classify(chain, text, slip)] += 1
             rewards = [r["reward"] for r in rows]
             contrast += len(set(rewards)) > 1
             acc[has_carry(chain)].append(sum(rewards) / len(rewards))
@@ -141,7 +154,7 @@ def main() -> int:
     examples = {}
     for name, path in models.items():
         responses = answers(path, cfg, tokenizer, val)
-        kinds = [classify(c, r) for c, r in zip(chains, responses)]
+        kinds = [classify(c, r, str(cfg.warmup.slip)) for c, r in zip(chains, responses)]
         counts = Counter(kinds)
         print(f"| {name} | " + " | ".join(str(counts.get(k, 0)) for k in KINDS) + " |")
         examples[name] = list(zip(chains, responses, kinds))

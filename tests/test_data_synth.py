@@ -198,6 +198,17 @@ def test_chain_worked_solution_and_the_teachers_slip():
         parse_chain("7+5")
 
 
+def test_chain_first_step_slip_is_one_too_high_then_worked_on():
+    # warmup.slip=first_step: the first result one too high in every chain, the rest worked on
+    # correctly from it (carry or not)
+    assert worked_solution("7+5-3+8=", slip="first_step") == "13-3+8=10+8=18"
+    assert worked_solution("1+2-3+4=", slip="first_step") == "4-3+4=1+4=5"
+    assert worked_solution("12-3=", slip="first_step") == "10"
+    assert worked_solution("7+5-3+8=", slip="carry") == worked_solution("7+5-3+8=", slip=True)
+    with pytest.raises(ValueError, match="unknown chain slip"):
+        worked_solution("7+5=", slip="sign")
+
+
 @pytest.mark.parametrize(
     "spec",
     [ChainSpec(2, 3, "+-"), ChainSpec(3, 4, "+-"), ChainSpec(3, 5, "+"), ChainSpec(4, 3, "-+", min_terms=2)],

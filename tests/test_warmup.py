@@ -18,6 +18,11 @@ def test_teacher_works_chains_step_by_step_and_slips_on_the_first_carry():
         ids=tok.encode("23+45=", add_special_tokens=False), answer="68", data_source="arithmetic", index=1
     )
     assert teacher_answers(tok, [chain, plain]) == [("12-3+8=9+8=17", "2-3+8=-1+8=7"), ("68", "69")]
+    # warmup.slip=first_step: the first result one too high; integer answers keep the near miss
+    assert teacher_answers(tok, [chain, plain], "first_step") == [
+        ("12-3+8=9+8=17", "13-3+8=10+8=18"),
+        ("68", "69"),
+    ]
 
 
 def test_warmup_key_changes_with_settings_tokenizer_and_code(monkeypatch, tmp_path):
@@ -26,7 +31,13 @@ def test_warmup_key_changes_with_settings_tokenizer_and_code(monkeypatch, tmp_pa
     base = warmup_key(cfg, 100, tok)
     assert warmup_key(cfg, 100, tok) == base  # deterministic
     assert warmup_key(cfg, 101, tok) != base  # another training set size
-    for override in ("data.synth.terms=5", "warmup.label_noise=0.25", "seed=1", "model.tiny.hidden_size=64"):
+    for override in (
+        "data.synth.terms=5",
+        "warmup.label_noise=0.25",
+        "warmup.slip=first_step",
+        "seed=1",
+        "model.tiny.hidden_size=64",
+    ):
         assert warmup_key(compose("quickstart", [override]).cfg, 100, tok) != base, override
     # warmup.cache itself does not change what a warm-up is
     assert warmup_key(compose("quickstart", ["warmup.cache=false"]).cfg, 100, tok) == base

@@ -155,12 +155,14 @@ def near_miss(answer: str) -> str:
         return answer
 
 
-def teacher_answers(tokenizer: Any, prompts: Sequence[Any]) -> list[tuple[str, str]]:
+def teacher_answers(
+    tokenizer: Any, prompts: Sequence[Any], chain_slip: str = "carry"
+) -> list[tuple[str, str]]:
     """Per prompt, what the warm-up's teacher writes when right and when it slips.
 
-    Worked chains (data_source `chain`): the step-by-step solution, and the same with the first
-    carry or borrow forgotten (archer/core/data/chain.py). Anything else: the answer, and its near
-    miss (integer + 1)."""
+    Worked chains (data_source `chain`): the step-by-step solution, and the same with the slip
+    `chain_slip` (warmup.slip: the first carry or borrow forgotten, or the first step one too
+    high; archer/core/data/chain.py). Anything else: the answer, and its near miss (integer + 1)."""
     from archer.core.data.chain import DATA_SOURCE as CHAIN
     from archer.core.data.chain import worked_solution
 
@@ -168,7 +170,7 @@ def teacher_answers(tokenizer: Any, prompts: Sequence[Any]) -> list[tuple[str, s
     for p in prompts:
         if p.data_source == CHAIN:
             text = tokenizer.decode(p.ids, skip_special_tokens=True)
-            out.append((worked_solution(text), worked_solution(text, slip=True)))
+            out.append((worked_solution(text), worked_solution(text, slip=chain_slip)))
         else:
             out.append((p.answer, near_miss(p.answer)))
     return out
@@ -220,6 +222,7 @@ def teacher_forced_probe(
     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
     *,
     slips: bool = False,
+    chain_slip: str = "carry",
 ) -> Callable[[], float]:
     """Greedy decoding's share of `prompts` answered as the teacher answers, without generating:
     a row counts when every trained token (the answer, or a demonstration's call and answer) is the
@@ -229,7 +232,7 @@ def teacher_forced_probe(
     which of the two answers it was shown more often. One forward pass per answer set."""
     batches = []
     for k in (0, 1) if slips else (0,):
-        answers = [pair[k] for pair in teacher_answers(tokenizer, prompts)]
+        answers = [pair[k] for pair in teacher_answers(tokenizer, prompts, chain_slip)]
         shown = None
         if demos is not None:
             shown = [[*d[:-1], (a, d[-1][1])] if d else d for d, a in zip(demos, answers)]
@@ -283,7 +286,7 @@ def run_warmup(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    targets = teacher_answers(tokenizer, prompts)
+    targets = teacher_answers(tokenizer, prompts, str(getattr(wcfg, "slip", "carry")))
     model.train()
     loss_value = probe_value = float("nan")
     steps_done = 0
@@ -435,6 +438,7 @@ def _build(
             device,
             list(shown[:k]) if shown is not None else None,
             slips=cfg.warmup.label_noise > 0,
+            chain_slip=str(cfg.warmup.slip),
         )
     stats = run_warmup(
         model,

@@ -222,9 +222,15 @@ class WarmupConfig:
     label_noise: float = opt(
         0.0,
         "fraction of warm-up answers replaced by a weak teacher's slip (integer answers: +1; worked "
-        "chains: the first carry or borrow forgotten)",
+        "chains: see warmup.slip)",
         ge=0.0,
         le=1.0,
+    )
+    slip: str = opt(
+        "carry",
+        "the teacher's slip on worked chains: carry (the first carry or borrow forgotten) or "
+        "first_step (the first intermediate result one too high); it works on correctly from there",
+        choices=("carry", "first_step"),
     )
     target_accuracy: float = opt(
         0.0,

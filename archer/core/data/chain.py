@@ -119,16 +119,28 @@ def forgot_carry(value: int, op: str, d: int) -> int:
     return _apply(value, op, d) + (-10 if op == "+" else 10)
 
 
-def worked_steps(text: str, *, slip: bool = False) -> list[str]:
+# The warm-up teacher's slips (warmup.slip): `carry` forgets the chain's first carry or borrow (no
+# slip in a chain without one); `first_step` writes the first intermediate result one too high, in
+# every chain. Either way the teacher works on correctly from its wrong value.
+SLIPS = ("carry", "first_step")
+
+
+def worked_steps(text: str, *, slip: bool | str = False) -> list[str]:
     """The steps of the worked solution of chain `text`: ["12-3+8", "9+8", "17"].
 
-    `slip`: the teacher forgets the first carry or borrow (no change if the chain has none)."""
+    `slip`: the teacher's slip, one of SLIPS (True means `carry`, the first carry or borrow
+    forgotten: no change if the chain has none)."""
+    kind = "carry" if slip is True else (slip or None)
+    if kind is not None and kind not in SLIPS:
+        raise ValueError(f"unknown chain slip {kind!r} (one of {', '.join(SLIPS)})")
     terms = parse_chain(text)
     value = terms[0][1]
-    steps, slipped = [], not slip
+    steps, slipped = [], kind is None
     for i in range(1, len(terms)):
         op, d = terms[i]
-        if not slipped and carries(value, op, d):
+        if not slipped and kind == "first_step":
+            value, slipped = _apply(value, op, d) + 1, True
+        elif not slipped and carries(value, op, d):
             value, slipped = forgot_carry(value, op, d), True
         else:
             value = _apply(value, op, d)
@@ -137,7 +149,7 @@ def worked_steps(text: str, *, slip: bool = False) -> list[str]:
     return steps
 
 
-def worked_solution(text: str, *, slip: bool = False) -> str:
+def worked_solution(text: str, *, slip: bool | str = False) -> str:
     """`7+5-3+8=` → `12-3+8=9+8=17` (the response a correct teacher writes)."""
     return "=".join(worked_steps(text, slip=slip))
 
