@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from archer.core.config import compose
 from archer.core.metrics import read_metrics
 from archer.core.outcome import outcome_of
@@ -25,23 +27,37 @@ from archer.core.outcome import outcome_of
 QUICKSTART_CI = ["seed=0", "trainer.total_steps=50", "trainer.val_every=50", "trainer.num_threads=1"]
 
 
-def train(preset: str, tmp_path: Path, overrides: list[str]):
+def train(preset: str, tmp_path: Path, overrides: list[str], cache: Path | None = None):
+    """Train from a fresh run directory. The warm-up cache is the test's own empty one, or `cache`:
+    one made empty for this module and shared by presets whose warm-up is the same (then the
+    second of them takes the first's warm-up, never one from an earlier CI run)."""
     from archer.core.engines.local.trainer import LocalTrainer
 
     out = tmp_path / "run"
-    c = compose(preset, [*overrides, f"trainer.cache_dir={tmp_path / 'cache'}", "trainer.save_every=0"])
+    shared = cache is not None
+    cache = cache or tmp_path / "cache"
+    c = compose(preset, [*overrides, f"trainer.cache_dir={cache}", "trainer.save_every=0"])
     t = LocalTrainer(c, out)
     try:
         t.setup()
         t.fit()
     finally:
         t.close()
-    assert t.warmup.source == "trained"  # no warm-up from an earlier run
+    # no warm-up from an earlier run: trained here, or by this module's other quickstart test
+    assert t.warmup.source in (("trained", "cache") if shared else ("trained",)), t.warmup.source
     return outcome_of(read_metrics(out), t.first_val, t.last_val)
 
 
-def test_quickstart_learns_the_task_not_the_training_set(tmp_path):
-    o = train("quickstart", tmp_path, QUICKSTART_CI)
+@pytest.fixture(scope="module")
+def quickstart_warmups(tmp_path_factory):
+    """An empty warm-up cache for this module's two quickstart tests: quickstart and
+    quickstart-influence warm up identically (same cache key), and the 600-step warm-up is most of
+    each test's time (about 90 s idle), which `.ci/run`'s 20 minutes cannot pay twice."""
+    return tmp_path_factory.mktemp("quickstart-warmups")
+
+
+def test_quickstart_learns_the_task_not_the_training_set(tmp_path, quickstart_warmups):
+    o = train("quickstart", tmp_path, QUICKSTART_CI, cache=quickstart_warmups)
     assert o.reward_gain >= 0.05, o
     assert o.val_gain >= 0.15, o  # held-out problems: the model learned the task, not the answers
 
@@ -59,12 +75,14 @@ QUICKSTART_INFLUENCE_CI = [
 ]
 
 
-def test_quickstart_influence_learns_and_scores_every_token_of_the_contrasted_groups(tmp_path):
+def test_quickstart_influence_learns_and_scores_every_token_of_the_contrasted_groups(
+    tmp_path, quickstart_warmups
+):
     import numpy as np
 
     from archer.core.trace import TraceReader
 
-    o = train("quickstart-influence", tmp_path, QUICKSTART_INFLUENCE_CI)
+    o = train("quickstart-influence", tmp_path, QUICKSTART_INFLUENCE_CI, cache=quickstart_warmups)
     assert o.reward_gain >= 0.05, o
     assert o.val_gain >= 0.15, o
     out = tmp_path / "run"
