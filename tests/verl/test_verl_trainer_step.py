@@ -338,6 +338,44 @@ def test_the_trace_is_flushed_before_verl_saves_a_checkpoint(monkeypatch):
     assert order == ["flush", "checkpoint"]
 
 
+def test_a_step_is_logged_before_its_checkpoint_is_saved(monkeypatch):
+    """verl saves before it validates and records the step; archer defers the save past the
+    step's metrics line, so a checkpoint on disk always has its step (and validation) logged."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    from archer.core.engines.verl.trainer import ArcherTrainer
+
+    order = []
+
+    class Log:
+        def log(self, step, metrics):
+            order.append(("line", step, "timing_s/save_checkpoint" in metrics))
+
+    def verl_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        metrics["timing_s/save_checkpoint"] = 0.0
+
+    monkeypatch.setattr(PPOTrainer, "step", lambda self, metrics, timing_raw: order.append("step"))
+    monkeypatch.setattr(PPOTrainerSync, "_save_checkpoint", lambda self: order.append("checkpoint"))
+    monkeypatch.setattr(PPOTrainer, "_compute_metrics", verl_metrics)
+    trainer = ArcherTrainer.__new__(ArcherTrainer)
+    trainer.archer_trace, trainer.archer_metrics = None, Log()
+    metrics: dict = {}
+    # verl's loop: step, save (when due), validate, record
+    trainer.step(metrics, {})
+    trainer._save_checkpoint()
+    assert order == ["step"]  # not yet
+    trainer._compute_metrics(None, metrics, {}, global_steps=2, epoch=0)
+    assert order == ["step", ("line", 2, False), "checkpoint"]
+    assert metrics["timing_s/save_checkpoint"] >= 0.0  # the real save's time, for verl's trackers
+    # a step without a save, and a save outside the loop, happen as verl asks
+    order.clear()
+    trainer.step(metrics, {})
+    trainer._compute_metrics(None, {}, {}, global_steps=3, epoch=0)
+    trainer._save_checkpoint()
+    assert order == ["step", ("line", 3, True), "checkpoint"]  # verl's metrics left as they are
+
+
 def test_verl_sees_its_sync_mode_and_a_fast_replay_buffer_poll():
     """archer's trainer is chosen by archer's runner; verl's own code must take its sync paths
     (the async replay buffer, TransferQueue dumps in checkpoints and a forced gen batch of 1 follow

@@ -180,11 +180,24 @@ class ArcherTrainer(PPOTrainerSync):
                 self._archer_sinks.close(finish_wandb=False)  # verl's tracker finishes its run
 
     def _save_checkpoint(self):
+        """Deferred to `_compute_metrics`, after the step's line: verl saves before it validates
+        and records the step, so a crash between the two left a checkpoint whose step (and
+        validation) a resume never logs again. Outside the step loop it saves at once."""
+        if getattr(self, "_archer_in_step", False):
+            self._archer_save_due = True
+            return None
+        return self._archer_save_now()
+
+    def _archer_save_now(self):
         """Flush the trace first: a step verl has checkpointed (and a resume starts after) must
         already be on disk, or a crash right after the checkpoint loses it for good."""
         if getattr(self, "archer_trace", None) is not None:
             self.archer_trace.flush()
         return super()._save_checkpoint()
+
+    def step(self, *args, **kwargs):
+        self._archer_in_step, self._archer_save_due = True, False
+        return super().step(*args, **kwargs)
 
     def _validate(self, *args, **kwargs):
         """verl's validation, plus `val/accuracy` (the number both engines log, `archer collect`
@@ -201,8 +214,18 @@ class ArcherTrainer(PPOTrainerSync):
         return val_metrics
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        """The step's line, then the checkpoint verl asked for during the step (`_save_checkpoint`);
+        its time reaches verl's trackers, which log `metrics` after this."""
         super()._compute_metrics(batch, metrics, timing_raw, global_steps=global_steps, epoch=epoch)
+        due = getattr(self, "_archer_save_due", False)
+        self._archer_in_step = self._archer_save_due = False
+        if due:
+            metrics.pop("timing_s/save_checkpoint", None)  # the deferred call's ~0 s
         self.archer_metrics.log(int(global_steps), metrics)
+        if due:
+            t0 = time.perf_counter()
+            self._archer_save_now()
+            metrics["timing_s/save_checkpoint"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ one step
     def _update_actor(self, batch, metrics):
