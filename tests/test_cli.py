@@ -292,8 +292,11 @@ def _complete(words: str, cword: int) -> list[str]:
 def test_shell_completion_is_installed_and_completes_presets_and_keys():
     r = runner.invoke(app, ["--help"])
     assert "--install-completion" in r.stdout and "--show-completion" in r.stdout
+    # the script bash sources (what --show-completion prints once it has detected the user's shell
+    # from its parent processes, which a test run under nohup or a CI runner may not have)
     script = subprocess.run(
-        [sys.executable, "-m", "archer", "--show-completion", "bash"],
+        [sys.executable, "-m", "archer"],
+        env={**os.environ, "_ARCHER_COMPLETE": "source_bash"},
         capture_output=True,
         text=True,
         timeout=120,
