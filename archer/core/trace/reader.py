@@ -308,7 +308,8 @@ class TraceReader:
     def _logical_names(pf: pq.ParquetFile) -> list[str]:
         names = pf.schema_arrow.names
         if codec.is_encoded(pf.schema_arrow):
-            return list(codec.COLUMNS) + [c for c in names if c not in codec.COLUMNS]
+            extra = [c for c in names if c not in codec.COLUMNS and c != codec.LEVELS_COLUMN]
+            return list(codec.COLUMNS) + extra
         return list(names)
 
     @classmethod
