@@ -35,7 +35,8 @@ even float16 costs +39 % over an entropy-only trace of 4.6 B/token (docs/influen
   smallest and largest |score| of its level. Order inside a level is lost (ties).
 - `influence_sum` / `influence_mean` are stored, computed before coding: exact.
 
-The footer key `archer.influence_storage` says which storage a step used (`float16` or `codes`);
+A coded step's footer has `archer.influence_storage=codes` (a float16 step's footer is v2's; the
+column type tells them apart too, `storage_of`) and its manifest line `"influence_storage"`;
 `trace.influence_storage=float16` keeps float16 everywhere. v1 and v2 files read unchanged.
 numpy/pyarrow only.
 """
@@ -61,7 +62,8 @@ STORED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in DERIVED_C
 #: The largest stored |value|, 2^15: float16 has full precision from 2^-14 up to it.
 _TOP = 15
 
-#: Key-value metadata key (v3): how the step stores influence, `float16` or `codes`.
+#: Key-value metadata key of a coded v3 step file (value `codes`); a float16 step has none: its
+#: footer is v2's, byte for byte but the version (the column type tells the two apart too).
 META_INFLUENCE_STORAGE = b"archer.influence_storage"
 #: `trace.influence_storage` values: `auto` codes long-response steps, `float16` never codes.
 INFLUENCE_STORAGES: tuple[str, ...] = ("auto", "float16")
@@ -199,7 +201,7 @@ def encode(table: pa.Table, storage: str = "auto") -> pa.Table:
     (`uses_codes`): int8 rank codes in `influence`, the level means in `influence_levels`, the
     summaries stored. Otherwise v2's layout: float16 `influence` scaled by 2^e (e in the schema
     metadata), and `influence_sum` / `influence_mean` only for long responses. Other columns and
-    metadata stay; `archer.influence_storage` in the metadata names the choice."""
+    metadata stay; `archer.influence_storage=codes` in the metadata marks a coded step."""
     values, offsets, valid = _list_parts(table.column("influence"))
     meta = dict(table.schema.metadata or {})
     if uses_codes(table, storage):
@@ -214,7 +216,6 @@ def encode(table: pa.Table, storage: str = "auto") -> pa.Table:
         e = scale_exponent(values)
         infl = _list_array(to_float16(values, e), offsets, valid, pa.float16())
         meta[META_INFLUENCE_SCALE] = str(e).encode()
-        meta[META_INFLUENCE_STORAGE] = STORAGE_FLOAT16.encode()
         out = table if keeps_summaries(table) else table.drop_columns(list(DERIVED_COLUMNS))
     i = out.schema.get_field_index("influence")
     out = out.set_column(i, pa.field("influence", infl.type), infl)
@@ -238,10 +239,10 @@ def storage_of(schema: pa.Schema) -> str | None:
     i = schema.get_field_index("influence")
     if i < 0:
         return None
-    return {
-        pa.list_(pa.int8()): STORAGE_CODES,
-        pa.list_(pa.float16()): STORAGE_FLOAT16,
-    }.get(schema.field(i).type, "float32")
+    t = schema.field(i).type
+    if t == pa.list_(pa.int8()):
+        return STORAGE_CODES
+    return STORAGE_FLOAT16 if t == pa.list_(pa.float16()) else "float32"
 
 
 # --------------------------------------------------------------------------------------------
