@@ -386,7 +386,7 @@ class TraceWriter:
                 use_dictionary=dictionary,
                 row_group_size=self.row_group_size,
                 # min/max of the scaled float16 influence mean nothing without the step's scale
-                write_statistics=[c for c in names if c != "influence"],
+                write_statistics=[c for c in names if c not in ("influence", codec.LEVELS_COLUMN)],
                 write_page_checksum=True,  # readers verify it: bit rot is an error, not wrong numbers
             )
             if self.fsync:
