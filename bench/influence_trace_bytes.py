@@ -24,9 +24,14 @@ response's largest |score| (7 per sign, the last one open below; decoded at the 
 midpoint), the design the rank codes replaced, and the entropy of both codes in bits per token
 (what parquet's dictionary encoding under zstd costs, within about 0.1 bit).
 
-    python bench/influence_trace_bytes.py --coding archer/view/demo /tmp/infl2/qs
+`--tracer` adds real long responses' scores: archer's tracer at the default influence knobs, in the
+real PPO update (learning rate 0), on a random-weight tiny Qwen2 (bench/influence_fidelity.py's
+mode ii) with 32 random responses of 256-512 tokens in groups of 8, half of each group rewarded
+(needs torch; about 45 s on a 2-core CPU).
 
-Needs numpy and pyarrow only (no torch).
+    python bench/influence_trace_bytes.py --coding --tracer archer/view/demo /tmp/infl2/qs
+
+Needs numpy and pyarrow only (no torch), except for `--tracer`.
 """
 
 from __future__ import annotations
@@ -260,6 +265,29 @@ def tiled_real(run: Path) -> list:
     return out
 
 
+def tracer_scores(responses: int = 32, length: int = 512, seed: int = 0) -> list:
+    """Scores of archer's tracer at the default knobs (`InfluenceSettings(enable=True)`) for random
+    responses of length/2..length tokens on a random-weight tiny Qwen2 (needs torch)."""
+    import argparse as _argparse
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from influence_fidelity import Bench, synthetic_rollouts
+
+    from archer.influence.settings import InfluenceSettings
+
+    torch.manual_seed(seed)
+    ns = _argparse.Namespace(
+        responses=responses, group_size=8, prompt_len=16, response_len=length, seed=seed,
+        checkpointing=False, dtype="fp32",
+    )  # fmt: skip
+    data = synthetic_rollouts("tiny", ns, torch.device("cpu"), torch.float32)
+    scores, _, _ = Bench(data, torch.device("cpu"), 8, 0).traced(InfluenceSettings(enable=True))
+    return [np.asarray(x, dtype=np.float32) for x in scores if x is not None]
+
+
 def coding_fidelity(sets: dict) -> dict:
     """Per named set of responses: the ranking figures of rank codes and of octave buckets."""
     import numpy as np
@@ -296,10 +324,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, nargs="*", help="run directories (or trace directories) with influence")
     p.add_argument("--coding", action="store_true", help="ranking fidelity of the v3 rank codes (see above)")
+    p.add_argument("--tracer", action="store_true", help="with --coding: also the tracer's scores (torch)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.coding:
         sets = {kind: synthetic_long(kind) for kind in ("laplace", "student-t2", "lognormal")}
+        if args.tracer:
+            sets["tracer, default knobs, tiny random model"] = tracer_scores()
         for run in args.run:
             sets[f"tiled {run}"] = tiled_real(run)
         res = coding_fidelity(sets)
