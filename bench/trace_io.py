@@ -1,7 +1,7 @@
 """Trace I/O benchmark: build, write and read one large synthetic rollout step.
 
     python bench/trace_io.py [--reps 3] [--no-influence] [--influence-storage auto|float16]
-                              [--out DIR] [--json FILE]
+                              [--shape NxL ...] [--out DIR] [--json FILE]
 
 Two shapes: 1024 responses x 4096 tokens (a full-length batch) and 512 responses with lognormal
 lengths (mean ~1,865, capped at 8,192, as in docs/trace-format.md). Prints the time to build the
@@ -124,6 +124,13 @@ def main() -> None:
     ap.add_argument("--influence-storage", choices=("auto", "float16"), default="auto")
     ap.add_argument("--out", type=Path, default=None, help="keep the files here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here, per shape")
+    ap.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        metavar="NxL",
+        help="instead of the two shapes: N responses of L tokens each (repeatable), e.g. 1024x64",
+    )
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="archer-trace-bench-"))
     influence = not args.no_influence
@@ -131,6 +138,15 @@ def main() -> None:
         what = f"float32, 10% NaN, stored {args.influence_storage}" if influence else "null"
         print(f"influence column: {what}; files under {root}")
         st = args.influence_storage
+        if args.shape:
+            results = {}
+            for shape in args.shape:
+                n, length = (int(v) for v in shape.lower().split("x"))
+                name = f"fixed-{n}x{length}"
+                results[name] = bench(name, n, np.full(n, length), args.reps, influence, root, st)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
+            return
         fixed = bench("fixed-1024x4096", 1024, np.full(1024, 4096), args.reps, influence, root, st)
         results = {"fixed-1024x4096": fixed}
         rng = np.random.default_rng(1)
