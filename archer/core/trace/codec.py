@@ -25,8 +25,9 @@ even float16 costs +39 % over an entropy-only trace of 4.6 B/token (docs/influen
   score of that sign in magnitude level k of its response. Levels are ranks by |score| among the
   response's non-zero captured tokens: k = 0 is the top token, 1 the next 4 (top 5), then the rest
   of the top 1 %, 10 %, 20 %, 50 % and the bottom half (`RANK_FRACTIONS`). At most 16 distinct
-  codes, dictionary-encoded by parquet (4-bit indices, zstd on top): measured 2.6 to 3.5 bits per
-  token, whatever the distribution of the scores (the level sizes are fixed; only the sign varies).
+  codes, dictionary-encoded by parquet (4-bit indices, zstd on top, which gets close to the codes'
+  entropy: 2.6-2.8 bits per token measured, whatever the distribution of the scores, since the
+  level sizes are fixed and only the sign varies; 3.0 on bench/trace_io.py's step, 10 % NaN).
 - `influence_levels` (list<float16>, `N_LEVELS` per response: 14 B) holds each level's mean
   |score|, stored like v2's scores (float16 of value / 2^e, e per step in the footer); a reader
   decodes a token to sign × its level's mean. The top token decodes to its float16-stored value
@@ -279,8 +280,7 @@ def code_scores(values: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -> t
         total = np.bincount(level, weights=seg[order].astype(np.float64), minlength=N_LEVELS)
         with np.errstate(invalid="ignore"):
             levels[r] = (total / count).astype(np.float32)
-        # the top token keeps its exact value (a mean of one float32 is itself, but inf/inf is NaN)
-        levels[r, 0] = seg[order[0]]
+        levels[r, 0] = seg[order[0]]  # the top token alone: its own value, not a float64 round trip
     return codes, levels
 
 

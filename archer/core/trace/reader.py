@@ -260,8 +260,9 @@ class TraceReader:
             raise TraceError(f"cannot read {path}: {e}", hint="the step file is truncated or corrupt") from e
 
     def schema(self, step: int) -> pa.Schema:
-        """The Arrow schema of a step file as stored (v2: float16 `influence`, the influence
-        summaries only for long responses; v1: the logical columns), plus any extra ones."""
+        """The Arrow schema of a step file as stored (v2/v3: float16 `influence`, the influence
+        summaries only for long responses, or v3's int8 rank codes and `influence_levels`; v1: the
+        logical columns), plus any extra ones."""
         with self._open(step) as pf:
             return pf.schema_arrow
 
