@@ -1,4 +1,4 @@
-"""The trace format: schema v2 round trip (v1 files still read), summaries, parquet layout, writer
+"""The trace format: schema v3 round trip (v1 and v2 files still read), summaries, parquet layout, writer
 protocol, reader errors."""
 
 from __future__ import annotations
