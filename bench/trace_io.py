@@ -1,6 +1,7 @@
 """Trace I/O benchmark: build, write and read one large synthetic rollout step.
 
-    python bench/trace_io.py [--reps 3] [--no-influence] [--out DIR] [--json FILE]
+    python bench/trace_io.py [--reps 3] [--no-influence] [--influence-storage auto|float16]
+                              [--shape NxL ...] [--out DIR] [--json FILE]
 
 Two shapes: 1024 responses x 4096 tokens (a full-length batch) and 512 responses with lognormal
 lengths (mean ~1,865, capped at 8,192, as in docs/trace-format.md). Prints the time to build the
@@ -8,6 +9,8 @@ table, to write it through TraceWriter (background thread, zstd-3, row groups of
 size, the time to read the entropy column, the summary columns, and one response. Synthetic
 token ids are nearly incompressible; synthetic entropy has real entropy's mass near zero.
 Timings are medians over --reps runs on this machine; compare them only on the same machine.
+`--influence-storage` is `trace.influence_storage`: `auto` (the default) stores these long
+responses' scores as schema v3's rank codes, `float16` as schema v2 did (docs/trace-format.md).
 """
 
 from __future__ import annotations
@@ -64,14 +67,16 @@ def timed(fn, reps: int):
     return statistics.median(times), out
 
 
-def bench(name: str, n: int, lengths: np.ndarray, reps: int, influence: bool, root: Path) -> dict:
+def bench(
+    name: str, n: int, lengths: np.ndarray, reps: int, influence: bool, root: Path, storage: str = "auto"
+) -> dict:
     inputs = synthetic_step(n, lengths, influence)
     t_build, table = timed(lambda: build_step_table(1, **inputs), reps)
 
     write_times, submit_times = [], []
     for r in range(reps):
         d = root / f"{name}-{r}"
-        with TraceWriter(d, {"bench": name}) as w:
+        with TraceWriter(d, {"bench": name}, influence_storage=storage) as w:
             t0 = time.perf_counter()
             w.submit(1, table)
             submit_times.append(time.perf_counter() - t0)
@@ -116,19 +121,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-influence", action="store_true", help="leave the influence column null")
+    ap.add_argument("--influence-storage", choices=("auto", "float16"), default="auto")
     ap.add_argument("--out", type=Path, default=None, help="keep the files here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here, per shape")
+    ap.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        metavar="NxL",
+        help="instead of the two shapes: N responses of L tokens each (repeatable), e.g. 1024x64",
+    )
     args = ap.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="archer-trace-bench-"))
     influence = not args.no_influence
     try:
-        print(f"influence column: {'float32, 10% NaN' if influence else 'null'}; files under {root}")
-        fixed = bench("fixed-1024x4096", 1024, np.full(1024, 4096), args.reps, influence, root)
+        what = f"float32, 10% NaN, stored {args.influence_storage}" if influence else "null"
+        print(f"influence column: {what}; files under {root}")
+        st = args.influence_storage
+        if args.shape:
+            results = {}
+            for shape in args.shape:
+                n, length = (int(v) for v in shape.lower().split("x"))
+                name = f"fixed-{n}x{length}"
+                results[name] = bench(name, n, np.full(n, length), args.reps, influence, root, st)
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
+            return
+        fixed = bench("fixed-1024x4096", 1024, np.full(1024, 4096), args.reps, influence, root, st)
         results = {"fixed-1024x4096": fixed}
         rng = np.random.default_rng(1)
         lengths = np.minimum(rng.lognormal(np.log(1865) - 0.5 * 0.8**2, 0.8, 512), 8192).astype(int)
         lengths = np.maximum(lengths, 1)
-        results["lognormal-512"] = bench("lognormal-512", 512, lengths, args.reps, influence, root)
+        results["lognormal-512"] = bench("lognormal-512", 512, lengths, args.reps, influence, root, st)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:

@@ -1,4 +1,4 @@
-"""The trace format: schema v2 round trip (v1 files still read), summaries, parquet layout, writer
+"""The trace format: schema v3 round trip (v1 and v2 files still read), summaries, parquet layout, writer
 protocol, reader errors."""
 
 from __future__ import annotations
@@ -905,3 +905,194 @@ def test_v2_keeps_the_summaries_of_long_responses_so_a_response_list_reads_no_to
         for name in DERIVED_COLUMNS:
             assert overview.column(name).equals(table.column(name)), (step, name)
             assert r.read_step(step).column(name).equals(table.column(name)), (step, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# schema v3: rank codes for long responses (trace.influence_storage=auto), v2 files
+# ---------------------------------------------------------------------------------------------
+
+V2_TRACE = Path(__file__).resolve().parent / "data" / "trace_v2"
+
+
+def long_inputs(step: int = 4, n: int = 12, length: int = 300) -> tuple[dict, list]:
+    """A step of long responses (average >= 64 tokens, so `auto` codes it) whose scores span
+    orders of magnitude per response, with NaN (not captured), exact zeros, a null row and one
+    response holding a single non-zero score."""
+    inp = make_inputs(step, n=n, max_len=length)
+    rng = np.random.default_rng(step)
+    lengths = [length] * n
+    inp["response_ids"] = [rng.integers(0, 150_000, L).astype(np.int64) for L in lengths]
+    inp["entropy"] = [(rng.random(L) * 12).astype(np.float32) for L in lengths]
+    infl = []
+    for i, L in enumerate(lengths):
+        x = (rng.standard_t(2, L) * 10.0 ** (-9 + i % 6)).astype(np.float32)
+        x[rng.random(L) < 0.1] = np.nan
+        x[rng.random(L) < 0.05] = 0.0
+        infl.append(x)
+    infl[3] = None
+    infl[5] = np.zeros(length, np.float32)
+    infl[5][7] = -2e-4
+    inp["influence"] = infl
+    return inp, infl
+
+
+def test_v3_stores_long_responses_as_rank_codes_that_keep_the_top_sets_sign_zero_and_summaries(tmp_path):
+    """On disk: list<int8> codes (<= 16 distinct, parquet dictionary-encoded) and the per-response
+    level means; read back: NaN, zeros and signs as they were, each score within the |score| range
+    of its rank level, the top token exact, the top 5 / 1 % / 10 % / 20 % / 50 % sets by |score|
+    unchanged, the summaries exactly the table's. A read table written again reads the same."""
+    from archer.core.trace.codec import (
+        LEVELS_COLUMN,
+        META_INFLUENCE_STORAGE,
+        columns_to_read,
+        describe_columns,
+        level_ends,
+    )
+
+    # levels end after ranks 1, 5, 1 %, 10 %, 20 % and 50 % (rounded up, never shrinking)
+    assert level_ends(1000).tolist() == [1, 5, 10, 100, 200, 500]
+    assert level_ends(300).tolist() == [1, 5, 5, 30, 60, 150]
+    assert level_ends(3).tolist() == [1, 3, 3, 3, 3, 3]
+    inp, infl = long_inputs()
+    table = build_step_table(4, **inp)
+    with TraceWriter(tmp_path / "a", {}) as w:
+        w.submit(4, table)
+    r = TraceReader(tmp_path / "a")
+    path = r.step_path(4)
+    disk = pq.read_table(path)
+    assert disk.schema.field("influence").type == pa.list_(pa.int8())
+    assert disk.schema.metadata[META_INFLUENCE_STORAGE] == b"codes"
+    assert r.step_info(4)["influence_storage"] == "codes"
+    codes = np.asarray(disk.column("influence").combine_chunks().values.to_numpy(zero_copy_only=False))
+    assert len(np.unique(codes)) <= 16
+    md = pq.ParquetFile(path).metadata
+    leaf = [md.schema.column(i).path for i in range(md.num_columns)].index("influence.list.element")
+    assert "RLE_DICTIONARY" in md.row_group(0).column(leaf).encodings
+
+    back = r.read_step(4)
+    assert back.column_names == list(COLUMNS)  # influence_levels is storage, not a column
+    assert back.schema.field("influence").type == pa.list_(pa.float32())
+    for name in ("influence_sum", "influence_mean"):
+        assert back.column(name).equals(table.column(name)), name  # stored: exact
+        assert r.step_overview(4).column(name).equals(table.column(name)), name
+    assert "influence" not in columns_to_read(r.schema(4), SUMMARY_COLUMNS)
+    assert columns_to_read(r.schema(4), ["influence"]) == ["influence", LEVELS_COLUMN]
+    for i, x in enumerate(infl):
+        got = list_influence(back, i)
+        if x is None:
+            assert got is None
+            continue
+        x = list_influence(table, i)  # what the writer got (float16-rounded by build_step_table)
+        assert np.array_equal(np.isnan(got), np.isnan(x))
+        assert np.all(got[x == 0] == 0) and np.all(x[got == 0] == 0)  # zero stays zero, and only zero
+        ok = ~np.isnan(x) & (x != 0)
+        assert np.all(np.sign(got[ok]) == np.sign(x[ok]))
+        a, g = np.abs(x[ok]), np.abs(got[ok])
+        order = np.argsort(-a, kind="stable")
+        ends = level_ends(len(a))
+        level = np.empty(len(a), dtype=int)
+        level[order] = np.searchsorted(ends, np.arange(len(a)), side="right")
+        for k in np.unique(level):  # within the |score| range of its level (the bucket width)
+            assert a[level == k].min() <= g[level == k].min() and g[level == k].max() <= a[level == k].max()
+        assert g[order[0]] == a[order[0]]  # the top token decodes exactly
+        got_order = np.argsort(-g, kind="stable")
+        for top in level_ends(len(a)):  # top 1, 5, then 1 % (at least 5), 10 %, 20 %, 50 %
+            assert set(got_order[:top]) == set(order[:top]), (i, top)
+    assert list_influence(back, 5)[7] == np.float16(-2e-4).astype(np.float32)  # a lone score: exact
+    assert list_influence(back, 5)[:7].tolist() == [0.0] * 7
+    one = r.read_response(4, 2, columns=["influence", "reward"])
+    np.testing.assert_array_equal(one["influence"], list_influence(back, 2))
+    assert set(one) == {"influence", "reward"}
+    desc = {c["name"]: c["stored"] for c in describe_columns(r.schema(4))}
+    assert "rank codes" in desc["influence"] and LEVELS_COLUMN not in desc
+    with pytest.raises(ValueError, match="unknown trace column"):
+        r.read_step(4, columns=[LEVELS_COLUMN])
+
+    with TraceWriter(tmp_path / "b", {}) as w:  # coding what was decoded gives the same scores
+        w.submit(4, back)
+    again = TraceReader(tmp_path / "b").read_step(4)
+    for i in range(back.num_rows):
+        a, b = list_influence(back, i), list_influence(again, i)
+        assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True), i
+
+
+def test_influence_storage_float16_keeps_float16_for_long_responses(tmp_path):
+    """`trace.influence_storage=float16`: a long step is stored as v2 stores it (float16 under the
+    step's scale, summaries stored) and reads back exactly as the table in memory; the choice is in
+    summary.json, the manifest and the footer. A bad value is refused."""
+    from archer.core.config.schema import TraceConfig
+    from archer.core.trace.codec import META_INFLUENCE_STORAGE, storage_of
+
+    inp, _ = long_inputs()
+    table = build_step_table(4, **inp)
+    cfg = TraceConfig(influence_storage="float16")
+    with TraceWriter.from_config(cfg, tmp_path, {}) as w:
+        assert w.influence_storage == "float16"
+        w.submit(4, table)
+    r = TraceReader(tmp_path)
+    assert r.summary["influence_storage"] == "float16"
+    assert r.step_info(4)["influence_storage"] == "float16"
+    assert r.schema(4).field("influence").type == pa.list_(pa.float16())
+    assert META_INFLUENCE_STORAGE not in r.schema(4).metadata  # v2's footer: the column type says it
+    assert storage_of(r.schema(4)) == "float16"
+    back = r.read_step(4)
+    for i in range(table.num_rows):
+        a, b = list_influence(table, i), list_influence(back, i)
+        assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True), i
+    assert back.column("influence_sum").equals(table.column("influence_sum"))
+    assert TraceConfig().influence_storage == "auto"
+    with pytest.raises(ValueError, match="influence_storage must be one of auto, float16"):
+        TraceWriter(tmp_path / "x", {}, influence_storage="int4")
+
+
+def test_short_responses_and_entropy_only_steps_stay_float16_and_say_so(tmp_path):
+    """`auto` codes only steps averaging >= 64 tokens; a step without influence names no storage."""
+    with TraceWriter(tmp_path, {}) as w:
+        w.submit(1, make_table(1))
+        w.submit(2, make_table(2, influence=False, n=4, max_len=300))
+    r = TraceReader(tmp_path)
+    assert r.summary["influence_storage"] == "auto" and r.schema_version == SCHEMA_VERSION == 3
+    assert r.step_info(1)["influence_storage"] == "float16"
+    assert r.schema(1).field("influence").type == pa.list_(pa.float16())
+    assert "influence_storage" not in r.step_info(2)
+
+
+def test_a_v2_trace_written_by_the_old_writer_reads_as_before(tmp_path):
+    """tests/data/trace_v2: two steps written by archer's schema-v2 writer (main 5d90980): step 1
+    short (float16, summaries derived), step 2 long (float16, summaries stored; built like
+    `long_inputs` of the v2 tests, from make_inputs(2, n=12, max_len=300) resized to >= 128
+    tokens). Both read as v2 read them; a v3 writer resuming the trace codes its long steps."""
+    import shutil
+
+    from archer.core.trace.codec import DERIVED_COLUMNS, round_influence
+
+    trace = tmp_path / "t"
+    shutil.copytree(V2_TRACE, trace)
+    r = TraceReader(trace)
+    assert r.schema_version == 2 and r.steps() == [1, 2]
+    for step in (1, 2):
+        assert r.schema(step).field("influence").type == pa.list_(pa.float16())
+        assert r.schema(step).metadata[b"archer.schema_version"] == b"2"
+    stored = [all(c in r.schema(s).names for c in DERIVED_COLUMNS) for s in (1, 2)]
+    assert stored == [False, True]
+    inp = make_inputs(1)
+    back = r.read_step(1)
+    want = round_influence(np.concatenate([x for x in inp["influence"] if x is not None]))
+    got = np.concatenate([list_influence(back, i) for i, x in enumerate(inp["influence"]) if x is not None])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        back.column("influence_sum").to_numpy(zero_copy_only=False),
+        make_table(1).column("influence_sum").to_numpy(zero_copy_only=False),
+    )
+    long = r.read_step(2)
+    assert long.column_names == list(COLUMNS)
+    assert long.schema.field("influence").type == pa.list_(pa.float32())
+    assert r.step_overview(2).column("influence_mean").equals(long.column("influence_mean"))
+
+    inp, _ = long_inputs(step=3)
+    with TraceWriter(trace, {"model": "tiny"}, resume_after_step=2) as w:
+        w.submit(3, build_step_table(3, **inp))
+    r = TraceReader(trace)
+    assert r.steps() == [1, 2, 3] and r.schema_version == 3
+    assert r.schema(3).field("influence").type == pa.list_(pa.int8())
+    assert r.read_step(2).schema == r.read_step(3).schema  # the same logical table

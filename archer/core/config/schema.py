@@ -252,6 +252,12 @@ class TraceConfig:
     row_group_size: int = opt(64, "responses per parquet row group", ge=1)
     compression_level: int = opt(3, "zstd level", ge=1, le=22)
     max_queue: int = opt(4, "steps the background writer may hold before training waits", ge=1)
+    influence_storage: str = opt(
+        "auto",
+        "how per-token influence is stored: auto (rank codes, about 3 bits a token, for steps whose "
+        "responses average >= 64 tokens; float16 below) or float16 (float16 everywhere)",
+        choices=("auto", "float16"),
+    )
 
 
 @dataclass

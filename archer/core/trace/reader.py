@@ -260,8 +260,9 @@ class TraceReader:
             raise TraceError(f"cannot read {path}: {e}", hint="the step file is truncated or corrupt") from e
 
     def schema(self, step: int) -> pa.Schema:
-        """The Arrow schema of a step file as stored (v2: float16 `influence`, the influence
-        summaries only for long responses; v1: the logical columns), plus any extra ones."""
+        """The Arrow schema of a step file as stored (v2/v3: float16 `influence`, the influence
+        summaries only for long responses, or v3's int8 rank codes and `influence_levels`; v1: the
+        logical columns), plus any extra ones."""
         with self._open(step) as pf:
             return pf.schema_arrow
 
@@ -308,7 +309,8 @@ class TraceReader:
     def _logical_names(pf: pq.ParquetFile) -> list[str]:
         names = pf.schema_arrow.names
         if codec.is_encoded(pf.schema_arrow):
-            return list(codec.COLUMNS) + [c for c in names if c not in codec.COLUMNS]
+            extra = [c for c in names if c not in codec.COLUMNS and c != codec.LEVELS_COLUMN]
+            return list(codec.COLUMNS) + extra
         return list(names)
 
     @classmethod

@@ -1,8 +1,8 @@
 """The trace step table: one row per response, token data as list columns.
 
 `SCHEMA` is the logical table, the same since v1: what `build_step_table` returns and what every
-reader gets back. How schema v2 stores it on disk (float16 influence, derived summaries) is in
-`codec.py`; v1 files stored this table as it is.
+reader gets back. How schema v2/v3 store it on disk (float16 influence, derived summaries; rank
+codes for long responses) is in `codec.py`; v1 files stored this table as it is.
 
 Everything here is numpy/pyarrow only, so the viewer, `collect` and sweeps can read traces
 without importing torch. `build_step_table` turns one rollout step into an Arrow table; the
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FORMAT = "archer-trace"
 
 # Keys of the parquet key-value metadata of every step file.

@@ -143,6 +143,7 @@ class TraceWriter:
         compression_level: int = 3,
         max_queue: int = 4,
         resume_after_step: int | None = None,
+        influence_storage: str = "auto",
     ):
         if write_every < 1:
             raise ValueError(f"write_every must be >= 1, got {write_every}")
@@ -154,6 +155,12 @@ class TraceWriter:
             raise ValueError(f"compression_level must be in 1..22 (zstd), got {compression_level}")
         if resume_after_step is not None and resume_after_step < 0:
             raise ValueError(f"resume_after_step must be >= 0, got {resume_after_step}")
+        if influence_storage not in codec.INFLUENCE_STORAGES:
+            raise ValueError(
+                f"influence_storage must be one of {', '.join(codec.INFLUENCE_STORAGES)}, "
+                f"got {influence_storage!r}"
+            )
+        self.influence_storage = influence_storage
         self.dir = Path(trace_dir).expanduser()
         self.write_every = int(write_every)
         self.fsync = bool(fsync)
@@ -171,7 +178,7 @@ class TraceWriter:
         else:
             last = self._repair(int(resume_after_step))
             self._last_submitted = int(resume_after_step)
-        self._write_summary(dict(summary), resume_after_step)
+        self._write_summary({**summary, "influence_storage": influence_storage}, resume_after_step)
         if not self._manifest.exists():
             # An empty manifest marks a live trace with no step yet (readers accept it).
             atomic_write_text(self._manifest, "", fsync=self.fsync)
@@ -226,6 +233,7 @@ class TraceWriter:
             compression_level=int(get("compression_level")),
             max_queue=int(get("max_queue")),
             resume_after_step=resume_after_step,
+            influence_storage=str(get("influence_storage")),
         )
 
     # ---- public API -------------------------------------------------------------------------
@@ -363,18 +371,22 @@ class TraceWriter:
         final = self._steps_dir / name
         # The temp name does not end in .parquet, so 'steps/*.parquet' globs never match it.
         tmp = self._steps_dir / f".{name}.tmp-{os.getpid()}"
-        table = codec.encode(table)  # schema v2: float16 influence (codec.py)
+        table = codec.encode(table, self.influence_storage)  # float16 or rank codes (codec.py)
         names = table.schema.names
+        storage = codec.storage_of(table.schema)
+        dictionary = [c for c in DICTIONARY_COLUMNS if c in names]
+        if storage == codec.STORAGE_CODES:  # <= 16 codes: 4-bit dictionary indices, zstd on top
+            dictionary.append("influence.list.element")
         try:
             pq.write_table(
                 table,
                 tmp,
                 compression="zstd",
                 compression_level=self.compression_level,
-                use_dictionary=[c for c in DICTIONARY_COLUMNS if c in names],
+                use_dictionary=dictionary,
                 row_group_size=self.row_group_size,
                 # min/max of the scaled float16 influence mean nothing without the step's scale
-                write_statistics=[c for c in names if c != "influence"],
+                write_statistics=[c for c in names if c not in ("influence", codec.LEVELS_COLUMN)],
                 write_page_checksum=True,  # readers verify it: bit rot is an error, not wrong numbers
             )
             if self.fsync:
@@ -391,6 +403,12 @@ class TraceWriter:
             "step": step,
             "file": f"{STEPS_DIR}/{name}",
             **step_aggregates(table),
+            # which storage the step's scores use (float16 or codes: codec.py); absent without influence
+            **(
+                {"influence_storage": storage}
+                if table.column("influence").null_count < table.num_rows
+                else {}
+            ),
             "bytes": size,
             "written_at": _now(),
             "write_seconds": round(time.perf_counter() - t0, 4),
