@@ -165,6 +165,11 @@ def main() -> int:
     ap.add_argument("--preset", default="quickstart")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the run directories and caches in this empty folder (default: a temporary one, deleted)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides (after --)")
     args = ap.parse_args()
     reward_min, val_min, seconds_max = TARGETS.get(args.preset, (0.0, 0.0, float("inf")))
@@ -181,8 +186,9 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     results, ok = [], True
     with tempfile.TemporaryDirectory(prefix="archer-seeds-") as tmp:
+        work = args.keep or Path(tmp)
         for seed in args.seeds:
-            r = run_seed(args.preset, seed, args.overrides, Path(tmp))
+            r = run_seed(args.preset, seed, args.overrides, work)
             rg = (r["reward_last"] or 0) - (r["reward_first"] or 0)
             vg = (r["val_after"] or 0) - (r["val_before"] or 0)
             misses = [
