@@ -37,7 +37,7 @@ def test_ci_runs_the_readme_test_command():
     # and runs those very steps (the -q on pip only quietens it), with ruff between them
     install = script.index("pip install -q -e '.[test,verl]' -c constraints.txt\n")
     lint = script.index("ruff check archer tests bench\nruff format --check archer tests bench\n")
-    tests = script.index("python -m pytest -q\n")
+    tests = script.index("python -m pytest -q -n 2\n")
     assert install < lint < tests
 
 
