@@ -163,10 +163,11 @@ ENTRIES: list[Entry] = [
         "aepo-quickstart",
         "aepo-quickstart",
         "AEPO quickstart (local engine, agent mode, CPU)",
-        "2 runs of about 4 CPU-min each",
+        "3 runs of 4-6 CPU-min each",
         [
-            (1, "0.447 → 0.603", "0.602 → 0.695"),
-            (2, "0.472 → 0.728", "0.570 → 0.664"),
+            (0, "0.331 → 0.556", "0.328 → 0.430"),
+            (1, "0.434 → 0.634", "0.602 → 0.715"),
+            (2, "0.466 → 0.709", "0.570 → 0.672"),
         ],
     ),
     Entry(

@@ -60,6 +60,28 @@ def test_warmup_key_changes_with_settings_tokenizer_and_code(monkeypatch, tmp_pa
     assert warmup_key_parts(cfg, 100, tok, device="cuda:0")["device"] == "cuda"
 
 
+def test_agent_warmup_key_holds_the_tools_not_the_branching_rule():
+    """The tool-use demonstrations come from the tools (agent.tools), so their settings key the
+    warm-up; the branching rule and the policy loss act in RL only, so aepo-quickstart (which
+    extends arpo-quickstart) takes arpo-quickstart's warm-up."""
+    tok = build_char_tokenizer()
+    arpo = warmup_key(compose("arpo-quickstart").cfg, 400, tok)
+    assert warmup_key(compose("aepo-quickstart").cfg, 400, tok) == arpo
+    for override in ("agent.algorithm=none", "agent.branch_probability=0.9", "agent.max_turns=1"):
+        assert warmup_key(compose("arpo-quickstart", [override]).cfg, 400, tok) == arpo, override
+    for override in (
+        "agent.tools.search.top_k=2",
+        "agent.tools.search.max_chars=20",
+        "agent.tools.python.max_output_chars=10",
+        "agent.tools.python.enable=false",
+        "seed=1",
+    ):
+        assert warmup_key(compose("arpo-quickstart", [override]).cfg, 400, tok) != arpo, override
+    # the tool code (sandbox, search, protocol) is hashed in agent mode only
+    plain = warmup_key_parts(compose("quickstart").cfg, 400, tok)
+    assert "agent" not in plain
+
+
 def test_every_module_the_key_hashes_exists():
     """A renamed module would hash as missing and silently stop keying the cache."""
     import importlib.util

@@ -132,8 +132,12 @@ def warmup_key_parts(
         ),
         "version": 2,
     }
-    if agent:  # tool-use demonstrations depend on the tools' settings (result format, output caps, corpus)
-        parts["agent"] = OmegaConf.to_container(cfg.agent, resolve=True)
+    if agent:
+        # The demonstrations are built by calling the tools (AgentRunner.demonstrations through
+        # build_tools, which reads agent.tools only): their settings (output caps, top-k, corpus)
+        # change what the warm-up shows; the branching rule (agent.algorithm, agent.aepo, α, β,
+        # initial rollouts, max_turns) acts in RL only, so ARPO and AEPO presets share a warm-up.
+        parts["agent"] = {"tools": OmegaConf.to_container(cfg.agent.tools, resolve=True)}
         corpus = cfg.agent.tools.search.corpus
         parts["corpus"] = file_fingerprint([corpus]) if corpus else None
     return parts
