@@ -65,9 +65,10 @@ def test_quickstart_learns_the_task_not_the_training_set(tmp_path, quickstart_wa
 
 # The quickstart with per-token influence, shortened to 50 GRPO steps of its 120: influence only
 # measures (the update is the quickstart's), so it learns as the quickstart test does. Both tests,
-# seed 0 from one empty warm-up cache (qs6 branch on 9232b1e, 2-core VM at load 4-5, 2026-12-08):
+# seed 0 from one empty warm-up cache (commit 4984842, 2-core VM at load 3-4, 2026-12-08):
 # reward 0.425 -> 0.625, held-out accuracy 0.410 -> 0.675, the same in both; 4,904 responses
-# scored here; 5 min 5 s wall for the quickstart test (warm-up included), 43 s for this one.
+# scored here; 171 CPU-s for the two tests, 133 s wall for the quickstart test (warm-up included),
+# 34 s for this one (the arithmetic quickstart's pair before: 82 CPU-s).
 QUICKSTART_INFLUENCE_CI = [
     "seed=0",
     "trainer.total_steps=50",
