@@ -8,12 +8,12 @@ figure is that share over all scored responses, printed beside what a random cho
 would give (the share of result digits among the scored tokens) and beside the top-5 by entropy.
 
     python bench/influence_decisive.py --run archer/view/demo   # the shipped demo trace
-    python bench/influence_decisive.py                    # trains quickstart-influence on chains, seed 0
+    python bench/influence_decisive.py -- trainer.num_threads=1   # trains quickstart-influence, seed 0
     python bench/influence_decisive.py --seed 1 -- trainer.total_steps=250
 
-Training uses the chain settings of bench/demo_trace.py (CHAIN), a clean run directory and an
-empty warm-up cache in a temp dir (as bench/quickstart_seeds.py does); `--run` reads a run made
-before. Needs the run's tokenizer (found next to the trace) and a trace written with
+Training runs the preset as it is (quickstart-influence is the chain task) in a clean run directory
+with an empty warm-up cache in a temp dir (as bench/quickstart_seeds.py does); `--run` reads a run
+made before. Needs the run's tokenizer (found next to the trace) and a trace written with
 influence on a chain task.
 """
 
@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_trace import CHAIN  # noqa: E402
 from quickstart_seeds import commit, machine  # noqa: E402
 
 TOP = 5
@@ -96,7 +95,7 @@ def measure(run: Path, top: int = TOP) -> dict:
 def train(preset: str, seed: int, overrides: list[str], work: Path) -> Path:
     run = work / "run"
     cmd = [sys.executable, "-m", "archer", "train", "--preset", preset, "--out", str(run), f"seed={seed}"]
-    cmd += [f"trainer.cache_dir={work / 'cache'}", *CHAIN, *overrides]
+    cmd += [f"trainer.cache_dir={work / 'cache'}", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-2000:]

@@ -16,8 +16,8 @@ D, the factor bytes stored per token, and the traced update's time over the plai
 
 Two sources of rollouts:
 
-    # (i) CPU: the quickstart model after training, real rollouts of its arithmetic task
-    archer train --preset quickstart --out runs/qs          # once (minutes)
+    # (i) CPU: the arithmetic quickstart model after training, real rollouts of its task
+    archer train --preset quickstart-arith --out runs/qs    # once (minutes)
     python bench/influence_fidelity.py --run runs/qs --out fidelity-cpu.json
 
     # (ii) GPU: a Qwen2.5-0.5B-shaped model (random weights: no hub access), random responses with

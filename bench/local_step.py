@@ -82,7 +82,7 @@ def archer_trainer(model_dir: Path, data_file: Path, out: Path, args) -> object:
         f"seed={args.seed}",
         f"rollout.compile_decode={str(args.compile_decode).lower()}",
     ]
-    c = compose("quickstart", overrides)
+    c = compose("quickstart-arith", overrides)  # the figures of docs/benchmarks.md: arithmetic task
     t = LocalTrainer(c, out)
     t.setup()
     return t

@@ -34,7 +34,7 @@ from archer.core.outcome import outcome_of  # noqa: E402
 TARGETS = {
     "quickstart": (0.15, 0.10, 180.0),
     "quickstart-influence": (0.15, 0.10, 300.0),
-    "quickstart-chain": (0.15, 0.10, 180.0),
+    "quickstart-arith": (0.15, 0.10, 180.0),
     "arpo-quickstart": (0.10, 0.10, 300.0),
     "aepo-quickstart": (0.10, 0.10, 300.0),
 }

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from small_run import SMALL_INFLUENCE_PRESET
 
 from archer.core.config import compose
 from archer.core.run import atomic_write_text
@@ -145,7 +146,7 @@ def write_run(
     shift: int = 0,
     log: str | None = None,
 ) -> Path:
-    c = compose("quickstart-influence", [*SMALL, *overrides])
+    c = compose(SMALL_INFLUENCE_PRESET, [*SMALL, *overrides])
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", c.to_yaml(resolve=True))
     atomic_write_text(run / "run.json", json.dumps({"preset": c.preset, "overrides": overrides}))
@@ -169,7 +170,7 @@ def write_runs(root: Path) -> Path:
         shift=100,
     )
     crashed = root / "crashed"
-    c = compose("quickstart-influence", [*SMALL, "seed=2"])
+    c = compose(SMALL_INFLUENCE_PRESET, [*SMALL, "seed=2"])
     crashed.mkdir(parents=True)
     atomic_write_text(crashed / "config.yaml", c.to_yaml(resolve=True))
     (crashed / "train.log").write_text(

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from small_run import SMALL_PRESET
+
 
 def hold(lock: Path, ready: Path) -> None:
     from archer.core.runlock import hold_lock
@@ -30,7 +32,7 @@ def warmup(run_dir: Path, cache_dir: Path, status: Path, overrides: list[str]) -
     from archer.core.rollout.prompts import load_datasets
     from archer.core.warmup import prepare_warmup
 
-    cfg = compose("quickstart", overrides).cfg
+    cfg = compose(SMALL_PRESET, overrides).cfg
     tok = load_tokenizer(cfg.model)
     train, _, _ = load_datasets(cfg, tok, run_dir)
     pid = os.getpid()

@@ -1,5 +1,12 @@
 """The smallest quickstart that still trains end to end (a 2-layer, hidden-32 model; a few steps on
-a 100-problem task): the overrides the CLI and engine tests share."""
+a 100-problem task): the overrides the CLI and engine tests share, and the presets they apply to.
+
+The presets are the two-operand arithmetic task of the quickstart before issue 22 (quickstart-arith,
+1-3-token answers), not the quickstart's worked chains: these overrides cut answers to 4 tokens,
+which a chain's 10-15-token answer does not fit, and the tests stay as fast as they were."""
+
+SMALL_PRESET = "quickstart-arith"
+SMALL_INFLUENCE_PRESET = "quickstart-arith-influence"
 
 SMALL_RUN = [
     "model.tiny.hidden_size=32",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from small_run import SMALL_RUN
+from small_run import SMALL_INFLUENCE_PRESET, SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -572,7 +572,7 @@ def test_real_sweep_on_the_local_engine_records_a_failure_and_resume_reruns_only
         "archer",
         "ablate",
         "--preset",
-        "quickstart-influence",
+        SMALL_INFLUENCE_PRESET,
         "--grid",
         str(grid),
         "--out",

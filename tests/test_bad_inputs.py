@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -87,7 +87,7 @@ def test_presets_cp_to_an_unwritable_place(tmp_path):
 def test_out_at_a_file_under_a_file_or_unwritable(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    base = ["train", "--preset", "quickstart", *TINY]
+    base = ["train", "--preset", SMALL_PRESET, *TINY]
     one_error(invoke(*base, "--out", str(afile)), 2, "is a file, not a directory")
     one_error(invoke(*base, "--out", str(afile / "run")), 2, f"under a file ({afile})")
     one_error(
@@ -101,7 +101,7 @@ def test_unwritable_trace_or_cache_dir_is_said_before_set_up(tmp_path, key):
     afile = tmp_path / "afile"
     afile.write_text("x")
     out = tmp_path / "run"
-    base = ["train", "--preset", "quickstart", "--out", str(out), *TINY]
+    base = ["train", "--preset", SMALL_PRESET, "--out", str(out), *TINY]
     one_error(invoke(*base, f"{key}={afile / 'sub'}"), 2, key, "under a file")
     one_error(invoke(*base, f"{key}=/proc/archer-test/x"), 2, key, "cannot be written")
     assert not (out / "config.yaml").exists()  # nothing of the run was written
@@ -109,7 +109,7 @@ def test_unwritable_trace_or_cache_dir_is_said_before_set_up(tmp_path, key):
 
 def test_a_failed_set_up_does_not_refuse_the_fixed_rerun(tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    base = ["train", "--preset", "quickstart", "--out", str(out), *TINY, f"trainer.cache_dir={cache}"]
+    base = ["train", "--preset", SMALL_PRESET, "--out", str(out), *TINY, f"trainer.cache_dir={cache}"]
     one_error(invoke(*base, f"data.train_files={tmp_path / 'missing.parquet'}"), 1, "missing.parquet")
     assert (out / "config.yaml").exists()  # the failed start wrote its config
     r = invoke(*base)  # the fixed command
@@ -143,7 +143,7 @@ def trained_run(tmp_path_factory):
     r = invoke(
         "train",
         "--preset",
-        "quickstart",
+        SMALL_PRESET,
         "--out",
         str(out),
         *TINY,

@@ -21,6 +21,20 @@ def test_every_shipped_preset_composes():
         assert c.cfg.engine in ("local", "verl")
 
 
+def test_quickstart_is_the_chain_task_and_the_arith_presets_keep_the_old_one():
+    """`archer train --preset quickstart` runs the worked chains (issue 22); quickstart-influence
+    traces that run; the arithmetic pair the small tests and quickstart-verl use shares its
+    influence settings with quickstart-influence (one preset's edit must not drift from the other)."""
+    qs, qi = compose("quickstart").cfg, compose("quickstart-influence").cfg
+    assert qs.data.synth.task == qi.data.synth.task == "chain" and qs.reward.function == "chain"
+    assert qs.warmup == qi.warmup and qs.trainer.total_steps == qi.trainer.total_steps
+    assert not qs.influence.enable and qi.influence.enable
+    arith, arith_infl = compose("quickstart-arith").cfg, compose("quickstart-arith-influence").cfg
+    assert arith.data.synth.task == arith_infl.data.synth.task == "arithmetic"
+    assert OmegaConf.to_container(arith_infl.influence) == OmegaConf.to_container(qi.influence)
+    assert compose("quickstart-verl").cfg.data.synth.task == "arithmetic"
+
+
 def test_override_sets_typed_values():
     c = compose("quickstart", ["trainer.total_steps=7", "rollout.temperature=0.5", "model.path=null"])
     assert c.cfg.trainer.total_steps == 7 and isinstance(c.cfg.trainer.total_steps, int)

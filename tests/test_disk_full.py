@@ -12,7 +12,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -44,7 +44,7 @@ def train(cache: Path, out: Path, *extra: str, resume: bool = False):
     from archer.core.engines.local.trainer import train as local_train
 
     c = compose(
-        str(out / "config.yaml") if resume else "quickstart", [*TINY, f"trainer.cache_dir={cache}", *extra]
+        str(out / "config.yaml") if resume else SMALL_PRESET, [*TINY, f"trainer.cache_dir={cache}", *extra]
     )
     return local_train(c, out, resume=resume)
 
@@ -145,7 +145,7 @@ def test_metrics_on_a_full_disk(cache, tmp_path):
             self.f.close()
 
     out = tmp_path / "run"
-    t = LocalTrainer(compose("quickstart", [*TINY, f"trainer.cache_dir={cache}"]), out)
+    t = LocalTrainer(compose(SMALL_PRESET, [*TINY, f"trainer.cache_dir={cache}"]), out)
     try:
         t.setup()
         t.metrics_log._file = FullFile(t.metrics_log._file)
@@ -191,7 +191,7 @@ def test_the_cli_prints_one_line_not_a_traceback(cache, tmp_path, monkeypatch):
     fail_on_call(monkeypatch, torch, "save", 1)
     out = tmp_path / "run"
     r = CliRunner().invoke(
-        app, ["train", "--preset", "quickstart", "--out", str(out), *TINY, f"trainer.cache_dir={cache}"]
+        app, ["train", "--preset", SMALL_PRESET, "--out", str(out), *TINY, f"trainer.cache_dir={cache}"]
     )
     assert r.exit_code == 1, r.output
     errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
@@ -239,7 +239,7 @@ def test_a_real_small_tmpfs_gives_one_clear_line(cache, tmp_path, size_kib):
         "archer",
         "train",
         "--preset",
-        "quickstart",
+        SMALL_PRESET,
         "--out",
         str(mnt / "run"),
         *args,

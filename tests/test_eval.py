@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -124,7 +124,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("eval")
     out = tmp / "run"
-    t = LocalTrainer(compose("quickstart", [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out)
+    t = LocalTrainer(compose(SMALL_PRESET, [*SMALL, f"trainer.cache_dir={tmp / 'cache'}"]), out)
     try:
         t.setup()
         t.fit()

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from small_run import SMALL_INFLUENCE_PRESET
 
 from archer.influence.counterfactual import (
     GroupTokens,
@@ -157,7 +158,7 @@ def planted_run(tmp_path: Path, *, n: int = 8) -> Path:
 
     run = tmp_path / "run"
     composed = compose(
-        "quickstart-influence",
+        SMALL_INFLUENCE_PRESET,  # rollout.temperature 1.0, as the update below (the replay reads it)
         [
             f"rollout.n={n}",
             f"data.train_batch_size={len(PROMPTS)}",

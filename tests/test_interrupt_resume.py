@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 
 from archer.core.config import compose
 from archer.core.metrics import read_metrics
@@ -42,7 +42,7 @@ def overrides(cache: Path) -> list[str]:
 def run_local(cache: Path, out: Path, *, resume: bool = False) -> None:
     from archer.core.engines.local.trainer import LocalTrainer
 
-    c = compose(str(out / "config.yaml") if resume else "quickstart", overrides(cache))
+    c = compose(str(out / "config.yaml") if resume else SMALL_PRESET, overrides(cache))
     t = LocalTrainer(c, out, resume=resume)
     try:
         t.setup()
@@ -196,7 +196,7 @@ def test_sigint_from_another_process_after_the_nth_metrics_line(straight, tmp_pa
     args = ["train", "--out", str(out), *overrides(straight / "cache")]
     worker = [sys.executable, str(Path(__file__).with_name("paused_train_worker.py")), str(lines), str(go)]
     proc = subprocess.Popen(
-        [*worker, *args, "--preset", "quickstart"],
+        [*worker, *args, "--preset", SMALL_PRESET],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 
 from archer.core.config import compose
 from archer.core.metrics import read_metrics
@@ -31,7 +31,7 @@ def small(tmp_path: Path, *extra: str, cache: Path | None = None) -> list[str]:
 def run_local(tmp_path: Path, out: Path, *overrides: str, resume: bool = False, cache: Path | None = None):
     from archer.core.engines.local.trainer import LocalTrainer
 
-    source = str(out / "config.yaml") if resume else "quickstart"
+    source = str(out / "config.yaml") if resume else SMALL_PRESET
     c = compose(source, small(tmp_path, *overrides, cache=cache))
     t = LocalTrainer(c, out, resume=resume)
     try:
@@ -47,7 +47,7 @@ def test_run_writes_config_metrics_trace_and_checkpoint(tmp_path):
     t, result = run_local(tmp_path, out, "trainer.total_steps=3")
     assert (out / "config.yaml").exists() and json.loads((out / "run.json").read_text())[
         "preset"
-    ] == "quickstart"
+    ] == SMALL_PRESET
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]  # 0 = validation before training
     step = rows[1]
@@ -219,7 +219,7 @@ def test_kill_at_random_moments_then_resume(tmp_path):
     run_local(
         tmp_path, tmp_path / "warm", "trainer.total_steps=1", "trainer.val_before_train=false"
     )  # warm the cache
-    cmd = [sys.executable, "-m", "archer", "train", "--preset", "quickstart", "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "archer", "train", "--preset", SMALL_PRESET, "--out", str(out), *args]
     for _trial in range(3):
         resume = ["--resume"] if (out / "config.yaml").exists() else []
         target = rng.randint(2, total - 2)
@@ -265,7 +265,7 @@ def test_cli_refuses_to_start_over_an_existing_run(tmp_path):
             "archer",
             "train",
             "--preset",
-            "quickstart",
+            SMALL_PRESET,
             "--out",
             str(out),
             *small(tmp_path),

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from small_run import SMALL_RUN
+from small_run import SMALL_PRESET, SMALL_RUN
 
 from archer.core.config import compose
 from archer.core.metrics import MetricsLog, Sinks, open_sinks, pick_samples, record_histograms
@@ -205,7 +205,7 @@ def test_local_run_logs_sample_generations_and_histograms(tmp_path):
 
     out = tmp_path / "run"
     c = compose(
-        "quickstart",
+        SMALL_PRESET,
         [
             *SMALL,
             f"trainer.cache_dir={tmp_path / 'cache'}",

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from small_run import SMALL_RUN
+from small_run import SMALL_INFLUENCE_PRESET, SMALL_PRESET, SMALL_RUN
 from typer.testing import CliRunner
 
 from archer.cli.main import app
@@ -58,7 +58,7 @@ def test_a_second_train_on_a_run_in_use_exits_1_naming_the_holder_and_touches_no
     out, go = tmp_path / "run", tmp_path / "go"
     args = ["train", "--out", str(out), *TINY, f"trainer.cache_dir={tmp_path / 'cache'}"]
     holder = subprocess.Popen(
-        [sys.executable, str(HERE / "paused_train_worker.py"), "1", str(go), *args, "--preset", "quickstart"],
+        [sys.executable, str(HERE / "paused_train_worker.py"), "1", str(go), *args, "--preset", SMALL_PRESET],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=ENV,
@@ -68,7 +68,7 @@ def test_a_second_train_on_a_run_in_use_exits_1_naming_the_holder_and_touches_no
         wait_for(holder, lambda: len(read_metrics(out)) >= 1)  # it is training, holding the run
         before = digest(out)
         assert "data/train.parquet" in before
-        for extra in (["--preset", "quickstart"], ["--resume"]):
+        for extra in (["--preset", SMALL_PRESET], ["--resume"]):
             r = archer(*args, *extra)
             assert r.returncode == 1, r.stdout + r.stderr
             assert f"in use by process {holder.pid}" in r.stderr, r.stderr
@@ -95,7 +95,7 @@ def test_the_lock_of_a_sigkilled_run_is_taken_over(tmp_path):
         "trainer.save_every=1",
     ]
     holder = subprocess.Popen(
-        [sys.executable, str(HERE / "paused_train_worker.py"), "3", str(go), *args, "--preset", "quickstart"],
+        [sys.executable, str(HERE / "paused_train_worker.py"), "3", str(go), *args, "--preset", SMALL_PRESET],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=ENV,
@@ -129,7 +129,7 @@ def test_a_sweep_in_use_exits_1_naming_the_holder(tmp_path):
         wait_for(holder, ready.exists)
         r = CliRunner().invoke(
             app,
-            ["ablate", "--preset", "quickstart-influence", "--grid", str(grid), "--out", str(sweep), *TINY],
+            ["ablate", "--preset", SMALL_INFLUENCE_PRESET, "--grid", str(grid), "--out", str(sweep), *TINY],
         )
         assert r.exit_code == 1, r.output
         assert f"in use by process {holder.pid}" in r.output
@@ -143,7 +143,7 @@ def test_a_sweep_in_use_exits_1_naming_the_holder(tmp_path):
         [
             "ablate",
             "--preset",
-            "quickstart-influence",
+            SMALL_INFLUENCE_PRESET,
             "--grid",
             str(grid),
             "--out",

@@ -54,7 +54,7 @@ SYNTH_EPILOG = (
     "  archer data synth arithmetic --out data/arith-hard --difficulty hard --n 50000 --seed 1\n\n"
     "  archer data synth arithmetic --out data/mul --max-operand 20 --ops '*'\n\n"
     "Then train on it:\n\n"
-    "  archer train --preset quickstart data.train_files=data/arith/train.parquet "
+    "  archer train --preset quickstart-arith data.train_files=data/arith/train.parquet "
     "data.val_files=data/arith/val.parquet"
 )
 
@@ -125,7 +125,7 @@ def synth_arithmetic(
     console().print(
         "[dim]Next:[/dim] "
         + escape(
-            f"archer train --preset quickstart data.train_files={paths['train']} "
+            f"archer train --preset quickstart-arith data.train_files={paths['train']} "
             f"data.val_files={paths['val']}"
         ),
         soft_wrap=True,

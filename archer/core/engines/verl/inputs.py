@@ -1,6 +1,7 @@
 """What a verl run reads that archer can make itself: the synthetic task's parquet files and the
 tiny model (optionally after archer's supervised warm-up), written into the run directory before
-verl starts, so the quickstart's task and model run through verl's real trainer with no download.
+verl starts, so quickstart-verl's synthetic task and tiny model run through verl's real trainer
+with no download.
 
 verl reads prompts from parquet files and a model from a folder. When `data.train_files` is
 empty the configured synthetic task (`data.synth`) is written to `<run>/data/`; when `model.path`
