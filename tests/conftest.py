@@ -12,12 +12,12 @@ import os
 # arpo-verl-smoke's 1:55 instead of 12:23 (same losses).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# The longest test files first (seconds each on an idle 2-core VM, `pytest --durations`,
+# The longest test files first (seconds each on a 2-core VM, `pytest --durations` and the helpers' CPU-s,
 # 2026-12-08): with the README's `-n 2` the two workers start on them at once and the ~100 short
 # files fill in around them, instead of one worker finishing a 5-minute file alone at the end
 # (xdist keeps a file on one worker and, with --no-loadscope-reorder, takes files in this order).
 LONGEST_FIRST = (
-    "test_learning.py",  # ~290 s: three demo presets trained to a learning outcome
+    "test_learning.py",  # ~420 CPU-s: four demo presets trained to a learning outcome
     "test_verl_agent_smoke.py",  # ~140 s each: verl's trainer end to end with Ray
     "test_verl_aepo_smoke.py",
     "test_verl_quickstart.py",
